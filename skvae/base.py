@@ -1,0 +1,296 @@
+"""The base estimator shared by every skvae embedder.
+
+It owns what the models have in common: parameters and their constraints, input
+validation, seeding, the call to the training loop, transform / inverse_transform /
+score, scikit-learn tags, feature names and saving. A subclass adds only the torch
+module it trains (``_build_module``) and, for variational models, the KL weight.
+"""
+
+import copy
+from abc import ABCMeta, abstractmethod
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_array, check_random_state
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .batching import iter_row_batches
+from .training import mean_loss, train
+
+# Rows per forward pass at inference: large enough to amortise the per-call overhead,
+# small enough that a dense block of 10^4-10^5 genes stays well under a GB.
+_INFERENCE_BATCH_SIZE = 2048
+_SAVE_FORMAT = "skvae-estimator-v1"
+
+
+class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator, metaclass=ABCMeta):
+    """Base class for the neural embedders; not for direct use.
+
+    Parameters are documented on the public estimators in :mod:`skvae.estimators`.
+    """
+
+    _parameter_constraints = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "hidden_layer_sizes": ["array-like"],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "random_state": ["random_state"],
+        "device": [str, torch.device],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        n_components=6,
+        *,
+        hidden_layer_sizes=(128, 32, 16),
+        batch_size=256,
+        learning_rate=1e-3,
+        max_epochs=200,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        tol=1e-4,
+        random_state=None,
+        device="auto",
+        verbose=0,
+    ):
+        self.n_components = n_components
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.max_epochs = max_epochs
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    @abstractmethod
+    def _build_module(self, n_features, hidden_layer_sizes):
+        """Return a fresh, randomly initialised module of :mod:`skvae.modules`."""
+
+    def _kl_weight(self):
+        """Weight of the KL term in the training loss."""
+        return 0.0
+
+    def _validated_hidden_layer_sizes(self):
+        sizes = tuple(np.ravel(self.hidden_layer_sizes).tolist())
+        if not sizes or not all(isinstance(s, Integral) and s >= 1 for s in sizes):
+            raise ValueError(
+                "hidden_layer_sizes must be a non-empty sequence of positive integers, "
+                f"got {self.hidden_layer_sizes!r}."
+            )
+        return sizes
+
+    def _training_device(self):
+        if isinstance(self.device, str) and self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise ValueError(f"device={self.device!r} is not a torch device: {exc}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device!r} was requested but CUDA is not available; use 'cpu' or 'auto'.")
+        return device
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Train the model on ``X``.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data, e.g. log-normalised and scaled expression, cells in rows.
+            Sparse input is densified one minibatch at a time.
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float32, np.float64], ensure_min_samples=2)
+        hidden_layer_sizes = self._validated_hidden_layer_sizes()
+        device = self._training_device()
+        X = X.astype(np.float32, copy=False)
+
+        rng = check_random_state(self.random_state)
+        seed = rng.randint(np.iinfo(np.int32).max)
+        X_train, X_val = X, None
+        if self.early_stopping:
+            X_train, X_val = train_test_split(X, test_size=self.validation_fraction, random_state=rng)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = self._build_module(X.shape[1], hidden_layer_sizes)
+        history = train(
+            module.to(device),
+            X_train,
+            X_val,
+            kl_weight=self._kl_weight(),
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            max_epochs=self.max_epochs,
+            n_iter_no_change=self.n_iter_no_change,
+            tol=self.tol,
+            rng=rng,
+            generator=torch.Generator(device).manual_seed(seed),
+            device=device,
+            verbose=self.verbose,
+        )
+        return self._set_fitted(module.cpu(), history)
+
+    def _set_fitted(self, module, history):
+        self.module_ = module.eval()
+        self.history_ = history
+        self.n_iter_ = len(history["loss"])
+        self._n_features_out = self.n_components
+        return self
+
+    @torch.no_grad()
+    def _map_rows(self, method, X):
+        """Apply ``self.module_.<method>`` to the rows of X in X's float precision."""
+        module = self.module_ if X.dtype == np.float32 else copy.deepcopy(self.module_).double()
+        module.eval()
+        outputs = [
+            getattr(module, method)(xb).numpy()
+            for xb in iter_row_batches(X, _INFERENCE_BATCH_SIZE, dtype=X.dtype)
+        ]
+        return np.concatenate(outputs)
+
+    def _validate_fitted_input(self, X):
+        check_is_fitted(self)
+        return validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], reset=False)
+
+    def transform(self, X):
+        """Embed ``X``: the deterministic latent code of each cell.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Data with the features seen in ``fit``.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_components)
+            Latent codes, float32 for float32 input, else float64.
+        """
+        return self._map_rows("embed", self._validate_fitted_input(X))
+
+    def inverse_transform(self, X):
+        """Decode latent codes back to feature space.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_components)
+            Latent codes, e.g. from :meth:`transform`.
+
+        Returns
+        -------
+        X_original : ndarray of shape (n_samples, n_features_in_)
+            Reconstructed data, float32 for float32 input, else float64.
+        """
+        check_is_fitted(self)
+        X = check_array(X, dtype=[np.float64, np.float32])
+        if X.shape[1] != self.n_components:
+            raise ValueError(f"X has {X.shape[1]} columns, but {type(self).__name__} decodes codes of {self.n_components}.")
+        return self._map_rows("decode", X)
+
+    def score(self, X, y=None):
+        """Negative mean loss per cell: higher is better.
+
+        The loss is the summed squared error of the reconstruction from the
+        deterministic code plus, for variational models, the KL divergence with
+        weight 1 (the negative evidence lower bound, up to constants), whatever
+        ``beta`` was used in training, so that scores compare across ``beta``.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Data with the features seen in ``fit``.
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        score : float
+        """
+        X = self._validate_fitted_input(X).astype(np.float32, copy=False)
+        return -mean_loss(self.module_, X, kl_weight=1.0, batch_size=_INFERENCE_BATCH_SIZE)
+
+    def save(self, path):
+        """Save parameters and weights to ``path``, readable by :meth:`load`.
+
+        The file holds only tensors, numbers and strings, so :meth:`load` reads it
+        with ``torch.load(weights_only=True)`` and never unpickles arbitrary objects.
+        A ``random_state`` that is a RandomState instance is saved as None.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Destination file.
+        """
+        check_is_fitted(self)
+        params = self.get_params()
+        params["device"] = str(params["device"])
+        if not isinstance(params["random_state"], Integral):
+            params["random_state"] = None
+        feature_names = getattr(self, "feature_names_in_", None)
+        torch.save(
+            {
+                "format": _SAVE_FORMAT,
+                "estimator": type(self).__name__,
+                "params": params,
+                "state_dict": self.module_.state_dict(),
+                "n_features_in_": self.n_features_in_,
+                "feature_names_in_": None if feature_names is None else feature_names.tolist(),
+                "history_": self.history_,
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path):
+        """Load an estimator written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or path-like
+            File written by :meth:`save` of this class.
+
+        Returns
+        -------
+        estimator : object
+            A fitted estimator, on CPU.
+        """
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != _SAVE_FORMAT:
+            raise ValueError(f"{path} is not a file written by skvae's save().")
+        if state["estimator"] != cls.__name__:
+            raise ValueError(f"{path} holds a {state['estimator']}, not a {cls.__name__}; load it with that class.")
+        estimator = cls(**state["params"])
+        module = estimator._build_module(state["n_features_in_"], estimator._validated_hidden_layer_sizes())
+        module.load_state_dict(state["state_dict"])
+        estimator.n_features_in_ = state["n_features_in_"]
+        if state["feature_names_in_"] is not None:
+            estimator.feature_names_in_ = np.asarray(state["feature_names_in_"], dtype=object)
+        return estimator._set_fitted(module, state["history_"])
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags

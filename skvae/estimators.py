@@ -1,0 +1,367 @@
+"""The public embedders: a deep autoencoder, a beta-VAE and a beta-VSC.
+
+Each class holds its docstring, its extra parameters and the torch module it
+trains; everything else lives in :class:`skvae.base.BaseEmbedder`.
+"""
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state, check_scalar
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
+
+from .base import BaseEmbedder
+from .modules import Autoencoder, SparseCodingVAE, VariationalAutoencoder
+
+_SHARED_PARAMETERS = """\
+    n_components : int, default=6
+        Size of the latent code.
+
+    hidden_layer_sizes : array-like of int, default=(128, 32, 16)
+        Widths of the encoder's hidden layers, input side first; the decoder uses
+        them in reverse. The encoder's first layer is linear with no activation,
+        every other hidden layer is followed by a ReLU; the decoder ends linear."""
+
+_TRAINING_PARAMETERS = """\
+    batch_size : int, default=256
+        Cells per minibatch.
+
+    learning_rate : float, default=1e-3
+        Adam's step size.
+
+    max_epochs : int, default=200
+        Passes over the training data (fewer with early stopping).
+
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the cells and stop when their loss has
+        not improved by ``tol`` for ``n_iter_no_change`` epochs; the weights of the
+        best epoch are kept.
+
+    validation_fraction : float, default=0.1
+        Share of cells held out for early stopping.
+
+    n_iter_no_change : int, default=10
+        Epochs without improvement before early stopping.
+
+    tol : float, default=1e-4
+        Least improvement of the validation loss (per cell) that counts.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds weight initialisation, shuffling, the validation split and the
+        reparameterisation noise. An int gives identical results on CPU. Global
+        random states (numpy's and torch's) are left untouched.
+
+    device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
+        Where to train: "auto" takes CUDA when available. The fitted module is
+        moved to CPU; transform runs there.
+
+    verbose : int, default=0
+        Print one line per epoch (losses and time) when > 0."""
+
+_FITTED_ATTRIBUTES = """\
+    module_ : torch.nn.Module
+        The trained network, on CPU.
+
+    history_ : dict of list of float
+        Per-epoch mean training ``loss`` per cell and its ``reconstruction`` and
+        ``kl`` parts; ``val_loss`` too with early stopping.
+
+    n_iter_ : int
+        Number of epochs run.
+
+    n_features_in_ : int
+        Number of features seen during :term:`fit`.
+
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        Names of features seen during :term:`fit`. Defined only when `X`
+        has feature names that are all strings."""
+
+
+def _docstring(template):
+    """Fill the shared parameter and attribute sections into a class docstring."""
+
+    def decorate(cls):
+        cls.__doc__ = template.format(
+            shared=_SHARED_PARAMETERS, training=_TRAINING_PARAMETERS, fitted=_FITTED_ATTRIBUTES
+        )
+        return cls
+
+    return decorate
+
+
+@_docstring(
+    """Deep autoencoder embedding: a deterministic code, squared-error loss.
+
+    The encoder maps each cell to ``n_components`` numbers through
+    ``hidden_layer_sizes``; the decoder maps them back; the loss is the summed
+    squared error per cell.
+
+    Parameters
+    ----------
+{shared}
+
+{training}
+
+    Attributes
+    ----------
+{fitted}
+
+    See Also
+    --------
+    BetaVAEEmbedder : Variational autoencoder with a Gaussian posterior.
+    BetaVSCEmbedder : Variational sparse coding with a spike-and-slab posterior.
+    sklearn.decomposition.PCA : The linear embedding these replace.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae import AutoencoderEmbedder
+    >>> X = np.random.RandomState(0).normal(size=(100, 20))
+    >>> embedder = AutoencoderEmbedder(n_components=2, max_epochs=5, random_state=0)
+    >>> embedder.fit_transform(X).shape
+    (100, 2)
+    """
+)
+class AutoencoderEmbedder(BaseEmbedder):
+    def _build_module(self, n_features, hidden_layer_sizes):
+        return Autoencoder(n_features, self.n_components, hidden_layer_sizes)
+
+
+class _VariationalEmbedder(BaseEmbedder):
+    """Shared by the models with a prior: the KL weight ``beta`` and sampling."""
+
+    _parameter_constraints = {
+        **BaseEmbedder._parameter_constraints,
+        "beta": [Interval(Real, 0, None, closed="left")],
+    }
+
+    def _kl_weight(self):
+        return self.beta
+
+    def sample(self, n_samples=1, *, random_state=None):
+        """Generate expression profiles by decoding codes drawn from the prior.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+            Number of profiles.
+        random_state : int, RandomState instance or None, default=None
+            Seeds the draws.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features_in_), dtype float32
+            Decoded means of the drawn codes.
+        """
+        check_is_fitted(self)
+        check_scalar(n_samples, "n_samples", Integral, min_val=1)
+        seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            return self.module_.decode(self.module_.sample_prior(n_samples, generator)).numpy()
+
+
+@_docstring(
+    """Beta-VAE embedding: Gaussian posterior, codes are the posterior means.
+
+    The loss per cell is the summed squared error of the reconstruction of a
+    reparameterised draw plus ``beta`` times the KL divergence of the posterior
+    ``N(mu, sigma^2)`` from ``N(0, I)``. :meth:`transform` returns ``mu``.
+
+    Parameters
+    ----------
+{shared}
+
+    beta : float, default=1.0
+        Weight of the KL term: larger values give smoother, more disentangled
+        and less detailed codes; 0 gives a noisy autoencoder.
+
+{training}
+
+    Attributes
+    ----------
+{fitted}
+
+    See Also
+    --------
+    AutoencoderEmbedder : Deterministic autoencoder.
+    BetaVSCEmbedder : Sparse codes from a spike-and-slab posterior.
+
+    References
+    ----------
+    I. Higgins et al. "beta-VAE: Learning Basic Visual Concepts with a
+    Constrained Variational Framework". ICLR 2017.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae import BetaVAEEmbedder
+    >>> X = np.random.RandomState(0).normal(size=(100, 20))
+    >>> embedder = BetaVAEEmbedder(n_components=2, beta=2.0, max_epochs=5, random_state=0)
+    >>> embedder.fit_transform(X).shape
+    (100, 2)
+    >>> embedder.sample(3, random_state=0).shape
+    (3, 20)
+    """
+)
+class BetaVAEEmbedder(_VariationalEmbedder):
+    def __init__(
+        self,
+        n_components=6,
+        *,
+        hidden_layer_sizes=(128, 32, 16),
+        beta=1.0,
+        batch_size=256,
+        learning_rate=1e-3,
+        max_epochs=200,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        tol=1e-4,
+        random_state=None,
+        device="auto",
+        verbose=0,
+    ):
+        super().__init__(
+            n_components,
+            hidden_layer_sizes=hidden_layer_sizes,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            max_epochs=max_epochs,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            n_iter_no_change=n_iter_no_change,
+            tol=tol,
+            random_state=random_state,
+            device=device,
+            verbose=verbose,
+        )
+        self.beta = beta
+
+    def _build_module(self, n_features, hidden_layer_sizes):
+        return VariationalAutoencoder(n_features, self.n_components, hidden_layer_sizes)
+
+
+@_docstring(
+    """Beta-VSC embedding: variational sparse coding with a spike-and-slab posterior.
+
+    Each latent dimension of a cell is active with probability ``gamma`` (the
+    spike) and then drawn from the slab ``N(mu, sigma^2)``, else exactly 0. The
+    loss per cell is the summed squared error plus ``beta`` times the
+    spike-and-slab KL divergence from the prior (active with probability
+    ``prior_sparsity``, slab ``N(0, 1)``). Training relaxes the binary selection
+    with a sigmoid of sharpness ``spike_sharpness``. :meth:`transform` returns the
+    expected sparse code ``gamma * mu``; :meth:`spike_probabilities` returns
+    ``gamma``, which says which dimensions each cell uses.
+
+    Parameters
+    ----------
+{shared}
+
+    beta : float, default=1.0
+        Weight of the KL term.
+
+    prior_sparsity : float, default=0.5
+        Prior probability ``alpha`` that a latent dimension is active, in (0, 1);
+        smaller values ask for sparser codes.
+
+    spike_sharpness : float, default=50.0
+        Sharpness ``c`` of the sigmoid selection in the reparameterisation.
+
+{training}
+
+    Attributes
+    ----------
+{fitted}
+
+    See Also
+    --------
+    BetaVAEEmbedder : Dense Gaussian codes.
+
+    References
+    ----------
+    F. Tonolini, B. S. Jensen, R. Murray-Smith. "Variational Sparse Coding".
+    UAI 2020, PMLR 115:690-700.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae import BetaVSCEmbedder
+    >>> X = np.random.RandomState(0).normal(size=(100, 20))
+    >>> embedder = BetaVSCEmbedder(n_components=4, beta=2.0, max_epochs=5, random_state=0)
+    >>> embedder.fit_transform(X).shape
+    (100, 4)
+    >>> gamma = embedder.spike_probabilities(X)
+    >>> bool(((gamma > 0) & (gamma < 1)).all())
+    True
+    """
+)
+class BetaVSCEmbedder(_VariationalEmbedder):
+    _parameter_constraints = {
+        **_VariationalEmbedder._parameter_constraints,
+        "prior_sparsity": [Interval(Real, 0, 1, closed="neither")],
+        "spike_sharpness": [Interval(Real, 0, None, closed="neither")],
+    }
+
+    def __init__(
+        self,
+        n_components=6,
+        *,
+        hidden_layer_sizes=(128, 32, 16),
+        beta=1.0,
+        prior_sparsity=0.5,
+        spike_sharpness=50.0,
+        batch_size=256,
+        learning_rate=1e-3,
+        max_epochs=200,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        tol=1e-4,
+        random_state=None,
+        device="auto",
+        verbose=0,
+    ):
+        super().__init__(
+            n_components,
+            hidden_layer_sizes=hidden_layer_sizes,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            max_epochs=max_epochs,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            n_iter_no_change=n_iter_no_change,
+            tol=tol,
+            random_state=random_state,
+            device=device,
+            verbose=verbose,
+        )
+        self.beta = beta
+        self.prior_sparsity = prior_sparsity
+        self.spike_sharpness = spike_sharpness
+
+    def _build_module(self, n_features, hidden_layer_sizes):
+        return SparseCodingVAE(
+            n_features,
+            self.n_components,
+            hidden_layer_sizes,
+            prior_spike=self.prior_sparsity,
+            sharpness=self.spike_sharpness,
+        )
+
+    def spike_probabilities(self, X):
+        """Posterior probability that each latent dimension is active, per cell.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Data with the features seen in ``fit``.
+
+        Returns
+        -------
+        gamma : ndarray of shape (n_samples, n_components)
+            Values in (0, 1).
+        """
+        return self._map_rows("spike_probability", self._validate_fitted_input(X))

@@ -1,0 +1,95 @@
+"""Loss terms as pure functions of tensors, one value per cell.
+
+Every function returns a tensor of shape ``(n_samples,)``: the caller decides how
+to weight (``beta``) and reduce the terms, so schedules live outside the network.
+"""
+
+import torch
+
+
+def squared_error(reconstruction, target):
+    """Summed squared error of each cell over its features.
+
+    Parameters
+    ----------
+    reconstruction, target : torch.Tensor of shape (n_samples, n_features)
+
+    Returns
+    -------
+    torch.Tensor of shape (n_samples,)
+    """
+    return (reconstruction - target).square().sum(dim=-1)
+
+
+def gaussian_kl(mu, logvar):
+    """KL divergence from ``N(mu, exp(logvar))`` to ``N(0, 1)``, summed over dimensions.
+
+    Parameters
+    ----------
+    mu, logvar : torch.Tensor of shape (n_samples, n_components)
+        Mean and log-variance of the diagonal Gaussian posterior.
+
+    Returns
+    -------
+    torch.Tensor of shape (n_samples,)
+    """
+    return _gaussian_kl_per_dimension(mu, logvar).sum(dim=-1)
+
+
+def _gaussian_kl_per_dimension(mu, logvar):
+    # expm1(v) - v = exp(v) - 1 - v without cancellation for small v, so it stays >= 0
+    return 0.5 * (mu.square() + torch.expm1(logvar) - logvar)
+
+
+def bernoulli_kl(p, prior_p):
+    """KL divergence from ``Bernoulli(p)`` to ``Bernoulli(prior_p)``, elementwise.
+
+    Uses ``0 log 0 = 0``, so ``p`` and ``prior_p`` may be exactly 0 or 1.
+
+    Parameters
+    ----------
+    p : torch.Tensor
+        Posterior success probabilities in [0, 1].
+    prior_p : float or torch.Tensor
+        Prior success probability in [0, 1].
+
+    Returns
+    -------
+    torch.Tensor of the shape of ``p``
+    """
+    prior_p = torch.as_tensor(prior_p, dtype=p.dtype, device=p.device)
+    q = 1.0 - p
+    return (
+        torch.xlogy(p, p) - torch.xlogy(p, prior_p) + torch.xlogy(q, q) - torch.xlogy(q, 1.0 - prior_p)
+    )
+
+
+def spike_and_slab_kl(mu, logvar, spike, prior_spike):
+    """KL divergence of a spike-and-slab posterior from a spike-and-slab prior.
+
+    Posterior per dimension: with probability ``spike`` a draw from the slab
+    ``N(mu, exp(logvar))``, else exactly 0. Prior: slab ``N(0, 1)`` with
+    probability ``prior_spike``, else 0. Following Tonolini et al. (2020), the
+    divergence is ``spike * KL(slab || N(0, 1)) + KL(Bernoulli(spike) ||
+    Bernoulli(prior_spike))``, summed over dimensions.
+
+    Parameters
+    ----------
+    mu, logvar : torch.Tensor of shape (n_samples, n_components)
+        Slab mean and log-variance.
+    spike : torch.Tensor of shape (n_samples, n_components)
+        Posterior probability that each dimension is active, in [0, 1].
+    prior_spike : float
+        Prior probability that a dimension is active, in [0, 1].
+
+    Returns
+    -------
+    torch.Tensor of shape (n_samples,)
+
+    References
+    ----------
+    F. Tonolini, B. S. Jensen, R. Murray-Smith. "Variational Sparse Coding".
+    UAI 2020, PMLR 115:690-700.
+    """
+    slab_kl = _gaussian_kl_per_dimension(mu, logvar)
+    return (spike * slab_kl + bernoulli_kl(spike, prior_spike)).sum(dim=-1)

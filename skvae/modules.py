@@ -1,0 +1,162 @@
+"""One torch module per model: encode, decode, a deterministic embedding, the loss terms.
+
+These modules know nothing of scikit-learn; the estimators in :mod:`skvae.estimators`
+build them and own the training loop.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .losses import gaussian_kl, spike_and_slab_kl, squared_error
+from .nn import Decoder, Encoder
+
+# Spike probabilities are kept inside (eps, 1 - eps) so the KL's logarithms
+# and their gradients stay finite.
+_SPIKE_EPS = 1e-6
+
+
+@dataclass
+class LossTerms:
+    """Per-cell loss terms; the training objective is ``reconstruction + beta * kl``.
+
+    Attributes
+    ----------
+    reconstruction : torch.Tensor of shape (n_samples,)
+        Summed squared error of each cell.
+    kl : torch.Tensor of shape (n_samples,)
+        KL divergence of each cell's posterior from the prior (zeros for a plain
+        autoencoder).
+    """
+
+    reconstruction: torch.Tensor
+    kl: torch.Tensor
+
+
+class _LatentModel(nn.Module):
+    """Encoder with named branches, decoder, and the loss template shared by all models."""
+
+    branches = ()
+
+    def __init__(self, n_features, n_components, hidden_layer_sizes):
+        super().__init__()
+        self.encoder = Encoder(n_features, hidden_layer_sizes, n_components, self.branches)
+        self.decoder = Decoder(n_components, hidden_layer_sizes, n_features)
+
+    def posterior(self, x):
+        """Posterior parameters of each cell, a dict of ``(n_samples, n_components)`` tensors."""
+        return self.encoder(x)
+
+    def decode(self, z):
+        """Reconstruct expression from latent codes."""
+        return self.decoder(z)
+
+    def embed(self, x):
+        """Deterministic latent code of each cell (the posterior mean)."""
+        return self.mean_code(self.posterior(x))
+
+    def loss(self, x, *, generator=None, deterministic=False):
+        """Per-cell loss terms of a batch.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (n_samples, n_features)
+        generator : torch.Generator, default=None
+            Source of the reparameterisation noise.
+        deterministic : bool, default=False
+            Decode the posterior mean instead of a random draw.
+
+        Returns
+        -------
+        LossTerms
+        """
+        q = self.posterior(x)
+        z = self.mean_code(q) if deterministic else self.sample_code(q, generator)
+        return LossTerms(squared_error(self.decode(z), x), self._kl(q))
+
+
+class Autoencoder(_LatentModel):
+    """Deterministic autoencoder: one encoder branch, no KL term."""
+
+    branches = ("code",)
+
+    def mean_code(self, q):
+        return q["code"]
+
+    def sample_code(self, q, generator):
+        return q["code"]
+
+    def _kl(self, q):
+        return q["code"].new_zeros(q["code"].shape[0])
+
+
+class VariationalAutoencoder(_LatentModel):
+    """Gaussian VAE with separate branches for the posterior mean and log-variance."""
+
+    branches = ("mu", "logvar")
+
+    def mean_code(self, q):
+        return q["mu"]
+
+    def sample_code(self, q, generator):
+        noise = torch.randn(q["mu"].shape, generator=generator, device=q["mu"].device, dtype=q["mu"].dtype)
+        return q["mu"] + noise * (0.5 * q["logvar"]).exp()
+
+    def _kl(self, q):
+        return gaussian_kl(q["mu"], q["logvar"])
+
+    def sample_prior(self, n_samples, generator=None):
+        """Draw latent codes from the standard normal prior."""
+        return torch.randn(n_samples, self.decoder[0].in_features, generator=generator)
+
+
+class SparseCodingVAE(_LatentModel):
+    """Variational sparse coding: a spike-and-slab posterior (Tonolini et al., 2020).
+
+    Parameters
+    ----------
+    n_features, n_components, hidden_layer_sizes
+        As for :class:`VariationalAutoencoder`.
+    prior_spike : float
+        Prior probability that a latent dimension is active.
+    sharpness : float
+        Sharpness ``c`` of the sigmoid that relaxes the spike selection.
+    """
+
+    branches = ("mu", "logvar", "logspike")
+
+    def __init__(self, n_features, n_components, hidden_layer_sizes, *, prior_spike, sharpness):
+        super().__init__(n_features, n_components, hidden_layer_sizes)
+        self.prior_spike = prior_spike
+        self.sharpness = sharpness
+
+    def posterior(self, x):
+        q = self.encoder(x)
+        # log spike probability must be <= 0
+        logspike = -torch.relu(-q.pop("logspike"))
+        q["spike"] = logspike.exp().clamp(_SPIKE_EPS, 1.0 - _SPIKE_EPS)
+        return q
+
+    def spike_probability(self, x):
+        """Posterior probability that each latent dimension is active."""
+        return self.posterior(x)["spike"]
+
+    def mean_code(self, q):
+        return q["spike"] * q["mu"]
+
+    def sample_code(self, q, generator):
+        mu = q["mu"]
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        eta = torch.rand(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        selection = torch.sigmoid(self.sharpness * (eta + q["spike"] - 1.0))
+        return selection * (mu + noise * (0.5 * q["logvar"]).exp())
+
+    def _kl(self, q):
+        return spike_and_slab_kl(q["mu"], q["logvar"], q["spike"], self.prior_spike)
+
+    def sample_prior(self, n_samples, generator=None):
+        """Draw latent codes from the spike-and-slab prior."""
+        shape = (n_samples, self.decoder[0].in_features)
+        active = torch.rand(shape, generator=generator) < self.prior_spike
+        return active * torch.randn(shape, generator=generator)

@@ -1,0 +1,256 @@
+"""Behaviour of the estimators: pipelines, model selection, reproducibility, persistence, bad input."""
+
+import pickle
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from sklearn.manifold import TSNE
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+
+from skvae import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder
+
+ESTIMATORS = [AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder]
+SMALL = dict(n_components=3, hidden_layer_sizes=(32, 16, 8), batch_size=32, max_epochs=15, random_state=0)
+
+
+def make_counts_like(n_samples=120, n_features=40, seed=0):
+    """Sparse, non-negative, log-normalised-looking data with three groups."""
+    rng = np.random.RandomState(seed)
+    groups = rng.randint(3, size=n_samples)
+    rates = rng.gamma(0.5, 2.0, size=(3, n_features))
+    return np.log1p(rng.poisson(rates[groups])).astype(np.float64), groups
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_counts_like()[0]
+
+
+@pytest.fixture(scope="module", params=ESTIMATORS, ids=lambda c: c.__name__)
+def fitted(request, data):
+    return request.param(**SMALL).fit(data)
+
+
+def test_fitted_attributes(fitted, data):
+    assert fitted.n_features_in_ == data.shape[1]
+    assert fitted.n_iter_ == SMALL["max_epochs"] == len(fitted.history_["loss"])
+    assert set(fitted.history_) == {"loss", "reconstruction", "kl"}
+    assert next(fitted.module_.parameters()).device.type == "cpu"
+    assert not fitted.module_.training
+
+
+def test_training_reduces_the_loss(fitted):
+    assert fitted.history_["loss"][-1] < fitted.history_["loss"][0]
+
+
+def test_transform_shape_dtype_and_determinism(fitted, data):
+    codes = fitted.transform(data)
+    assert codes.shape == (data.shape[0], SMALL["n_components"]) and codes.dtype == np.float64
+    np.testing.assert_array_equal(codes, fitted.transform(data))
+    codes32 = fitted.transform(data.astype(np.float32))
+    assert codes32.dtype == np.float32
+    np.testing.assert_allclose(codes32, codes, rtol=1e-4, atol=1e-5)
+
+
+def test_inverse_transform_decodes_codes(fitted, data):
+    reconstruction = fitted.inverse_transform(fitted.transform(data))
+    assert reconstruction.shape == data.shape
+    # a trained decoder beats predicting zeros
+    assert ((reconstruction - data) ** 2).sum() < (data**2).sum()
+
+
+def test_score_is_negative_mean_loss(fitted, data):
+    score = fitted.score(data)
+    assert np.isfinite(score) and score < 0
+    if isinstance(fitted, AutoencoderEmbedder):
+        reconstruction = fitted.inverse_transform(fitted.transform(data))
+        np.testing.assert_allclose(score, -((reconstruction - data) ** 2).sum(axis=1).mean(), rtol=1e-4)
+
+
+def test_same_random_state_same_embedding_and_global_rngs_untouched(data):
+    np_state, torch_state = np.random.get_state()[1].copy(), torch.get_rng_state().clone()
+    first = BetaVSCEmbedder(**SMALL).fit_transform(data)
+    second = BetaVSCEmbedder(**SMALL).fit_transform(data)
+    np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(first, BetaVSCEmbedder(**{**SMALL, "random_state": 1}).fit_transform(data))
+    np.testing.assert_array_equal(np.random.get_state()[1], np_state)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS)
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_sparse_input_gives_the_dense_result(cls, fmt, data):
+    dense = cls(**SMALL).fit(data)
+    sparse = cls(**SMALL).fit(sp.csr_matrix(data).asformat(fmt))
+    np.testing.assert_allclose(sparse.transform(sp.csr_matrix(data).asformat(fmt)), dense.transform(data), atol=1e-6)
+
+
+def test_sparse_input_is_densified_one_minibatch_at_a_time(data, monkeypatch):
+    densified_rows = []
+    toarray = sp.csr_matrix.toarray
+
+    def recording_toarray(self, *args, **kwargs):
+        densified_rows.append(self.shape[0])
+        return toarray(self, *args, **kwargs)
+
+    monkeypatch.setattr(sp.csr_matrix, "toarray", recording_toarray)
+    AutoencoderEmbedder(**{**SMALL, "max_epochs": 2}).fit(sp.csr_matrix(data))
+    assert densified_rows and max(densified_rows) == SMALL["batch_size"] < data.shape[0]
+
+
+def test_pipeline_with_tsne(data):
+    pipeline = Pipeline([("vsc", BetaVSCEmbedder(**{**SMALL, "beta": 2})), ("tsne", TSNE(perplexity=10, random_state=0))])
+    embedding = pipeline.fit_transform(data)
+    assert embedding.shape == (data.shape[0], 2) and np.isfinite(embedding).all()
+
+
+def test_grid_search_over_beta_uses_score(data):
+    search = GridSearchCV(BetaVAEEmbedder(**{**SMALL, "max_epochs": 5}), {"beta": [0.5, 1, 2, 4]}, cv=2)
+    search.fit(data)
+    assert search.best_params_["beta"] in (0.5, 1, 2, 4)
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+    assert len(set(search.cv_results_["mean_test_score"])) == 4
+
+
+def test_beta_scales_the_kl_in_training(data):
+    weak = BetaVSCEmbedder(**{**SMALL, "beta": 0.0}).fit(data)
+    strong = BetaVSCEmbedder(**{**SMALL, "beta": 20.0}).fit(data)
+    assert strong.history_["kl"][-1] < 0.5 * weak.history_["kl"][-1]
+    np.testing.assert_allclose(
+        np.array(strong.history_["loss"]),
+        np.array(strong.history_["reconstruction"]) + 20.0 * np.array(strong.history_["kl"]),
+        rtol=1e-6,
+    )
+
+
+def test_pickle_and_joblib_round_trips(fitted, data, tmp_path):
+    restored = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(restored.transform(data), fitted.transform(data))
+    joblib.dump(fitted, tmp_path / "model.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "model.joblib").transform(data), fitted.transform(data))
+
+
+def test_save_and_load_round_trip(fitted, data, tmp_path):
+    path = tmp_path / "model.pt"
+    fitted.save(path)
+    restored = type(fitted).load(path)
+    assert restored.get_params() == fitted.get_params()
+    np.testing.assert_array_equal(restored.transform(data), fitted.transform(data))
+    assert restored.history_ == fitted.history_ and restored.n_iter_ == fitted.n_iter_
+
+
+def test_load_refuses_another_class_and_foreign_files(tmp_path, data):
+    path = tmp_path / "model.pt"
+    AutoencoderEmbedder(**{**SMALL, "max_epochs": 1}).fit(data).save(path)
+    with pytest.raises(ValueError, match="holds a AutoencoderEmbedder"):
+        BetaVAEEmbedder.load(path)
+    torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a file written by skvae"):
+        AutoencoderEmbedder.load(tmp_path / "other.pt")
+
+
+def test_feature_names_and_pandas_output(data):
+    genes = [f"gene{i}" for i in range(data.shape[1])]
+    embedder = BetaVAEEmbedder(**{**SMALL, "max_epochs": 2}).set_output(transform="pandas")
+    codes = embedder.fit_transform(pd.DataFrame(data, columns=genes))
+    assert isinstance(codes, pd.DataFrame)
+    assert list(codes.columns) == ["betavaeembedder0", "betavaeembedder1", "betavaeembedder2"]
+    assert list(embedder.feature_names_in_) == genes
+
+
+def test_vae_and_vsc_sample_from_the_prior(data):
+    for cls in (BetaVAEEmbedder, BetaVSCEmbedder):
+        embedder = cls(**{**SMALL, "max_epochs": 2}).fit(data)
+        samples = embedder.sample(5, random_state=0)
+        assert samples.shape == (5, data.shape[1])
+        np.testing.assert_array_equal(samples, embedder.sample(5, random_state=0))
+    assert not hasattr(AutoencoderEmbedder(), "sample")
+
+
+def test_vsc_spike_probabilities(data):
+    embedder = BetaVSCEmbedder(**SMALL).fit(data)
+    gamma = embedder.spike_probabilities(data)
+    assert gamma.shape == (data.shape[0], SMALL["n_components"])
+    assert ((gamma > 0) & (gamma < 1)).all()
+
+
+def test_early_stopping_uses_a_validation_split(data):
+    embedder = BetaVAEEmbedder(
+        **{**SMALL, "max_epochs": 200}, early_stopping=True, validation_fraction=0.2, n_iter_no_change=3, tol=1e6
+    ).fit(data)
+    # with an unreachable tolerance, training stops after n_iter_no_change + 1 epochs
+    assert embedder.n_iter_ == 4
+    assert len(embedder.history_["val_loss"]) == 4
+
+
+def test_verbose_prints_one_line_per_epoch(data, capsys):
+    AutoencoderEmbedder(**{**SMALL, "max_epochs": 3}, verbose=1).fit(data)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch")]
+    assert len(lines) == 3 and "loss" in lines[0] and lines[0].endswith(" s")
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS)
+@pytest.mark.parametrize(
+    "X, message",
+    [
+        (np.array([[0.0, np.nan], [1.0, 2.0], [3.0, 4.0]]), "NaN"),
+        (np.array([[0.0, np.inf], [1.0, 2.0], [3.0, 4.0]]), "infinity"),
+        (np.empty((0, 3)), "0 sample"),
+        (np.empty((3, 0)), "0 feature"),
+        (np.ones((1, 3)), "1 sample"),
+        (np.array([["a", "b"], ["c", "d"]], dtype=object), "could not convert|Unable to convert"),
+    ],
+    ids=["nan", "inf", "empty", "no-features", "one-sample", "strings"],
+)
+def test_bad_training_data_raises_before_training(cls, X, message):
+    with pytest.raises(ValueError, match=message):
+        cls(**SMALL).fit(X)
+
+
+@pytest.mark.parametrize(
+    "estimator, message",
+    [
+        (BetaVAEEmbedder(beta=-1), "beta"),
+        (BetaVSCEmbedder(beta=-0.5), "beta"),
+        (BetaVSCEmbedder(prior_sparsity=0.0), "prior_sparsity"),
+        (BetaVSCEmbedder(prior_sparsity=1.0), "prior_sparsity"),
+        (BetaVSCEmbedder(spike_sharpness=0), "spike_sharpness"),
+        (AutoencoderEmbedder(n_components=0), "n_components"),
+        (AutoencoderEmbedder(learning_rate=0), "learning_rate"),
+        (AutoencoderEmbedder(hidden_layer_sizes=()), "hidden_layer_sizes"),
+        (AutoencoderEmbedder(hidden_layer_sizes=(16, -2)), "hidden_layer_sizes"),
+        (AutoencoderEmbedder(hidden_layer_sizes=(16.5,)), "hidden_layer_sizes"),
+        (AutoencoderEmbedder(device="gpu9"), "device"),
+    ],
+)
+def test_bad_parameters_raise(estimator, message, data):
+    with pytest.raises(ValueError, match=message):
+        estimator.fit(data)
+
+
+def test_cuda_requested_without_cuda_raises(data, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        AutoencoderEmbedder(device="cuda").fit(data)
+
+
+def test_wrong_number_of_features_at_transform(fitted, data):
+    with pytest.raises(ValueError, match="features"):
+        fitted.transform(data[:, :-1])
+    with pytest.raises(ValueError, match="columns"):
+        fitted.inverse_transform(np.zeros((2, SMALL["n_components"] + 1)))
+
+
+def test_non_finite_loss_stops_with_a_clear_error():
+    X = np.full((20, 5), 1e25)
+    X[::2] = -1e25
+    with pytest.raises(ValueError, match="Training loss became .* at epoch 1.*learning_rate"):
+        AutoencoderEmbedder(**SMALL).fit(X)
