@@ -1,0 +1,419 @@
+"""Seurat-style preprocessing of UMI counts: quality control, LogNormalize, vst, ScaleData.
+
+Row filtering cannot live in a scikit-learn Pipeline, so quality control is a
+function returning masks; the rest are transformers that chain in a Pipeline::
+
+    make_pipeline(LogNormalizer(), ClippedStandardScaler(), BetaVSCEmbedder())
+"""
+
+from numbers import Integral, Real
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, _fit_context
+from sklearn.feature_selection import SelectorMixin
+from sklearn.utils import Bunch, check_array
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.sparsefuncs import inplace_row_scale, mean_variance_axis
+from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
+
+from .loess import loess
+
+
+def _per_cell_sum(X):
+    return np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+
+
+def _n_nonzero(X, axis):
+    return X.getnnz(axis=axis) if sp.issparse(X) else np.count_nonzero(X, axis=axis)
+
+
+def _check_counts(X, gene_names=None):
+    X = check_array(X, accept_sparse="csr", dtype=[np.float64, np.float32])
+    check_non_negative(X, "counts")
+    if gene_names is not None and len(gene_names) != X.shape[1]:
+        raise ValueError(f"gene_names has {len(gene_names)} names but X has {X.shape[1]} genes.")
+    return X
+
+
+def qc_metrics(X, gene_names, *, mito_prefix="MT-"):
+    """Per-cell quality metrics of a counts matrix, as Seurat computes them.
+
+    Parameters
+    ----------
+    X : {array-like, sparse matrix} of shape (n_cells, n_genes)
+        UMI counts.
+    gene_names : array-like of str of shape (n_genes,)
+        Gene symbols; mitochondrial genes start with ``mito_prefix``.
+    mito_prefix : str, default="MT-"
+        Prefix of mitochondrial gene symbols (``"mt-"`` for mouse).
+
+    Returns
+    -------
+    metrics : pandas.DataFrame of shape (n_cells, 3)
+        ``n_genes`` (genes with a count), ``total_counts`` and ``pct_mito``
+        (percentage of counts on mitochondrial genes).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae.preprocessing import qc_metrics
+    >>> qc_metrics(np.array([[1, 0, 3], [0, 2, 2]]), ["MT-CO1", "CD3E", "LYZ"])
+       n_genes  total_counts  pct_mito
+    0        2           4.0      25.0
+    1        2           4.0       0.0
+    """
+    X = _check_counts(X, gene_names)
+    total = _per_cell_sum(X)
+    mito = np.char.startswith(np.asarray(gene_names, dtype=str), mito_prefix)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pct_mito = np.where(total > 0, 100 * _per_cell_sum(X[:, mito]) / total, 0.0)
+    return pd.DataFrame({"n_genes": _n_nonzero(X, axis=1), "total_counts": total, "pct_mito": pct_mito})
+
+
+def filter_cells_genes(
+    X, gene_names, *, min_cells=3, min_genes=200, max_genes=2500, max_pct_mito=5.0, mito_prefix="MT-"
+):
+    """The Seurat PBMC3k tutorial's quality control, as masks.
+
+    Genes are kept when seen in at least ``min_cells`` cells; then, on those genes,
+    cells are kept when ``min_genes < n_genes < max_genes`` and
+    ``pct_mito < max_pct_mito``. On PBMC3k this keeps 2,638 cells and 13,714 genes.
+
+    Parameters
+    ----------
+    X : {array-like, sparse matrix} of shape (n_cells, n_genes)
+        UMI counts.
+    gene_names : array-like of str of shape (n_genes,)
+        Gene symbols.
+    min_cells : int, default=3
+    min_genes : int, default=200
+    max_genes : int, default=2500
+    max_pct_mito : float, default=5.0
+    mito_prefix : str, default="MT-"
+
+    Returns
+    -------
+    result : :class:`~sklearn.utils.Bunch`
+        ``cell_mask`` (n_cells,) and ``gene_mask`` (n_genes,) booleans;
+        ``cell_metrics``: :func:`qc_metrics` of every cell on the kept genes;
+        ``n_cells_per_gene`` (n_genes,).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae.preprocessing import filter_cells_genes
+    >>> X = np.array([[5, 1, 0], [4, 0, 0], [3, 2, 0], [6, 0, 1]])
+    >>> kept = filter_cells_genes(X, ["A", "B", "C"], min_cells=2, min_genes=1, max_genes=3)
+    >>> kept.gene_mask.tolist(), kept.cell_mask.tolist()
+    ([True, True, False], [True, False, True, False])
+    """
+    X = _check_counts(X, gene_names)
+    n_cells_per_gene = _n_nonzero(X, axis=0)
+    gene_mask = n_cells_per_gene >= min_cells
+    metrics = qc_metrics(X[:, gene_mask], np.asarray(gene_names)[gene_mask], mito_prefix=mito_prefix)
+    cell_mask = (
+        (metrics["n_genes"] > min_genes) & (metrics["n_genes"] < max_genes) & (metrics["pct_mito"] < max_pct_mito)
+    ).to_numpy()
+    return Bunch(cell_mask=cell_mask, gene_mask=gene_mask, cell_metrics=metrics, n_cells_per_gene=n_cells_per_gene)
+
+
+class LogNormalizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """Seurat's LogNormalize: counts / cell total * ``target_sum``, then log1p.
+
+    Sparse input gives sparse output; float32 stays float32.
+
+    Parameters
+    ----------
+    target_sum : float, default=1e4
+        Total every cell is scaled to before the logarithm.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Number of genes seen during :term:`fit`.
+
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        Gene names seen during :term:`fit`, when `X` has string column names.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae.preprocessing import LogNormalizer
+    >>> LogNormalizer(target_sum=10).fit_transform(np.array([[1.0, 4.0]])).round(4)
+    array([[1.0986, 2.1972]])
+    """
+
+    _parameter_constraints = {"target_sum": [Interval(Real, 0, None, closed="neither")]}
+
+    def __init__(self, target_sum=1e4):
+        self.target_sum = target_sum
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Check the counts and record the number of genes.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_cells, n_genes)
+            UMI counts.
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        self : object
+            The fitted transformer.
+        """
+        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32])
+        check_non_negative(X, "LogNormalizer")
+        return self
+
+    def transform(self, X):
+        """Normalise each cell to ``target_sum`` and take log1p.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_cells, n_genes)
+            UMI counts; every cell must have at least one count.
+
+        Returns
+        -------
+        X_new : {ndarray, sparse matrix} of shape (n_cells, n_genes)
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], reset=False, copy=True)
+        check_non_negative(X, "LogNormalizer")
+        totals = _per_cell_sum(X)
+        if (empty := np.flatnonzero(totals == 0)).size:
+            raise ValueError(
+                f"{empty.size} cell(s) have no counts (rows {empty[:5].tolist()}...): their normalised "
+                "expression is undefined. Remove them first, e.g. with filter_cells_genes."
+            )
+        scale = (self.target_sum / totals).astype(X.dtype)
+        if sp.issparse(X):
+            inplace_row_scale(X, scale)
+            np.log1p(X.data, out=X.data)
+            return X
+        return np.log1p(X * scale[:, None], out=X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.input_tags.positive_only = True
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+class ClippedStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """Seurat's ScaleData: z-score each gene, then clip values above ``max_value``.
+
+    Genes are centred on their mean and divided by their standard deviation
+    (with ``n - 1``, as R's ``sd``); a gene with no variance is only centred.
+    Only large values are clipped, as in Seurat, so a gene seen in few cells
+    cannot dominate. Centring makes the output dense, also for sparse input.
+
+    Parameters
+    ----------
+    max_value : float or None, default=10.0
+        Upper clip of the scaled values; None for no clipping.
+
+    Attributes
+    ----------
+    mean_ : ndarray of shape (n_features,)
+        Mean of each gene.
+
+    scale_ : ndarray of shape (n_features,)
+        Standard deviation of each gene (1 where it is 0).
+
+    n_features_in_ : int
+        Number of genes seen during :term:`fit`.
+
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        Gene names seen during :term:`fit`, when `X` has string column names.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae.preprocessing import ClippedStandardScaler
+    >>> X = np.array([[0.0], [0.0], [0.0], [4.0]])
+    >>> ClippedStandardScaler(max_value=1.0).fit_transform(X).ravel()
+    array([-0.5, -0.5, -0.5,  1. ])
+    """
+
+    _parameter_constraints = {"max_value": [Interval(Real, 0, None, closed="neither"), None]}
+
+    def __init__(self, max_value=10.0):
+        self.max_value = max_value
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Compute each gene's mean and standard deviation.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_cells, n_genes)
+            E.g. log-normalised expression.
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        self : object
+            The fitted transformer.
+        """
+        X = validate_data(self, X, accept_sparse=["csr", "csc"], dtype=[np.float64, np.float32], ensure_min_samples=2)
+        n = X.shape[0]
+        if sp.issparse(X):
+            mean, variance = mean_variance_axis(X, axis=0)
+        else:
+            mean, variance = X.mean(axis=0), X.var(axis=0)
+        std = np.sqrt(np.asarray(variance, dtype=np.float64) * n / (n - 1))
+        self.mean_ = np.asarray(mean, dtype=np.float64)
+        self.scale_ = np.where(std > 0, std, 1.0)
+        return self
+
+    def transform(self, X):
+        """Scale and clip.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_cells, n_genes)
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_cells, n_genes)
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], reset=False)
+        X = X.toarray() if sp.issparse(X) else X.copy()
+        X -= self.mean_.astype(X.dtype)
+        X /= self.scale_.astype(X.dtype)
+        if self.max_value is not None:
+            np.minimum(X, X.dtype.type(self.max_value), out=X)
+        return X
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+class HighlyVariableGenes(SelectorMixin, BaseEstimator):
+    """Select the most variable genes by Seurat's vst method, from counts.
+
+    A LOESS curve (degree 2) of log10 variance against log10 mean gives each
+    gene's expected variance; counts are standardised by it, clipped at
+    ``sqrt(n_cells)`` and the genes ranked by the variance of the result
+    (Stuart et al., 2019; scanpy's ``flavor="seurat_v3"``).
+
+    Parameters
+    ----------
+    n_top_genes : int, default=2000
+        Number of genes to keep (all of them if there are fewer).
+    span : float, default=0.3
+        Share of genes in each local regression of the LOESS fit.
+
+    Attributes
+    ----------
+    means_ : ndarray of shape (n_features,)
+        Mean count of each gene.
+
+    variances_ : ndarray of shape (n_features,)
+        Variance of each gene's counts.
+
+    variances_norm_ : ndarray of shape (n_features,)
+        Variance of the standardised, clipped counts: the ranking score.
+
+    support_ : ndarray of bool of shape (n_features,)
+        The selected genes.
+
+    n_features_in_ : int
+        Number of genes seen during :term:`fit`.
+
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        Gene names seen during :term:`fit`, when `X` has string column names.
+
+    References
+    ----------
+    T. Stuart et al. "Comprehensive Integration of Single-Cell Data". Cell 177,
+    1888-1902 (2019).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae.preprocessing import HighlyVariableGenes
+    >>> rng = np.random.RandomState(0)
+    >>> counts = rng.poisson(rng.gamma(1.0, 1.0, size=300), size=(200, 300))
+    >>> counts[:20, 7] += rng.poisson(10, size=20)  # gene 7 marks a group of 20 cells
+    >>> selector = HighlyVariableGenes(n_top_genes=3).fit(counts)
+    >>> bool(selector.get_support()[7]), selector.transform(counts).shape
+    (True, (200, 3))
+    """
+
+    _parameter_constraints = {
+        "n_top_genes": [Interval(Integral, 1, None, closed="left")],
+        "span": [Interval(Real, 0, 1, closed="right")],
+    }
+
+    def __init__(self, n_top_genes=2000, *, span=0.3):
+        self.n_top_genes = n_top_genes
+        self.span = span
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Rank the genes by standardised variance.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_cells, n_genes)
+            UMI counts.
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        self : object
+            The fitted selector.
+        """
+        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], ensure_min_samples=2)
+        check_non_negative(X, "HighlyVariableGenes")
+        n = X.shape[0]
+        if sp.issparse(X):
+            mean, variance = mean_variance_axis(X, axis=0)
+        else:
+            mean, variance = X.mean(axis=0), X.var(axis=0)
+        mean = np.asarray(mean, dtype=np.float64)
+        variance = np.asarray(variance, dtype=np.float64) * n / (n - 1)
+
+        varies = variance > 0
+        expected_std = np.ones_like(mean)
+        expected_std[varies] = np.sqrt(10 ** loess(np.log10(mean[varies]), np.log10(variance[varies]), span=self.span))
+        # sums of the counts clipped at mean + sqrt(n) * expected std, and of their squares
+        clip = mean + np.sqrt(n) * expected_std
+        if sp.issparse(X):
+            X = X.tocsc()
+            clipped = sp.csc_matrix((np.minimum(X.data, np.repeat(clip, np.diff(X.indptr))), X.indices, X.indptr), X.shape)
+            total, total_sq = np.asarray(clipped.sum(axis=0)).ravel(), np.asarray(clipped.power(2).sum(axis=0)).ravel()
+        else:
+            clipped = np.minimum(X, clip)
+            total, total_sq = clipped.sum(axis=0), (clipped**2).sum(axis=0)
+        norm = (n * mean**2 + total_sq - 2 * mean * total) / ((n - 1) * expected_std**2)
+        self.means_, self.variances_ = mean, variance
+        self.variances_norm_ = np.where(varies, norm, 0.0)
+        top = np.argsort(-self.variances_norm_, kind="stable")[: self.n_top_genes]
+        self.support_ = np.zeros(X.shape[1], dtype=bool)
+        self.support_[top] = True
+        return self
+
+    def _get_support_mask(self):
+        check_is_fitted(self)
+        return self.support_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.input_tags.positive_only = True
+        return tags

@@ -1,0 +1,187 @@
+"""Reading 10x folders and fetching PBMC3k: the local copy, and the download path over a local server."""
+
+import functools
+import gzip
+import http.server
+import io
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+
+import skvae.datasets
+from skvae.datasets import fetch_pbmc3k, get_data_home, load_pbmc3k_labels, read_10x_mtx
+
+CELL_TYPES = {"Naive CD4 T", "Memory CD4 T", "CD14+ Mono", "B", "CD8 T", "FCGR3A+ Mono", "NK", "DC", "Platelet"}
+
+
+@pytest.fixture(scope="module")
+def pbmc3k_files():
+    """The three uncompressed files of 10x's tarball, as bytes (from SKVAE_DATA, else downloaded)."""
+    fetch_pbmc3k(qc=False)
+    folder = get_data_home() / "pbmc3k"
+    files = {}
+    for name in skvae.datasets.PBMC3K_SHA256:
+        path = skvae.datasets._find(folder, name)
+        files[name] = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    return files
+
+
+def make_tarball(files, extra_members=()):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(f"filtered_gene_bc_matrices/hg19/{name}")
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+        for info, content in extra_members:
+            tar.addfile(info, io.BytesIO(content) if content else None)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def serve(tmp_path, monkeypatch):
+    """Serve bytes at a URL on 127.0.0.1 and point PBMC3K_URL at it."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def publish(content):
+        (root / "pbmc3k.tar.gz").write_bytes(content)
+        monkeypatch.setattr(skvae.datasets, "PBMC3K_URL", f"http://127.0.0.1:{server.server_port}/pbmc3k.tar.gz")
+
+    yield publish
+    server.shutdown()
+    server.server_close()
+
+
+def assert_nothing_left(data_home):
+    assert not (data_home / "pbmc3k").exists() or not any((data_home / "pbmc3k").iterdir())
+    assert not [p for p in data_home.iterdir() if p.name.startswith(".pbmc3k-download")]
+
+
+def test_download_extract_verify_and_load(serve, pbmc3k_files, tmp_path):
+    escape = tarfile.TarInfo("../../escaped.txt")
+    escape.size = 3
+    link = tarfile.TarInfo("filtered_gene_bc_matrices/hg19/link")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    serve(make_tarball(pbmc3k_files, [(escape, b"bad"), (link, None)]))
+    data_home = tmp_path / "home"
+    pbmc = fetch_pbmc3k(data_home)
+    assert pbmc.data.shape == (2638, 13714)
+    assert sorted(p.name for p in (data_home / "pbmc3k").iterdir()) == ["barcodes.tsv", "genes.tsv", "matrix.mtx"]
+    assert not list(tmp_path.rglob("escaped.txt")) and not list(tmp_path.rglob("link"))
+    assert [p.name for p in data_home.iterdir()] == ["pbmc3k"]
+
+
+def test_checksum_mismatch_leaves_nothing(serve, pbmc3k_files, tmp_path):
+    tampered = dict(pbmc3k_files, **{"barcodes.tsv": pbmc3k_files["barcodes.tsv"].replace(b"AAAC", b"TTTT", 1)})
+    serve(make_tarball(tampered))
+    with pytest.raises(OSError, match="barcodes.tsv .* does not match its sha256"):
+        fetch_pbmc3k(tmp_path)
+    assert_nothing_left(tmp_path)
+
+
+def test_truncated_download_leaves_nothing(serve, pbmc3k_files, tmp_path):
+    tarball = make_tarball(pbmc3k_files)
+    serve(tarball[: len(tarball) // 2])
+    with pytest.raises(OSError, match="Could not download PBMC3k"):
+        fetch_pbmc3k(tmp_path)
+    assert_nothing_left(tmp_path)
+
+
+def test_archive_without_the_matrix_is_refused(serve, pbmc3k_files, tmp_path):
+    serve(make_tarball({k: v for k, v in pbmc3k_files.items() if k != "matrix.mtx"}))
+    with pytest.raises(OSError, match="no file matrix.mtx"):
+        fetch_pbmc3k(tmp_path)
+    assert_nothing_left(tmp_path)
+
+
+def test_unreachable_url_and_no_download(tmp_path, monkeypatch):
+    monkeypatch.setattr(skvae.datasets, "PBMC3K_URL", "http://127.0.0.1:9/missing.tar.gz")
+    with pytest.raises(OSError, match="Could not download PBMC3k"):
+        fetch_pbmc3k(tmp_path)
+    with pytest.raises(OSError, match="download_if_missing=False"):
+        fetch_pbmc3k(tmp_path, download_if_missing=False)
+    assert_nothing_left(tmp_path)
+
+
+def test_corrupted_local_copy_is_refused(pbmc3k_files, tmp_path):
+    folder = tmp_path / "pbmc3k"
+    folder.mkdir()
+    for name, content in pbmc3k_files.items():
+        (folder / name).write_bytes(content)
+    (folder / "genes.tsv").write_bytes(pbmc3k_files["genes.tsv"][:-10])
+    with pytest.raises(OSError, match="genes.tsv does not match PBMC3k's sha256"):
+        fetch_pbmc3k(tmp_path, download_if_missing=False)
+
+
+def test_fetch_pbmc3k_after_qc_has_the_tutorials_cells_genes_and_types():
+    pbmc = fetch_pbmc3k()
+    assert pbmc.data.shape == (2638, 13714) and pbmc.data.format == "csr"
+    assert set(pbmc.target_names) == CELL_TYPES
+    assert pbmc.target.min() == 0 and len(np.unique(pbmc.target)) == 9
+    assert len(pbmc.feature_names) == len(pbmc.gene_ids) == 13714 and len(pbmc.obs_names) == 2638
+    assert np.array_equal(pbmc.data.data, np.round(pbmc.data.data)) and pbmc.data.data.min() >= 1
+
+
+def test_fetch_pbmc3k_without_qc_keeps_every_cell():
+    pbmc = fetch_pbmc3k(qc=False)
+    assert pbmc.data.shape == (2700, 32738) and pbmc.data.nnz == 2286884
+    assert pbmc.data.sum() == 6390631
+    assert (pbmc.target == -1).sum() == 62
+    first = pbmc.obs_names.tolist().index("AAACATACAACCAC-1")
+    assert pbmc.data[first].nnz == 781 and pbmc.data[first].sum() == 2421
+
+
+def test_labels_cover_the_cells_that_pass_qc():
+    labels = load_pbmc3k_labels()
+    assert set(labels) == CELL_TYPES
+    assert set(labels.index) == set(fetch_pbmc3k().obs_names)
+
+
+def write_folder(folder, genes, barcodes, matrix, compress):
+    folder.mkdir()
+    opener = gzip.open if compress else open
+    suffix = ".gz" if compress else ""
+    with opener(folder / f"matrix.mtx{suffix}", "wt") as f:
+        f.write(matrix)
+    with opener(folder / f"{'features' if compress else 'genes'}.tsv{suffix}", "wt") as f:
+        f.write(genes)
+    with opener(folder / f"barcodes.tsv{suffix}", "wt") as f:
+        f.write(barcodes)
+
+
+MATRIX = "%%MatrixMarket matrix coordinate integer general\n%\n3 2 3\n1 1 5\n3 1 1\n2 2 7\n"
+
+
+@pytest.mark.parametrize("layout", ["v1", "v3"])
+def test_read_10x_mtx_both_layouts(tmp_path, layout):
+    v3 = layout == "v3"
+    genes = "".join(f"ENSG{i}\t{s}" + ("\tGene Expression" if v3 else "") + "\n" for i, s in enumerate("ABA"))
+    write_folder(tmp_path / layout, genes, "c1\nc2\n", MATRIX, compress=v3)
+    counts = read_10x_mtx(tmp_path / layout)
+    np.testing.assert_array_equal(counts.data.toarray(), [[5, 0, 1], [0, 7, 0]])
+    assert counts.feature_names.tolist() == ["A", "B", "A-1"]
+    assert counts.gene_ids.tolist() == ["ENSG0", "ENSG1", "ENSG2"]
+    assert counts.obs_names.tolist() == ["c1", "c2"]
+
+
+def test_read_10x_mtx_reports_missing_and_inconsistent_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no matrix.mtx, features.tsv or genes.tsv, barcodes.tsv"):
+        read_10x_mtx(tmp_path)
+    write_folder(tmp_path / "bad", "g1\tA\n", "c1\nc2\n", MATRIX, compress=False)
+    with pytest.raises(ValueError, match="3 genes x 2 cells but the folder lists 1 genes and 2 barcodes"):
+        read_10x_mtx(tmp_path / "bad")
+
+
+def test_data_home_resolution(tmp_path, monkeypatch):
+    monkeypatch.setenv("SKVAE_DATA", str(tmp_path))
+    assert get_data_home() == tmp_path
+    assert get_data_home(tmp_path / "x") == tmp_path / "x"
+    monkeypatch.delenv("SKVAE_DATA")
+    assert get_data_home().name == "skvae_data"
