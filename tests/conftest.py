@@ -9,3 +9,7 @@ from hypothesis import settings  # noqa: E402
 # First calls into torch are slow (lazy initialisation); CI machines are noisy.
 settings.register_profile("skvae", deadline=None)
 settings.load_profile("skvae")
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")  # tests draw figures without a display

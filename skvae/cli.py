@@ -1,0 +1,50 @@
+"""Command line: ``skvae study`` (also ``python -m skvae study``)."""
+
+import argparse
+
+from .study import MODELS, run_study
+
+
+def _models(text):
+    models = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown or not models:
+        raise argparse.ArgumentTypeError(f"choose among {', '.join(MODELS)}; got {text!r}")
+    return models
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser():
+    """The ``skvae`` argument parser."""
+    parser = argparse.ArgumentParser(prog="skvae", description="skvae: neural embeddings of single-cell data.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    study = commands.add_parser(
+        "study",
+        help="reproduce the PBMC3k study end to end and write a report",
+        description="Train PCA, an autoencoder, a beta-VAE and a beta-VSC on PBMC3k, evaluate them "
+        "(t-SNE + KMeans against the cell types, over several seeds) and write report.md with figures.",
+    )
+    study.add_argument("--epochs", type=_positive_int, default=200, help="training epochs (default: 200)")
+    study.add_argument("--models", type=_models, default=list(MODELS),
+                       help=f"comma-separated subset of {','.join(MODELS)} (default: all)")
+    study.add_argument("--seeds", type=_positive_int, default=3, help="t-SNE + KMeans seeds per model (default: 3)")
+    study.add_argument("--out", default="skvae-report", help="report folder (default: ./skvae-report)")
+    study.add_argument("--data-home", default=None, help="dataset folder (default: $SKVAE_DATA or ~/skvae_data)")
+    study.add_argument("--quiet", action="store_true", help="no progress lines")
+    study.add_argument("--no-epoch-lines", action="store_true", help="progress per model only, not per epoch")
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the ``skvae`` command."""
+    args = build_parser().parse_args(argv)
+    if args.command == "study":
+        verbose = 0 if args.quiet else 1 if args.no_epoch_lines else 2
+        run_study(epochs=args.epochs, models=args.models, n_seeds=args.seeds, out=args.out,
+                  data_home=args.data_home, verbose=verbose)

@@ -1,0 +1,58 @@
+"""The study command on the real PBMC3k (reduced epochs) and the example scripts in quick mode."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.pipeline import make_pipeline
+
+from skvae import AutoencoderEmbedder
+from skvae.cli import main
+from skvae.datasets import fetch_pbmc3k
+from skvae.evaluation import latent_scores
+from skvae.preprocessing import ClippedStandardScaler, LogNormalizer
+
+EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.py"))
+
+
+@pytest.mark.slow
+def test_study_command_writes_the_report(tmp_path, capsys):
+    main(["study", "--epochs", "2", "--seeds", "2", "--out", str(tmp_path)])
+    progress = capsys.readouterr().out
+    assert "[beta-VSC] trained" in progress and "Epoch 2/2" in progress
+    report = (tmp_path / "report.md").read_text()
+    for model in ("PCA", "Autoencoder", "beta-VAE", "beta-VSC"):
+        assert f"| {model} | " in report
+    for figure in ("tsne_2d.png", "tsne_3d.png", "metrics.png", "training_loss.png", "vsc_spikes.png"):
+        assert (tmp_path / figure).stat().st_size > 10_000 and f"({figure})" in report
+    scores = pd.read_csv(tmp_path / "scores.csv")
+    assert len(scores) == 8 and scores["ARI"].between(-1, 1).all()
+    # PCA's codes separate the tutorial's cell types (they were found from PCA)
+    assert scores.query("model == 'PCA'")["kNN accuracy"].min() > 0.85
+
+
+def test_study_command_rejects_unknown_models_and_bad_counts(capsys):
+    with pytest.raises(SystemExit):
+        main(["study", "--models", "pca,umap"])
+    assert "choose among pca, ae, vae, vsc" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["study", "--epochs", "0"])
+
+
+@pytest.mark.slow
+def test_autoencoder_codes_separate_the_cell_types():
+    pbmc = fetch_pbmc3k()
+    X = make_pipeline(LogNormalizer(), ClippedStandardScaler()).fit_transform(pbmc.data).astype(np.float32)
+    codes = AutoencoderEmbedder(max_epochs=30, random_state=0).fit_transform(X)
+    assert latent_scores(codes, pbmc.target)["kNN accuracy"] > 0.8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
+def test_example_runs_in_quick_mode(script, tmp_path):
+    result = subprocess.run([sys.executable, str(script), "--quick"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip()
