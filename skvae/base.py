@@ -11,14 +11,15 @@ from abc import ABCMeta, abstractmethod
 from numbers import Integral, Real
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_array, check_random_state
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .batching import iter_row_batches
+from .batching import iter_batches, make_row_source
 from .training import mean_loss, train
 
 # Rows per forward pass at inference: large enough to amortise the per-call overhead,
@@ -30,7 +31,32 @@ _SAVE_FORMAT = "skvae-estimator-v1"
 class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator, metaclass=ABCMeta):
     """Base class for the neural embedders; not for direct use.
 
-    Parameters are documented on the public estimators in :mod:`skvae.estimators`.
+    A subclass implements ``_build_module(n_features, hidden_layer_sizes)``,
+    returning a module of :mod:`skvae.modules`, and, for variational models,
+    ``_kl_weight()``. Parameters are documented on the public estimators.
+
+    Parameters
+    ----------
+    n_components : int, default=6
+    hidden_layer_sizes : array-like of int, default=(128, 32, 16)
+    batch_size : int, default=256
+    learning_rate : float, default=1e-3
+    max_epochs : int, default=200
+    early_stopping : bool, default=False
+    validation_fraction : float, default=0.1
+    n_iter_no_change : int, default=10
+    tol : float, default=1e-4
+    random_state : int, RandomState instance or None, default=None
+    algorithm : {"auto", "sparse", "dense"}, default="auto"
+    device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
+    verbose : int, default=0
+
+    Examples
+    --------
+    >>> from skvae import AutoencoderEmbedder
+    >>> from skvae.base import BaseEmbedder
+    >>> issubclass(AutoencoderEmbedder, BaseEmbedder)
+    True
     """
 
     _parameter_constraints = {
@@ -44,6 +70,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "random_state": ["random_state"],
+        "algorithm": [StrOptions({"auto", "dense", "sparse"})],
         "device": [str, torch.device],
         "verbose": ["verbose"],
     }
@@ -61,6 +88,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         n_iter_no_change=10,
         tol=1e-4,
         random_state=None,
+        algorithm="auto",
         device="auto",
         verbose=0,
     ):
@@ -74,6 +102,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
         self.random_state = random_state
+        self.algorithm = algorithm
         self.device = device
         self.verbose = verbose
 
@@ -132,14 +161,16 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         X_train, X_val = X, None
         if self.early_stopping:
             X_train, X_val = train_test_split(X, test_size=self.validation_fraction, random_state=rng)
+        train_rows = make_row_source(X_train, algorithm=self.algorithm, device=device, with_transpose=True)
+        val_rows = None if X_val is None else make_row_source(X_val, algorithm=self.algorithm, device=device)
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             module = self._build_module(X.shape[1], hidden_layer_sizes)
         history = train(
             module.to(device),
-            X_train,
-            X_val,
+            train_rows,
+            val_rows,
             kl_weight=self._kl_weight(),
             batch_size=self.batch_size,
             learning_rate=self.learning_rate,
@@ -162,14 +193,16 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
     @torch.no_grad()
     def _map_rows(self, method, X):
-        """Apply ``self.module_.<method>`` to the rows of X in X's float precision."""
+        """Apply ``self.module_.<method>`` to the rows of X in X's float precision.
+
+        Sparse input goes through the encoder's sparse first layer; dense input
+        through dense products, so that each row's result does not depend on the
+        others.
+        """
         module = self.module_ if X.dtype == np.float32 else copy.deepcopy(self.module_).double()
         module.eval()
-        outputs = [
-            getattr(module, method)(xb).numpy()
-            for xb in iter_row_batches(X, _INFERENCE_BATCH_SIZE, dtype=X.dtype)
-        ]
-        return np.concatenate(outputs)
+        rows = make_row_source(X, algorithm="sparse" if sp.issparse(X) else "dense", dtype=X.dtype)
+        return np.concatenate([getattr(module, method)(xb).numpy() for xb in iter_batches(rows, _INFERENCE_BATCH_SIZE)])
 
     def _validate_fitted_input(self, X):
         check_is_fitted(self)
@@ -228,8 +261,8 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         -------
         score : float
         """
-        X = self._validate_fitted_input(X).astype(np.float32, copy=False)
-        return -mean_loss(self.module_, X, kl_weight=1.0, batch_size=_INFERENCE_BATCH_SIZE)
+        rows = make_row_source(self._validate_fitted_input(X), algorithm=self.algorithm)
+        return -mean_loss(self.module_, rows, kl_weight=1.0, batch_size=_INFERENCE_BATCH_SIZE)
 
     def save(self, path):
         """Save parameters and weights to ``path``, readable by :meth:`load`.

@@ -1,49 +1,169 @@
-"""Rows of a dense or sparse matrix as torch tensors, one minibatch at a time."""
+"""Rows of a dense or sparse matrix as torch minibatches, made one minibatch at a time.
+
+Two representations, chosen by :func:`make_row_source`:
+
+- dense tensors (sparse input is densified one minibatch at a time, never whole);
+- :class:`skvae.sparse.ShiftedSparseRows`: each row as a sparse vector plus a
+  per-feature shift, for sparse input and for dense input that is mostly one value
+  per feature (such as Seurat-scaled expression).
+"""
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.utils import gen_batches
 
+from .sparse import ShiftedSparseRows
 
-def rows_as_tensor(X, rows, *, dtype=np.float32, device="cpu"):
-    """Dense tensor of the selected rows of ``X``.
+# "auto" takes the sparse representation of dense input when at most this share of
+# its entries differ from their column's median (6 % on Seurat-scaled PBMC3k).
+SPARSE_DENSITY_LIMIT = 0.3
 
-    Sparse matrices are densified here, one selection at a time, never whole.
+
+class DenseRowSource:
+    """Minibatches as dense tensors.
 
     Parameters
     ----------
     X : ndarray or scipy.sparse CSR matrix of shape (n_samples, n_features)
-    rows : slice or ndarray of int
+        Sparse rows are densified one minibatch at a time.
+    dtype : numpy dtype
+    device : str or torch.device
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae.batching import DenseRowSource
+    >>> DenseRowSource(np.eye(4), dtype=np.float32, device="cpu").batch(slice(1, 3))
+    tensor([[0., 1., 0., 0.],
+            [0., 0., 1., 0.]])
+    """
+
+    def __init__(self, X, *, dtype, device):
+        # np.array/np.require copy read-only inputs (memmaps), which torch must not share
+        self._X = X if sp.issparse(X) else torch.from_numpy(np.require(X, dtype=dtype, requirements=["C", "W"]))
+        self._dtype, self._device = dtype, device
+        self.n_rows = X.shape[0]
+
+    def batch(self, rows):
+        if sp.issparse(self._X):
+            return torch.from_numpy(self._X[rows].toarray().astype(self._dtype, copy=False)).to(self._device)
+        return self._X[torch.as_tensor(rows) if isinstance(rows, np.ndarray) else rows].to(self._device)
+
+
+class ShiftedSparseRowSource:
+    """Minibatches as :class:`~skvae.sparse.ShiftedSparseRows` of ``values + shift``.
+
+    Parameters
+    ----------
+    values : scipy.sparse matrix of shape (n_samples, n_features)
+    shift : ndarray of shape (n_features,)
+    dtype : numpy dtype
+    device : str or torch.device
+    with_transpose : bool
+        Keep each minibatch's transpose, for gradients.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import scipy.sparse as sp
+    >>> from skvae.batching import ShiftedSparseRowSource
+    >>> source = ShiftedSparseRowSource(sp.eye(4, format="csr"), np.ones(4), dtype=np.float32, device="cpu",
+    ...                                 with_transpose=False)
+    >>> rows = source.batch(np.array([2, 0]))
+    >>> rows.values.to_dense() + rows.shift
+    tensor([[1., 1., 2., 1.],
+            [2., 1., 1., 1.]])
+    """
+
+    def __init__(self, values, shift, *, dtype, device, with_transpose):
+        self._values, self._shift = values.tocsr().astype(dtype, copy=False), shift
+        self._dtype, self._device, self._with_transpose = dtype, device, with_transpose
+        self.n_rows = values.shape[0]
+
+    def batch(self, rows):
+        return ShiftedSparseRows.from_scipy(
+            _csr_rows(self._values, rows), self._shift, dtype=self._dtype, device=self._device,
+            with_transpose=self._with_transpose,
+        )
+
+
+def _csr_rows(X, rows):
+    """Rows of a CSR matrix; a range of rows as views of its arrays, without copying them."""
+    if not isinstance(rows, slice):
+        return X[rows]
+    start, stop, _ = rows.indices(X.shape[0])
+    first, last = X.indptr[start], X.indptr[stop]
+    return sp.csr_matrix(
+        (X.data[first:last], X.indices[first:last], X.indptr[start : stop + 1] - first),
+        shape=(stop - start, X.shape[1]),
+        copy=False,
+    )
+
+
+def make_row_source(X, *, algorithm="auto", dtype=np.float32, device="cpu", with_transpose=False):
+    """A minibatch source for ``X``.
+
+    Parameters
+    ----------
+    X : ndarray or scipy.sparse CSR matrix of shape (n_samples, n_features)
+    algorithm : {"auto", "dense", "sparse"}, default="auto"
+        "dense": dense tensors. "sparse": shifted sparse rows (shift 0 for sparse
+        input, the column median for dense input). "auto": "sparse" for sparse
+        input and for dense input with at most :data:`SPARSE_DENSITY_LIMIT` of its
+        entries off their column's median, else "dense".
     dtype : numpy dtype, default=np.float32
     device : str or torch.device, default="cpu"
+    with_transpose : bool, default=False
+        Keep each sparse minibatch's transpose, for gradients (training).
 
     Returns
     -------
-    torch.Tensor of shape (n_selected, n_features)
+    source : DenseRowSource or ShiftedSparseRowSource
+        ``source.batch(rows)`` gives the minibatch of ``rows`` (a slice or indices);
+        ``source.n_rows`` is the number of rows.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae.batching import make_row_source
+    >>> scaled = np.where(np.eye(50) > 0, 3.0, -0.2)  # one value per column, mostly
+    >>> type(make_row_source(scaled)).__name__, type(make_row_source(scaled, algorithm="dense")).__name__
+    ('ShiftedSparseRowSource', 'DenseRowSource')
     """
-    block = X[rows].toarray() if sp.issparse(X) else X[rows]
-    # np.array copies: read-only inputs (memmaps) must not be shared with torch
-    return torch.from_numpy(np.array(block, dtype=dtype)).to(device)
+    if algorithm == "dense":
+        return DenseRowSource(X, dtype=dtype, device=device)
+    if sp.issparse(X):
+        return ShiftedSparseRowSource(X, np.zeros(X.shape[1]), dtype=dtype, device=device, with_transpose=with_transpose)
+    # a column that is mostly one value (0 for counts, -mean / sd once scaled) has it as its median
+    shift = np.partition(X, X.shape[0] // 2, axis=0)[X.shape[0] // 2]
+    if algorithm == "auto" and np.mean(X != shift) > SPARSE_DENSITY_LIMIT:
+        return DenseRowSource(X, dtype=dtype, device=device)
+    values = sp.csr_matrix((X - shift).astype(dtype, copy=False))  # x - x is exactly 0
+    return ShiftedSparseRowSource(values, shift, dtype=dtype, device=device, with_transpose=with_transpose)
 
 
-def iter_row_batches(X, batch_size, *, order=None, dtype=np.float32, device="cpu"):
-    """Yield dense tensors of consecutive minibatches of rows of ``X``.
+def iter_batches(source, batch_size, *, order=None):
+    """Yield the minibatches of ``source``, ``batch_size`` rows each.
 
     Parameters
     ----------
-    X : ndarray or scipy.sparse CSR matrix of shape (n_samples, n_features)
+    source : DenseRowSource or ShiftedSparseRowSource
     batch_size : int
     order : ndarray of int, default=None
         Row indices to visit, in order; all rows in their order when None.
-    dtype : numpy dtype, default=np.float32
-    device : str or torch.device, default="cpu"
 
     Yields
     ------
-    torch.Tensor of shape (<= batch_size, n_features)
+    torch.Tensor or ShiftedSparseRows
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae.batching import iter_batches, make_row_source
+    >>> source = make_row_source(np.random.RandomState(0).normal(size=(10, 3)))
+    >>> [len(batch) for batch in iter_batches(source, 4)]
+    [4, 4, 2]
     """
-    n_rows = X.shape[0] if order is None else len(order)
-    for batch in gen_batches(n_rows, batch_size):
-        rows = batch if order is None else order[batch]
-        yield rows_as_tensor(X, rows, dtype=dtype, device=device)
+    for batch in gen_batches(source.n_rows if order is None else len(order), batch_size):
+        yield source.batch(batch if order is None else order[batch])

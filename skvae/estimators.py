@@ -53,6 +53,16 @@ _TRAINING_PARAMETERS = """\
         reparameterisation noise. An int gives identical results on CPU. Global
         random states (numpy's and torch's) are left untouched.
 
+    algorithm : {"auto", "sparse", "dense"}, default="auto"
+        How minibatches are computed; the model and its loss are the same.
+        "sparse" writes each cell as a sparse vector plus a per-gene shift (0 for
+        sparse input; for dense input the gene's median, which is its background
+        value, e.g. ``-mean / sd`` of scaled data) and computes the first layer and
+        the squared error from it: exact, with several times less arithmetic on
+        single-cell data. "dense" uses plain dense products. "auto" takes "sparse"
+        for sparse input and for dense input with at most 30 % of its entries off
+        their gene's median.
+
     device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
         Where to train: "auto" takes CUDA when available. The fitted module is
         moved to CPU; transform runs there.
@@ -221,6 +231,7 @@ class BetaVAEEmbedder(_VariationalEmbedder):
         n_iter_no_change=10,
         tol=1e-4,
         random_state=None,
+        algorithm="auto",
         device="auto",
         verbose=0,
     ):
@@ -235,6 +246,7 @@ class BetaVAEEmbedder(_VariationalEmbedder):
             n_iter_no_change=n_iter_no_change,
             tol=tol,
             random_state=random_state,
+            algorithm=algorithm,
             device=device,
             verbose=verbose,
         )
@@ -321,6 +333,7 @@ class BetaVSCEmbedder(_VariationalEmbedder):
         n_iter_no_change=10,
         tol=1e-4,
         random_state=None,
+        algorithm="auto",
         device="auto",
         verbose=0,
     ):
@@ -335,6 +348,7 @@ class BetaVSCEmbedder(_VariationalEmbedder):
             n_iter_no_change=n_iter_no_change,
             tol=tol,
             random_state=random_state,
+            algorithm=algorithm,
             device=device,
             verbose=verbose,
         )

@@ -17,6 +17,13 @@ def squared_error(reconstruction, target):
     Returns
     -------
     torch.Tensor of shape (n_samples,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.losses import squared_error
+    >>> squared_error(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0]]))
+    tensor([5.])
     """
     return (reconstruction - target).square().sum(dim=-1)
 
@@ -32,6 +39,13 @@ def gaussian_kl(mu, logvar):
     Returns
     -------
     torch.Tensor of shape (n_samples,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.losses import gaussian_kl
+    >>> gaussian_kl(torch.zeros(2, 3), torch.zeros(2, 3))
+    tensor([0., 0.])
     """
     return _gaussian_kl_per_dimension(mu, logvar).sum(dim=-1)
 
@@ -56,6 +70,13 @@ def bernoulli_kl(p, prior_p):
     Returns
     -------
     torch.Tensor of the shape of ``p``
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.losses import bernoulli_kl
+    >>> bernoulli_kl(torch.tensor([0.5, 1.0]), 0.5)
+    tensor([0.0000, 0.6931])
     """
     prior_p = torch.as_tensor(prior_p, dtype=p.dtype, device=p.device)
     q = 1.0 - p
@@ -85,6 +106,14 @@ def spike_and_slab_kl(mu, logvar, spike, prior_spike):
     Returns
     -------
     torch.Tensor of shape (n_samples,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.losses import gaussian_kl, spike_and_slab_kl
+    >>> mu, logvar = torch.ones(1, 2), torch.zeros(1, 2)
+    >>> spike_and_slab_kl(mu, logvar, torch.ones(1, 2), 1.0), gaussian_kl(mu, logvar)
+    (tensor([1.]), tensor([1.]))
 
     References
     ----------

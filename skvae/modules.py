@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .losses import gaussian_kl, spike_and_slab_kl, squared_error
+from .losses import gaussian_kl, spike_and_slab_kl
 from .nn import Decoder, Encoder
+from .sparse import linear_squared_error
 
 # Spike probabilities are kept inside (eps, 1 - eps) so the KL's logarithms
 # and their gradients stay finite.
@@ -28,6 +29,14 @@ class LossTerms:
     kl : torch.Tensor of shape (n_samples,)
         KL divergence of each cell's posterior from the prior (zeros for a plain
         autoencoder).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.modules import LossTerms
+    >>> terms = LossTerms(reconstruction=torch.tensor([4.0]), kl=torch.tensor([1.0]))
+    >>> terms.reconstruction + 2.0 * terms.kl
+    tensor([6.])
     """
 
     reconstruction: torch.Tensor
@@ -41,6 +50,7 @@ class _LatentModel(nn.Module):
 
     def __init__(self, n_features, n_components, hidden_layer_sizes):
         super().__init__()
+        self.n_components = n_components
         self.encoder = Encoder(n_features, hidden_layer_sizes, n_components, self.branches)
         self.decoder = Decoder(n_components, hidden_layer_sizes, n_features)
 
@@ -61,7 +71,7 @@ class _LatentModel(nn.Module):
 
         Parameters
         ----------
-        x : torch.Tensor of shape (n_samples, n_features)
+        x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
         generator : torch.Generator, default=None
             Source of the reparameterisation noise.
         deterministic : bool, default=False
@@ -73,11 +83,31 @@ class _LatentModel(nn.Module):
         """
         q = self.posterior(x)
         z = self.mean_code(q) if deterministic else self.sample_code(q, generator)
-        return LossTerms(squared_error(self.decode(z), x), self._kl(q))
+        reconstruction = linear_squared_error(self.decoder.output, self.decoder.hidden(z), x)
+        return LossTerms(reconstruction, self._kl(q))
 
 
 class Autoencoder(_LatentModel):
-    """Deterministic autoencoder: one encoder branch, no KL term."""
+    """Deterministic autoencoder: one encoder branch, no KL term.
+
+    Parameters
+    ----------
+    n_features : int
+        Input and output width (genes).
+    n_components : int
+        Latent size.
+    hidden_layer_sizes : sequence of int
+        Encoder widths, input side first; the decoder mirrors them.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.modules import Autoencoder
+    >>> module = Autoencoder(50, 2, (16, 8))
+    >>> x = torch.randn(4, 50)
+    >>> module.embed(x).shape, module.loss(x).reconstruction.shape
+    (torch.Size([4, 2]), torch.Size([4]))
+    """
 
     branches = ("code",)
 
@@ -92,7 +122,26 @@ class Autoencoder(_LatentModel):
 
 
 class VariationalAutoencoder(_LatentModel):
-    """Gaussian VAE with separate branches for the posterior mean and log-variance."""
+    """Gaussian VAE with separate branches for the posterior mean and log-variance.
+
+    Parameters
+    ----------
+    n_features : int
+        Input and output width (genes).
+    n_components : int
+        Latent size.
+    hidden_layer_sizes : sequence of int
+        Encoder widths, input side first; the decoder mirrors them.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.modules import VariationalAutoencoder
+    >>> module = VariationalAutoencoder(50, 2, (16, 8))
+    >>> terms = module.loss(torch.randn(4, 50), generator=torch.Generator().manual_seed(0))
+    >>> bool((terms.kl >= 0).all())
+    True
+    """
 
     branches = ("mu", "logvar")
 
@@ -108,7 +157,7 @@ class VariationalAutoencoder(_LatentModel):
 
     def sample_prior(self, n_samples, generator=None):
         """Draw latent codes from the standard normal prior."""
-        return torch.randn(n_samples, self.decoder[0].in_features, generator=generator)
+        return torch.randn(n_samples, self.n_components, generator=generator)
 
 
 class SparseCodingVAE(_LatentModel):
@@ -122,6 +171,14 @@ class SparseCodingVAE(_LatentModel):
         Prior probability that a latent dimension is active.
     sharpness : float
         Sharpness ``c`` of the sigmoid that relaxes the spike selection.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.modules import SparseCodingVAE
+    >>> module = SparseCodingVAE(50, 3, (16, 8), prior_spike=0.5, sharpness=50.0)
+    >>> module.spike_probability(torch.randn(4, 50)).shape
+    torch.Size([4, 3])
     """
 
     branches = ("mu", "logvar", "logspike")
@@ -157,6 +214,6 @@ class SparseCodingVAE(_LatentModel):
 
     def sample_prior(self, n_samples, generator=None):
         """Draw latent codes from the spike-and-slab prior."""
-        shape = (n_samples, self.decoder[0].in_features)
+        shape = (n_samples, self.n_components)
         active = torch.rand(shape, generator=generator) < self.prior_spike
         return active * torch.randn(shape, generator=generator)

@@ -2,37 +2,105 @@
 
 from itertools import pairwise
 
+import math
+
+import torch
 from torch import nn
 
+from .sparse import ShiftedSparseRows
 
-def linear_stack(sizes, *, activate_first=True):
+
+def linear_stack(sizes):
     """Linear layers between consecutive ``sizes``, each followed by a ReLU.
 
     Parameters
     ----------
     sizes : sequence of int
-        Widths, input first. ``len(sizes) - 1`` linear layers are built.
-    activate_first : bool, default=True
-        Whether the first linear layer is followed by a ReLU.
+        Widths, input first. ``len(sizes) - 1`` linear layers are built (none for
+        fewer than two sizes: the identity).
 
     Returns
     -------
     torch.nn.Sequential
+
+    Examples
+    --------
+    >>> from skvae.nn import linear_stack
+    >>> linear_stack([4, 3, 2])
+    Sequential(
+      (0): Linear(in_features=4, out_features=3, bias=True)
+      (1): ReLU()
+      (2): Linear(in_features=3, out_features=2, bias=True)
+      (3): ReLU()
+    )
     """
     layers = []
-    for i, (n_in, n_out) in enumerate(pairwise(sizes)):
-        layers.append(nn.Linear(n_in, n_out))
-        if i > 0 or activate_first:
-            layers.append(nn.ReLU())
+    for n_in, n_out in pairwise(sizes):
+        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
     return nn.Sequential(*layers)
 
 
-class Encoder(nn.Module):
-    """A shared trunk followed by one branch per posterior parameter.
+class InputLinear(nn.Module):
+    """A linear layer for dense rows or :class:`~skvae.sparse.ShiftedSparseRows`.
 
-    The trunk holds every hidden layer but the last; its first layer is linear
-    with no activation. Each branch holds its own copy of the last hidden layer
-    and a linear output of width ``n_outputs``.
+    Its weight is stored (in_features, out_features), the layout a sparse
+    minibatch multiplies without a copy; initialised as ``nn.Linear``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn import InputLinear
+    >>> layer = InputLinear(5, 3)
+    >>> layer.weight.shape, layer(torch.ones(2, 5)).shape
+    (torch.Size([5, 3]), torch.Size([2, 3]))
+    """
+
+    def __init__(self, in_features, out_features):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(out_features))
+        nn.init.kaiming_uniform_(self.weight.T, a=math.sqrt(5))
+        nn.init.uniform_(self.bias, -1 / math.sqrt(in_features), 1 / math.sqrt(in_features))
+
+    def forward(self, x):
+        return input_product(x, self.weight, self.bias)
+
+
+def input_product(x, weight, bias):
+    """``x @ weight + bias`` for dense rows or :class:`~skvae.sparse.ShiftedSparseRows` ``x``.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (n_rows, in_features) or ShiftedSparseRows
+    weight : torch.Tensor of shape (in_features, out_features)
+    bias : torch.Tensor of shape (out_features,)
+
+    Returns
+    -------
+    torch.Tensor of shape (n_rows, out_features)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn import input_product
+    >>> input_product(torch.ones(1, 2), torch.ones(2, 3), torch.zeros(3))
+    tensor([[2., 2., 2.]])
+    """
+    if isinstance(x, ShiftedSparseRows):
+        return x.linear(weight, bias)
+    return torch.addmm(bias, x, weight)
+
+
+class Encoder(nn.Module):
+    """An input layer and a shared trunk, then one branch per posterior parameter.
+
+    The input layer is linear with no activation; the trunk holds the following
+    hidden layers but the last, each with a ReLU. Each branch holds its own copy of
+    the last hidden layer (with a ReLU) and a linear output of width ``n_outputs``.
 
     Parameters
     ----------
@@ -44,33 +112,47 @@ class Encoder(nn.Module):
         Width of each branch's output (the latent size).
     branches : sequence of str
         Names of the branches, e.g. ``("mu", "logvar")``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn import Encoder
+    >>> encoder = Encoder(100, (16, 8, 4), 2, ["mu", "logvar"])
+    >>> {name: out.shape for name, out in encoder(torch.randn(5, 100)).items()}
+    {'mu': torch.Size([5, 2]), 'logvar': torch.Size([5, 2])}
     """
 
     def __init__(self, n_features, hidden_layer_sizes, n_outputs, branches):
         super().__init__()
-        trunk_sizes = [n_features, *hidden_layer_sizes[:-1]]
-        self.trunk = linear_stack(trunk_sizes, activate_first=False)
+        self.input_layer = InputLinear(n_features, hidden_layer_sizes[0])
+        self.trunk = linear_stack(hidden_layer_sizes[:-1])
+        branch_sizes = hidden_layer_sizes[-2:]
         self.branches = nn.ModuleDict(
             {
-                name: nn.Sequential(
-                    linear_stack(
-                        [trunk_sizes[-1], hidden_layer_sizes[-1]],
-                        activate_first=len(trunk_sizes) > 1,
-                    ),
-                    nn.Linear(hidden_layer_sizes[-1], n_outputs),
-                )
+                name: nn.Sequential(*linear_stack(branch_sizes), nn.Linear(branch_sizes[-1], n_outputs))
                 for name in branches
             }
         )
 
     def forward(self, x):
-        """Return a dict mapping each branch name to its output tensor."""
-        h = self.trunk(x)
+        """Return a dict mapping each branch name to its output tensor.
+
+        ``x`` is a dense tensor or :class:`skvae.sparse.ShiftedSparseRows`.
+        """
+        if self.training or torch.is_grad_enabled() or not len(self.trunk):
+            h = self.trunk(self.input_layer(x))
+        else:
+            # The input layer has no activation, so at inference it merges with the next linear
+            # layer: one genes x 32 product instead of genes x 128 then 128 x 32.
+            following = self.trunk[0]
+            weight = self.input_layer.weight @ following.weight.T
+            bias = torch.addmv(following.bias, following.weight, self.input_layer.bias)
+            h = self.trunk[1:](input_product(x, weight, bias))
         return {name: branch(h) for name, branch in self.branches.items()}
 
 
-class Decoder(nn.Sequential):
-    """The encoder's hidden layers in reverse, with ReLUs, and a linear output.
+class Decoder(nn.Module):
+    """The encoder's hidden layers in reverse, each with a ReLU, and a linear output.
 
     Parameters
     ----------
@@ -80,8 +162,19 @@ class Decoder(nn.Sequential):
         The encoder's hidden widths, input side first; used in reverse.
     n_features : int
         Output width.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn import Decoder
+    >>> Decoder(2, (16, 8, 4), 100)(torch.randn(5, 2)).shape
+    torch.Size([5, 100])
     """
 
     def __init__(self, n_components, hidden_layer_sizes, n_features):
-        hidden = [n_components, *reversed(hidden_layer_sizes)]
-        super().__init__(*linear_stack(hidden), nn.Linear(hidden[-1], n_features))
+        super().__init__()
+        self.hidden = linear_stack([n_components, *reversed(hidden_layer_sizes)])
+        self.output = nn.Linear(hidden_layer_sizes[0], n_features)
+
+    def forward(self, z):
+        return self.output(self.hidden(z))

@@ -6,37 +6,46 @@ import time
 
 import torch
 
-from .batching import iter_row_batches
+from .batching import iter_batches
 
 
 @torch.no_grad()
-def mean_loss(module, X, *, kl_weight, batch_size, device="cpu"):
+def mean_loss(module, rows, *, kl_weight, batch_size):
     """Mean per-cell loss ``reconstruction + kl_weight * kl`` with deterministic codes.
 
     Parameters
     ----------
     module : skvae.modules model
-    X : ndarray or scipy.sparse CSR matrix of shape (n_samples, n_features)
+    rows : row source of :mod:`skvae.batching`
     kl_weight : float
     batch_size : int
-    device : str or torch.device, default="cpu"
 
     Returns
     -------
     float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae.batching import make_row_source
+    >>> from skvae.modules import Autoencoder
+    >>> from skvae.training import mean_loss
+    >>> rows = make_row_source(np.zeros((8, 5)), algorithm="dense")
+    >>> mean_loss(Autoencoder(5, 2, (4,)), rows, kl_weight=1.0, batch_size=4) >= 0
+    True
     """
     module.eval()
     total = 0.0
-    for xb in iter_row_batches(X, batch_size, device=device):
+    for xb in iter_batches(rows, batch_size):
         terms = module.loss(xb, deterministic=True)
         total += (terms.reconstruction + kl_weight * terms.kl).sum().item()
-    return total / X.shape[0]
+    return total / rows.n_rows
 
 
 def train(
     module,
-    X_train,
-    X_val=None,
+    train_rows,
+    val_rows=None,
     *,
     kl_weight,
     batch_size,
@@ -55,8 +64,9 @@ def train(
     ----------
     module : skvae.modules model
         Already on ``device``.
-    X_train : ndarray or scipy.sparse CSR matrix of shape (n_samples, n_features)
-    X_val : ndarray or scipy.sparse CSR matrix, default=None
+    train_rows : row source of :mod:`skvae.batching`
+        The training rows, on ``device``.
+    val_rows : row source of :mod:`skvae.batching`, default=None
         Held-out rows. When given, training stops once the validation loss has not
         improved by at least ``tol`` for ``n_iter_no_change`` epochs, and the best
         weights are restored.
@@ -76,12 +86,28 @@ def train(
     -------
     history : dict of list of float
         Per-epoch mean training ``loss``, ``reconstruction`` and ``kl`` per cell,
-        and ``val_loss`` when ``X_val`` is given.
+        and ``val_loss`` when ``val_rows`` is given.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> from skvae.batching import make_row_source
+    >>> from skvae.modules import VariationalAutoencoder
+    >>> from skvae.training import train
+    >>> X = np.random.RandomState(0).normal(size=(64, 10))
+    >>> history = train(VariationalAutoencoder(10, 2, (8,)), make_row_source(X, with_transpose=True),
+    ...                 kl_weight=1.0, batch_size=16, learning_rate=1e-2, max_epochs=5, n_iter_no_change=1,
+    ...                 tol=0.0, rng=np.random.RandomState(0), generator=torch.Generator().manual_seed(0),
+    ...                 device="cpu")
+    >>> len(history["loss"]), history["loss"][-1] < history["loss"][0]
+    (5, True)
     """
-    optimizer = torch.optim.Adam(module.parameters(), lr=learning_rate)
-    n_train = X_train.shape[0]
+    # the fused kernel steps all 3.5 M parameters of the study's network in one pass
+    optimizer = torch.optim.Adam(module.parameters(), lr=learning_rate, fused=True)
+    n_train = train_rows.n_rows
     history = {"loss": [], "reconstruction": [], "kl": []}
-    if X_val is not None:
+    if val_rows is not None:
         history["val_loss"] = []
     best_val, best_state, epochs_no_improve = math.inf, None, 0
 
@@ -89,7 +115,7 @@ def train(
         start = time.perf_counter()
         module.train()
         sums = torch.zeros(2, device=device)
-        for xb in iter_row_batches(X_train, batch_size, order=rng.permutation(n_train), device=device):
+        for xb in iter_batches(train_rows, batch_size, order=rng.permutation(n_train)):
             terms = module.loss(xb, generator=generator)
             loss = (terms.reconstruction + kl_weight * terms.kl).mean()
             optimizer.zero_grad(set_to_none=True)
@@ -110,8 +136,8 @@ def train(
         history["kl"].append(kl)
         message = f"Epoch {epoch}/{max_epochs}: loss {loss:.6g} (reconstruction {reconstruction:.6g}, KL {kl:.6g})"
 
-        if X_val is not None:
-            val_loss = mean_loss(module, X_val, kl_weight=kl_weight, batch_size=batch_size, device=device)
+        if val_rows is not None:
+            val_loss = mean_loss(module, val_rows, kl_weight=kl_weight, batch_size=batch_size)
             history["val_loss"].append(val_loss)
             message += f", validation loss {val_loss:.6g}"
             epochs_no_improve = 0 if val_loss < best_val - tol else epochs_no_improve + 1
@@ -119,7 +145,7 @@ def train(
                 best_val, best_state = val_loss, copy.deepcopy(module.state_dict())
         if verbose > 0:
             print(f"{message}, {time.perf_counter() - start:.2f} s", flush=True)
-        if X_val is not None and epochs_no_improve >= n_iter_no_change:
+        if val_rows is not None and epochs_no_improve >= n_iter_no_change:
             if verbose > 0:
                 print(f"Validation loss did not improve by {tol} for {n_iter_no_change} epochs: stopping.")
             break

@@ -99,8 +99,11 @@ def test_sparse_input_is_densified_one_minibatch_at_a_time(data, monkeypatch):
         return toarray(self, *args, **kwargs)
 
     monkeypatch.setattr(sp.csr_matrix, "toarray", recording_toarray)
-    AutoencoderEmbedder(**{**SMALL, "max_epochs": 2}).fit(sp.csr_matrix(data))
+    AutoencoderEmbedder(**{**SMALL, "max_epochs": 2}, algorithm="dense").fit(sp.csr_matrix(data))
     assert densified_rows and max(densified_rows) == SMALL["batch_size"] < data.shape[0]
+    densified_rows.clear()
+    AutoencoderEmbedder(**{**SMALL, "max_epochs": 2}).fit(sp.csr_matrix(data)).transform(sp.csr_matrix(data))
+    assert densified_rows == []  # the sparse algorithm never densifies
 
 
 def test_pipeline_with_tsne(data):
@@ -229,6 +232,7 @@ def test_bad_training_data_raises_before_training(cls, X, message):
         (AutoencoderEmbedder(hidden_layer_sizes=(16, -2)), "hidden_layer_sizes"),
         (AutoencoderEmbedder(hidden_layer_sizes=(16.5,)), "hidden_layer_sizes"),
         (AutoencoderEmbedder(device="gpu9"), "device"),
+        (AutoencoderEmbedder(algorithm="fast"), "algorithm"),
     ],
 )
 def test_bad_parameters_raise(estimator, message, data):

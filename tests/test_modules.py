@@ -38,19 +38,26 @@ def test_shapes(kind, x):
 @pytest.mark.parametrize("kind", MODULES)
 def test_architecture_follows_the_study(kind):
     module = build(kind)
-    linears = [m for m in module.encoder.trunk if isinstance(m, nn.Linear)]
-    # trunk 30 -> 16 -> 8; the first layer has no activation, the second has a ReLU
-    assert [(m.in_features, m.out_features) for m in linears] == [(30, 16), (16, 8)]
-    assert isinstance(module.encoder.trunk[1], nn.Linear)
-    assert isinstance(module.encoder.trunk[-1], nn.ReLU)
+    encoder = module.encoder
+    # 30 -> 16 with no activation, then 16 -> 8 with a ReLU
+    assert encoder.input_layer.weight.shape == (30, 16)
+    assert [type(m) for m in encoder.trunk] == [nn.Linear, nn.ReLU]
+    assert (encoder.trunk[0].in_features, encoder.trunk[0].out_features) == (16, 8)
     # each posterior parameter gets its own 8 -> 6 -> 4 branch
-    assert set(module.encoder.branches) == set(kind.branches)
-    for branch in module.encoder.branches.values():
+    assert set(encoder.branches) == set(kind.branches)
+    for branch in encoder.branches.values():
         shapes = [(m.in_features, m.out_features) for m in branch.modules() if isinstance(m, nn.Linear)]
         assert shapes == [(8, 6), (6, 4)]
-    decoder = [(m.in_features, m.out_features) for m in module.decoder if isinstance(m, nn.Linear)]
+    decoder = [(m.in_features, m.out_features) for m in module.decoder.modules() if isinstance(m, nn.Linear)]
     assert decoder == [(4, 6), (6, 8), (8, 16), (16, 30)]
-    assert isinstance(module.decoder[-1], nn.Linear)
+    assert isinstance(module.decoder.hidden[-1], nn.ReLU)
+
+
+def test_a_single_hidden_layer_is_shared_by_the_branches(x):
+    module = VariationalAutoencoder(N_FEATURES, N_COMPONENTS, (16,))
+    assert len(module.encoder.trunk) == 0
+    assert all(len(branch) == 1 for branch in module.encoder.branches.values())
+    assert module.loss(x).reconstruction.shape == (7,)
 
 
 @pytest.mark.parametrize("kind", MODULES)
@@ -99,3 +106,12 @@ def test_sparse_coding_sharp_selection_keeps_a_dimension_with_its_spike_probabil
 def test_vae_prior_is_standard_normal():
     z = build(VariationalAutoencoder).sample_prior(20_000, generator=torch.Generator().manual_seed(0))
     assert abs(z.mean().item()) < 0.02 and abs(z.std().item() - 1) < 0.02
+
+
+@pytest.mark.parametrize("kind", MODULES)
+def test_inference_merges_the_input_layer_without_changing_the_codes(kind, x):
+    module = build(kind)
+    with torch.no_grad():
+        merged = module.eval().embed(x)
+    unmerged = module.embed(x)  # gradients enabled: the two layers are applied one after the other
+    torch.testing.assert_close(merged, unmerged.detach())

@@ -1,0 +1,135 @@
+"""Training and transform speed of the three embedders on PBMC3k, against a plain torch loop.
+
+For each model, in one run on this machine:
+- a plain, vectorised torch loop of the same network and loss (dense minibatches sliced from
+  one tensor, ``torch.optim.Adam`` with its defaults): seconds per epoch and final loss;
+- the estimator with ``algorithm="dense"`` and with the automatic (sparse) path: the same;
+- the study metrics of the plain loop's and the fast path's codes (k-NN accuracy, silhouette,
+  t-SNE + KMeans ARI with seed 0).
+Then transform throughput on sparse input and one epoch on a synthetic 1,000,000 x 2,000
+sparse matrix (5 % non-zero) with its peak memory, measured in a child process.
+
+Usage: python benchmarks/speed.py [--epochs 200] [--models ae,vae,vsc] [--skip-large]
+"""
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from sklearn.pipeline import make_pipeline
+
+from skvae import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder
+from skvae.datasets import fetch_pbmc3k
+from skvae.evaluation import latent_scores, tsne_kmeans_scores
+from skvae.preprocessing import ClippedStandardScaler, LogNormalizer
+
+MODELS = {"ae": (AutoencoderEmbedder, {}), "vae": (BetaVAEEmbedder, {"beta": 2.0}), "vsc": (BetaVSCEmbedder, {"beta": 2.0})}
+
+
+def plain_torch_loop(module, X, *, beta, epochs, batch_size=256, learning_rate=1e-3, seed=0):
+    """The reference: the same module and loss, trained by the loop one writes first."""
+    torch.manual_seed(seed)
+    data = torch.from_numpy(X)
+    optimizer = torch.optim.Adam(module.parameters(), lr=learning_rate)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        total = 0.0
+        for batch in torch.randperm(len(data)).split(batch_size):
+            terms = module.loss(data[batch])
+            loss = (terms.reconstruction + beta * terms.kl).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+    return (time.perf_counter() - start) / epochs, total / len(data)
+
+
+def study_metrics(codes, labels):
+    scores = latent_scores(codes, labels)
+    ari = tsne_kmeans_scores(codes, labels, random_state=0)["ARI"]
+    return f"kNN {scores['kNN accuracy']:.3f}, silhouette {scores['silhouette']:.3f}, t-SNE+KMeans ARI {ari:.3f}"
+
+
+def large_sparse_epoch():
+    """One epoch on 1,000,000 x 2,000 cells at 5 % density; run in a child process for its peak memory."""
+    n_cells, n_genes, per_cell = 1_000_000, 2_000, 100
+    rng = np.random.default_rng(0)
+    offsets = rng.integers(0, n_genes // per_cell, size=n_cells, dtype=np.int32)
+    indices = (offsets[:, None] + np.arange(per_cell, dtype=np.int32) * (n_genes // per_cell)).ravel()
+    data = rng.lognormal(size=indices.size).astype(np.float32)
+    X = sp.csr_matrix((data, indices, np.arange(0, indices.size + 1, per_cell, dtype=np.int64)), (n_cells, n_genes))
+    print(f"matrix: {n_cells} x {n_genes}, {X.nnz / (n_cells * n_genes):.0%} non-zero, "
+          f"{(X.data.nbytes + X.indices.nbytes + X.indptr.nbytes) / 2**20:.0f} MiB as CSR")
+    start = time.perf_counter()
+    BetaVSCEmbedder(max_epochs=1, random_state=0).fit(X)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    print(f"one epoch of BetaVSCEmbedder: {time.perf_counter() - start:.1f} s, peak memory {peak:.0f} MiB")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--models", default="ae,vae,vsc")
+    parser.add_argument("--skip-large", action="store_true", help="leave out the 1M-cell epoch")
+    parser.add_argument("--large-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.large_only:
+        return large_sparse_epoch()
+
+    cpu = next((line.split(":")[1].strip() for line in open("/proc/cpuinfo") if "model name" in line), platform.machine())
+    print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads")
+    pbmc = fetch_pbmc3k()
+    lognorm = LogNormalizer().fit_transform(pbmc.data)
+    X = ClippedStandardScaler().fit_transform(lognorm).astype(np.float32)
+    labels = pbmc.target
+    print(f"data: PBMC3k scaled as the study did, {X.shape[0]} x {X.shape[1]} dense float32, "
+          f"{np.mean(X != np.median(X, axis=0)):.1%} off each gene's background value; {args.epochs} epochs\n")
+
+    for name in args.models.split(","):
+        cls, params = MODELS[name]
+        plain = cls(**params)._build_module(X.shape[1], (128, 32, 16))
+        plain_seconds, plain_loss = plain_torch_loop(plain, X, beta=params.get("beta", 0.0), epochs=args.epochs)
+        results = {}
+        for algorithm in ("dense", "auto"):
+            embedder = cls(**params, max_epochs=args.epochs, random_state=0, algorithm=algorithm, device="cpu")
+            start = time.perf_counter()
+            embedder.fit(X)
+            results[algorithm] = (time.perf_counter() - start, embedder)
+        dense_seconds, fast_seconds = results["dense"][0], results["auto"][0]
+        fast = results["auto"][1]
+        print(f"== {type(fast).__name__}")
+        print(f"plain torch loop : {plain_seconds:.3f} s/epoch, {plain_seconds * args.epochs:6.1f} s, "
+              f"final loss {plain_loss:.1f}")
+        for label, (seconds, embedder) in (("skvae dense     ", results["dense"]), ("skvae fast path ", results["auto"])):
+            print(f"{label} : {seconds / args.epochs:.3f} s/epoch, {seconds:6.1f} s, final loss "
+                  f"{embedder.history_['loss'][-1]:.1f}, {plain_seconds * args.epochs / seconds:.2f}x the plain loop")
+        print(f"fast path / dense: {dense_seconds / fast_seconds:.2f}x")
+        with torch.no_grad():
+            plain.eval()
+            plain_codes = plain.embed(torch.from_numpy(X)).numpy()
+        print(f"study metrics, plain loop: {study_metrics(plain_codes, labels)}")
+        print(f"study metrics, fast path : {study_metrics(fast.transform(X), labels)}")
+
+        many = sp.vstack([lognorm.astype(np.float32)] * 40).tocsr()
+        fast.transform(many[:1000])
+        start = time.perf_counter()
+        fast.transform(many)
+        print(f"transform, sparse input: {many.shape[0] / (time.perf_counter() - start):,.0f} cells/s "
+              f"({many.shape[0]} cells)\n", flush=True)
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    print(f"peak memory of this process: {peak:.0f} MiB")
+    if not args.skip_large:
+        print("\n== 1,000,000-cell sparse epoch (child process)", flush=True)
+        subprocess.run([sys.executable, __file__, "--large-only"], check=True)
+
+
+if __name__ == "__main__":
+    main()
