@@ -14,10 +14,10 @@ Usage: python scripts/make_pbmc3k_labels.py [--data-home DIR] [--out CSV]
 import argparse
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import igraph as ig
 import leidenalg
+import numpy as np
+import pandas as pd
 import scanpy as sc
 from scipy.optimize import linear_sum_assignment
 from sklearn.neighbors import NearestNeighbors

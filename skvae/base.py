@@ -51,6 +51,14 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
     verbose : int, default=0
 
+    Attributes
+    ----------
+    module_ : torch.nn.Module
+    history_ : dict of list of float
+    n_iter_ : int
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+
     Examples
     --------
     >>> from skvae import AutoencoderEmbedder
@@ -233,7 +241,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
         Returns
         -------
-        X_original : ndarray of shape (n_samples, n_features_in_)
+        X_original : ndarray of shape (n_samples, n_features)
             Reconstructed data, float32 for float32 input, else float64.
         """
         check_is_fitted(self)

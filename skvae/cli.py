@@ -20,8 +20,7 @@ def _positive_int(text):
     return value
 
 
-def build_parser():
-    """The ``skvae`` argument parser."""
+def _build_parser():
     parser = argparse.ArgumentParser(prog="skvae", description="skvae: neural embeddings of single-cell data.")
     commands = parser.add_subparsers(dest="command", required=True)
     study = commands.add_parser(
@@ -42,8 +41,25 @@ def build_parser():
 
 
 def main(argv=None):
-    """Entry point of the ``skvae`` command."""
-    args = build_parser().parse_args(argv)
+    """Run the ``skvae`` command: ``skvae study [options]``.
+
+    Parameters
+    ----------
+    argv : list of str, default=None
+        The arguments after the program name; ``None`` reads them from ``sys.argv``.
+
+    Examples
+    --------
+    Bad arguments stop with a usage message (on stderr) and exit status 2, before any work:
+
+    >>> from skvae.cli import main
+    >>> try:
+    ...     main(["study", "--models", "pca,umap"])
+    ... except SystemExit as stop:
+    ...     print(stop.code)
+    2
+    """
+    args = _build_parser().parse_args(argv)
     if args.command == "study":
         verbose = 0 if args.quiet else 1 if args.no_epoch_lines else 2
         run_study(epochs=args.epochs, models=args.models, n_seeds=args.seeds, out=args.out,

@@ -38,6 +38,12 @@ def get_data_home(data_home=None):
     Returns
     -------
     data_home : pathlib.Path
+
+    Examples
+    --------
+    >>> from skvae.datasets import get_data_home
+    >>> get_data_home("/data/single-cell").as_posix()
+    '/data/single-cell'
     """
     return Path(data_home or os.environ.get("SKVAE_DATA") or Path.home() / "skvae_data").expanduser()
 

@@ -82,10 +82,10 @@ _FITTED_ATTRIBUTES = """\
         Number of epochs run.
 
     n_features_in_ : int
-        Number of features seen during :term:`fit`.
+        Number of features seen during ``fit``.
 
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        Names of features seen during :term:`fit`. Defined only when `X`
+        Names of features seen during ``fit``. Defined only when `X`
         has feature names that are all strings."""
 
 
@@ -162,7 +162,7 @@ class _VariationalEmbedder(BaseEmbedder):
 
         Returns
         -------
-        X : ndarray of shape (n_samples, n_features_in_), dtype float32
+        X : ndarray of shape (n_samples, n_features), dtype float32
             Decoded means of the drawn codes.
         """
         check_is_fitted(self)

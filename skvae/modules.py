@@ -22,7 +22,7 @@ _SPIKE_EPS = 1e-6
 class LossTerms:
     """Per-cell loss terms; the training objective is ``reconstruction + beta * kl``.
 
-    Attributes
+    Parameters
     ----------
     reconstruction : torch.Tensor of shape (n_samples,)
         Summed squared error of each cell.
@@ -55,16 +55,45 @@ class _LatentModel(nn.Module):
         self.decoder = Decoder(n_components, hidden_layer_sizes, n_features)
 
     def posterior(self, x):
-        """Posterior parameters of each cell, a dict of ``(n_samples, n_components)`` tensors."""
+        """Posterior parameters of each cell.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
+
+        Returns
+        -------
+        dict of str to torch.Tensor of shape (n_samples, n_components)
+            One entry per encoder branch: ``"code"``; ``"mu"`` and ``"logvar"``; for
+            the sparse coding model also ``"spike"`` (probabilities).
+        """
         return self.encoder(x)
 
     def decode(self, z):
-        """Reconstruct expression from latent codes."""
+        """Reconstruct expression from latent codes.
+
+        Parameters
+        ----------
+        z : torch.Tensor of shape (n_samples, n_components)
+
+        Returns
+        -------
+        torch.Tensor of shape (n_samples, n_features)
+        """
         return self.decoder(z)
 
     def embed(self, x):
-        """Deterministic latent code of each cell (the posterior mean)."""
-        return self.mean_code(self.posterior(x))
+        """Deterministic latent code of each cell (the posterior mean).
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
+
+        Returns
+        -------
+        torch.Tensor of shape (n_samples, n_components)
+        """
+        return self._mean_code(self.posterior(x))
 
     def loss(self, x, *, generator=None, deterministic=False):
         """Per-cell loss terms of a batch.
@@ -82,7 +111,7 @@ class _LatentModel(nn.Module):
         LossTerms
         """
         q = self.posterior(x)
-        z = self.mean_code(q) if deterministic else self.sample_code(q, generator)
+        z = self._mean_code(q) if deterministic else self._sample_code(q, generator)
         reconstruction = linear_squared_error(self.decoder.output, self.decoder.hidden(z), x)
         return LossTerms(reconstruction, self._kl(q))
 
@@ -111,10 +140,10 @@ class Autoencoder(_LatentModel):
 
     branches = ("code",)
 
-    def mean_code(self, q):
+    def _mean_code(self, q):
         return q["code"]
 
-    def sample_code(self, q, generator):
+    def _sample_code(self, q, generator):
         return q["code"]
 
     def _kl(self, q):
@@ -145,10 +174,10 @@ class VariationalAutoencoder(_LatentModel):
 
     branches = ("mu", "logvar")
 
-    def mean_code(self, q):
+    def _mean_code(self, q):
         return q["mu"]
 
-    def sample_code(self, q, generator):
+    def _sample_code(self, q, generator):
         noise = torch.randn(q["mu"].shape, generator=generator, device=q["mu"].device, dtype=q["mu"].dtype)
         return q["mu"] + noise * (0.5 * q["logvar"]).exp()
 
@@ -156,7 +185,17 @@ class VariationalAutoencoder(_LatentModel):
         return gaussian_kl(q["mu"], q["logvar"])
 
     def sample_prior(self, n_samples, generator=None):
-        """Draw latent codes from the standard normal prior."""
+        """Draw latent codes from the standard normal prior.
+
+        Parameters
+        ----------
+        n_samples : int
+        generator : torch.Generator, default=None
+
+        Returns
+        -------
+        torch.Tensor of shape (n_samples, n_components)
+        """
         return torch.randn(n_samples, self.n_components, generator=generator)
 
 
@@ -189,6 +228,16 @@ class SparseCodingVAE(_LatentModel):
         self.sharpness = sharpness
 
     def posterior(self, x):
+        """Posterior parameters of each cell: slab ``"mu"``, ``"logvar"`` and ``"spike"`` probability.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
+
+        Returns
+        -------
+        dict of str to torch.Tensor of shape (n_samples, n_components)
+        """
         q = self.encoder(x)
         # log spike probability must be <= 0
         logspike = -torch.relu(-q.pop("logspike"))
@@ -196,13 +245,22 @@ class SparseCodingVAE(_LatentModel):
         return q
 
     def spike_probability(self, x):
-        """Posterior probability that each latent dimension is active."""
+        """Posterior probability that each latent dimension is active.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
+
+        Returns
+        -------
+        torch.Tensor of shape (n_samples, n_components)
+        """
         return self.posterior(x)["spike"]
 
-    def mean_code(self, q):
+    def _mean_code(self, q):
         return q["spike"] * q["mu"]
 
-    def sample_code(self, q, generator):
+    def _sample_code(self, q, generator):
         mu = q["mu"]
         noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         eta = torch.rand(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
@@ -213,7 +271,17 @@ class SparseCodingVAE(_LatentModel):
         return spike_and_slab_kl(q["mu"], q["logvar"], q["spike"], self.prior_spike)
 
     def sample_prior(self, n_samples, generator=None):
-        """Draw latent codes from the spike-and-slab prior."""
+        """Draw latent codes from the spike-and-slab prior.
+
+        Parameters
+        ----------
+        n_samples : int
+        generator : torch.Generator, default=None
+
+        Returns
+        -------
+        torch.Tensor of shape (n_samples, n_components)
+        """
         shape = (n_samples, self.n_components)
         active = torch.rand(shape, generator=generator) < self.prior_spike
         return active * torch.randn(shape, generator=generator)

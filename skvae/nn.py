@@ -1,8 +1,7 @@
 """Pure torch building blocks shared by every model: layer stacks, encoder, decoder."""
 
-from itertools import pairwise
-
 import math
+from itertools import pairwise
 
 import torch
 from torch import nn

@@ -14,7 +14,7 @@ def _axes(ax, projection=None):
     return plt.figure(figsize=(6, 5)).add_subplot(projection=projection)
 
 
-def plot_embedding(coordinates, labels, *, ax=None, title=None, axis_label="t-SNE"):
+def plot_embedding(coordinates, labels, *, ax=None, title=None, axis_label="t-SNE", legend=True):
     """Scatter a 2-D or 3-D embedding, one colour per label, with a legend.
 
     Parameters
@@ -27,6 +27,9 @@ def plot_embedding(coordinates, labels, *, ax=None, title=None, axis_label="t-SN
     title : str, default=None
     axis_label : str, default="t-SNE"
         Axes are labelled ``"<axis_label> 1"``, ``"<axis_label> 2"``, ...
+    legend : bool, default=True
+        Draw the legend in the Axes. Panels of one figure can leave it out and share a figure
+        legend built from ``ax.get_legend_handles_labels()``.
 
     Returns
     -------
@@ -54,7 +57,8 @@ def plot_embedding(coordinates, labels, *, ax=None, title=None, axis_label="t-SN
         ax.set_zlabel(f"{axis_label} 3")
     if title:
         ax.set_title(title)
-    ax.legend(markerscale=3, fontsize="small", loc="upper left" if dims == 3 else "best", frameon=False)
+    if legend:
+        ax.legend(markerscale=3, fontsize="small", loc="upper left" if dims == 3 else "best", frameon=False)
     return ax
 
 

@@ -132,10 +132,10 @@ class LogNormalizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     Attributes
     ----------
     n_features_in_ : int
-        Number of genes seen during :term:`fit`.
+        Number of genes seen during ``fit``.
 
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        Gene names seen during :term:`fit`, when `X` has string column names.
+        Gene names seen during ``fit``, when `X` has string column names.
 
     Examples
     --------
@@ -228,10 +228,10 @@ class ClippedStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimato
         Standard deviation of each gene (1 where it is 0).
 
     n_features_in_ : int
-        Number of genes seen during :term:`fit`.
+        Number of genes seen during ``fit``.
 
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        Gene names seen during :term:`fit`, when `X` has string column names.
+        Gene names seen during ``fit``, when `X` has string column names.
 
     Examples
     --------
@@ -331,10 +331,10 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
         The selected genes.
 
     n_features_in_ : int
-        Number of genes seen during :term:`fit`.
+        Number of genes seen during ``fit``.
 
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        Gene names seen during :term:`fit`, when `X` has string column names.
+        Gene names seen during ``fit``, when `X` has string column names.
 
     References
     ----------

@@ -89,7 +89,7 @@ class _ShiftedSparseLinearSquaredError(Function):
 class ShiftedSparseRows:
     """A minibatch of rows ``x = values + shift``.
 
-    Attributes
+    Parameters
     ----------
     values : torch.Tensor, sparse CSR of shape (n_rows, n_features)
     values_t : torch.Tensor, sparse CSR of shape (n_features, n_rows) or None

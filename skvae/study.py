@@ -72,15 +72,24 @@ def make_embedders(epochs, *, verbose=1, random_state=0):
     }
 
 
-def _grid(n_panels, projection=None):
-    columns = min(n_panels, 2)
-    rows = -(-n_panels // columns)
-    figure = plt.figure(figsize=(6.5 * columns, 5.5 * rows), layout="constrained")
-    return figure, [figure.add_subplot(rows, columns, i + 1, projection=projection) for i in range(n_panels)]
+def _tsne_panels(coordinates, cell_types, projection=None):
+    """One t-SNE panel per model, two per row, and one legend of cell types beside them."""
+    columns = min(len(coordinates), 2)
+    rows = -(-len(coordinates) // columns)
+    figure = plt.figure(figsize=(6.5 * columns + 1.5, 5.5 * rows), layout="constrained")
+    for i, (name, xy) in enumerate(coordinates.items()):
+        ax = figure.add_subplot(rows, columns, i + 1, projection=projection)
+        plot_embedding(xy, cell_types, ax=ax, title=f"{name}: {xy.shape[1]}-D t-SNE of the codes", legend=False)
+    figure.legend(*ax.get_legend_handles_labels(), loc="outside right center", markerscale=3, frameon=False)
+    return figure
 
 
 def run_study(*, epochs=200, models=tuple(MODELS), n_seeds=3, out="skvae-report", data_home=None, verbose=1):
-    """Run the study and write ``report.md`` and its figures into ``out``.
+    """Run the study and write ``report.md``, its figures and tables into ``out``.
+
+    ``out`` receives ``report.md``, the PNG figures, ``scores.csv`` (one row per
+    model and seed) and ``summary.csv`` (the report's table: mean ± sd per model,
+    and training time).
 
     Parameters
     ----------
@@ -146,15 +155,13 @@ def run_study(*, epochs=200, models=tuple(MODELS), n_seeds=3, out="skvae-report"
 
 def _draw_figures(out, codes, tsne2d, cell_types, means, stds, embedders, models, X):
     figures = {}
-    figure, axes = _grid(len(codes))
-    for ax, (name, tsne) in zip(axes, tsne2d.items()):
-        plot_embedding(tsne, cell_types, ax=ax, title=f"{name}: 2-D t-SNE of the codes")
+    figure = _tsne_panels(tsne2d, cell_types)
     figures["2-D t-SNE of each embedding, by cell type"] = _save(figure, out / "tsne_2d.png")
-
-    figure, axes = _grid(len(codes), projection="3d")
-    for ax, (name, code) in zip(axes, codes.items()):
-        tsne = TSNE(n_components=3, perplexity=PERPLEXITY, random_state=0).fit_transform(code)
-        plot_embedding(tsne, cell_types, ax=ax, title=f"{name}: 3-D t-SNE of the codes")
+    tsne3d = {
+        name: TSNE(n_components=3, perplexity=PERPLEXITY, random_state=0).fit_transform(code)
+        for name, code in codes.items()
+    }
+    figure = _tsne_panels(tsne3d, cell_types, projection="3d")
     figures["3-D t-SNE of each embedding, by cell type"] = _save(figure, out / "tsne_3d.png")
 
     figure = plt.figure(figsize=(9, 1.2 + 0.8 * len(means)), layout="constrained")
@@ -188,16 +195,23 @@ def _write_report(out, means, stds, seconds, epochs, n_seeds, shape, figures):
     lines = [
         "# skvae study: PBMC3k",
         "",
-        f"Data: 10x Genomics PBMC3k after the Seurat tutorial's QC, {shape[0]} cells x {shape[1]} genes; "
-        "LogNormalize (10,000) then ScaleData (z-score per gene, clipped at 10). Labels: the tutorial's 9 cell types.",
+        (
+            f"Data: 10x Genomics PBMC3k after the Seurat tutorial's QC, {shape[0]} cells x {shape[1]} genes; "
+            "LogNormalize (10,000) then ScaleData (z-score per gene, clipped at 10). "
+            "Labels: the tutorial's 9 cell types."
+        ),
         "",
-        f"Models: {N_COMPONENTS} latent dimensions; encoder 128-32-16, decoder 16-32-128; {epochs} epochs, "
-        f"batch 256, Adam 1e-3; beta = {BETA} for the beta-VAE and beta-VSC (VSC: prior spike 0.5, c = 50); "
-        "PCA with the same number of components as the baseline. Codes are posterior means (VSC: spike x mean).",
+        (
+            f"Models: {N_COMPONENTS} latent dimensions; encoder 128-32-16, decoder 16-32-128; {epochs} epochs, "
+            f"batch 256, Adam 1e-3; beta = {BETA} for the beta-VAE and beta-VSC (VSC: prior spike 0.5, c = 50); "
+            "PCA with the same number of components as the baseline. Codes are posterior means (VSC: spike x mean)."
+        ),
         "",
-        f"Evaluation over {n_seeds} seed(s) of t-SNE (perplexity {PERPLEXITY:g}) + KMeans (k = 9) on the 2-D t-SNE: "
-        "NMI, ARI, homogeneity, completeness. On the codes themselves: silhouette against the cell types and "
-        "5-fold k-NN (k = 15) accuracy.",
+        (
+            f"Evaluation over {n_seeds} seed(s) of t-SNE (perplexity {PERPLEXITY:g}) + KMeans (k = 9) on the 2-D "
+            "t-SNE: NMI, ARI, homogeneity, completeness. On the codes themselves: silhouette against the cell types "
+            "and 5-fold k-NN (k = 15) accuracy."
+        ),
         "",
         "## Scores (mean ± sd over seeds)",
         "",
@@ -212,12 +226,15 @@ def _write_report(out, means, stds, seconds, epochs, n_seeds, shape, figures):
         *[f"### {title}\n\n![{title}]({path})\n" for title, path in figures.items()],
         "## Environment",
         "",
-        f"- machine: {platform.machine()}, {platform.system()}, {torch.get_num_threads()} torch threads, "
-        f"device {'cuda' if torch.cuda.is_available() else 'cpu'}",
+        (
+            f"- machine: {platform.machine()}, {platform.system()}, {torch.get_num_threads()} torch threads, "
+            f"device {'cuda' if torch.cuda.is_available() else 'cpu'}"
+        ),
         *[f"- {p} {version(p)}" for p in packages],
         "",
     ]
     (out / "report.md").write_text("\n".join(lines))
+    table.to_csv(out / "summary.csv")
 
 
 def _markdown(table):

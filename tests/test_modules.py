@@ -70,7 +70,7 @@ def test_deterministic_loss_needs_no_noise(kind, x):
 @pytest.mark.parametrize("kind", [VariationalAutoencoder, SparseCodingVAE])
 def test_sampled_loss_follows_the_generator(kind, x):
     module = build(kind)
-    draw = lambda seed: module.loss(x, generator=torch.Generator().manual_seed(seed)).reconstruction  # noqa: E731
+    draw = lambda seed: module.loss(x, generator=torch.Generator().manual_seed(seed)).reconstruction
     torch.testing.assert_close(draw(1), draw(1), rtol=0, atol=0)
     assert not torch.equal(draw(1), draw(2))
 
@@ -98,7 +98,7 @@ def test_sparse_coding_sharp_selection_keeps_a_dimension_with_its_spike_probabil
     module = SparseCodingVAE(N_FEATURES, N_COMPONENTS, HIDDEN, prior_spike=0.5, sharpness=1e6)
     with torch.no_grad():
         q = module.posterior(x[:1].expand(20_000, -1))
-        z = module.sample_code(q, torch.Generator().manual_seed(0))
+        z = module._sample_code(q, torch.Generator().manual_seed(0))
     active = (z.abs() > 1e-12).float().mean(dim=0)
     torch.testing.assert_close(active, q["spike"][0], atol=0.015, rtol=0)
 

@@ -4,22 +4,29 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skvae.plotting import plot_embedding, plot_metrics_heatmap, plot_spike_probabilities, plot_training_history
+from skvae.plotting import (
+    plot_embedding,
+    plot_metrics_heatmap,
+    plot_spike_probabilities,
+    plot_training_history,
+)
 
 
 @pytest.mark.parametrize("dims", [2, 3])
 def test_plot_embedding_labels_axes_and_legend(dims):
     labels = np.repeat(["B", "NK", "DC"], 10)
-    ax = plot_embedding(np.random.RandomState(0).normal(size=(30, dims)), labels, title="codes")
+    coordinates = np.random.RandomState(0).normal(size=(30, dims))
+    ax = plot_embedding(coordinates, labels, title="codes")
     assert ax.get_title() == "codes" and ax.get_ylabel() == "t-SNE 2"
     assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["B", "DC", "NK"]
     assert (ax.name == "3d") == (dims == 3)
+    assert plot_embedding(coordinates, labels, legend=False).get_legend() is None
 
 
 def test_plot_metrics_heatmap_annotates_means_and_sds():
     means = pd.DataFrame({"ARI": [0.5, 0.7], "NMI": [0.6, 0.8]}, index=["PCA", "beta-VSC"])
     ax = plot_metrics_heatmap(means, means * 0 + 0.01)
-    assert [t.get_text() for t in ax.texts][0] == "0.50\n± 0.01"
+    assert ax.texts[0].get_text() == "0.50\n± 0.01"
     assert [t.get_text() for t in ax.get_yticklabels()] == ["PCA", "beta-VSC"]
 
 

@@ -1,0 +1,83 @@
+"""The API reference lists every public name, and each has a complete numpydoc docstring."""
+
+import ast
+import importlib
+import inspect
+import pkgutil
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+from sklearn.base import BaseEstimator
+
+import skvae
+
+API_RST = Path(__file__).parents[1] / "docs" / "api.rst"
+
+
+def _listed_names():
+    """``module.name`` for every entry of the autosummary tables in docs/api.rst."""
+    names, module = [], None
+    for line in API_RST.read_text().splitlines():
+        if match := re.match(r"\.\. currentmodule:: (\S+)", line):
+            module = match.group(1)
+        elif re.match(r"   [A-Za-z_][\w.]*$", line):
+            names.append(f"{module}.{line.strip()}")
+    return names
+
+
+def _public_objects():
+    """Classes and functions defined in skvae's public modules."""
+    for info in pkgutil.iter_modules(skvae.__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"skvae.{info.name}")
+        for name, obj in vars(module).items():
+            defined_here = getattr(obj, "__module__", None) == module.__name__
+            if not name.startswith("_") and defined_here and (inspect.isclass(obj) or inspect.isfunction(obj)):
+                yield obj
+
+
+def _resolve(dotted):
+    """The object named ``package.module.name`` or ``package.name``."""
+    parts = dotted.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:split]))
+        except ModuleNotFoundError:
+            continue
+        for part in parts[split:]:
+            obj = getattr(obj, part)
+        return obj
+    raise ImportError(dotted)
+
+
+def _sections(obj):
+    doc = inspect.cleandoc(obj.__doc__ or "")
+    return {match.group(1): match.end() for match in re.finditer(r"^(\w[\w ]*)\n-{3,}$", doc, re.MULTILINE)}, doc
+
+
+def _returns_a_value(function):
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    return any(isinstance(node, ast.Return) and node.value is not None for node in ast.walk(tree))
+
+
+def test_every_public_class_and_function_is_in_the_api_reference():
+    listed = {id(_resolve(name)) for name in _listed_names()}
+    missing = [f"{obj.__module__}.{obj.__qualname__}" for obj in _public_objects() if id(obj) not in listed]
+    assert not missing, f"add these to docs/api.rst: {missing}"
+
+
+@pytest.mark.parametrize("name", _listed_names())
+def test_api_docstring_has_the_numpydoc_sections(name):
+    obj = _resolve(name)
+    sections, doc = _sections(obj)
+    assert "Examples" in sections and ">>>" in doc[sections["Examples"]:], f"{name}: no runnable Examples section"
+    parameters = [p for p in inspect.signature(obj).parameters if p not in ("self", "cls")]
+    if parameters:
+        assert "Parameters" in sections, f"{name}: no Parameters section for {parameters}"
+    if inspect.isfunction(obj) and _returns_a_value(obj):
+        assert {"Returns", "Yields"} & set(sections), f"{name}: no Returns section"
+    if inspect.isclass(obj) and issubclass(obj, BaseEstimator):
+        assert "Attributes" in sections, f"{name}: an estimator documents its fitted attributes"
