@@ -46,6 +46,16 @@ class DenseRowSource:
         self.n_rows = X.shape[0]
 
     def batch(self, rows):
+        """The dense tensor of ``rows`` (a slice or an array of indices), on the source's device.
+
+        Parameters
+        ----------
+        rows : slice or ndarray of int
+
+        Returns
+        -------
+        torch.Tensor of shape (n_selected, n_features)
+        """
         if sp.issparse(self._X):
             return torch.from_numpy(self._X[rows].toarray().astype(self._dtype, copy=False)).to(self._device)
         return self._X[torch.as_tensor(rows) if isinstance(rows, np.ndarray) else rows].to(self._device)
@@ -82,6 +92,16 @@ class ShiftedSparseRowSource:
         self.n_rows = values.shape[0]
 
     def batch(self, rows):
+        """The shifted sparse rows ``rows`` (a slice or an array of indices), on the source's device.
+
+        Parameters
+        ----------
+        rows : slice or ndarray of int
+
+        Returns
+        -------
+        ShiftedSparseRows
+        """
         return ShiftedSparseRows.from_scipy(
             _csr_rows(self._values, rows), self._shift, dtype=self._dtype, device=self._device,
             with_transpose=self._with_transpose,

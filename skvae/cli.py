@@ -2,15 +2,14 @@
 
 import argparse
 
-from .study import MODELS, run_study
+from .study import MODELS, _check_models, run_study
 
 
 def _models(text):
-    models = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = sorted(set(models) - set(MODELS))
-    if unknown or not models:
-        raise argparse.ArgumentTypeError(f"choose among {', '.join(MODELS)}; got {text!r}")
-    return models
+    try:
+        return _check_models(m.strip() for m in text.split(",") if m.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text):

@@ -159,6 +159,8 @@ def evaluate_embedding(X, labels, *, seeds=(0, 1, 2), perplexity=40.0, return_ts
     mean  1.0           1.0
     std   0.0           0.0
     """
+    if not len(seeds):
+        raise ValueError("seeds is empty: give at least one seed of t-SNE and KMeans")
     latent = latent_scores(X, labels)
     rows, first_tsne = [], None
     for seed in seeds:

@@ -6,6 +6,7 @@ Each function draws on a matplotlib Axes (made when not given) and returns it.
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from sklearn.utils import check_array, check_consistent_length
 
 
 def _axes(ax, projection=None):
@@ -43,9 +44,12 @@ def plot_embedding(coordinates, labels, *, ax=None, title=None, axis_label="t-SN
     >>> ax.get_xlabel(), len(ax.get_legend().get_texts())
     ('t-SNE 1', 3)
     """
-    coordinates = np.asarray(coordinates)
+    coordinates = check_array(coordinates)
     labels = np.asarray(labels)
+    check_consistent_length(coordinates, labels)
     dims = coordinates.shape[1]
+    if dims not in (2, 3):
+        raise ValueError(f"coordinates must have 2 or 3 columns, got {dims}")
     ax = _axes(ax, projection="3d" if dims == 3 else None)
     colours = plt.get_cmap("tab10" if len(np.unique(labels)) <= 10 else "tab20")
     for i, label in enumerate(np.unique(labels)):
@@ -154,8 +158,10 @@ def plot_spike_probabilities(spike_probabilities, labels, *, ax=None):
     >>> ax.get_xlabel()
     'latent dimension'
     """
+    spike_probabilities = check_array(spike_probabilities)
+    check_consistent_length(spike_probabilities, labels)
     ax = _axes(ax)
-    table = pd.DataFrame(np.asarray(spike_probabilities)).groupby(np.asarray(labels)).mean()
+    table = pd.DataFrame(spike_probabilities).groupby(np.asarray(labels)).mean()
     image = ax.imshow(table.to_numpy(), cmap="magma", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(table.shape[1]), [str(i + 1) for i in table.columns])
     ax.set_yticks(range(table.shape[0]), table.index)

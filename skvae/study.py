@@ -7,6 +7,7 @@ transcriptomics data" (see docs/) with PCA as a baseline: ``python -m skvae stud
 import platform
 import time
 from importlib.metadata import version
+from numbers import Integral
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -16,6 +17,7 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.pipeline import make_pipeline
+from sklearn.utils import check_scalar
 
 from .datasets import fetch_pbmc3k
 from .estimators import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder
@@ -72,6 +74,15 @@ def make_embedders(epochs, *, verbose=1, random_state=0):
     }
 
 
+def _check_models(models):
+    """``models`` as a list of keys of :data:`MODELS`; a ValueError naming the choices otherwise."""
+    models = list(models)
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown or not models:
+        raise ValueError(f"choose among {', '.join(MODELS)}; got {models!r}")
+    return models
+
+
 def _tsne_panels(coordinates, cell_types, projection=None):
     """One t-SNE panel per model, two per row, and one legend of cell types beside them."""
     columns = min(len(coordinates), 2)
@@ -119,6 +130,9 @@ def run_study(*, epochs=200, models=tuple(MODELS), n_seeds=3, out="skvae-report"
     >>> scores.loc["PCA", "kNN accuracy"].item() > 0.85
     True
     """
+    check_scalar(epochs, "epochs", Integral, min_val=1)
+    check_scalar(n_seeds, "n_seeds", Integral, min_val=1)
+    models = _check_models(models)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     say = print if verbose else (lambda *args, **kwargs: None)

@@ -55,6 +55,8 @@ def test_evaluation_rejects_mismatched_labels_and_bad_values():
     X, labels = blobs()
     with pytest.raises(ValueError, match="inconsistent numbers of samples"):
         tsne_kmeans_scores(X, labels[:-1])
+    with pytest.raises(ValueError, match="seeds is empty"):
+        evaluate_embedding(X, labels, seeds=[])
     X[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         latent_scores(X, labels)

@@ -39,3 +39,15 @@ def test_plot_spike_probabilities_averages_per_cell_type():
     gamma = np.array([[1.0, 0.0], [0.8, 0.2], [0.1, 0.9], [0.3, 0.7]])
     ax = plot_spike_probabilities(gamma, ["B", "B", "NK", "NK"])
     assert [t.get_text() for t in ax.texts] == ["0.90", "0.10", "0.20", "0.80"]
+
+
+def test_plots_reject_coordinates_they_cannot_draw():
+    labels = ["a", "b"] * 5
+    with pytest.raises(ValueError, match="2 or 3 columns, got 4"):
+        plot_embedding(np.zeros((10, 4)), labels)
+    with pytest.raises(ValueError, match="Expected 2D array"):
+        plot_embedding(np.zeros(10), labels)
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        plot_embedding(np.zeros((10, 2)), labels[:-1])
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        plot_spike_probabilities(np.full((10, 2), 0.5), labels[:-1])

@@ -14,6 +14,7 @@ from skvae.cli import main
 from skvae.datasets import fetch_pbmc3k
 from skvae.evaluation import latent_scores
 from skvae.preprocessing import ClippedStandardScaler, LogNormalizer
+from skvae.study import run_study
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.py"))
 
@@ -43,6 +44,18 @@ def test_study_command_rejects_unknown_models_and_bad_counts(capsys):
     assert "choose among pca, ae, vae, vsc" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["study", "--epochs", "0"])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [({"models": ["pca", "umap"]}, "choose among pca, ae, vae, vsc"), ({"models": []}, "choose among"),
+     ({"epochs": 0}, "epochs == 0, must be >= 1"), ({"n_seeds": 0}, "n_seeds == 0, must be >= 1")],
+)
+def test_run_study_rejects_bad_arguments_before_any_work(arguments, message, tmp_path):
+    out = tmp_path / "report"
+    with pytest.raises(ValueError, match=message):
+        run_study(out=out, data_home=tmp_path / "no-data", **arguments)
+    assert not out.exists()
 
 
 @pytest.mark.slow
