@@ -27,7 +27,7 @@ import torch
 
 from skvae import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder
 from skvae.datasets import fetch_pbmc3k
-from skvae.evaluation import latent_scores, tsne_kmeans_scores
+from skvae.study.evaluation import latent_scores, tsne_kmeans_scores
 from skvae.preprocessing import ClippedStandardScaler, LogNormalizer
 
 MODELS = {"ae": (AutoencoderEmbedder, {}), "vae": (BetaVAEEmbedder, {"beta": 2.0}), "vsc": (BetaVSCEmbedder, {"beta": 2.0})}

@@ -13,7 +13,7 @@ from sklearn.pipeline import Pipeline
 
 from skvae import BetaVSCEmbedder
 from skvae.datasets import fetch_pbmc3k
-from skvae.evaluation import evaluate_embedding
+from skvae.study.evaluation import evaluate_embedding
 from skvae.preprocessing import ClippedStandardScaler, LogNormalizer
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

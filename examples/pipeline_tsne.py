@@ -13,7 +13,7 @@ from sklearn.pipeline import Pipeline
 
 from skvae import BetaVSCEmbedder
 from skvae.datasets import fetch_pbmc3k
-from skvae.plotting import plot_embedding
+from skvae.study.plotting import plot_embedding
 from skvae.preprocessing import ClippedStandardScaler, LogNormalizer
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

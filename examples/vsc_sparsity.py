@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 
 from skvae import BetaVSCEmbedder
 from skvae.datasets import fetch_pbmc3k
-from skvae.plotting import plot_spike_probabilities
+from skvae.study.plotting import plot_spike_probabilities
 from skvae.preprocessing import ClippedStandardScaler, LogNormalizer
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

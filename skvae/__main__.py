@@ -1,3 +1,3 @@
-from .cli import main
+from .study.cli import main
 
 main()

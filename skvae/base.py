@@ -19,8 +19,8 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .batching import iter_batches, make_row_source
-from .training import mean_loss, train
+from .train.rows import iter_batches, make_row_source
+from .train.loop import mean_loss, train
 
 # Rows per forward pass at inference: large enough to amortise the per-call overhead,
 # small enough that a dense block of 10^4-10^5 genes stays well under a GB.
@@ -32,7 +32,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     """Base class for the neural embedders; not for direct use.
 
     A subclass implements ``_build_module(n_features, hidden_layer_sizes)``,
-    returning a module of :mod:`skvae.modules`, and, for variational models,
+    returning a module of :mod:`skvae.nn.models`, and, for variational models,
     ``_kl_weight()``. Parameters are documented on the public estimators.
 
     Parameters
@@ -116,7 +116,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
     @abstractmethod
     def _build_module(self, n_features, hidden_layer_sizes):
-        """Return a fresh, randomly initialised module of :mod:`skvae.modules`."""
+        """Return a fresh, randomly initialised module of :mod:`skvae.nn.models`."""
 
     def _kl_weight(self):
         """Weight of the KL term in the training loss."""

@@ -13,7 +13,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from .base import BaseEmbedder
-from .modules import Autoencoder, SparseCodingVAE, VariationalAutoencoder
+from .nn.models import Autoencoder, SparseCodingVAE, VariationalAutoencoder
 
 _SHARED_PARAMETERS = """\
     n_components : int, default=6

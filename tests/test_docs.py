@@ -29,10 +29,10 @@ def _listed_names():
 
 def _public_objects():
     """Classes and functions defined in skvae's public modules."""
-    for info in pkgutil.iter_modules(skvae.__path__):
-        if info.name.startswith("_"):
+    for info in pkgutil.walk_packages(skvae.__path__, prefix="skvae."):
+        if any(part.startswith("_") for part in info.name.split(".")):
             continue
-        module = importlib.import_module(f"skvae.{info.name}")
+        module = importlib.import_module(info.name)
         for name, obj in vars(module).items():
             defined_here = getattr(obj, "__module__", None) == module.__name__
             if not name.startswith("_") and defined_here and (inspect.isclass(obj) or inspect.isfunction(obj)):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import silhouette_score
 
-from skvae.evaluation import clustering_scores, evaluate_embedding, latent_scores, tsne_kmeans_scores
+from skvae.study.evaluation import clustering_scores, evaluate_embedding, latent_scores, tsne_kmeans_scores
 
 
 def blobs(n_per_group=40, n_groups=3, separation=10.0, seed=0):

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skvae.plotting import (
+from skvae.study.plotting import (
     plot_embedding,
     plot_metrics_heatmap,
     plot_spike_probabilities,

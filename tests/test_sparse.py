@@ -7,10 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from skvae.batching import make_row_source
-from skvae.losses import squared_error
-from skvae.nn import InputLinear
-from skvae.sparse import ShiftedSparseRows, linear_squared_error
+from skvae.train.rows import make_row_source
+from skvae.nn.kl import squared_error
+from skvae.nn.layers import InputLinear
+from skvae.nn.sparse import ShiftedSparseRows, linear_squared_error
 
 
 @st.composite

@@ -10,9 +10,9 @@ import pytest
 from sklearn.pipeline import make_pipeline
 
 from skvae import AutoencoderEmbedder
-from skvae.cli import main
+from skvae.study.cli import main
 from skvae.datasets import fetch_pbmc3k
-from skvae.evaluation import latent_scores
+from skvae.study.evaluation import latent_scores
 from skvae.preprocessing import ClippedStandardScaler, LogNormalizer
 from skvae.study import run_study
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.autograd import Function
 
-from .losses import squared_error
+from .kl import squared_error
 
 
 class _ShiftedSparseLinear(Function):
@@ -102,7 +102,7 @@ class ShiftedSparseRows:
     >>> import numpy as np
     >>> import scipy.sparse as sp
     >>> import torch
-    >>> from skvae.sparse import ShiftedSparseRows
+    >>> from skvae.nn.sparse import ShiftedSparseRows
     >>> block = sp.csr_matrix(np.array([[0.0, 2.0], [1.0, 0.0]]))
     >>> rows = ShiftedSparseRows.from_scipy(block, np.array([-1.0, -1.0]), dtype=np.float64)
     >>> rows.linear(torch.eye(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)).tolist()
@@ -204,7 +204,7 @@ def linear_squared_error(layer, hidden, x):
     >>> import numpy as np
     >>> import scipy.sparse as sp
     >>> import torch
-    >>> from skvae.sparse import ShiftedSparseRows, linear_squared_error
+    >>> from skvae.nn.sparse import ShiftedSparseRows, linear_squared_error
     >>> layer = torch.nn.Linear(3, 4).double()
     >>> hidden = torch.randn(2, 3, dtype=torch.float64)
     >>> block = sp.random(2, 4, density=0.5, format="csr", random_state=0)

@@ -39,7 +39,7 @@ def plot_embedding(coordinates, labels, *, ax=None, title=None, axis_label="t-SN
     Examples
     --------
     >>> import numpy as np
-    >>> from skvae.plotting import plot_embedding
+    >>> from skvae.study.plotting import plot_embedding
     >>> ax = plot_embedding(np.random.RandomState(0).normal(size=(30, 2)), ["a", "b", "c"] * 10)
     >>> ax.get_xlabel(), len(ax.get_legend().get_texts())
     ('t-SNE 1', 3)
@@ -85,7 +85,7 @@ def plot_metrics_heatmap(means, stds=None, *, ax=None, title="Scores (mean ± sd
     Examples
     --------
     >>> import pandas as pd
-    >>> from skvae.plotting import plot_metrics_heatmap
+    >>> from skvae.study.plotting import plot_metrics_heatmap
     >>> ax = plot_metrics_heatmap(pd.DataFrame({"ARI": [0.5, 0.6]}, index=["PCA", "VSC"]))
     >>> [t.get_text() for t in ax.texts]
     ['0.50', '0.60']
@@ -119,7 +119,7 @@ def plot_training_history(histories, *, ax=None, key="loss"):
 
     Examples
     --------
-    >>> from skvae.plotting import plot_training_history
+    >>> from skvae.study.plotting import plot_training_history
     >>> ax = plot_training_history({"AE": {"loss": [3.0, 2.0, 1.5]}})
     >>> ax.get_ylabel()
     'loss per cell'
@@ -153,7 +153,7 @@ def plot_spike_probabilities(spike_probabilities, labels, *, ax=None):
     Examples
     --------
     >>> import numpy as np
-    >>> from skvae.plotting import plot_spike_probabilities
+    >>> from skvae.study.plotting import plot_spike_probabilities
     >>> ax = plot_spike_probabilities(np.full((4, 2), 0.5), ["a", "a", "b", "b"])
     >>> ax.get_xlabel()
     'latent dimension'

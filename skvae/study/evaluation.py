@@ -37,7 +37,7 @@ def clustering_scores(labels_true, labels_pred):
 
     Examples
     --------
-    >>> from skvae.evaluation import clustering_scores
+    >>> from skvae.study.evaluation import clustering_scores
     >>> clustering_scores([0, 0, 1, 1], [1, 1, 0, 0])
     {'NMI': 1.0, 'ARI': 1.0, 'homogeneity': 1.0, 'completeness': 1.0}
     """
@@ -75,7 +75,7 @@ def tsne_kmeans_scores(X, labels, *, perplexity=40.0, random_state=None, return_
     Examples
     --------
     >>> import numpy as np
-    >>> from skvae.evaluation import tsne_kmeans_scores
+    >>> from skvae.study.evaluation import tsne_kmeans_scores
     >>> rng = np.random.RandomState(0)
     >>> X = np.vstack([rng.normal(0, 1, (40, 5)), rng.normal(8, 1, (40, 5))])
     >>> tsne_kmeans_scores(X, [0] * 40 + [1] * 40, perplexity=10, random_state=0)["ARI"]
@@ -113,7 +113,7 @@ def latent_scores(X, labels, *, n_neighbors=15, cv=5, random_state=0):
     Examples
     --------
     >>> import numpy as np
-    >>> from skvae.evaluation import latent_scores
+    >>> from skvae.study.evaluation import latent_scores
     >>> X = np.array([[0.0], [0.1], [0.2], [5.0], [5.1], [5.2]] * 5)
     >>> latent_scores(X, [0, 0, 0, 1, 1, 1] * 5, n_neighbors=3)["kNN accuracy"]
     1.0
@@ -150,7 +150,7 @@ def evaluate_embedding(X, labels, *, seeds=(0, 1, 2), perplexity=40.0, return_ts
     Examples
     --------
     >>> import numpy as np
-    >>> from skvae.evaluation import evaluate_embedding
+    >>> from skvae.study.evaluation import evaluate_embedding
     >>> rng = np.random.RandomState(0)
     >>> X = np.vstack([rng.normal(0, 1, (40, 5)), rng.normal(8, 1, (40, 5))])
     >>> scores = evaluate_embedding(X, [0] * 40 + [1] * 40, seeds=[0, 1], perplexity=10)

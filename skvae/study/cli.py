@@ -2,7 +2,7 @@
 
 import argparse
 
-from .study import MODELS, _check_models, run_study
+from .runner import MODELS, _check_models, run_study
 
 
 def _models(text):
@@ -51,7 +51,7 @@ def main(argv=None):
     --------
     Bad arguments stop with a usage message (on stderr) and exit status 2, before any work:
 
-    >>> from skvae.cli import main
+    >>> from skvae.study.cli import main
     >>> try:
     ...     main(["study", "--models", "pca,umap"])
     ... except SystemExit as stop:

@@ -21,7 +21,7 @@ def squared_error(reconstruction, target):
     Examples
     --------
     >>> import torch
-    >>> from skvae.losses import squared_error
+    >>> from skvae.nn.kl import squared_error
     >>> squared_error(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0]]))
     tensor([5.])
     """
@@ -43,7 +43,7 @@ def gaussian_kl(mu, logvar):
     Examples
     --------
     >>> import torch
-    >>> from skvae.losses import gaussian_kl
+    >>> from skvae.nn.kl import gaussian_kl
     >>> gaussian_kl(torch.zeros(2, 3), torch.zeros(2, 3))
     tensor([0., 0.])
     """
@@ -74,7 +74,7 @@ def bernoulli_kl(p, prior_p):
     Examples
     --------
     >>> import torch
-    >>> from skvae.losses import bernoulli_kl
+    >>> from skvae.nn.kl import bernoulli_kl
     >>> bernoulli_kl(torch.tensor([0.5, 1.0]), 0.5)
     tensor([0.0000, 0.6931])
     """
@@ -110,7 +110,7 @@ def spike_and_slab_kl(mu, logvar, spike, prior_spike):
     Examples
     --------
     >>> import torch
-    >>> from skvae.losses import gaussian_kl, spike_and_slab_kl
+    >>> from skvae.nn.kl import gaussian_kl, spike_and_slab_kl
     >>> mu, logvar = torch.ones(1, 2), torch.zeros(1, 2)
     >>> spike_and_slab_kl(mu, logvar, torch.ones(1, 2), 1.0), gaussian_kl(mu, logvar)
     (tensor([1.]), tensor([1.]))

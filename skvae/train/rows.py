@@ -3,7 +3,7 @@
 Two representations, chosen by :func:`make_row_source`:
 
 - dense tensors (sparse input is densified one minibatch at a time, never whole);
-- :class:`skvae.sparse.ShiftedSparseRows`: each row as a sparse vector plus a
+- :class:`skvae.nn.sparse.ShiftedSparseRows`: each row as a sparse vector plus a
   per-feature shift, for sparse input and for dense input that is mostly one value
   per feature (such as Seurat-scaled expression).
 """
@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.utils import gen_batches
 
-from .sparse import ShiftedSparseRows
+from ..nn.sparse import ShiftedSparseRows
 
 # "auto" takes the sparse representation of dense input when at most this share of
 # its entries differ from their column's median (6 % on Seurat-scaled PBMC3k).
@@ -33,7 +33,7 @@ class DenseRowSource:
     Examples
     --------
     >>> import numpy as np
-    >>> from skvae.batching import DenseRowSource
+    >>> from skvae.train.rows import DenseRowSource
     >>> DenseRowSource(np.eye(4), dtype=np.float32, device="cpu").batch(slice(1, 3))
     tensor([[0., 1., 0., 0.],
             [0., 0., 1., 0.]])
@@ -62,7 +62,7 @@ class DenseRowSource:
 
 
 class ShiftedSparseRowSource:
-    """Minibatches as :class:`~skvae.sparse.ShiftedSparseRows` of ``values + shift``.
+    """Minibatches as :class:`~skvae.nn.sparse.ShiftedSparseRows` of ``values + shift``.
 
     Parameters
     ----------
@@ -77,7 +77,7 @@ class ShiftedSparseRowSource:
     --------
     >>> import numpy as np
     >>> import scipy.sparse as sp
-    >>> from skvae.batching import ShiftedSparseRowSource
+    >>> from skvae.train.rows import ShiftedSparseRowSource
     >>> source = ShiftedSparseRowSource(sp.eye(4, format="csr"), np.ones(4), dtype=np.float32, device="cpu",
     ...                                 with_transpose=False)
     >>> rows = source.batch(np.array([2, 0]))
@@ -146,7 +146,7 @@ def make_row_source(X, *, algorithm="auto", dtype=np.float32, device="cpu", with
     Examples
     --------
     >>> import numpy as np
-    >>> from skvae.batching import make_row_source
+    >>> from skvae.train.rows import make_row_source
     >>> scaled = np.where(np.eye(50) > 0, 3.0, -0.2)  # one value per column, mostly
     >>> type(make_row_source(scaled)).__name__, type(make_row_source(scaled, algorithm="dense")).__name__
     ('ShiftedSparseRowSource', 'DenseRowSource')
@@ -180,7 +180,7 @@ def iter_batches(source, batch_size, *, order=None):
     Examples
     --------
     >>> import numpy as np
-    >>> from skvae.batching import iter_batches, make_row_source
+    >>> from skvae.train.rows import iter_batches, make_row_source
     >>> source = make_row_source(np.random.RandomState(0).normal(size=(10, 3)))
     >>> [len(batch) for batch in iter_batches(source, 4)]
     [4, 4, 2]

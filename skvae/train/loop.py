@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from .batching import iter_batches
+from .rows import iter_batches
 
 
 @torch.no_grad()
@@ -15,8 +15,8 @@ def mean_loss(module, rows, *, kl_weight, batch_size):
 
     Parameters
     ----------
-    module : skvae.modules model
-    rows : row source of :mod:`skvae.batching`
+    module : skvae.nn.models model
+    rows : row source of :mod:`skvae.train.rows`
     kl_weight : float
     batch_size : int
 
@@ -27,9 +27,9 @@ def mean_loss(module, rows, *, kl_weight, batch_size):
     Examples
     --------
     >>> import numpy as np
-    >>> from skvae.batching import make_row_source
-    >>> from skvae.modules import Autoencoder
-    >>> from skvae.training import mean_loss
+    >>> from skvae.train.rows import make_row_source
+    >>> from skvae.nn.models import Autoencoder
+    >>> from skvae.train.loop import mean_loss
     >>> rows = make_row_source(np.zeros((8, 5)), algorithm="dense")
     >>> mean_loss(Autoencoder(5, 2, (4,)), rows, kl_weight=1.0, batch_size=4) >= 0
     True
@@ -62,11 +62,11 @@ def train(
 
     Parameters
     ----------
-    module : skvae.modules model
+    module : skvae.nn.models model
         Already on ``device``.
-    train_rows : row source of :mod:`skvae.batching`
+    train_rows : row source of :mod:`skvae.train.rows`
         The training rows, on ``device``.
-    val_rows : row source of :mod:`skvae.batching`, default=None
+    val_rows : row source of :mod:`skvae.train.rows`, default=None
         Held-out rows. When given, training stops once the validation loss has not
         improved by at least ``tol`` for ``n_iter_no_change`` epochs, and the best
         weights are restored.
@@ -92,9 +92,9 @@ def train(
     --------
     >>> import numpy as np
     >>> import torch
-    >>> from skvae.batching import make_row_source
-    >>> from skvae.modules import VariationalAutoencoder
-    >>> from skvae.training import train
+    >>> from skvae.train.rows import make_row_source
+    >>> from skvae.nn.models import VariationalAutoencoder
+    >>> from skvae.train.loop import train
     >>> X = np.random.RandomState(0).normal(size=(64, 10))
     >>> history = train(VariationalAutoencoder(10, 2, (8,)), make_row_source(X, with_transpose=True),
     ...                 kl_weight=1.0, batch_size=16, learning_rate=1e-2, max_epochs=5, n_iter_no_change=1,

@@ -24,7 +24,7 @@ def linear_stack(sizes):
 
     Examples
     --------
-    >>> from skvae.nn import linear_stack
+    >>> from skvae.nn.layers import linear_stack
     >>> linear_stack([4, 3, 2])
     Sequential(
       (0): Linear(in_features=4, out_features=3, bias=True)
@@ -40,7 +40,7 @@ def linear_stack(sizes):
 
 
 class InputLinear(nn.Module):
-    """A linear layer for dense rows or :class:`~skvae.sparse.ShiftedSparseRows`.
+    """A linear layer for dense rows or :class:`~skvae.nn.sparse.ShiftedSparseRows`.
 
     Its weight is stored (in_features, out_features), the layout a sparse
     minibatch multiplies without a copy; initialised as ``nn.Linear``.
@@ -52,7 +52,7 @@ class InputLinear(nn.Module):
     Examples
     --------
     >>> import torch
-    >>> from skvae.nn import InputLinear
+    >>> from skvae.nn.layers import InputLinear
     >>> layer = InputLinear(5, 3)
     >>> layer.weight.shape, layer(torch.ones(2, 5)).shape
     (torch.Size([5, 3]), torch.Size([2, 3]))
@@ -70,7 +70,7 @@ class InputLinear(nn.Module):
 
 
 def input_product(x, weight, bias):
-    """``x @ weight + bias`` for dense rows or :class:`~skvae.sparse.ShiftedSparseRows` ``x``.
+    """``x @ weight + bias`` for dense rows or :class:`~skvae.nn.sparse.ShiftedSparseRows` ``x``.
 
     Parameters
     ----------
@@ -85,7 +85,7 @@ def input_product(x, weight, bias):
     Examples
     --------
     >>> import torch
-    >>> from skvae.nn import input_product
+    >>> from skvae.nn.layers import input_product
     >>> input_product(torch.ones(1, 2), torch.ones(2, 3), torch.zeros(3))
     tensor([[2., 2., 2.]])
     """
@@ -115,7 +115,7 @@ class Encoder(nn.Module):
     Examples
     --------
     >>> import torch
-    >>> from skvae.nn import Encoder
+    >>> from skvae.nn.layers import Encoder
     >>> encoder = Encoder(100, (16, 8, 4), 2, ["mu", "logvar"])
     >>> {name: out.shape for name, out in encoder(torch.randn(5, 100)).items()}
     {'mu': torch.Size([5, 2]), 'logvar': torch.Size([5, 2])}
@@ -136,7 +136,7 @@ class Encoder(nn.Module):
     def forward(self, x):
         """Return a dict mapping each branch name to its output tensor.
 
-        ``x`` is a dense tensor or :class:`skvae.sparse.ShiftedSparseRows`.
+        ``x`` is a dense tensor or :class:`skvae.nn.sparse.ShiftedSparseRows`.
         """
         if self.training or torch.is_grad_enabled() or not len(self.trunk):
             h = self.trunk(self.input_layer(x))
@@ -165,7 +165,7 @@ class Decoder(nn.Module):
     Examples
     --------
     >>> import torch
-    >>> from skvae.nn import Decoder
+    >>> from skvae.nn.layers import Decoder
     >>> Decoder(2, (16, 8, 4), 100)(torch.randn(5, 2)).shape
     torch.Size([5, 100])
     """

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .losses import gaussian_kl, spike_and_slab_kl
-from .nn import Decoder, Encoder
+from .kl import gaussian_kl, spike_and_slab_kl
+from .layers import Decoder, Encoder
 from .sparse import linear_squared_error
 
 # Spike probabilities are kept inside (eps, 1 - eps) so the KL's logarithms
@@ -33,7 +33,7 @@ class LossTerms:
     Examples
     --------
     >>> import torch
-    >>> from skvae.modules import LossTerms
+    >>> from skvae.nn.models import LossTerms
     >>> terms = LossTerms(reconstruction=torch.tensor([4.0]), kl=torch.tensor([1.0]))
     >>> terms.reconstruction + 2.0 * terms.kl
     tensor([6.])
@@ -131,7 +131,7 @@ class Autoencoder(_LatentModel):
     Examples
     --------
     >>> import torch
-    >>> from skvae.modules import Autoencoder
+    >>> from skvae.nn.models import Autoencoder
     >>> module = Autoencoder(50, 2, (16, 8))
     >>> x = torch.randn(4, 50)
     >>> module.embed(x).shape, module.loss(x).reconstruction.shape
@@ -165,7 +165,7 @@ class VariationalAutoencoder(_LatentModel):
     Examples
     --------
     >>> import torch
-    >>> from skvae.modules import VariationalAutoencoder
+    >>> from skvae.nn.models import VariationalAutoencoder
     >>> module = VariationalAutoencoder(50, 2, (16, 8))
     >>> terms = module.loss(torch.randn(4, 50), generator=torch.Generator().manual_seed(0))
     >>> bool((terms.kl >= 0).all())
@@ -214,7 +214,7 @@ class SparseCodingVAE(_LatentModel):
     Examples
     --------
     >>> import torch
-    >>> from skvae.modules import SparseCodingVAE
+    >>> from skvae.nn.models import SparseCodingVAE
     >>> module = SparseCodingVAE(50, 3, (16, 8), prior_spike=0.5, sharpness=50.0)
     >>> module.spike_probability(torch.randn(4, 50)).shape
     torch.Size([4, 3])

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from skvae.modules import Autoencoder, SparseCodingVAE, VariationalAutoencoder
+from skvae.nn.models import Autoencoder, SparseCodingVAE, VariationalAutoencoder
 
 N_FEATURES, N_COMPONENTS, HIDDEN = 30, 4, (16, 8, 6)
 

@@ -19,8 +19,8 @@ from sklearn.manifold import TSNE
 from sklearn.pipeline import make_pipeline
 from sklearn.utils import check_scalar
 
-from .datasets import fetch_pbmc3k
-from .estimators import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder
+from ..datasets import fetch_pbmc3k
+from ..estimators import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder
 from .evaluation import evaluate_embedding
 from .plotting import (
     plot_embedding,
@@ -28,7 +28,7 @@ from .plotting import (
     plot_spike_probabilities,
     plot_training_history,
 )
-from .preprocessing import ClippedStandardScaler, LogNormalizer
+from ..preprocessing import ClippedStandardScaler, LogNormalizer
 
 N_COMPONENTS = 6
 PERPLEXITY = 40.0
