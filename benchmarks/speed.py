@@ -9,7 +9,16 @@ For each model, in one run on this machine:
 Then transform throughput on sparse input and one epoch on a synthetic 1,000,000 x 2,000
 sparse matrix (5 % non-zero) with its peak memory, measured in a child process.
 
+Count likelihoods: seconds per epoch of each model with each likelihood on PBMC3k's raw
+counts (2,000 highly variable genes, and all 13,714), with the Gaussian models on the
+scaled log-normalised data of the same genes, and scVI (when scvi-tools is installed: a
+benchmark-only extra, ``pip install scvi-tools``) on the same counts, genes and batch size,
+with its default likelihood (ZINB) and with ``gene_likelihood="nb"``. Seconds per epoch are
+steady-state: the time of an ``E``-epoch fit minus that of a 1-epoch fit, over ``E - 1``, so
+that set-up is left out for both tools.
+
 Usage: python benchmarks/speed.py [--epochs 200] [--models ae,vae,vsc] [--skip-large]
+       python benchmarks/speed.py --counts-only [--count-epochs 10]
 """
 
 import argparse
@@ -28,7 +37,7 @@ import torch
 from skvae import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder
 from skvae.datasets import fetch_pbmc3k
 from skvae.study.evaluation import latent_scores, tsne_kmeans_scores
-from skvae.preprocessing import ClippedStandardScaler, LogNormalizer
+from skvae.preprocessing import ClippedStandardScaler, HighlyVariableGenes, LogNormalizer
 
 MODELS = {"ae": (AutoencoderEmbedder, {}), "vae": (BetaVAEEmbedder, {"beta": 2.0}), "vsc": (BetaVSCEmbedder, {"beta": 2.0})}
 
@@ -90,12 +99,71 @@ def large_sparse_epoch():
           f"{peak_memory_mib():.0f} MiB (matrix, Python and torch included)")
 
 
+def steady_seconds_per_epoch(fit, epochs):
+    """``(time of fit(epochs) - time of fit(1)) / (epochs - 1)``: per-epoch time without set-up."""
+    times = {}
+    for n in (1, epochs):
+        start = time.perf_counter()
+        fit(n)
+        times[n] = time.perf_counter() - start
+    return (times[epochs] - times[1]) / (epochs - 1)
+
+
+def scvi_fit(counts, batch_size, **model_params):
+    """A function fitting scVI with its defaults (and ``model_params``) for a given number of epochs."""
+    import anndata
+    import scvi
+
+    def fit(epochs):
+        adata = anndata.AnnData(counts.astype(np.float32))
+        scvi.model.SCVI.setup_anndata(adata)
+        model = scvi.model.SCVI(adata, **model_params)
+        model.train(max_epochs=epochs, batch_size=batch_size, train_size=1.0, early_stopping=False,
+                    accelerator="cpu", enable_progress_bar=False)
+
+    return fit
+
+
+def count_likelihood_speed(pbmc, *, epochs, batch_size=256):
+    """Seconds per epoch of every model x likelihood, and of scVI, on the same genes and cells."""
+    try:
+        import scvi
+        print(f"scvi-tools {scvi.__version__}")
+    except ImportError:
+        scvi = None
+        print("scvi-tools is not installed (pip install scvi-tools): no scVI rows")
+    hvg = HighlyVariableGenes(n_top_genes=2000).fit(pbmc.data)
+    gene_sets = {"2,000 HVGs": hvg.get_support(), f"all {pbmc.data.shape[1]:,} genes": slice(None)}
+    BetaVAEEmbedder(likelihood="nb", max_epochs=1, random_state=0).fit(pbmc.data[:, :50])  # torch warm-up
+    for label, genes in gene_sets.items():
+        counts = pbmc.data[:, genes].tocsr()
+        scaled = ClippedStandardScaler().fit_transform(LogNormalizer().fit_transform(counts)).astype(np.float32)
+        print(f"\n== {label}: {counts.shape[0]} cells x {counts.shape[1]} genes, batch {batch_size}, "
+              f"{epochs} epochs; s/epoch (steady state)")
+        for name, (cls, params) in MODELS.items():
+            cells = []
+            for likelihood in ("gaussian", "poisson", "nb", "zinb"):
+                X = scaled if likelihood == "gaussian" else counts
+                def fit(n, cls=cls, params=params, likelihood=likelihood, X=X):
+                    cls(**params, likelihood=likelihood, max_epochs=n, batch_size=batch_size, random_state=0,
+                        device="cpu").fit(X)
+                cells.append(f"{likelihood} {steady_seconds_per_epoch(fit, epochs):.3f}")
+            print(f"{cls.__name__:20s}: " + ", ".join(cells), flush=True)
+        if scvi is not None:
+            for scvi_label, params in (("scVI defaults (ZINB)", {}), ("scVI gene_likelihood='nb'", {"gene_likelihood": "nb"})):
+                seconds = steady_seconds_per_epoch(scvi_fit(counts, batch_size, **params), epochs)
+                print(f"{scvi_label:26s}: {seconds:.3f}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--models", default="ae,vae,vsc")
     parser.add_argument("--skip-large", action="store_true", help="leave out the 1M-cell epoch")
     parser.add_argument("--large-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--counts-only", action="store_true", help="only the count-likelihood section")
+    parser.add_argument("--skip-counts", action="store_true", help="leave out the count-likelihood section")
+    parser.add_argument("--count-epochs", type=int, default=10, help="epochs per timing in the count section")
     args = parser.parse_args()
     if args.large_only:
         return large_sparse_epoch()
@@ -104,6 +172,8 @@ def main():
     cpu = next((line.split(":")[1].strip() for line in cpuinfo if "model name" in line), platform.machine())
     print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads")
     pbmc = fetch_pbmc3k()
+    if args.counts_only:
+        return count_likelihood_speed(pbmc, epochs=args.count_epochs)
     lognorm = LogNormalizer().fit_transform(pbmc.data)
     X = ClippedStandardScaler().fit_transform(lognorm).astype(np.float32)
     labels = pbmc.target
@@ -112,7 +182,7 @@ def main():
 
     for name in args.models.split(","):
         cls, params = MODELS[name]
-        plain = cls(**params)._build_module(X.shape[1], (128, 32, 16))
+        plain = cls(**params)._make_module(X.shape[1], (128, 32, 16))
         plain_seconds, plain_loss = plain_torch_loop(plain, X, beta=params.get("beta", 0.0), epochs=args.epochs)
         results = {}
         for algorithm in ("dense", "auto"):
@@ -144,6 +214,8 @@ def main():
 
     peak = peak_memory_mib()
     print(f"peak memory of this process: {peak:.0f} MiB")
+    if not args.skip_counts:
+        count_likelihood_speed(pbmc, epochs=args.count_epochs)
     if not args.skip_large:
         print("\n== 1,000,000-cell sparse epoch (child process)", flush=True)
         subprocess.run([sys.executable, __file__, "--large-only"], check=True)

@@ -7,6 +7,7 @@ module it trains (``_build_module``) and, for variational models, the KL weight.
 """
 
 import copy
+import warnings
 from abc import ABCMeta, abstractmethod
 from numbers import Integral, Real
 
@@ -17,8 +18,9 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
+from .nn.likelihoods import LIKELIHOODS
 from .train.rows import iter_batches, make_row_source
 from .train.loop import mean_loss, train
 
@@ -26,19 +28,22 @@ from .train.loop import mean_loss, train
 # small enough that a dense block of 10^4-10^5 genes stays well under a GB.
 _INFERENCE_BATCH_SIZE = 2048
 _SAVE_FORMAT = "skvae-estimator-v1"
+# Rows per block when scanning dense input for non-integer counts, so no temporary is the size of X.
+_SCAN_ROWS = 4096
 
 
 class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator, metaclass=ABCMeta):
     """Base class for the neural embedders; not for direct use.
 
-    A subclass implements ``_build_module(n_features, hidden_layer_sizes)``,
-    returning a module of :mod:`skvae.nn.models`, and, for variational models,
+    A subclass implements ``_build_module(n_features, hidden_layer_sizes, likelihood)``,
+    returning a model of :mod:`skvae.nn.models`, and, for variational models,
     ``_kl_weight()``. Parameters are documented on the public estimators.
 
     Parameters
     ----------
     n_components : int, default=6
     hidden_layer_sizes : array-like of int, default=(128, 32, 16)
+    likelihood : {"gaussian", "poisson", "nb", "zinb"}, default="gaussian"
     batch_size : int, default=256
     learning_rate : float, default=1e-3
     max_epochs : int, default=200
@@ -70,6 +75,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     _parameter_constraints = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "hidden_layer_sizes": ["array-like"],
+        "likelihood": [StrOptions(set(LIKELIHOODS))],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
@@ -88,6 +94,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         n_components=6,
         *,
         hidden_layer_sizes=(128, 32, 16),
+        likelihood="gaussian",
         batch_size=256,
         learning_rate=1e-3,
         max_epochs=200,
@@ -102,6 +109,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     ):
         self.n_components = n_components
         self.hidden_layer_sizes = hidden_layer_sizes
+        self.likelihood = likelihood
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.max_epochs = max_epochs
@@ -115,8 +123,31 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.verbose = verbose
 
     @abstractmethod
-    def _build_module(self, n_features, hidden_layer_sizes):
-        """Return a fresh, randomly initialised module of :mod:`skvae.nn.models`."""
+    def _build_module(self, n_features, hidden_layer_sizes, likelihood):
+        """Return a fresh, randomly initialised model of :mod:`skvae.nn.models` with ``likelihood``."""
+
+    def _make_module(self, n_features, hidden_layer_sizes):
+        return self._build_module(n_features, hidden_layer_sizes, LIKELIHOODS[self.likelihood](n_features))
+
+    @property
+    def _models_counts(self):
+        return LIKELIHOODS[self.likelihood].counts
+
+    def _check_counts(self, X):
+        """Refuse negative values and warn of non-integer ones when the likelihood models counts."""
+        if not self._models_counts:
+            return
+        whom = f"{type(self).__name__}(likelihood={self.likelihood!r}), which models raw counts"
+        check_non_negative(X, whom)
+        values = X.data if sp.issparse(X) else X
+        if any((block != np.round(block)).any() for block in np.array_split(values, max(1, len(values) // _SCAN_ROWS))):
+            warnings.warn(
+                f"X has non-integer values, but likelihood={self.likelihood!r} models raw counts. Normalised or "
+                "log-transformed data (such as LogNormalizer's output) is the likely cause: pass the raw UMI "
+                "counts of QC'd cells, or use likelihood='gaussian' for normalised and scaled data.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _kl_weight(self):
         """Weight of the KL term in the training loss."""
@@ -160,6 +191,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             The fitted estimator.
         """
         X = validate_data(self, X, accept_sparse="csr", dtype=[np.float32, np.float64], ensure_min_samples=2)
+        self._check_counts(X)
         hidden_layer_sizes = self._validated_hidden_layer_sizes()
         device = self._training_device()
         X = X.astype(np.float32, copy=False)
@@ -169,12 +201,13 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         X_train, X_val = X, None
         if self.early_stopping:
             X_train, X_val = train_test_split(X, test_size=self.validation_fraction, random_state=rng)
-        train_rows = make_row_source(X_train, algorithm=self.algorithm, device=device, with_transpose=True)
-        val_rows = None if X_val is None else make_row_source(X_val, algorithm=self.algorithm, device=device)
+        center = not self._models_counts
+        train_rows = make_row_source(X_train, algorithm=self.algorithm, center=center, device=device, with_transpose=True)
+        val_rows = None if X_val is None else make_row_source(X_val, algorithm=self.algorithm, center=center, device=device)
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            module = self._build_module(X.shape[1], hidden_layer_sizes)
+            module = self._make_module(X.shape[1], hidden_layer_sizes)
         history = train(
             module.to(device),
             train_rows,
@@ -214,7 +247,9 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
     def _validate_fitted_input(self, X):
         check_is_fitted(self)
-        return validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], reset=False)
+        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], reset=False)
+        self._check_counts(X)
+        return X
 
     def transform(self, X):
         """Embed ``X``: the deterministic latent code of each cell.
@@ -242,7 +277,10 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         Returns
         -------
         X_original : ndarray of shape (n_samples, n_features)
-            Reconstructed data, float32 for float32 input, else float64.
+            Reconstructed data, float32 for float32 input, else float64. For count
+            likelihoods: the expected normalised expression, per-gene proportions
+            times 1e4 (the scale of :class:`~skvae.preprocessing.LogNormalizer`
+            before its log).
         """
         check_is_fitted(self)
         X = check_array(X, dtype=[np.float64, np.float32])
@@ -253,10 +291,12 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def score(self, X, y=None):
         """Negative mean loss per cell: higher is better.
 
-        The loss is the summed squared error of the reconstruction from the
-        deterministic code plus, for variational models, the KL divergence with
-        weight 1 (the negative evidence lower bound, up to constants), whatever
-        ``beta`` was used in training, so that scores compare across ``beta``.
+        The loss is the negative log-likelihood of the cell given the
+        deterministic code (the summed squared error for ``likelihood="gaussian"``)
+        plus, for variational models, the KL divergence with weight 1 (the negative
+        evidence lower bound, up to constants), whatever ``beta`` was used in
+        training. Scores compare across ``beta`` and other training settings, but
+        not across likelihoods: each likelihood measures its own kind of data.
 
         Parameters
         ----------
@@ -269,7 +309,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         -------
         score : float
         """
-        rows = make_row_source(self._validate_fitted_input(X), algorithm=self.algorithm)
+        rows = make_row_source(self._validate_fitted_input(X), algorithm=self.algorithm, center=not self._models_counts)
         return -mean_loss(self.module_, rows, kl_weight=1.0, batch_size=_INFERENCE_BATCH_SIZE)
 
     def save(self, path):
@@ -323,8 +363,10 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         if state["estimator"] != cls.__name__:
             raise ValueError(f"{path} holds a {state['estimator']}, not a {cls.__name__}; load it with that class.")
         estimator = cls(**state["params"])
-        module = estimator._build_module(state["n_features_in_"], estimator._validated_hidden_layer_sizes())
-        module.load_state_dict(state["state_dict"])
+        module = estimator._make_module(state["n_features_in_"], estimator._validated_hidden_layer_sizes())
+        # saves from before the decoder had named heads call its one output "decoder.output"
+        weights = {key.replace("decoder.output.", "decoder.heads.mean.", 1): value for key, value in state["state_dict"].items()}
+        module.load_state_dict(weights)
         estimator.n_features_in_ = state["n_features_in_"]
         if state["feature_names_in_"] is not None:
             estimator.feature_names_in_ = np.asarray(state["feature_names_in_"], dtype=object)
@@ -333,5 +375,6 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
+        tags.input_tags.positive_only = self.likelihood in LIKELIHOODS and self._models_counts
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags

@@ -22,7 +22,19 @@ _SHARED_PARAMETERS = """\
     hidden_layer_sizes : array-like of int, default=(128, 32, 16)
         Widths of the encoder's hidden layers, input side first; the decoder uses
         them in reverse. The encoder's first layer is linear with no activation,
-        every other hidden layer is followed by a ReLU; the decoder ends linear."""
+        every other hidden layer is followed by a ReLU; the decoder ends linear.
+    likelihood : {"gaussian", "poisson", "nb", "zinb"}, default="gaussian"
+        The reconstruction term. "gaussian": the summed squared error of the
+        input itself, for log-normalised and scaled expression (the original
+        study). The count likelihoods take raw UMI counts of QC'd cells (dense or
+        sparse, non-negative; non-integer values warn): the encoder sees
+        ``log1p(x / l * 1e4)``, computed per minibatch, with ``l`` the cell's
+        total count; the decoder gives per-gene proportions whose product with
+        ``l`` is the mean of a Poisson ("poisson"), a negative binomial with a
+        learned per-gene dispersion ("nb", as scVI), or a zero-inflated negative
+        binomial with decoded dropout logits ("zinb", as scVI and DCA). For count
+        likelihoods :meth:`inverse_transform` returns normalised expression
+        (proportions times 1e4)."""
 
 _TRAINING_PARAMETERS = """\
     batch_size : int, default=256
@@ -135,8 +147,8 @@ def _docstring(template):
     """
 )
 class AutoencoderEmbedder(BaseEmbedder):
-    def _build_module(self, n_features, hidden_layer_sizes):
-        return Autoencoder(n_features, self.n_components, hidden_layer_sizes)
+    def _build_module(self, n_features, hidden_layer_sizes, likelihood):
+        return Autoencoder(n_features, self.n_components, hidden_layer_sizes, likelihood=likelihood)
 
 
 class _VariationalEmbedder(BaseEmbedder):
@@ -222,6 +234,7 @@ class BetaVAEEmbedder(_VariationalEmbedder):
         n_components=6,
         *,
         hidden_layer_sizes=(128, 32, 16),
+        likelihood="gaussian",
         beta=1.0,
         batch_size=256,
         learning_rate=1e-3,
@@ -238,6 +251,7 @@ class BetaVAEEmbedder(_VariationalEmbedder):
         super().__init__(
             n_components,
             hidden_layer_sizes=hidden_layer_sizes,
+            likelihood=likelihood,
             batch_size=batch_size,
             learning_rate=learning_rate,
             max_epochs=max_epochs,
@@ -252,8 +266,8 @@ class BetaVAEEmbedder(_VariationalEmbedder):
         )
         self.beta = beta
 
-    def _build_module(self, n_features, hidden_layer_sizes):
-        return VariationalAutoencoder(n_features, self.n_components, hidden_layer_sizes)
+    def _build_module(self, n_features, hidden_layer_sizes, likelihood):
+        return VariationalAutoencoder(n_features, self.n_components, hidden_layer_sizes, likelihood=likelihood)
 
 
 @_docstring(
@@ -322,6 +336,7 @@ class BetaVSCEmbedder(_VariationalEmbedder):
         n_components=6,
         *,
         hidden_layer_sizes=(128, 32, 16),
+        likelihood="gaussian",
         beta=1.0,
         prior_sparsity=0.5,
         spike_sharpness=50.0,
@@ -340,6 +355,7 @@ class BetaVSCEmbedder(_VariationalEmbedder):
         super().__init__(
             n_components,
             hidden_layer_sizes=hidden_layer_sizes,
+            likelihood=likelihood,
             batch_size=batch_size,
             learning_rate=learning_rate,
             max_epochs=max_epochs,
@@ -356,13 +372,14 @@ class BetaVSCEmbedder(_VariationalEmbedder):
         self.prior_sparsity = prior_sparsity
         self.spike_sharpness = spike_sharpness
 
-    def _build_module(self, n_features, hidden_layer_sizes):
+    def _build_module(self, n_features, hidden_layer_sizes, likelihood):
         return SparseCodingVAE(
             n_features,
             self.n_components,
             hidden_layer_sizes,
             prior_spike=self.prior_sparsity,
             sharpness=self.spike_sharpness,
+            likelihood=likelihood,
         )
 
     def spike_probabilities(self, X):

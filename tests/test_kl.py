@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
-from skvae.nn.kl import bernoulli_kl, gaussian_kl, spike_and_slab_kl, squared_error
+from skvae.nn.kl import bernoulli_kl, gaussian_kl, spike_and_slab_kl
+from skvae.nn.likelihoods import squared_error
 
 shapes = st.tuples(st.integers(1, 8), st.integers(1, 6))
 means = st.floats(-5, 5)

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from skvae.train.rows import make_row_source
-from skvae.nn.kl import squared_error
+from skvae.nn.likelihoods import linear_squared_error, squared_error
 from skvae.nn.layers import InputLinear
-from skvae.nn.sparse import ShiftedSparseRows, linear_squared_error
+from skvae.nn.sparse import ShiftedSparseRows
 
 
 @st.composite

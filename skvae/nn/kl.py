@@ -1,31 +1,10 @@
-"""Loss terms as pure functions of tensors, one value per cell.
+"""KL divergences of the posteriors from their priors, as pure functions of tensors, one value per cell.
 
 Every function returns a tensor of shape ``(n_samples,)``: the caller decides how
 to weight (``beta``) and reduce the terms, so schedules live outside the network.
 """
 
 import torch
-
-
-def squared_error(reconstruction, target):
-    """Summed squared error of each cell over its features.
-
-    Parameters
-    ----------
-    reconstruction, target : torch.Tensor of shape (n_samples, n_features)
-
-    Returns
-    -------
-    torch.Tensor of shape (n_samples,)
-
-    Examples
-    --------
-    >>> import torch
-    >>> from skvae.nn.kl import squared_error
-    >>> squared_error(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0]]))
-    tensor([5.])
-    """
-    return (reconstruction - target).square().sum(dim=-1)
 
 
 def gaussian_kl(mu, logvar):

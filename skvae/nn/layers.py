@@ -151,7 +151,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """The encoder's hidden layers in reverse, each with a ReLU, and a linear output.
+    """The encoder's hidden layers in reverse, each with a ReLU, then one linear head per output.
 
     Parameters
     ----------
@@ -160,20 +160,24 @@ class Decoder(nn.Module):
     hidden_layer_sizes : sequence of int
         The encoder's hidden widths, input side first; used in reverse.
     n_features : int
-        Output width.
+        Width of each head's output.
+    heads : sequence of str, default=("mean",)
+        Names of the outputs, e.g. ``("scale", "dropout")``; a likelihood says which it reads.
 
     Examples
     --------
     >>> import torch
     >>> from skvae.nn.layers import Decoder
-    >>> Decoder(2, (16, 8, 4), 100)(torch.randn(5, 2)).shape
+    >>> Decoder(2, (16, 8, 4), 100)(torch.randn(5, 2))["mean"].shape
     torch.Size([5, 100])
     """
 
-    def __init__(self, n_components, hidden_layer_sizes, n_features):
+    def __init__(self, n_components, hidden_layer_sizes, n_features, heads=("mean",)):
         super().__init__()
         self.hidden = linear_stack([n_components, *reversed(hidden_layer_sizes)])
-        self.output = nn.Linear(hidden_layer_sizes[0], n_features)
+        self.heads = nn.ModuleDict({name: nn.Linear(hidden_layer_sizes[0], n_features) for name in heads})
 
     def forward(self, z):
-        return self.output(self.hidden(z))
+        """Return a dict mapping each head's name to its output tensor."""
+        h = self.hidden(z)
+        return {name: head(h) for name, head in self.heads.items()}

@@ -11,7 +11,7 @@ from torch import nn
 
 from .kl import gaussian_kl, spike_and_slab_kl
 from .layers import Decoder, Encoder
-from .sparse import linear_squared_error
+from .likelihoods import Gaussian
 
 # Spike probabilities are kept inside (eps, 1 - eps) so the KL's logarithms
 # and their gradients stay finite.
@@ -25,7 +25,8 @@ class LossTerms:
     Parameters
     ----------
     reconstruction : torch.Tensor of shape (n_samples,)
-        Summed squared error of each cell.
+        Negative log-likelihood of each cell under the model's likelihood (the
+        summed squared error for :class:`~skvae.nn.likelihoods.Gaussian`).
     kl : torch.Tensor of shape (n_samples,)
         KL divergence of each cell's posterior from the prior (zeros for a plain
         autoencoder).
@@ -44,15 +45,16 @@ class LossTerms:
 
 
 class _LatentModel(nn.Module):
-    """Encoder with named branches, decoder, and the loss template shared by all models."""
+    """Encoder with named branches, decoder, likelihood, and the loss template shared by all models."""
 
     branches = ()
 
-    def __init__(self, n_features, n_components, hidden_layer_sizes):
+    def __init__(self, n_features, n_components, hidden_layer_sizes, *, likelihood=None):
         super().__init__()
         self.n_components = n_components
         self.encoder = Encoder(n_features, hidden_layer_sizes, n_components, self.branches)
-        self.decoder = Decoder(n_components, hidden_layer_sizes, n_features)
+        self.likelihood = Gaussian(n_features) if likelihood is None else likelihood
+        self.decoder = Decoder(n_components, hidden_layer_sizes, n_features, self.likelihood.heads)
 
     def posterior(self, x):
         """Posterior parameters of each cell.
@@ -67,10 +69,10 @@ class _LatentModel(nn.Module):
             One entry per encoder branch: ``"code"``; ``"mu"`` and ``"logvar"``; for
             the sparse coding model also ``"spike"`` (probabilities).
         """
-        return self.encoder(x)
+        return self.encoder(self.likelihood.encoder_input(x))
 
     def decode(self, z):
-        """Reconstruct expression from latent codes.
+        """Expression decoded from latent codes: the likelihood's mean.
 
         Parameters
         ----------
@@ -79,8 +81,10 @@ class _LatentModel(nn.Module):
         Returns
         -------
         torch.Tensor of shape (n_samples, n_features)
+            The reconstruction (Gaussian) or normalised expression, proportions
+            times 1e4 (count likelihoods).
         """
-        return self.decoder(z)
+        return self.likelihood.mean(self.decoder(z))
 
     def embed(self, x):
         """Deterministic latent code of each cell (the posterior mean).
@@ -112,7 +116,7 @@ class _LatentModel(nn.Module):
         """
         q = self.posterior(x)
         z = self._mean_code(q) if deterministic else self._sample_code(q, generator)
-        reconstruction = linear_squared_error(self.decoder.output, self.decoder.hidden(z), x)
+        reconstruction = self.likelihood.negative_log_likelihood(self.decoder.heads, self.decoder.hidden(z), x)
         return LossTerms(reconstruction, self._kl(q))
 
 
@@ -127,6 +131,9 @@ class Autoencoder(_LatentModel):
         Latent size.
     hidden_layer_sizes : sequence of int
         Encoder widths, input side first; the decoder mirrors them.
+    likelihood : torch.nn.Module, default=None
+        A likelihood of :mod:`skvae.nn.likelihoods` for ``n_features`` genes;
+        None means :class:`~skvae.nn.likelihoods.Gaussian`.
 
     Examples
     --------
@@ -161,6 +168,9 @@ class VariationalAutoencoder(_LatentModel):
         Latent size.
     hidden_layer_sizes : sequence of int
         Encoder widths, input side first; the decoder mirrors them.
+    likelihood : torch.nn.Module, default=None
+        A likelihood of :mod:`skvae.nn.likelihoods` for ``n_features`` genes;
+        None means :class:`~skvae.nn.likelihoods.Gaussian`.
 
     Examples
     --------
@@ -204,7 +214,7 @@ class SparseCodingVAE(_LatentModel):
 
     Parameters
     ----------
-    n_features, n_components, hidden_layer_sizes
+    n_features, n_components, hidden_layer_sizes, likelihood
         As for :class:`VariationalAutoencoder`.
     prior_spike : float
         Prior probability that a latent dimension is active.
@@ -222,8 +232,8 @@ class SparseCodingVAE(_LatentModel):
 
     branches = ("mu", "logvar", "logspike")
 
-    def __init__(self, n_features, n_components, hidden_layer_sizes, *, prior_spike, sharpness):
-        super().__init__(n_features, n_components, hidden_layer_sizes)
+    def __init__(self, n_features, n_components, hidden_layer_sizes, *, prior_spike, sharpness, likelihood=None):
+        super().__init__(n_features, n_components, hidden_layer_sizes, likelihood=likelihood)
         self.prior_spike = prior_spike
         self.sharpness = sharpness
 
@@ -238,7 +248,7 @@ class SparseCodingVAE(_LatentModel):
         -------
         dict of str to torch.Tensor of shape (n_samples, n_components)
         """
-        q = self.encoder(x)
+        q = super().posterior(x)
         # log spike probability must be <= 0
         logspike = -torch.relu(-q.pop("logspike"))
         q["spike"] = logspike.exp().clamp(_SPIKE_EPS, 1.0 - _SPIKE_EPS)

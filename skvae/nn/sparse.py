@@ -14,12 +14,12 @@ Both are exact rewrites of the dense computation, with their gradients written o
 
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 from torch.autograd import Function
 
-from .kl import squared_error
 
 
 class _ShiftedSparseLinear(Function):
@@ -55,8 +55,7 @@ class _ShiftedSparseLinearSquaredError(Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, values, values_t, shift):
         offset = bias - shift
-        rows = torch.repeat_interleave(torch.arange(len(hidden), device=hidden.device), values.crow_indices().diff())
-        values_sq_norm = hidden.new_zeros(len(hidden)).index_add_(0, rows, values.values().square())
+        values_sq_norm = hidden.new_zeros(len(hidden)).index_add_(0, _row_of_each_value(values), values.values().square())
         gram = weight.T @ weight
         weight_offset = weight.T @ offset
         projected = torch.sparse.mm(values, weight)
@@ -170,6 +169,73 @@ class ShiftedSparseRows:
             hidden, weight, bias, self.values, self.values_t, self.shift
         )
 
+    def coordinates(self):
+        """Row, column and value of every stored entry of ``values``.
+
+        Returns
+        -------
+        rows, columns : torch.Tensor of shape (n_stored,), int64
+        values : torch.Tensor of shape (n_stored,)
+        """
+        return self.value_rows, self.values.col_indices(), self.values.values()
+
+    @cached_property
+    def value_rows(self):
+        """Row index of each stored entry of ``values`` (computed once per minibatch).
+
+        Returns
+        -------
+        torch.Tensor of shape (n_stored,), int64
+        """
+        return _row_of_each_value(self.values)
+
+    @cached_property
+    def row_sums(self):
+        """Sum of each row ``values + shift`` (computed once per minibatch).
+
+        Returns
+        -------
+        torch.Tensor of shape (n_rows,)
+        """
+        stored = self.values.values()
+        return stored.new_zeros(self.values.shape[0]).index_add_(0, self.value_rows, stored) + self.shift.sum()
+
+    def log1p_scaled(self, row_scale):
+        """Rows ``log1p(x * row_scale)`` of rows with no shift, still sparse (``log1p(0) = 0``).
+
+        Parameters
+        ----------
+        row_scale : torch.Tensor of shape (n_rows,)
+            A factor per row, e.g. ``1e4 / library size``.
+
+        Returns
+        -------
+        ShiftedSparseRows
+        """
+        if self.shift.any():
+            raise ValueError("log1p_scaled needs rows with no shift: log1p(0) = 0 keeps them sparse.")
+        values = _with_values(self.values, torch.log1p(self.values.values() * row_scale[self.value_rows]))
+        values_t = None
+        if self.values_t is not None:
+            # the transpose's columns are the rows
+            scaled = self.values_t.values() * row_scale[self.values_t.col_indices()]
+            values_t = _with_values(self.values_t, torch.log1p(scaled))
+        return ShiftedSparseRows(values, values_t, self.shift)
+
+
+def _row_of_each_value(csr):
+    """Row index of each stored value of a torch CSR tensor."""
+    crow = csr.crow_indices()
+    return torch.repeat_interleave(torch.arange(len(crow) - 1, device=crow.device), crow.diff())
+
+
+def _with_values(csr, values):
+    """A CSR tensor with the structure of ``csr`` and other ``values``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        return torch.sparse_csr_tensor(csr.crow_indices(), csr.col_indices(), values, size=csr.shape,
+                                       check_invariants=False)
+
 
 def _torch_csr(block, device):
     with warnings.catch_warnings():
@@ -182,38 +248,3 @@ def _torch_csr(block, device):
             device=device,
             check_invariants=False,  # scipy's CSR is valid by construction
         )
-
-
-def linear_squared_error(layer, hidden, x):
-    """Per-row summed squared error of ``layer(hidden)`` against dense or shifted sparse rows ``x``.
-
-    Parameters
-    ----------
-    layer : torch.nn.Linear
-        The decoder's output layer.
-    hidden : torch.Tensor of shape (n_rows, layer.in_features)
-    x : torch.Tensor of shape (n_rows, layer.out_features) or ShiftedSparseRows
-        The targets.
-
-    Returns
-    -------
-    torch.Tensor of shape (n_rows,)
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> import scipy.sparse as sp
-    >>> import torch
-    >>> from skvae.nn.sparse import ShiftedSparseRows, linear_squared_error
-    >>> layer = torch.nn.Linear(3, 4).double()
-    >>> hidden = torch.randn(2, 3, dtype=torch.float64)
-    >>> block = sp.random(2, 4, density=0.5, format="csr", random_state=0)
-    >>> shift = np.full(4, -0.5)
-    >>> sparse = linear_squared_error(layer, hidden, ShiftedSparseRows.from_scipy(block, shift, dtype=np.float64))
-    >>> dense = linear_squared_error(layer, hidden, torch.from_numpy(block.toarray() + shift))
-    >>> torch.allclose(sparse, dense)
-    True
-    """
-    if isinstance(x, ShiftedSparseRows):
-        return x.linear_squared_error(hidden, layer.weight, layer.bias)
-    return squared_error(layer(hidden), x)

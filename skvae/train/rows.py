@@ -121,7 +121,7 @@ def _csr_rows(X, rows):
     )
 
 
-def make_row_source(X, *, algorithm="auto", dtype=np.float32, device="cpu", with_transpose=False):
+def make_row_source(X, *, algorithm="auto", center=True, dtype=np.float32, device="cpu", with_transpose=False):
     """A minibatch source for ``X``.
 
     Parameters
@@ -132,6 +132,11 @@ def make_row_source(X, *, algorithm="auto", dtype=np.float32, device="cpu", with
         input, the column median for dense input). "auto": "sparse" for sparse
         input and for dense input with at most :data:`SPARSE_DENSITY_LIMIT` of its
         entries off their column's median, else "dense".
+    center : bool, default=True
+        Whether dense input is shifted by its column medians in the sparse
+        representation. False keeps each row as it is (shift 0), as count
+        likelihoods need: their encoder input ``log1p(x / l * 1e4)`` is sparse only
+        where ``x`` is; "auto" then counts the non-zero entries.
     dtype : numpy dtype, default=np.float32
     device : str or torch.device, default="cpu"
     with_transpose : bool, default=False
@@ -156,7 +161,7 @@ def make_row_source(X, *, algorithm="auto", dtype=np.float32, device="cpu", with
     if sp.issparse(X):
         return ShiftedSparseRowSource(X, np.zeros(X.shape[1]), dtype=dtype, device=device, with_transpose=with_transpose)
     # a column that is mostly one value (0 for counts, -mean / sd once scaled) has it as its median
-    shift = np.partition(X, X.shape[0] // 2, axis=0)[X.shape[0] // 2]
+    shift = np.partition(X, X.shape[0] // 2, axis=0)[X.shape[0] // 2] if center else np.zeros(X.shape[1], X.dtype)
     if algorithm == "auto" and np.mean(X != shift) > SPARSE_DENSITY_LIMIT:
         return DenseRowSource(X, dtype=dtype, device=device)
     values = sp.csr_matrix((X - shift).astype(dtype, copy=False))  # x - x is exactly 0

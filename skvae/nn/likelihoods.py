@@ -1,0 +1,596 @@
+"""Reconstruction likelihoods: what the decoder's output says about a cell's observed row.
+
+One class per distribution. A likelihood names the decoder heads it reads (``heads``),
+turns the observed row into the encoder's input (``encoder_input``), gives the
+per-cell negative log-likelihood (``negative_log_likelihood``) and the decoded
+expression (``mean``). The models in :mod:`skvae.nn.models` ask it for these and
+know nothing of the distribution.
+
+- :class:`Gaussian`: the summed squared error of the row itself (a Gaussian of
+  variance 1/2, up to a constant), with the exact sparse fast path.
+- Count likelihoods (:class:`Poisson`, :class:`NegativeBinomial`,
+  :class:`ZeroInflatedNegativeBinomial`) model raw counts with the cell's library
+  size ``l`` (its observed total): the encoder sees ``log1p(x / l * 1e4)``; the
+  decoder gives per-gene proportions ``rho`` (a softmax) and the mean is ``l * rho``.
+  A new count likelihood is one subclass of :class:`CountLikelihood` with its
+  elementwise ``log_prob``.
+
+References
+----------
+R. Lopez, J. Regier, M. B. Cole, M. I. Jordan, N. Yosef. "Deep generative modeling
+for single-cell transcriptomics". Nature Methods 15, 1053-1058 (2018).
+G. Eraslan, L. M. Simon, M. Mircea, N. S. Mueller, F. J. Theis. "Single-cell RNA-seq
+denoising using a deep count autoencoder". Nature Communications 10, 390 (2019).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd import Function
+
+from .sparse import ShiftedSparseRows
+
+# Counts per cell of the normalised scale: the encoder's input and inverse_transform's output
+# are on the scale of LogNormalizer (x / total * 1e4) before and after its log.
+NORMALIZED_TOTAL = 1e4
+
+
+def squared_error(reconstruction, target):
+    """Summed squared error of each cell over its features.
+
+    Parameters
+    ----------
+    reconstruction, target : torch.Tensor of shape (n_samples, n_features)
+
+    Returns
+    -------
+    torch.Tensor of shape (n_samples,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.likelihoods import squared_error
+    >>> squared_error(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0]]))
+    tensor([5.])
+    """
+    return (reconstruction - target).square().sum(dim=-1)
+
+
+def linear_squared_error(layer, hidden, x):
+    """Per-row summed squared error of ``layer(hidden)`` against dense or shifted sparse rows ``x``.
+
+    Parameters
+    ----------
+    layer : torch.nn.Linear
+        The decoder's output layer.
+    hidden : torch.Tensor of shape (n_rows, layer.in_features)
+    x : torch.Tensor of shape (n_rows, layer.out_features) or ShiftedSparseRows
+        The targets.
+
+    Returns
+    -------
+    torch.Tensor of shape (n_rows,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import scipy.sparse as sp
+    >>> import torch
+    >>> from skvae.nn.likelihoods import linear_squared_error
+    >>> from skvae.nn.sparse import ShiftedSparseRows
+    >>> layer = torch.nn.Linear(3, 4).double()
+    >>> hidden = torch.randn(2, 3, dtype=torch.float64)
+    >>> block = sp.random(2, 4, density=0.5, format="csr", random_state=0)
+    >>> shift = np.full(4, -0.5)
+    >>> sparse = linear_squared_error(layer, hidden, ShiftedSparseRows.from_scipy(block, shift, dtype=np.float64))
+    >>> dense = linear_squared_error(layer, hidden, torch.from_numpy(block.toarray() + shift))
+    >>> torch.allclose(sparse, dense)
+    True
+    """
+    if isinstance(x, ShiftedSparseRows):
+        return x.linear_squared_error(hidden, layer.weight, layer.bias)
+    return squared_error(layer(hidden), x)
+
+
+def library_size(x):
+    """Observed total of each row of dense or shifted sparse rows.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (n_rows, n_features) or ShiftedSparseRows
+
+    Returns
+    -------
+    torch.Tensor of shape (n_rows,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.likelihoods import library_size
+    >>> library_size(torch.tensor([[1.0, 3.0], [0.0, 2.0]]))
+    tensor([4., 2.])
+    """
+    return x.row_sums if isinstance(x, ShiftedSparseRows) else x.sum(dim=1)
+
+
+class Gaussian(nn.Module):
+    """Summed squared error of the row: skvae's original loss, for scaled expression.
+
+    The encoder sees the row as it is; the decoder's ``"mean"`` head is the
+    reconstruction. Sparse rows use the exact Gram-form squared error
+    (:meth:`skvae.nn.sparse.ShiftedSparseRows.linear_squared_error`).
+
+    Parameters
+    ----------
+    n_features : int
+        Number of genes (unused: no per-gene parameters).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.likelihoods import Gaussian
+    >>> heads = torch.nn.ModuleDict({"mean": torch.nn.Linear(2, 3)})
+    >>> Gaussian(3).negative_log_likelihood(heads, torch.zeros(4, 2), torch.zeros(4, 3)).shape
+    torch.Size([4])
+    """
+
+    counts = False
+    heads = ("mean",)
+
+    def __init__(self, n_features):
+        super().__init__()
+
+    def encoder_input(self, x):
+        """The encoder's input: the row itself.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (n_rows, n_features) or ShiftedSparseRows
+
+        Returns
+        -------
+        torch.Tensor or ShiftedSparseRows
+        """
+        return x
+
+    def negative_log_likelihood(self, heads, hidden, x):
+        """Summed squared error of each row.
+
+        Parameters
+        ----------
+        heads : torch.nn.ModuleDict
+            The decoder's output layers, by name.
+        hidden : torch.Tensor of shape (n_rows, width)
+            The decoder's last hidden layer.
+        x : torch.Tensor of shape (n_rows, n_features) or ShiftedSparseRows
+
+        Returns
+        -------
+        torch.Tensor of shape (n_rows,)
+        """
+        return linear_squared_error(heads["mean"], hidden, x)
+
+    def mean(self, outputs):
+        """The reconstruction.
+
+        Parameters
+        ----------
+        outputs : dict of str to torch.Tensor of shape (n_rows, n_features)
+
+        Returns
+        -------
+        torch.Tensor of shape (n_rows, n_features)
+        """
+        return outputs["mean"]
+
+
+class CountLikelihood(nn.Module):
+    """Base of the count likelihoods; a subclass defines ``log_prob`` and its parameters.
+
+    The decoder's ``"scale"`` head gives logits of per-gene proportions; with the
+    cell's library size ``l`` the mean is ``mu = l * softmax(scale)``.
+
+    The log-likelihood of a sparse row is computed without densifying it:
+    ``sum_g log p(0 | theta_g) + sum_{x_g > 0} [log p(x_g | theta_g) - log p(0 | theta_g)]``,
+    a dense pass over genes for the zero term and a gather at the stored entries.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of genes.
+
+    Examples
+    --------
+    A new count likelihood defines ``log_prob``; the sparse and dense sums come from here:
+
+    >>> import torch
+    >>> from skvae.nn.likelihoods import CountLikelihood
+    >>> class Geometric(CountLikelihood):
+    ...     def log_prob(self, x, *, log_mu):  # mean mu = (1 - p) / p
+    ...         return x * (log_mu - torch.logaddexp(torch.zeros(()), log_mu)) - torch.logaddexp(torch.zeros(()), log_mu)
+    >>> heads = torch.nn.ModuleDict({"scale": torch.nn.Linear(2, 3)})
+    >>> Geometric(3).negative_log_likelihood(heads, torch.zeros(4, 2), torch.ones(4, 3)).shape
+    torch.Size([4])
+    """
+
+    counts = True
+    heads = ("scale",)
+
+    def __init__(self, n_features):
+        super().__init__()
+        self.n_features = n_features
+
+    def encoder_input(self, x):
+        """``log1p(x / library * 1e4)`` of each row, sparse rows kept sparse.
+
+        A row with no counts maps to zeros.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (n_rows, n_features) or ShiftedSparseRows
+            Counts.
+
+        Returns
+        -------
+        torch.Tensor or ShiftedSparseRows
+        """
+        row_scale = NORMALIZED_TOTAL / library_size(x).clamp_min(1.0)
+        if isinstance(x, ShiftedSparseRows):
+            return x.log1p_scaled(row_scale)
+        return torch.log1p(x * row_scale[:, None])
+
+    def distribution(self, outputs, offset, at=None):
+        """Parameters of the per-gene distributions, for :meth:`log_prob`.
+
+        Parameters
+        ----------
+        outputs : dict of str to torch.Tensor of shape (n_rows, n_features)
+            The decoder heads' outputs.
+        offset : torch.Tensor of shape (n_rows,)
+            ``log l - logsumexp(scale)`` of each row, so that ``log mu = scale + offset``.
+        at : tuple of two torch.Tensor of shape (n_entries,), default=None
+            Rows and columns: the parameters at these entries only. None: at
+            every entry, as tensors broadcastable to (n_rows, n_features).
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            Keyword arguments of :meth:`log_prob`; always ``log_mu``, the log mean.
+        """
+        if at is None:
+            return {"log_mu": outputs["scale"] + offset[:, None]}
+        return {"log_mu": outputs["scale"][at] + offset[at[0]]}
+
+    def log_prob(self, x, **params):
+        """Elementwise log-probability of counts ``x``; defined by each subclass.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Counts, broadcastable against ``params``.
+        **params : torch.Tensor
+            The output of :meth:`distribution`.
+
+        Returns
+        -------
+        torch.Tensor
+        """
+        raise NotImplementedError
+
+    def log_prob_ratio_to_zero(self, x, **params):
+        """Elementwise ``log p(x) - log p(0)``: a stored entry's part of a sparse row's likelihood.
+
+        Subclasses may override it with a cheaper closed form.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Counts, broadcastable against ``params``.
+        **params : torch.Tensor
+            The output of :meth:`distribution`.
+
+        Returns
+        -------
+        torch.Tensor
+        """
+        return self.log_prob(x, **params) - self.log_prob(x.new_zeros(()), **params)
+
+    def zero_log_prob_sum(self, outputs, offset):
+        """``sum_g log p(0 | theta_g)`` of each row: the log-probability of an all-zero row.
+
+        Subclasses may override it with a cheaper closed form.
+
+        Parameters
+        ----------
+        outputs : dict of str to torch.Tensor of shape (n_rows, n_features)
+        offset : torch.Tensor of shape (n_rows,)
+
+        Returns
+        -------
+        torch.Tensor of shape (n_rows,)
+        """
+        params = self.distribution(outputs, offset)
+        return self.log_prob(offset.new_zeros(()), **params).expand(len(offset), -1).sum(dim=-1)
+
+    def negative_log_likelihood(self, heads, hidden, x):
+        """Negative log-likelihood of each row of counts.
+
+        Parameters
+        ----------
+        heads : torch.nn.ModuleDict
+            The decoder's output layers, by name.
+        hidden : torch.Tensor of shape (n_rows, width)
+            The decoder's last hidden layer.
+        x : torch.Tensor of shape (n_rows, n_features) or ShiftedSparseRows
+            Counts.
+
+        Returns
+        -------
+        torch.Tensor of shape (n_rows,)
+        """
+        outputs = {name: layer(hidden) for name, layer in heads.items()}
+        offset = library_size(x).clamp_min(1.0).log() - torch.logsumexp(outputs["scale"], dim=-1)
+        if not isinstance(x, ShiftedSparseRows):
+            return -self.log_prob(x, **self.distribution(outputs, offset)).sum(dim=-1)
+        rows, columns, counts = x.coordinates()
+        stored = self.distribution(outputs, offset, at=(rows, columns))
+        return -self.zero_log_prob_sum(outputs, offset).index_add(0, rows, self.log_prob_ratio_to_zero(counts, **stored))
+
+    def mean(self, outputs):
+        """Expected normalised expression: proportions times 1e4.
+
+        Parameters
+        ----------
+        outputs : dict of str to torch.Tensor of shape (n_rows, n_features)
+
+        Returns
+        -------
+        torch.Tensor of shape (n_rows, n_features)
+        """
+        return F.softmax(outputs["scale"], dim=-1) * NORMALIZED_TOTAL
+
+
+class Poisson(CountLikelihood):
+    """Poisson counts with mean ``l * rho``.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of genes.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.likelihoods import Poisson
+    >>> Poisson(2).log_prob(torch.tensor([0.0, 2.0]), log_mu=torch.tensor([0.0, 0.0]))
+    tensor([-1.0000, -1.6931])
+    """
+
+    def log_prob(self, x, *, log_mu):
+        """Elementwise ``log Poisson(x | exp(log_mu))``.
+
+        Parameters
+        ----------
+        x, log_mu : torch.Tensor
+
+        Returns
+        -------
+        torch.Tensor
+        """
+        return x * log_mu - log_mu.exp() - torch.lgamma(x + 1.0)
+
+    def log_prob_ratio_to_zero(self, x, *, log_mu):
+        """Elementwise ``log p(x) - log p(0) = x log mu - log x!``.
+
+        Parameters
+        ----------
+        x, log_mu : torch.Tensor
+
+        Returns
+        -------
+        torch.Tensor
+        """
+        return x * log_mu - torch.lgamma(x + 1.0)
+
+    def zero_log_prob_sum(self, outputs, offset):
+        """``-sum_g mu_g`` of each row.
+
+        Parameters
+        ----------
+        outputs : dict of str to torch.Tensor of shape (n_rows, n_features)
+        offset : torch.Tensor of shape (n_rows,)
+
+        Returns
+        -------
+        torch.Tensor of shape (n_rows,)
+        """
+        return -(outputs["scale"] + offset[:, None]).exp().sum(dim=-1)
+
+
+class NegativeBinomial(CountLikelihood):
+    """Negative binomial counts with mean ``l * rho`` and a learned per-gene dispersion.
+
+    With inverse dispersion ``theta`` the variance is ``mu + mu^2 / theta``
+    (scVI's parameterisation); ``log theta`` starts at 0.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of genes.
+
+    Attributes
+    ----------
+    log_theta : torch.nn.Parameter of shape (n_features,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.likelihoods import NegativeBinomial
+    >>> nb = NegativeBinomial(1)
+    >>> nb.log_prob(torch.tensor([0.0]), log_mu=torch.tensor([0.0]), log_theta=torch.tensor([0.0]))
+    tensor([-0.6931])
+    """
+
+    def __init__(self, n_features):
+        super().__init__(n_features)
+        self.log_theta = nn.Parameter(torch.zeros(n_features))
+
+    def distribution(self, outputs, offset, at=None):
+        """Parameters of the per-gene distributions: ``log_mu`` and ``log_theta``.
+
+        Parameters
+        ----------
+        outputs : dict of str to torch.Tensor of shape (n_rows, n_features)
+        offset : torch.Tensor of shape (n_rows,)
+        at : tuple of two torch.Tensor of shape (n_entries,), default=None
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+        """
+        log_theta = self.log_theta if at is None else self.log_theta[at[1]]
+        return {**super().distribution(outputs, offset, at), "log_theta": log_theta}
+
+    def zero_log_prob_sum(self, outputs, offset):
+        """``sum_g theta_g (log theta_g - log(theta_g + mu_g))`` of each row, fused.
+
+        Parameters
+        ----------
+        outputs : dict of str to torch.Tensor of shape (n_rows, n_features)
+        offset : torch.Tensor of shape (n_rows,)
+
+        Returns
+        -------
+        torch.Tensor of shape (n_rows,)
+        """
+        return _NegativeBinomialZeroLogProbSum.apply(outputs["scale"], offset, self.log_theta)
+
+    def log_prob(self, x, *, log_mu, log_theta):
+        """Elementwise ``log NB(x | mean exp(log_mu), inverse dispersion exp(log_theta))``.
+
+        Parameters
+        ----------
+        x, log_mu, log_theta : torch.Tensor
+
+        Returns
+        -------
+        torch.Tensor
+        """
+        theta = log_theta.exp()
+        log_theta_mu = torch.logaddexp(log_theta, log_mu)
+        return (
+            torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1.0)
+            + theta * (log_theta - log_theta_mu) + x * (log_mu - log_theta_mu)
+        )
+
+    def log_prob_ratio_to_zero(self, x, *, log_mu, log_theta):
+        """Elementwise ``log p(x) - log p(0)``: the NB's log-probability without its zero term.
+
+        Parameters
+        ----------
+        x, log_mu, log_theta : torch.Tensor
+
+        Returns
+        -------
+        torch.Tensor
+        """
+        theta = log_theta.exp()
+        return (
+            torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1.0)
+            + x * (log_mu - torch.logaddexp(log_theta, log_mu))
+        )
+
+
+class ZeroInflatedNegativeBinomial(NegativeBinomial):
+    """Negative binomial with extra zeros: a zero with probability ``sigmoid(dropout)``.
+
+    The decoder's ``"dropout"`` head gives the logits of the extra zeros.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of genes.
+
+    Attributes
+    ----------
+    log_theta : torch.nn.Parameter of shape (n_features,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.likelihoods import ZeroInflatedNegativeBinomial
+    >>> zinb = ZeroInflatedNegativeBinomial(1)
+    >>> zero = torch.tensor([0.0])
+    >>> zinb.log_prob(zero, log_mu=zero, log_theta=zero, dropout_logits=zero).exp()  # 0.5 + 0.5 * 0.5
+    tensor([0.7500])
+    """
+
+    heads = ("scale", "dropout")
+    # the zero term mixes in the dropout, so the NB's closed forms do not apply
+    zero_log_prob_sum = CountLikelihood.zero_log_prob_sum
+    log_prob_ratio_to_zero = CountLikelihood.log_prob_ratio_to_zero
+
+    def distribution(self, outputs, offset, at=None):
+        """Parameters of the per-gene distributions: ``log_mu``, ``log_theta``, ``dropout_logits``.
+
+        Parameters
+        ----------
+        outputs : dict of str to torch.Tensor of shape (n_rows, n_features)
+        offset : torch.Tensor of shape (n_rows,)
+        at : tuple of two torch.Tensor of shape (n_entries,), default=None
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+        """
+        dropout_logits = outputs["dropout"] if at is None else outputs["dropout"][at]
+        return {**super().distribution(outputs, offset, at), "dropout_logits": dropout_logits}
+
+    def log_prob(self, x, *, log_mu, log_theta, dropout_logits):
+        """Elementwise log-probability of the zero-inflated negative binomial.
+
+        Parameters
+        ----------
+        x, log_mu, log_theta, dropout_logits : torch.Tensor
+
+        Returns
+        -------
+        torch.Tensor
+        """
+        log_nb = super().log_prob(x, log_mu=log_mu, log_theta=log_theta)
+        # log(pi + (1 - pi) NB(0)) for zeros, log((1 - pi) NB(x)) otherwise, with log(1 - pi) = -softplus(logit)
+        return torch.where(x == 0, torch.logaddexp(dropout_logits, log_nb), log_nb) - F.softplus(dropout_logits)
+
+
+class _NegativeBinomialZeroLogProbSum(Function):
+    """Row sums of ``-theta * log1p(mu / theta)`` with ``log mu = scale + offset``, in few passes.
+
+    This is the NB's log-probability of zero over all genes, the one dense term of a
+    sparse row's likelihood. Only ``L = log1p(mu / theta)`` is kept for the backward:
+    ``d/d log mu = -theta * mu / (theta + mu) = -theta * (1 - exp(-L))``.
+    """
+
+    @staticmethod
+    def forward(ctx, scale, offset, log_theta):
+        theta = log_theta.exp()
+        log1p_ratio = (scale + (offset[:, None] - log_theta)).exp_().log1p_()  # log1p(mu / theta)
+        ctx.save_for_backward(log1p_ratio, theta)
+        return -(log1p_ratio @ theta)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        log1p_ratio, theta = ctx.saved_tensors
+        share = log1p_ratio.neg().expm1_().neg_()  # mu / (theta + mu)
+        grad_scale = share.mul_(theta).mul_(-grad_output[:, None])
+        # d/d log theta of -theta L is -theta L + theta mu / (theta + mu); the second part is -grad_scale
+        grad_log_theta = -theta * (grad_output @ log1p_ratio) - grad_scale.sum(dim=0)
+        return grad_scale, grad_scale.sum(dim=1), grad_log_theta
+
+
+LIKELIHOODS = {
+    "gaussian": Gaussian,
+    "poisson": Poisson,
+    "nb": NegativeBinomial,
+    "zinb": ZeroInflatedNegativeBinomial,
+}
+"""The likelihoods by the name the estimators' ``likelihood`` parameter takes."""
