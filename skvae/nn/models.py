@@ -232,7 +232,7 @@ class SparseCodingVAE(_LatentModel):
 
     branches = ("mu", "logvar", "logspike")
 
-    def __init__(self, n_features, n_components, hidden_layer_sizes, *, prior_spike, sharpness, likelihood=None):
+    def __init__(self, n_features, n_components, hidden_layer_sizes, *, likelihood=None, prior_spike, sharpness):
         super().__init__(n_features, n_components, hidden_layer_sizes, likelihood=likelihood)
         self.prior_spike = prior_spike
         self.sharpness = sharpness
