@@ -329,10 +329,33 @@ class CountLikelihood(nn.Module):
         torch.Tensor of shape (n_rows,)
         """
         outputs = {name: layer(hidden) for name, layer in heads.items()}
-        offset = library_size(x).clamp_min(1.0).log() - torch.logsumexp(outputs["scale"], dim=-1)
-        if not isinstance(x, ShiftedSparseRows):
-            return -self.log_prob(x, **self.distribution(outputs, offset)).sum(dim=-1)
-        rows, columns, counts = x.coordinates()
+        log_library = library_size(x).clamp_min(1.0).log()
+        if isinstance(x, ShiftedSparseRows):
+            return self.sparse_negative_log_likelihood(outputs, log_library, *x.coordinates())
+        offset = log_library - torch.logsumexp(outputs["scale"], dim=-1)
+        return -self.log_prob(x, **self.distribution(outputs, offset)).sum(dim=-1)
+
+    def sparse_negative_log_likelihood(self, outputs, log_library, rows, columns, counts):
+        """Negative log-likelihood of each row from its stored entries: the dense zero term plus a correction.
+
+        Subclasses may override it with a fused computation.
+
+        Parameters
+        ----------
+        outputs : dict of str to torch.Tensor of shape (n_rows, n_features)
+            The decoder heads' outputs.
+        log_library : torch.Tensor of shape (n_rows,)
+            Log library size of each row (at least 1).
+        rows, columns : torch.Tensor of shape (n_stored,), int64
+            Where the stored counts are.
+        counts : torch.Tensor of shape (n_stored,)
+            The stored counts; every other entry is 0.
+
+        Returns
+        -------
+        torch.Tensor of shape (n_rows,)
+        """
+        offset = log_library - torch.logsumexp(outputs["scale"], dim=-1)
         stored = self.distribution(outputs, offset, at=(rows, columns))
         return -self.zero_log_prob_sum(outputs, offset).index_add(0, rows, self.log_prob_ratio_to_zero(counts, **stored))
 
@@ -451,20 +474,6 @@ class NegativeBinomial(CountLikelihood):
         log_theta = self.log_theta if at is None else self.log_theta[at[1]]
         return {**super().distribution(outputs, offset, at), "log_theta": log_theta}
 
-    def zero_log_prob_sum(self, outputs, offset):
-        """``sum_g theta_g (log theta_g - log(theta_g + mu_g))`` of each row, fused.
-
-        Parameters
-        ----------
-        outputs : dict of str to torch.Tensor of shape (n_rows, n_features)
-        offset : torch.Tensor of shape (n_rows,)
-
-        Returns
-        -------
-        torch.Tensor of shape (n_rows,)
-        """
-        return _NegativeBinomialZeroLogProbSum.apply(outputs["scale"], offset, self.log_theta)
-
     def log_prob(self, x, *, log_mu, log_theta):
         """Elementwise ``log NB(x | mean exp(log_mu), inverse dispersion exp(log_theta))``.
 
@@ -483,22 +492,21 @@ class NegativeBinomial(CountLikelihood):
             + theta * (log_theta - log_theta_mu) + x * (log_mu - log_theta_mu)
         )
 
-    def log_prob_ratio_to_zero(self, x, *, log_mu, log_theta):
-        """Elementwise ``log p(x) - log p(0)``: the NB's log-probability without its zero term.
+    def sparse_negative_log_likelihood(self, outputs, log_library, rows, columns, counts):
+        """Negative log-likelihood of each sparse row, fused: a few passes over the genes, gradients written out.
 
         Parameters
         ----------
-        x, log_mu, log_theta : torch.Tensor
+        outputs : dict of str to torch.Tensor of shape (n_rows, n_features)
+        log_library : torch.Tensor of shape (n_rows,)
+        rows, columns : torch.Tensor of shape (n_stored,), int64
+        counts : torch.Tensor of shape (n_stored,)
 
         Returns
         -------
-        torch.Tensor
+        torch.Tensor of shape (n_rows,)
         """
-        theta = log_theta.exp()
-        return (
-            torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1.0)
-            + x * (log_mu - torch.logaddexp(log_theta, log_mu))
-        )
+        return _NegativeBinomialSparseNLL.apply(outputs["scale"], log_library, self.log_theta, rows, columns, counts)
 
 
 class ZeroInflatedNegativeBinomial(NegativeBinomial):
@@ -526,9 +534,8 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
     """
 
     heads = ("scale", "dropout")
-    # the zero term mixes in the dropout, so the NB's closed forms do not apply
-    zero_log_prob_sum = CountLikelihood.zero_log_prob_sum
-    log_prob_ratio_to_zero = CountLikelihood.log_prob_ratio_to_zero
+    # the dropout mixes into every term, so the NB's fused likelihood does not apply
+    sparse_negative_log_likelihood = CountLikelihood.sparse_negative_log_likelihood
 
     def distribution(self, outputs, offset, at=None):
         """Parameters of the per-gene distributions: ``log_mu``, ``log_theta``, ``dropout_logits``.
@@ -562,29 +569,93 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
         return torch.where(x == 0, torch.logaddexp(dropout_logits, log_nb), log_nb) - F.softplus(dropout_logits)
 
 
-class _NegativeBinomialZeroLogProbSum(Function):
-    """Row sums of ``-theta * log1p(mu / theta)`` with ``log mu = scale + offset``, in few passes.
+# Entries of the rows x genes block per pass of the fused NB likelihood: 1 MB of float32, so that the
+# several passes over a block read it from cache, not from memory.
+_BLOCK_ENTRIES = 2**18
 
-    This is the NB's log-probability of zero over all genes, the one dense term of a
-    sparse row's likelihood. Only ``L = log1p(mu / theta)`` is kept for the backward:
-    ``d/d log mu = -theta * mu / (theta + mu) = -theta * (1 - exp(-L))``.
+
+def _row_blocks(n_rows, n_columns):
+    """Slices of consecutive rows with about ``_BLOCK_ENTRIES`` entries each."""
+    step = max(1, _BLOCK_ENTRIES // max(1, n_columns))
+    return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
+
+
+class _NegativeBinomialSparseNLL(Function):
+    """Per-row NB negative log-likelihood of sparse counts, ``log mu = log l + log_softmax(scale)``.
+
+    With ``e = exp(scale - max)``, ``z = sum(e)``, ``mu = l e / z`` and
+    ``L = log1p(mu / theta)``, the log-likelihood is ``-sum_g theta_g L_g`` (every gene
+    at zero) plus, at each stored count ``x``,
+    ``lgamma(x + theta) - lgamma(theta) - lgamma(x + 1) + x (log mu - log(theta + mu))``.
+    Its derivative with respect to ``log mu`` is ``-theta mu / (theta + mu)`` everywhere
+    plus ``x theta / (theta + mu)`` at the stored counts, then through the softmax.
+
+    The dense terms are computed in blocks of rows that stay in cache, and the backward
+    recomputes them from ``scale`` instead of keeping anything the size of the batch:
+    the autograd graph of the generic computation reads and writes the whole
+    ``rows x genes`` block some thirty times.
     """
 
     @staticmethod
-    def forward(ctx, scale, offset, log_theta):
+    def forward(ctx, scale, log_library, log_theta, rows, columns, counts):
         theta = log_theta.exp()
-        log1p_ratio = (scale + (offset[:, None] - log_theta)).exp_().log1p_()  # log1p(mu / theta)
-        ctx.save_for_backward(log1p_ratio, theta)
-        return -(log1p_ratio @ theta)
+        library = log_library.exp()
+        n_rows = len(scale)
+        row_max, exp_total, zero_loglik = (scale.new_empty(n_rows) for _ in range(3))
+        buffer = scale.new_empty(min(n_rows, max(1, _BLOCK_ENTRIES // max(1, scale.shape[1]))), scale.shape[1])
+        for block in _row_blocks(n_rows, scale.shape[1]):
+            values = scale[block]
+            work = buffer[: len(values)]
+            row_max[block] = values.amax(dim=1)
+            torch.sub(values, row_max[block, None], out=work).exp_()
+            exp_total[block] = work.sum(dim=1)
+            # -theta log1p(mu / theta), with mu = l e / z
+            work.mul_((library[block] / exp_total[block])[:, None]).div_(theta).log1p_()
+            zero_loglik[block] = -(work @ theta)
+        offset = log_library - row_max - exp_total.log()  # log mu = scale + offset
+        theta_at = theta[columns]
+        log_mu_at = scale[rows, columns] + offset[rows]
+        log_theta_mu_at = torch.logaddexp(log_theta[columns], log_mu_at)
+        stored = (
+            torch.lgamma(counts + theta_at) - torch.lgamma(theta_at) - torch.lgamma(counts + 1.0)
+            + counts * (log_mu_at - log_theta_mu_at)
+        )
+        share_at = (log_mu_at - log_theta_mu_at).exp_()  # mu / (theta + mu)
+        ctx.save_for_backward(scale, library, row_max, exp_total, theta, rows, columns, counts, theta_at, share_at)
+        return zero_loglik.index_add_(0, rows, stored).neg_()
 
     @staticmethod
     def backward(ctx, grad_output):
-        log1p_ratio, theta = ctx.saved_tensors
-        share = log1p_ratio.neg().expm1_().neg_()  # mu / (theta + mu)
-        grad_scale = share.mul_(theta).mul_(-grad_output[:, None])
-        # d/d log theta of -theta L is -theta L + theta mu / (theta + mu); the second part is -grad_scale
-        grad_log_theta = -theta * (grad_output @ log1p_ratio) - grad_scale.sum(dim=0)
-        return grad_scale, grad_scale.sum(dim=1), grad_log_theta
+        scale, library, row_max, exp_total, theta, rows, columns, counts, theta_at, share_at = ctx.saved_tensors
+        weight = -grad_output  # the output is minus the log-likelihood
+        weight_at = weight[rows]
+        # weight * d loglik / d log mu at the stored counts, beyond the every-gene-at-zero part
+        stored_grad = weight_at * counts * (1.0 - share_at)
+        stored_row_sums = torch.zeros_like(weight).index_add_(0, rows, stored_grad)
+        grad_scale = torch.empty_like(scale)
+        log1p_sum, share_sum = theta.new_zeros(len(theta)), theta.new_zeros(len(theta))
+        exp_block = scale.new_empty(min(len(scale), max(1, _BLOCK_ENTRIES // max(1, scale.shape[1]))), scale.shape[1])
+        log1p_block = torch.empty_like(exp_block)
+        for block in _row_blocks(len(scale), scale.shape[1]):
+            e, log1p_ratio, grad = exp_block[: block.stop - block.start], log1p_block[: block.stop - block.start], grad_scale[block]
+            torch.sub(scale[block], row_max[block, None], out=e).exp_()
+            torch.mul(e, (library[block] / exp_total[block])[:, None], out=grad).div_(theta)  # mu / theta
+            torch.log1p(grad, out=log1p_ratio)
+            log1p_sum.addmv_(log1p_ratio.T, weight[block])
+            torch.neg(log1p_ratio, out=grad).expm1_().neg_()  # mu / (theta + mu)
+            share_sum.addmv_(grad.T, weight[block])
+            grad.mul_(theta).mul_(-weight[block, None])  # weight * d loglik / d log mu, every gene at zero
+            # through log mu = scale + log l - logsumexp(scale): minus the softmax e / z times the row's sum
+            row_sums = grad.sum(dim=1) + stored_row_sums[block]
+            grad.addcmul_(e, (-row_sums / exp_total[block])[:, None])
+        grad_scale.index_put_((rows, columns), stored_grad, accumulate=True)
+        # d/d log theta: -theta L + theta mu / (theta + mu) for every gene at zero, and at the stored counts
+        # theta (digamma(x + theta) - digamma(theta)) - x theta / (theta + mu)
+        grad_log_theta = theta * (share_sum - log1p_sum)
+        grad_log_theta.index_add_(0, columns, weight_at * (
+            theta_at * (torch.digamma(counts + theta_at) - torch.digamma(theta_at)) - counts * (1.0 - share_at)
+        ))
+        return grad_scale, None, grad_log_theta, None, None, None
 
 
 LIKELIHOODS = {
