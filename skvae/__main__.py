@@ -1,3 +1,3 @@
 from .study.cli import main
 
-main()
+raise SystemExit(main())

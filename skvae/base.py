@@ -20,14 +20,15 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
+from ._persistence import SAVE_FORMAT, atomic_torch_save, read_save, to_builtins
 from .nn.likelihoods import LIKELIHOODS
-from .train.rows import iter_batches, make_row_source
+from .train.rows import ShiftedSparseRowSource, iter_batches, make_row_source
 from .train.loop import mean_loss, train
 
 # Rows per forward pass at inference: large enough to amortise the per-call overhead,
 # small enough that a dense block of 10^4-10^5 genes stays well under a GB.
 _INFERENCE_BATCH_SIZE = 2048
-_SAVE_FORMAT = "skvae-estimator-v1"
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Rows per block when scanning dense input for non-integer counts, so no temporary is the size of X.
 _SCAN_ROWS = 4096
 
@@ -61,6 +62,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     module_ : torch.nn.Module
     history_ : dict of list of float
     n_iter_ : int
+    algorithm_ : {"sparse", "dense"}
     n_features_in_ : int
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
 
@@ -154,13 +156,14 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         return 0.0
 
     def _validated_hidden_layer_sizes(self):
-        sizes = tuple(np.ravel(self.hidden_layer_sizes).tolist())
-        if not sizes or not all(isinstance(s, Integral) and s >= 1 for s in sizes):
+        sizes = self.hidden_layer_sizes
+        items = list(sizes) if np.ndim(sizes) == 1 else None
+        if not items or not all(isinstance(s, Integral) and not isinstance(s, (bool, np.bool_)) and s >= 1 for s in items):
             raise ValueError(
-                "hidden_layer_sizes must be a non-empty sequence of positive integers, "
+                "hidden_layer_sizes must be a non-empty 1-D sequence of positive integers, "
                 f"got {self.hidden_layer_sizes!r}."
             )
-        return sizes
+        return tuple(int(s) for s in items)
 
     def _training_device(self):
         if isinstance(self.device, str) and self.device == "auto":
@@ -169,6 +172,8 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             device = torch.device(self.device)
         except RuntimeError as exc:
             raise ValueError(f"device={self.device!r} is not a torch device: {exc}") from None
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device={self.device!r}: skvae trains on 'cpu' or 'cuda' (or 'auto'), not {device.type!r}.")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={self.device!r} was requested but CUDA is not available; use 'cpu' or 'auto'.")
         return device
@@ -190,20 +195,25 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self : object
             The fitted estimator.
         """
+        _refuse_dates(X)
         X = validate_data(self, X, accept_sparse="csr", dtype=[np.float32, np.float64], ensure_min_samples=2)
+        _check_float32_range(X)
         self._check_counts(X)
         hidden_layer_sizes = self._validated_hidden_layer_sizes()
         device = self._training_device()
         X = X.astype(np.float32, copy=False)
 
-        rng = check_random_state(self.random_state)
+        # None draws fresh entropy rather than from numpy's global RandomState, which stays untouched
+        rng = np.random.RandomState() if self.random_state is None else check_random_state(self.random_state)
         seed = rng.randint(np.iinfo(np.int32).max)
         X_train, X_val = X, None
         if self.early_stopping:
             X_train, X_val = train_test_split(X, test_size=self.validation_fraction, random_state=rng)
         center = not self._models_counts
         train_rows = make_row_source(X_train, algorithm=self.algorithm, center=center, device=device, with_transpose=True)
-        val_rows = None if X_val is None else make_row_source(X_val, algorithm=self.algorithm, center=center, device=device)
+        # the validation rows take the representation "auto" chose for the training rows
+        self.algorithm_ = "sparse" if isinstance(train_rows, ShiftedSparseRowSource) else "dense"
+        val_rows = None if X_val is None else make_row_source(X_val, algorithm=self.algorithm_, center=center, device=device)
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -247,6 +257,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
     def _validate_fitted_input(self, X):
         check_is_fitted(self)
+        _refuse_dates(X)
         X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], reset=False)
         self._check_counts(X)
         return X
@@ -309,7 +320,9 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         -------
         score : float
         """
-        rows = make_row_source(self._validate_fitted_input(X), algorithm=self.algorithm, center=not self._models_counts)
+        X = self._validate_fitted_input(X)
+        _check_float32_range(X)  # the loss is computed in float32, as in training
+        rows = make_row_source(X, algorithm=self.algorithm_, center=not self._models_counts)
         return -mean_loss(self.module_, rows, kl_weight=1.0, batch_size=_INFERENCE_BATCH_SIZE)
 
     def save(self, path):
@@ -317,7 +330,10 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
         The file holds only tensors, numbers and strings, so :meth:`load` reads it
         with ``torch.load(weights_only=True)`` and never unpickles arbitrary objects.
-        A ``random_state`` that is a RandomState instance is saved as None.
+        A ``random_state`` that is a RandomState instance is saved as None; numpy
+        numbers and arrays among the parameters are saved as Python numbers and
+        lists. The file is written beside ``path`` and moved into place, so a
+        failed save leaves the previous file intact.
 
         Parameters
         ----------
@@ -329,16 +345,18 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         params["device"] = str(params["device"])
         if not isinstance(params["random_state"], Integral):
             params["random_state"] = None
+        params = {name: to_builtins(value, name) for name, value in params.items()}
         feature_names = getattr(self, "feature_names_in_", None)
-        torch.save(
+        atomic_torch_save(
             {
-                "format": _SAVE_FORMAT,
+                "format": SAVE_FORMAT,
                 "estimator": type(self).__name__,
                 "params": params,
                 "state_dict": self.module_.state_dict(),
-                "n_features_in_": self.n_features_in_,
-                "feature_names_in_": None if feature_names is None else feature_names.tolist(),
-                "history_": self.history_,
+                "n_features_in_": int(self.n_features_in_),
+                "feature_names_in_": None if feature_names is None else [str(name) for name in feature_names],
+                "history_": {key: [float(v) for v in values] for key, values in self.history_.items()},
+                "algorithm_": self.algorithm_,
             },
             path,
         )
@@ -357,19 +375,36 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         estimator : object
             A fitted estimator, on CPU.
         """
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != _SAVE_FORMAT:
-            raise ValueError(f"{path} is not a file written by skvae's save().")
+        state = read_save(path)
         if state["estimator"] != cls.__name__:
-            raise ValueError(f"{path} holds a {state['estimator']}, not a {cls.__name__}; load it with that class.")
-        estimator = cls(**state["params"])
-        module = estimator._make_module(state["n_features_in_"], estimator._validated_hidden_layer_sizes())
+            raise ValueError(f"{path} holds {state['estimator']}, not {cls.__name__}: load it with "
+                             f"{state['estimator']}.load.")
+        try:
+            estimator = cls(**state["params"])
+            estimator._validate_params()
+            hidden_layer_sizes = estimator._validated_hidden_layer_sizes()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path} is not a skvae save (or it is damaged): its parameters are invalid: {exc}") from None
+        n_features = state["n_features_in_"]
         # saves from before the decoder had named heads call its one output "decoder.output"
         weights = {key.replace("decoder.output.", "decoder.heads.mean.", 1): value for key, value in state["state_dict"].items()}
+        # the stated sizes are checked against the stored tensors on the meta device, before any memory is taken
+        with torch.device("meta"):
+            module = estimator._make_module(n_features, hidden_layer_sizes)
+        expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+        if expected != {key: tuple(value.shape) for key, value in weights.items()}:
+            raise ValueError(f"{path} is not a skvae save (or it is damaged): its weights do not match its parameters.")
+        if not all(value.is_floating_point() and torch.isfinite(value).all() for value in weights.values()):
+            raise ValueError(f"{path} is damaged: its weights are not all finite numbers.")
+        module = module.to_empty(device="cpu")
         module.load_state_dict(weights)
-        estimator.n_features_in_ = state["n_features_in_"]
-        if state["feature_names_in_"] is not None:
-            estimator.feature_names_in_ = np.asarray(state["feature_names_in_"], dtype=object)
+        estimator.n_features_in_ = n_features
+        names = state["feature_names_in_"]
+        if names is not None:
+            if len(names) != n_features:
+                raise ValueError(f"{path} is damaged: {len(names)} feature names for {n_features} features.")
+            estimator.feature_names_in_ = np.asarray(names, dtype=object)
+        estimator.algorithm_ = state.get("algorithm_", estimator.algorithm)
         return estimator._set_fitted(module, state["history_"])
 
     def __sklearn_tags__(self):
@@ -378,3 +413,20 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         tags.input_tags.positive_only = self.likelihood in LIKELIHOODS and self._models_counts
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
+
+
+def _refuse_dates(X):
+    """Dates and durations are not expression values: numpy would cast them to numbers silently."""
+    kinds = {dtype.kind for dtype in getattr(X, "dtypes", [getattr(X, "dtype", None)]) if dtype is not None}
+    if kinds & {"M", "m"}:
+        raise TypeError("X holds dates or durations (datetime64 / timedelta64); pass numeric expression values.")
+
+
+def _check_float32_range(X):
+    """Training and ``score`` compute in float32: larger values would become inf."""
+    values = X.data if sp.issparse(X) else X
+    if values.dtype == np.float64 and values.size and np.abs(values).max() > _FLOAT32_MAX:
+        raise ValueError(
+            f"X has values beyond float32's range ({np.abs(values).max():.3g} > {_FLOAT32_MAX:.3g}); training "
+            "runs in float32. Scale the data (e.g. log-normalise and standardise it)."
+        )

@@ -10,9 +10,13 @@ import urllib.request
 from importlib import resources
 from pathlib import Path
 
+import time
+import zlib
+
 import numpy as np
 import pandas as pd
 import scipy.io
+import scipy.sparse as sp
 from sklearn.utils import Bunch
 
 from .preprocessing import filter_cells_genes
@@ -25,6 +29,12 @@ PBMC3K_SHA256 = {
     "barcodes.tsv": "58c2a224a2b4258f7e8799a18890bda6d23824b247b80db2b08a0dcc36a4c660",
 }
 _DOWNLOAD_TIMEOUT_S = 60
+# A scratch folder of a download older than this was left by a killed process: it is removed.
+_STALE_DOWNLOAD_S = 3600
+# float32 holds every integer up to 2**24 exactly; larger counts would be rounded silently.
+_LARGEST_EXACT_COUNT = 2**24
+# What a damaged gzip file or a truncated stream raises while it is read.
+_READ_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError)
 
 
 def get_data_home(data_home=None):
@@ -96,11 +106,14 @@ def read_10x_mtx(path):
                                         ("barcodes.tsv", barcodes)] if found is None]
     if missing:
         raise FileNotFoundError(f"{folder} is not a 10x matrix folder: no {', '.join(missing)}.")
+    return _read_10x_files(matrix, genes, barcodes)
 
-    with _open_text(matrix) as stream:
-        counts = scipy.io.mmread(stream).T.tocsr().astype(np.float32)
-    features = pd.read_csv(genes, sep="\t", header=None, dtype=str)
-    cells = pd.read_csv(barcodes, sep="\t", header=None, dtype=str)[0].to_numpy()
+
+def _read_10x_files(matrix, genes, barcodes):
+    """The Bunch of :func:`read_10x_mtx` from these three files, each checked."""
+    counts = _read_counts(matrix)
+    features = _read_tsv(genes)
+    cells = _read_tsv(barcodes)[0].to_numpy()
     if counts.shape != (len(cells), len(features)):
         raise ValueError(
             f"{matrix.name} is {counts.shape[1]} genes x {counts.shape[0]} cells but the folder lists "
@@ -112,6 +125,38 @@ def read_10x_mtx(path):
         gene_ids=features[0].to_numpy(),
         obs_names=cells,
     )
+
+
+def _read_counts(path):
+    """The matrix of a MatrixMarket file (sparse "coordinate" or dense "array") as cells x genes float32 CSR."""
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as stream:
+            matrix = scipy.io.mmread(stream)
+    except (ValueError, IndexError, *_READ_ERRORS) as exc:
+        raise ValueError(f"{path} is not a readable MatrixMarket file: {exc}") from None
+    counts = sp.csr_matrix(matrix.T)
+    values = counts.data
+    if not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
+        raise ValueError(f"{path} holds {values.dtype} values, not counts.")
+    if values.size:
+        if not np.isfinite(values).all():
+            raise ValueError(f"{path} holds NaN or infinite values, not counts.")
+        if values.min() < 0 or (values != np.round(values)).any():
+            raise ValueError(f"{path} holds negative or non-integer values: it is not a matrix of UMI counts.")
+        if values.max() > _LARGEST_EXACT_COUNT:
+            raise ValueError(f"{path} holds counts up to {values.max():.0f}, beyond 2**24: float32 would round them.")
+    return counts.astype(np.float32)
+
+
+def _read_tsv(path):
+    """A headerless tab-separated file of strings, with errors that name it."""
+    try:
+        table = pd.read_csv(path, sep="\t", header=None, dtype=str)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, *_READ_ERRORS) as exc:
+        raise ValueError(f"{path} is not a readable tab-separated file: {exc}") from None
+    if table.isna().any().any():
+        raise ValueError(f"{path} has empty fields.")
+    return table
 
 
 def _make_unique(names):
@@ -131,10 +176,24 @@ def _sha256(path):
 
 
 def _verify_pbmc3k(folder):
+    """The three files of PBMC3k in ``folder``, each checked against its sha256: exactly the files to read."""
+    files = {}
     for name, expected in PBMC3K_SHA256.items():
-        found = _find(folder, name)
-        if _sha256(found) != expected:
+        found = files[name] = _find(folder, name)
+        try:
+            matches = _sha256(found) == expected
+        except _READ_ERRORS:  # a truncated or damaged .gz
+            matches = False
+        if not matches:
             raise OSError(f"{found} does not match PBMC3k's sha256 checksum; delete it to download it again.")
+    return files
+
+
+def _remove_stale_downloads(parent):
+    """Scratch folders of downloads that a killed process left behind."""
+    for scratch in parent.glob(".pbmc3k-download-*"):
+        if time.time() - scratch.stat().st_mtime > _STALE_DOWNLOAD_S:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _download_pbmc3k(folder, url):
@@ -145,6 +204,7 @@ def _download_pbmc3k(folder, url):
     only files that passed their checksum are moved into place, each atomically.
     """
     folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_downloads(folder.parent)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".pbmc3k-download-") as scratch:
         scratch = Path(scratch)
         archive = scratch / "pbmc3k.tar.gz"
@@ -225,8 +285,9 @@ def fetch_pbmc3k(data_home=None, *, download_if_missing=True, qc=True):
         if not download_if_missing:
             raise OSError(f"PBMC3k is not in {folder} and download_if_missing=False.")
         _download_pbmc3k(folder, PBMC3K_URL)
-    _verify_pbmc3k(folder)
-    counts = read_10x_mtx(folder)
+    # read exactly the files whose checksums were verified (not, say, a features.tsv placed beside them)
+    files = _verify_pbmc3k(folder)
+    counts = _read_10x_files(files["matrix.mtx"], files["genes.tsv"], files["barcodes.tsv"])
 
     labels = load_pbmc3k_labels()
     target_names = np.array(sorted(labels.unique()), dtype=object)

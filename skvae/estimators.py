@@ -92,6 +92,9 @@ _FITTED_ATTRIBUTES = """\
 
     n_iter_ : int
         Number of epochs run.
+    algorithm_ : {"sparse", "dense"}
+        The minibatch representation ``algorithm`` resolved to at ``fit``;
+        :meth:`score` uses it too.
 
     n_features_in_ : int
         Number of features seen during ``fit``.

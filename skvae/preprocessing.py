@@ -13,16 +13,23 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, _fit_context
 from sklearn.feature_selection import SelectorMixin
-from sklearn.utils import Bunch, check_array
+from sklearn.utils import Bunch, check_array, gen_batches
 from sklearn.utils._param_validation import Interval
-from sklearn.utils.sparsefuncs import inplace_row_scale, mean_variance_axis
+from sklearn.utils.sparsefuncs import mean_variance_axis
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
 from .loess import loess
 
+# Rows per block when a dense transform computes in float64: a bounded temporary, whatever the size of X.
+_ROWS_PER_BLOCK = 4096
+
 
 def _per_cell_sum(X):
-    return np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    # float64 accumulation (bincount's weights are float64): a float32 row can sum past float32's range
+    if sp.issparse(X):
+        X = X.tocsr()
+        return np.bincount(np.repeat(np.arange(X.shape[0]), np.diff(X.indptr)), weights=X.data, minlength=X.shape[0])
+    return X.sum(axis=1, dtype=np.float64)
 
 
 def _n_nonzero(X, axis):
@@ -191,12 +198,14 @@ class LogNormalizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 f"{empty.size} cell(s) have no counts (rows {empty[:5].tolist()}...): their normalised "
                 "expression is undefined. Remove them first, e.g. with filter_cells_genes."
             )
-        scale = (self.target_sum / totals).astype(X.dtype)
+        # the products in float64: the factor of a cell with a huge total is below float32's range
+        scale = self.target_sum / totals
         if sp.issparse(X):
-            inplace_row_scale(X, scale)
-            np.log1p(X.data, out=X.data)
+            X.data = np.log1p(X.data * np.repeat(scale, np.diff(X.indptr))).astype(X.dtype, copy=False)
             return X
-        return np.log1p(X * scale[:, None], out=X)
+        for block in gen_batches(X.shape[0], _ROWS_PER_BLOCK):
+            X[block] = np.log1p(X[block] * scale[block, None])
+        return X
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -265,13 +274,17 @@ class ClippedStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimato
         """
         X = validate_data(self, X, accept_sparse=["csr", "csc"], dtype=[np.float64, np.float32], ensure_min_samples=2)
         n = X.shape[0]
+        # float64 statistics: in float32 a constant gene gets a rounding-error variance and a huge scale
         if sp.issparse(X):
-            mean, variance = mean_variance_axis(X, axis=0)
+            mean, variance = mean_variance_axis(X.astype(np.float64), axis=0)
         else:
-            mean, variance = X.mean(axis=0), X.var(axis=0)
-        std = np.sqrt(np.asarray(variance, dtype=np.float64) * n / (n - 1))
+            mean, variance = X.mean(axis=0, dtype=np.float64), X.var(axis=0, dtype=np.float64)
+        std = np.sqrt(variance * n / (n - 1))
         self.mean_ = np.asarray(mean, dtype=np.float64)
-        self.scale_ = np.where(std > 0, std, 1.0)
+        # scikit-learn's bound on the variance that summation error alone gives a constant feature
+        eps = np.finfo(np.float64).eps
+        constant = variance <= n * eps * variance + (n * np.abs(self.mean_) * eps) ** 2
+        self.scale_ = np.where(constant | (std == 0), 1.0, std)
         return self
 
     def transform(self, X):

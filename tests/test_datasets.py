@@ -120,6 +120,7 @@ def test_corrupted_local_copy_is_refused(pbmc3k_files, tmp_path):
         fetch_pbmc3k(tmp_path, download_if_missing=False)
 
 
+@pytest.mark.pbmc3k
 def test_fetch_pbmc3k_after_qc_has_the_tutorials_cells_genes_and_types():
     pbmc = fetch_pbmc3k()
     assert pbmc.data.shape == (2638, 13714) and pbmc.data.format == "csr"
@@ -129,6 +130,7 @@ def test_fetch_pbmc3k_after_qc_has_the_tutorials_cells_genes_and_types():
     assert np.array_equal(pbmc.data.data, np.round(pbmc.data.data)) and pbmc.data.data.min() >= 1
 
 
+@pytest.mark.pbmc3k
 def test_fetch_pbmc3k_without_qc_keeps_every_cell():
     pbmc = fetch_pbmc3k(qc=False)
     assert pbmc.data.shape == (2700, 32738) and pbmc.data.nnz == 2286884
@@ -138,6 +140,7 @@ def test_fetch_pbmc3k_without_qc_keeps_every_cell():
     assert pbmc.data[first].nnz == 781 and pbmc.data[first].sum() == 2421
 
 
+@pytest.mark.pbmc3k
 def test_labels_cover_the_cells_that_pass_qc():
     labels = load_pbmc3k_labels()
     assert set(labels) == CELL_TYPES
@@ -185,3 +188,86 @@ def test_data_home_resolution(tmp_path, monkeypatch):
     assert get_data_home(tmp_path / "x") == tmp_path / "x"
     monkeypatch.delenv("SKVAE_DATA")
     assert get_data_home().name == "skvae_data"
+
+
+def _local_copy(pbmc3k_files, folder):
+    folder.mkdir(parents=True)
+    for name, content in pbmc3k_files.items():
+        (folder / name).write_bytes(content)
+    return folder
+
+
+def test_a_features_file_placed_beside_the_verified_files_is_not_read(pbmc3k_files, tmp_path):
+    folder = _local_copy(pbmc3k_files, tmp_path / "pbmc3k")
+    genes = pbmc3k_files["genes.tsv"].decode().splitlines()
+    tampered = "\n".join(line.split("\t")[0] + "\tTAMPERED" for line in genes) + "\n"
+    (folder / "features.tsv").write_text(tampered)
+    pbmc = fetch_pbmc3k(tmp_path, qc=False)
+    assert "TAMPERED" not in set(pbmc.feature_names) and pbmc.feature_names[2] == "OR4F5"
+
+
+def test_a_truncated_local_gz_gets_the_checksum_message(pbmc3k_files, tmp_path):
+    folder = _local_copy(pbmc3k_files, tmp_path / "pbmc3k")
+    (folder / "matrix.mtx").unlink()
+    (folder / "matrix.mtx.gz").write_bytes(gzip.compress(pbmc3k_files["matrix.mtx"])[:5000])
+    with pytest.raises(OSError, match="matrix.mtx.gz does not match PBMC3k's sha256 checksum"):
+        fetch_pbmc3k(tmp_path)
+
+
+def test_stale_download_folders_are_removed_and_fresh_ones_kept(serve, pbmc3k_files, tmp_path):
+    import os
+    import time
+
+    stale, fresh = tmp_path / ".pbmc3k-download-stale", tmp_path / ".pbmc3k-download-fresh"
+    for folder in (stale, fresh):
+        folder.mkdir()
+        (folder / "pbmc3k.tar.gz").write_bytes(b"half an archive")
+    old = time.time() - 2 * skvae.datasets._STALE_DOWNLOAD_S
+    os.utime(stale, (old, old))
+    serve(make_tarball(pbmc3k_files))
+    fetch_pbmc3k(tmp_path, qc=False)
+    assert not stale.exists() and fresh.exists()
+
+
+def _write_10x(folder, matrix_text, genes="g1\tA\ng2\tB\n", barcodes="c1\nc2\n"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "matrix.mtx").write_text(matrix_text)
+    (folder / "genes.tsv").write_text(genes)
+    (folder / "barcodes.tsv").write_text(barcodes)
+    return folder
+
+
+def _coordinate(values, field="real"):
+    lines = [f"%%MatrixMarket matrix coordinate {field} general", "2 2 2"]
+    lines += [f"{i} {j} {v}" for (i, j), v in zip([(1, 1), (2, 2)], values)]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_dense_matrix_market_array_is_read(tmp_path):
+    folder = _write_10x(tmp_path / "x", "%%MatrixMarket matrix array integer general\n2 2\n1\n0\n3\n4\n")
+    counts = read_10x_mtx(folder).data
+    np.testing.assert_array_equal(counts.toarray(), [[1, 0], [3, 4]])  # genes x cells on file, cells x genes read
+
+
+@pytest.mark.parametrize(
+    ("matrix", "message"),
+    [(_coordinate([1, -2]), "negative or non-integer"), (_coordinate([1, 2.5]), "negative or non-integer"),
+     (_coordinate(["1 0", "2 1"], field="complex"), "complex"), (_coordinate([1, "nan"]), "NaN or infinite"),
+     (_coordinate([1, 1e39]), "NaN or infinite|beyond 2\\*\\*24"), (_coordinate([1, 2**24 + 2]), "beyond 2\\*\\*24"),
+     ("%%MatrixMarket matrix coordinate real general\n2 2 2\n1 1\n", "not a readable MatrixMarket")],
+    ids=["negative", "fraction", "complex", "nan", "beyond-float32", "beyond-2^24", "malformed"],
+)
+def test_values_that_are_not_counts_are_refused_naming_the_file(matrix, message, tmp_path):
+    folder = _write_10x(tmp_path / "x", matrix)
+    with pytest.raises(ValueError, match=message) as error:
+        read_10x_mtx(folder)
+    assert "matrix.mtx" in str(error.value)
+
+
+@pytest.mark.parametrize(("genes", "barcodes", "name"), [("", "c1\nc2\n", "genes.tsv"), ("g1\tA\ng2\tB\n", "", "barcodes.tsv"),
+                                                         ('g1\t"A\ng2\tB\n', "c1\nc2\n", "genes.tsv")],
+                         ids=["empty-genes", "empty-barcodes", "malformed-genes"])
+def test_empty_or_malformed_tsv_files_are_named(genes, barcodes, name, tmp_path):
+    folder = _write_10x(tmp_path / "x", _coordinate([1, 2]), genes=genes, barcodes=barcodes)
+    with pytest.raises(ValueError, match=f"{name} is not a readable tab-separated file"):
+        read_10x_mtx(folder)

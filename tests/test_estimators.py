@@ -72,6 +72,17 @@ def test_score_is_negative_mean_loss(fitted, data):
         np.testing.assert_allclose(score, -((reconstruction - data) ** 2).sum(axis=1).mean(), rtol=1e-4)
 
 
+@pytest.mark.parametrize("cls", [BetaVAEEmbedder, BetaVSCEmbedder])
+def test_score_is_reconstruction_plus_unit_weighted_kl_whatever_beta(cls, data):
+    fitted = cls(**{**SMALL, "beta": 3.0, "max_epochs": 3}).fit(data)
+    codes = fitted.transform(data)
+    squared_error = ((fitted.inverse_transform(codes) - data) ** 2).sum(axis=1)
+    with torch.no_grad():
+        kl = fitted.module_.loss(torch.from_numpy(data).float(), deterministic=True).kl.numpy()
+    assert kl.mean() > 0.01  # the KL term matters here, so a wrong weight would show
+    np.testing.assert_allclose(fitted.score(data), -(squared_error + kl).mean(), rtol=1e-4)
+
+
 def test_same_random_state_same_embedding_and_global_rngs_untouched(data):
     np_state, torch_state = np.random.get_state()[1].copy(), torch.get_rng_state().clone()
     first = BetaVSCEmbedder(**SMALL).fit_transform(data)
@@ -115,9 +126,11 @@ def test_pipeline_with_tsne(data):
 def test_grid_search_over_beta_uses_score(data):
     search = GridSearchCV(BetaVAEEmbedder(**{**SMALL, "max_epochs": 5}), {"beta": [0.5, 1, 2, 4]}, cv=2)
     search.fit(data)
-    assert search.best_params_["beta"] in (0.5, 1, 2, 4)
-    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
-    assert len(set(search.cv_results_["mean_test_score"])) == 4
+    scores = search.cv_results_["mean_test_score"]
+    assert np.isfinite(scores).all() and len(set(scores)) == 4
+    # the search picks the beta whose cross-validated score (the estimator's score) is highest
+    assert search.best_params_["beta"] == search.cv_results_["param_beta"][np.argmax(scores)]
+    assert search.best_estimator_.beta == search.best_params_["beta"]
 
 
 def test_beta_scales_the_kl_in_training(data):
@@ -150,10 +163,10 @@ def test_save_and_load_round_trip(fitted, data, tmp_path):
 def test_load_refuses_another_class_and_foreign_files(tmp_path, data):
     path = tmp_path / "model.pt"
     AutoencoderEmbedder(**{**SMALL, "max_epochs": 1}).fit(data).save(path)
-    with pytest.raises(ValueError, match="holds a AutoencoderEmbedder"):
+    with pytest.raises(ValueError, match="holds AutoencoderEmbedder, not BetaVAEEmbedder"):
         BetaVAEEmbedder.load(path)
     torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a file written by skvae"):
+    with pytest.raises(ValueError, match="other.pt is not a skvae save"):
         AutoencoderEmbedder.load(tmp_path / "other.pt")
 
 
@@ -189,6 +202,26 @@ def test_early_stopping_uses_a_validation_split(data):
     # with an unreachable tolerance, training stops after n_iter_no_change + 1 epochs
     assert embedder.n_iter_ == 4
     assert len(embedder.history_["val_loss"]) == 4
+
+
+def test_early_stopping_restores_the_best_weights(data):
+    from sklearn.model_selection import train_test_split
+
+    from skvae.train.loop import mean_loss
+    from skvae.train.rows import make_row_source
+
+    params = dict(SMALL, max_epochs=40, learning_rate=3e-2, early_stopping=True, validation_fraction=0.25,
+                  n_iter_no_change=4, tol=0.0)
+    embedder = BetaVAEEmbedder(**params).fit(data)
+    val_losses = embedder.history_["val_loss"]
+    assert np.argmin(val_losses) < len(val_losses) - 1, "the last epoch was the best: nothing to restore"
+    # the same split as fit's: the same RandomState, after the seed it draws first
+    rng = np.random.RandomState(SMALL["random_state"])
+    rng.randint(np.iinfo(np.int32).max)
+    _, X_val = train_test_split(data.astype(np.float32), test_size=0.25, random_state=rng)
+    rows = make_row_source(X_val, algorithm=embedder.algorithm_)
+    restored = mean_loss(embedder.module_, rows, kl_weight=embedder.beta, batch_size=SMALL["batch_size"])
+    assert restored == pytest.approx(min(val_losses), rel=1e-5)
 
 
 def test_verbose_prints_one_line_per_epoch(data, capsys):
@@ -256,5 +289,5 @@ def test_wrong_number_of_features_at_transform(fitted, data):
 def test_non_finite_loss_stops_with_a_clear_error():
     X = np.full((20, 5), 1e25)
     X[::2] = -1e25
-    with pytest.raises(ValueError, match="Training loss became .* at epoch 1.*learning_rate"):
+    with pytest.raises(ValueError, match="Training diverged at epoch 1: the training loss became .*learning_rate"):
         AutoencoderEmbedder(**SMALL).fit(X)

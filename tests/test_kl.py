@@ -1,6 +1,7 @@
 """Property tests of the loss terms against closed forms and torch.distributions."""
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -88,3 +89,18 @@ def test_squared_error_is_the_per_row_sum_of_squares(pair):
     expected = ((a.numpy() - b.numpy()) ** 2).sum(axis=1)
     np.testing.assert_allclose(squared_error(a, b).numpy(), expected)
     assert (squared_error(a, a) == 0).all()
+
+
+@pytest.mark.parametrize("prior", [1e-300, 0.9999999999])
+def test_bernoulli_kl_is_finite_in_float32_for_priors_float32_cannot_hold(prior):
+    p = torch.tensor([1e-6, 0.5, 1 - 1e-6], dtype=torch.float32, requires_grad=True)
+    kl = bernoulli_kl(p, prior)
+    expected = bernoulli_kl(p.detach().double(), prior)
+    assert torch.isfinite(kl).all()
+    torch.testing.assert_close(kl.double(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(torch.autograd.grad(kl.sum(), p)[0]).all()
+
+
+def test_bernoulli_kl_keeps_zero_log_zero_at_a_certain_prior():
+    assert bernoulli_kl(torch.tensor([0.0, 1.0]), 0.0).tolist() == [0.0, float("inf")]
+    assert bernoulli_kl(torch.tensor([1.0]), 1.0).tolist() == [0.0]

@@ -27,7 +27,8 @@ def x():
 def test_shapes(kind, x):
     module = build(kind)
     q = module.posterior(x)
-    assert set(q) == {"code"} if kind is Autoencoder else len(q) >= 2
+    expected = {Autoencoder: {"code"}, VariationalAutoencoder: {"mu", "logvar"}, SparseCodingVAE: {"mu", "logvar", "spike"}}
+    assert set(q) == expected[kind]
     assert all(v.shape == (7, N_COMPONENTS) for v in q.values())
     assert module.embed(x).shape == (7, N_COMPONENTS)
     assert module.decode(module.embed(x)).shape == (7, N_FEATURES)

@@ -163,3 +163,23 @@ def test_pipeline_from_counts_to_embedding():
     X = sp.csr_matrix(poisson_counts())
     pipeline = make_pipeline(LogNormalizer(), ClippedStandardScaler(), BetaVSCEmbedder(max_epochs=3, random_state=0))
     assert pipeline.fit_transform(X).shape == (200, 6)
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr"])
+def test_constant_float32_gene_scales_to_zero(fmt):
+    X = np.column_stack([np.full(50, 0.1), np.arange(50.0)]).astype(np.float32)
+    X = sp.csr_matrix(X) if fmt == "csr" else X
+    scaled = ClippedStandardScaler().fit_transform(X)
+    scaled = scaled.toarray() if sp.issparse(scaled) else scaled
+    np.testing.assert_allclose(scaled[:, 0], 0.0, atol=1e-6)
+    assert ClippedStandardScaler().fit(X).scale_[0] == 1.0
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr"])
+def test_log_normalizer_handles_a_row_whose_float32_sum_overflows(fmt):
+    X = np.array([[3e38, 3e38, 1.0], [1.0, 2.0, 3.0]], dtype=np.float32)
+    out = LogNormalizer().fit_transform(sp.csr_matrix(X) if fmt == "csr" else X)
+    out = out.toarray() if sp.issparse(out) else out
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[0, :2], np.log1p(5e3), rtol=1e-6)  # half of 1e4 each, not zeros
+    np.testing.assert_allclose(out[1], np.log1p(np.array([1.0, 2.0, 3.0]) / 6 * 1e4), rtol=1e-6)

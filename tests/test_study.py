@@ -1,5 +1,6 @@
 """The study command on the real PBMC3k (reduced epochs) and the example scripts in quick mode."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,13 @@ from skvae.preprocessing import ClippedStandardScaler, LogNormalizer
 from skvae.study import run_study
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.py"))
+# what each example must print: its result, not just something
+EXPECTED_OUTPUT = {
+    "grid_search_beta.py": r"best beta: (0\.5|1|2|4)(\.0)?\n",
+    "pca_drop_in.py": r"ARI[\s\S]*kNN accuracy",
+    "pipeline_tsne.py": r"t-SNE of 2638 cells saved to pipeline_tsne\.png",
+    "vsc_sparsity.py": r"Share of \(cell, dimension\) pairs active \(gamma > 0\.5\): (0|1)\.\d\d",
+}
 
 
 @pytest.mark.slow
@@ -36,14 +44,6 @@ def test_study_command_writes_the_report(tmp_path, capsys):
     summary = pd.read_csv(tmp_path / "summary.csv", index_col=0)
     assert list(summary.index) == ["PCA", "Autoencoder", "beta-VAE", "beta-VSC"]
     assert summary.loc["beta-VSC", "ARI"] in report and "training time (s)" in summary
-
-
-def test_study_command_rejects_unknown_models_and_bad_counts(capsys):
-    with pytest.raises(SystemExit):
-        main(["study", "--models", "pca,umap"])
-    assert "choose among pca, ae, vae, vsc" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["study", "--epochs", "0"])
 
 
 @pytest.mark.parametrize(
@@ -73,4 +73,4 @@ def test_example_runs_in_quick_mode(script, tmp_path):
         [sys.executable, str(script), "--quick"], cwd=tmp_path, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip()
+    assert re.search(EXPECTED_OUTPUT[script.name], result.stdout), result.stdout[-3000:]

@@ -57,10 +57,14 @@ def bernoulli_kl(p, prior_p):
     >>> bernoulli_kl(torch.tensor([0.5, 1.0]), 0.5)
     tensor([0.0000, 0.6931])
     """
-    prior_p = torch.as_tensor(prior_p, dtype=p.dtype, device=p.device)
+    # the prior's logarithms in float64 first: a prior of 1e-300 or 1 - 1e-10 has finite logs, but is 0 or 1 in float32
+    prior_p = torch.as_tensor(prior_p, dtype=torch.float64, device=p.device)
+    log_prior, log_prior_complement = (torch.log(prior_p).to(p.dtype), torch.log1p(-prior_p).to(p.dtype))
     q = 1.0 - p
+    # 0 log 0 = 0: a term whose posterior probability is 0 contributes nothing, whatever the prior
     return (
-        torch.xlogy(p, p) - torch.xlogy(p, prior_p) + torch.xlogy(q, q) - torch.xlogy(q, 1.0 - prior_p)
+        torch.xlogy(p, p) - torch.where(p > 0, p * log_prior, 0.0)
+        + torch.xlogy(q, q) - torch.where(q > 0, q * log_prior_complement, 0.0)
     )
 
 

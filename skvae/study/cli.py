@@ -1,6 +1,7 @@
 """Command line: ``skvae study`` (also ``python -m skvae study``)."""
 
 import argparse
+import sys
 
 from .runner import MODELS, _check_models, run_study
 
@@ -47,6 +48,13 @@ def main(argv=None):
     argv : list of str, default=None
         The arguments after the program name; ``None`` reads them from ``sys.argv``.
 
+    Returns
+    -------
+    status : int
+        0 when the report was written; 1 when the study could not run (offline,
+        damaged data, an unusable ``--out``), said in one line on stderr; 130 when
+        interrupted. No report folder is left half written.
+
     Examples
     --------
     Bad arguments stop with a usage message (on stderr) and exit status 2, before any work:
@@ -61,5 +69,13 @@ def main(argv=None):
     args = _build_parser().parse_args(argv)
     if args.command == "study":
         verbose = 0 if args.quiet else 1 if args.no_epoch_lines else 2
-        run_study(epochs=args.epochs, models=args.models, n_seeds=args.seeds, out=args.out,
-                  data_home=args.data_home, verbose=verbose)
+        try:
+            run_study(epochs=args.epochs, models=args.models, n_seeds=args.seeds, out=args.out,
+                      data_home=args.data_home, verbose=verbose)
+        except (OSError, ValueError) as exc:  # offline, tampered data, an unusable --out: one line, no traceback
+            print(f"skvae study: error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("skvae study: interrupted; no report was written.", file=sys.stderr)
+            return 130
+    return 0

@@ -4,7 +4,10 @@ Reproduces the course project "Variational autoencoders for single-cell
 transcriptomics data" (see docs/) with PCA as a baseline: ``python -m skvae study``.
 """
 
+import os
 import platform
+import shutil
+import tempfile
 import time
 from importlib.metadata import version
 from numbers import Integral
@@ -110,7 +113,10 @@ def run_study(*, epochs=200, models=tuple(MODELS), n_seeds=3, out="skvae-report"
     n_seeds : int, default=3
         t-SNE + KMeans runs per model (seeds 0, 1, ...).
     out : str or path-like, default="skvae-report"
-        Report folder; created if needed.
+        Report folder, written whole or not at all: the report is written into a
+        temporary folder beside it and moved into place at the end. An existing
+        ``out`` must be empty or a previous report (it holds ``report.md``); it is
+        replaced.
     data_home : str or path-like, default=None
         See :func:`skvae.datasets.get_data_home`.
     verbose : int, default=1
@@ -133,8 +139,7 @@ def run_study(*, epochs=200, models=tuple(MODELS), n_seeds=3, out="skvae-report"
     check_scalar(epochs, "epochs", Integral, min_val=1)
     check_scalar(n_seeds, "n_seeds", Integral, min_val=1)
     models = _check_models(models)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _check_report_folder(Path(out))
     say = print if verbose else (lambda *args, **kwargs: None)
 
     pbmc = fetch_pbmc3k(data_home)
@@ -160,11 +165,47 @@ def run_study(*, epochs=200, models=tuple(MODELS), n_seeds=3, out="skvae-report"
     stds = scores.groupby("model", sort=False).std(ddof=1).fillna(0.0)
 
     say("Drawing figures ...", flush=True)
-    figures = _draw_figures(out, codes, tsne2d, cell_types, means, stds, embedders, models, X)
-    _write_report(out, means, stds, seconds, epochs, n_seeds, X.shape, figures)
-    scores.to_csv(out / "scores.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        figures = _draw_figures(scratch, codes, tsne2d, cell_types, means, stds, embedders, models, X)
+        _write_report(scratch, means, stds, seconds, epochs, n_seeds, X.shape, figures)
+        scores.to_csv(scratch / "scores.csv")
+        _move_into_place(scratch, out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     say(f"Report written to {out / 'report.md'}")
     return scores
+
+
+def _check_report_folder(out):
+    """``out``, once it is known to be a place a report can go; before any work, so a refusal costs nothing."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"The report folder {out} is a file; choose another --out.")
+    if out.is_dir() and any(out.iterdir()) and not (out / "report.md").is_file():
+        raise ValueError(f"{out} holds files but no report.md: it is not a skvae report folder, and the "
+                         "report would replace it. Choose another --out, or an empty folder.")
+    existing = next(folder for folder in (out, *out.parents) if folder.exists())
+    if not existing.is_dir():
+        raise ValueError(f"The report folder {out} lies under {existing}, which is a file; choose another --out.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"Cannot write the report folder {out}: {existing} is not writable.")
+    return out
+
+
+def _move_into_place(scratch, out):
+    """Replace ``out`` by the complete report in ``scratch``; the old report is removed only after."""
+    if not out.exists():
+        os.replace(scratch, out)
+        return
+    previous = out.with_name(f".{out.name}.previous-{os.getpid()}")
+    os.replace(out, previous)
+    try:
+        os.replace(scratch, out)
+    except OSError:
+        os.replace(previous, out)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def _draw_figures(out, codes, tsne2d, cell_types, means, stds, embedders, models, X):

@@ -1,0 +1,199 @@
+"""The base estimator: saving and loading, input and parameter checks, recorded choices, seeding."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from sklearn.model_selection import GridSearchCV
+
+import skvae._persistence
+from skvae import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder
+
+SMALL = dict(n_components=3, hidden_layer_sizes=(16, 8), batch_size=32, max_epochs=3, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.RandomState(0)
+    return np.log1p(rng.poisson(rng.gamma(0.5, 2.0, size=(3, 30))[rng.randint(3, size=90)])).astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    return BetaVAEEmbedder(**SMALL).fit(data)
+
+
+# --- saving and loading ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"beta": np.float64(2.0)}, {"n_components": np.int64(3)}, {"hidden_layer_sizes": np.array([16, 8])},
+     {"hidden_layer_sizes": (np.int32(16), np.int64(8)), "learning_rate": np.float32(1e-3)}],
+    ids=["float64-beta", "int64-n_components", "array-hidden", "numpy-ints-in-tuple"],
+)
+def test_numpy_typed_parameters_save_and_load(params, data, tmp_path):
+    embedder = BetaVAEEmbedder(**{**SMALL, **params}).fit(data)
+    embedder.save(tmp_path / "model.pt")
+    loaded = BetaVAEEmbedder.load(tmp_path / "model.pt")
+    np.testing.assert_array_equal(loaded.transform(data), embedder.transform(data))
+    for name, value in params.items():
+        np.testing.assert_array_equal(np.asarray(loaded.get_params()[name]), np.asarray(value))
+
+
+def test_grid_search_best_estimator_with_a_logspace_grid_saves(data, tmp_path):
+    search = GridSearchCV(BetaVAEEmbedder(**SMALL), {"beta": np.logspace(-1, 1, 3)}, cv=2).fit(data)
+    search.best_estimator_.save(tmp_path / "best.pt")
+    assert BetaVAEEmbedder.load(tmp_path / "best.pt").beta == search.best_params_["beta"]
+
+
+def test_a_parameter_that_cannot_be_saved_is_refused_at_save_time(data, tmp_path):
+    embedder = BetaVAEEmbedder(**SMALL).fit(data)
+    embedder.beta = object()
+    with pytest.raises(TypeError, match="Cannot save parameter beta="):
+        embedder.save(tmp_path / "model.pt")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_failed_save_keeps_the_previous_file(fitted, data, tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    fitted.save(path)
+    good = path.read_bytes()
+
+    def write_half_then_fail(obj, stream):
+        stream.write(b"PK\x03\x04 half a file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(skvae._persistence.torch, "save", write_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        fitted.save(path)
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    ("content", "writer"),
+    [(b"", "bytes"), (b"just some text\n", "bytes"), (None, "truncated"), ({"format": "skvae-estimator-v1"}, "torch"),
+     ([1, 2, 3], "torch")],
+    ids=["empty", "text", "truncated", "missing-fields", "not-a-dict"],
+)
+def test_load_says_not_a_skvae_save_and_names_the_path(content, writer, fitted, tmp_path):
+    path = tmp_path / "bad.pt"
+    if writer == "bytes":
+        path.write_bytes(content)
+    elif writer == "torch":
+        torch.save(content, path)
+    else:
+        fitted.save(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=f"{path}.*(not a skvae save|damaged)"):
+        BetaVAEEmbedder.load(path)
+
+
+def test_load_of_a_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        BetaVAEEmbedder.load(tmp_path / "nothing.pt")
+
+
+def _rewrite(path, change):
+    state = torch.load(path, weights_only=True)
+    change(state)
+    torch.save(state, path)
+
+
+def test_load_checks_the_stated_sizes_before_building_anything(fitted, tmp_path):
+    path = tmp_path / "crafted.pt"
+    fitted.save(path)
+    # a network of 10^9 inputs would need 500 GB: refused before any is allocated, not a MemoryError
+    _rewrite(path, lambda state: state.update(n_features_in_=10**9))
+    with pytest.raises(ValueError, match="weights do not match its parameters"):
+        BetaVAEEmbedder.load(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [(lambda s: s["params"].update(beta=-1.0), "parameters are invalid"),
+     (lambda s: s["params"].update(hidden_layer_sizes=[16, 9]), "weights do not match"),
+     (lambda s: s["params"].update(unknown=1), "parameters are invalid"),
+     (lambda s: s["state_dict"].__setitem__(next(iter(s["state_dict"])), torch.tensor(float("nan"))), "do not match"),
+     (lambda s: s["state_dict"].update({k: torch.full_like(v, float("nan")) for k, v in s["state_dict"].items()}),
+      "not all finite"),
+     (lambda s: s.update(feature_names_in_=["a", "b"]), "feature names")],
+    ids=["invalid-beta", "other-sizes", "unknown-parameter", "wrong-shape", "nan-weights", "names-count"],
+)
+def test_load_refuses_damaged_or_tampered_contents(change, message, fitted, tmp_path):
+    path = tmp_path / "model.pt"
+    fitted.save(path)
+    _rewrite(path, change)
+    with pytest.raises(ValueError, match=message):
+        BetaVAEEmbedder.load(path)
+
+
+# --- input and parameters ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["mps", "meta"])
+def test_devices_other_than_cpu_and_cuda_are_a_value_error(device, data):
+    with pytest.raises(ValueError, match=f"device='{device}'.*'cpu' or 'cuda'"):
+        AutoencoderEmbedder(**{**SMALL, "device": device}).fit(data)
+
+
+@pytest.mark.parametrize("sizes", [(True,), (16, False), [[16, 8]], np.array([[16], [8]]), (), (16, 0)])
+def test_hidden_layer_sizes_must_be_a_flat_sequence_of_positive_integers(sizes, data):
+    with pytest.raises(ValueError, match="hidden_layer_sizes must be a non-empty 1-D sequence"):
+        AutoencoderEmbedder(**{**SMALL, "hidden_layer_sizes": sizes}).fit(data)
+
+
+def test_dates_are_refused(data):
+    dates = np.arange("2020-01-01", "2020-03-31", dtype="datetime64[D]")[:80].reshape(40, 2)
+    with pytest.raises(TypeError, match="dates or durations"):
+        AutoencoderEmbedder(**SMALL).fit(dates)
+    with pytest.raises(TypeError, match="dates or durations"):
+        AutoencoderEmbedder(**SMALL).fit(pd.DataFrame({"a": dates[:, 0], "b": dates[:, 1]}))
+
+
+def test_values_beyond_float32_are_refused_by_fit_and_score(fitted, data):
+    huge = data.copy()
+    huge[0, 0] = 1e39
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        AutoencoderEmbedder(**SMALL).fit(huge)
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        fitted.score(sp.csr_matrix(huge))
+
+
+def test_random_state_none_leaves_numpy_global_state_untouched(data):
+    before = np.random.get_state()[1].copy(), np.random.get_state()[2]
+    AutoencoderEmbedder(**{**SMALL, "random_state": None}).fit(data)
+    after = np.random.get_state()
+    assert np.array_equal(before[0], after[1]) and before[1] == after[2]
+
+
+def _mostly_zero(X):
+    return np.where(np.random.RandomState(1).uniform(size=X.shape) < 0.9, 0.0, X + 1.0)
+
+
+@pytest.mark.parametrize(("make", "expected"), [(_mostly_zero, "sparse"), (lambda X: X + np.random.RandomState(0).normal(size=X.shape), "dense"),
+                                               (sp.csr_matrix, "sparse")], ids=["dense-mostly-zero", "dense", "csr"])
+def test_algorithm_auto_is_resolved_recorded_saved_and_used_by_score(make, expected, tmp_path, monkeypatch, data):
+    X = make(data)
+    embedder = BetaVSCEmbedder(**SMALL).fit(X)
+    assert embedder.algorithm == "auto" and embedder.algorithm_ == expected
+    embedder.save(tmp_path / "model.pt")
+    assert BetaVSCEmbedder.load(tmp_path / "model.pt").algorithm_ == expected
+    seen = []
+    import skvae.base
+
+    original = skvae.base.make_row_source
+    monkeypatch.setattr(skvae.base, "make_row_source", lambda *a, **k: seen.append(k["algorithm"]) or original(*a, **k))
+    embedder.score(X)
+    assert seen == [expected]
+
+
+def test_save_path_may_be_a_string_in_the_current_folder(fitted, data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fitted.save("model.pt")
+    assert os.listdir(tmp_path) == ["model.pt"]
+    np.testing.assert_array_equal(BetaVAEEmbedder.load("model.pt").transform(data), fitted.transform(data))

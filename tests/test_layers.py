@@ -1,0 +1,45 @@
+"""Layer blocks: shapes, the decoder's named heads, and the encoder's merged inference path."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from skvae.nn.layers import Decoder, Encoder, InputLinear, linear_stack
+from skvae.nn.sparse import ShiftedSparseRows
+
+
+def test_linear_stack_has_a_relu_after_each_layer():
+    stack = linear_stack([5, 4, 3])
+    assert [type(layer).__name__ for layer in stack] == ["Linear", "ReLU", "Linear", "ReLU"]
+    assert len(linear_stack([5])) == 0
+
+
+def test_input_linear_matches_nn_linear_with_the_same_weights():
+    layer = InputLinear(6, 3).double()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x @ layer.weight + layer.bias)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_encoder_inference_merge_equals_the_training_path(sparse):
+    torch.manual_seed(0)
+    encoder = Encoder(30, (16, 8, 4), 2, ["mu", "logvar"]).double()
+    block = sp.random(5, 30, density=0.3, format="csr", random_state=0)
+    x = ShiftedSparseRows.from_scipy(block, np.zeros(30), dtype=np.float64) if sparse else torch.from_numpy(block.toarray())
+    encoder.train()
+    with torch.no_grad():
+        expected = encoder(x)
+    encoder.eval()
+    with torch.no_grad():
+        merged = encoder(x)
+    assert set(merged) == {"mu", "logvar"}
+    for name in merged:
+        torch.testing.assert_close(merged[name], expected[name])
+
+
+def test_decoder_has_one_head_per_name_in_order():
+    decoder = Decoder(2, (16, 8), 10, heads=("scale", "dropout"))
+    outputs = decoder(torch.randn(3, 2))
+    assert list(outputs) == ["scale", "dropout"] and all(o.shape == (3, 10) for o in outputs.values())
+    assert list(Decoder(2, (16, 8), 10)(torch.randn(3, 2))) == ["mean"]

@@ -1,0 +1,84 @@
+"""The training loop: divergence is an error, early stopping says when it ran out, Ctrl-C keeps an epoch."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+import skvae.train.loop
+import skvae.train.rows
+from skvae import AutoencoderEmbedder, BetaVAEEmbedder
+from skvae.nn.models import Autoencoder
+from skvae.train.loop import train
+from skvae.train.rows import make_row_source
+
+SMALL = dict(n_components=2, hidden_layer_sizes=(16, 8), batch_size=16, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return np.random.RandomState(0).normal(size=(64, 12))
+
+
+def test_divergence_in_the_last_optimiser_step_is_an_error(data):
+    # one epoch of one minibatch: the only loss seen before a step is finite, the step itself explodes
+    with pytest.raises(ValueError, match="diverged at epoch 1: the loss after the last optimiser step.*learning_rate"):
+        AutoencoderEmbedder(learning_rate=1e30, max_epochs=1, batch_size=64).fit(data)
+
+
+def test_a_non_finite_validation_loss_is_an_error(data, monkeypatch):
+    monkeypatch.setattr(skvae.train.loop, "mean_loss", lambda *args, **kwargs: float("nan"))
+    with pytest.raises(ValueError, match="diverged at epoch 1: the validation loss became nan"):
+        AutoencoderEmbedder(**SMALL, max_epochs=5, early_stopping=True).fit(data)
+
+
+def test_early_stopping_that_runs_out_of_epochs_warns(data):
+    with pytest.warns(ConvergenceWarning, match="did not stop training within max_epochs=3"):
+        AutoencoderEmbedder(**SMALL, max_epochs=3, early_stopping=True, tol=0.0, n_iter_no_change=50).fit(data)
+
+
+def test_no_warning_without_early_stopping_or_when_it_stops(data, recwarn):
+    AutoencoderEmbedder(**SMALL, max_epochs=3).fit(data)
+    AutoencoderEmbedder(**SMALL, max_epochs=50, early_stopping=True, tol=1e9, n_iter_no_change=2).fit(data)
+    assert not [w for w in recwarn if issubclass(w.category, ConvergenceWarning)]
+
+
+def _interrupting(after_batches):
+    """A minibatch iterator that raises KeyboardInterrupt once ``after_batches`` batches were given."""
+    given = 0
+
+    def iterate(source, batch_size, *, order=None):
+        nonlocal given
+        for batch in skvae.train.rows.iter_batches(source, batch_size, order=order):
+            if given == after_batches:
+                raise KeyboardInterrupt
+            given += 1
+            yield batch
+
+    return iterate
+
+
+def test_keyboard_interrupt_keeps_the_model_of_the_last_finished_epoch(data, monkeypatch):
+    rows = make_row_source(data, with_transpose=True)
+    kwargs = dict(kl_weight=0.0, batch_size=16, learning_rate=1e-2, n_iter_no_change=1, tol=0.0, device="cpu")
+
+    def run(max_epochs):
+        torch.manual_seed(0)
+        module = Autoencoder(12, 2, (8,))
+        history = train(module, rows, max_epochs=max_epochs, rng=np.random.RandomState(0),
+                        generator=torch.Generator().manual_seed(0), **kwargs)
+        return module, history
+
+    two_epochs, _ = run(2)
+    monkeypatch.setattr(skvae.train.loop, "iter_batches", _interrupting(after_batches=4 * 2 + 1))  # mid epoch 3
+    with pytest.warns(UserWarning, match="interrupted during epoch 3: keeping the model of epoch 2"):
+        interrupted, history = run(10)
+    assert len(history["loss"]) == 2
+    for key, value in two_epochs.state_dict().items():
+        torch.testing.assert_close(interrupted.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_keyboard_interrupt_in_the_first_epoch_is_raised(data, monkeypatch):
+    monkeypatch.setattr(skvae.train.loop, "iter_batches", _interrupting(after_batches=1))
+    with pytest.raises(KeyboardInterrupt):
+        BetaVAEEmbedder(**SMALL, max_epochs=5).fit(data)
