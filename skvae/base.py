@@ -20,6 +20,7 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
+from ._threads import limited_threads
 from ._persistence import SAVE_FORMAT, atomic_torch_save, read_save, to_builtins
 from .nn.likelihoods import LIKELIHOODS
 from .train.rows import ShiftedSparseRowSource, iter_batches, make_row_source
@@ -55,6 +56,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     random_state : int, RandomState instance or None, default=None
     algorithm : {"auto", "sparse", "dense"}, default="auto"
     device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
+    n_jobs : int, default=None
     verbose : int, default=0
 
     Attributes
@@ -88,6 +90,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         "random_state": ["random_state"],
         "algorithm": [StrOptions({"auto", "dense", "sparse"})],
         "device": [str, torch.device],
+        "n_jobs": [Interval(Integral, 1, None, closed="left"), Interval(Integral, None, -1, closed="right"), None],
         "verbose": ["verbose"],
     }
 
@@ -107,6 +110,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         random_state=None,
         algorithm="auto",
         device="auto",
+        n_jobs=None,
         verbose=0,
     ):
         self.n_components = n_components
@@ -122,6 +126,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.random_state = random_state
         self.algorithm = algorithm
         self.device = device
+        self.n_jobs = n_jobs
         self.verbose = verbose
 
     @abstractmethod
@@ -195,6 +200,10 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self : object
             The fitted estimator.
         """
+        with limited_threads(self.n_jobs):
+            return self._fit(X)
+
+    def _fit(self, X):
         _refuse_dates(X)
         X = validate_data(self, X, accept_sparse="csr", dtype=[np.float32, np.float64], ensure_min_samples=2)
         _check_float32_range(X)
@@ -253,7 +262,8 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         module = self.module_ if X.dtype == np.float32 else copy.deepcopy(self.module_).double()
         module.eval()
         rows = make_row_source(X, algorithm="sparse" if sp.issparse(X) else "dense", dtype=X.dtype)
-        return np.concatenate([getattr(module, method)(xb).numpy() for xb in iter_batches(rows, _INFERENCE_BATCH_SIZE)])
+        with limited_threads(self.n_jobs):
+            return np.concatenate([getattr(module, method)(xb).numpy() for xb in iter_batches(rows, _INFERENCE_BATCH_SIZE)])
 
     def _validate_fitted_input(self, X):
         check_is_fitted(self)
@@ -323,7 +333,8 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         X = self._validate_fitted_input(X)
         _check_float32_range(X)  # the loss is computed in float32, as in training
         rows = make_row_source(X, algorithm=self.algorithm_, center=not self._models_counts)
-        return -mean_loss(self.module_, rows, kl_weight=1.0, batch_size=_INFERENCE_BATCH_SIZE)
+        with limited_threads(self.n_jobs):
+            return -mean_loss(self.module_, rows, kl_weight=1.0, batch_size=_INFERENCE_BATCH_SIZE)
 
     def save(self, path):
         """Save parameters and weights to ``path``, readable by :meth:`load`.

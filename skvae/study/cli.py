@@ -20,6 +20,13 @@ def _positive_int(text):
     return value
 
 
+def _n_jobs(text):
+    value = int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be a positive number of threads or -1 (every core), not 0")
+    return value
+
+
 def _build_parser():
     parser = argparse.ArgumentParser(prog="skvae", description="skvae: neural embeddings of single-cell data.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -35,6 +42,8 @@ def _build_parser():
     study.add_argument("--seeds", type=_positive_int, default=3, help="t-SNE + KMeans seeds per model (default: 3)")
     study.add_argument("--out", default="skvae-report", help="report folder (default: ./skvae-report)")
     study.add_argument("--data-home", default=None, help="dataset folder (default: $SKVAE_DATA or ~/skvae_data)")
+    study.add_argument("--n-jobs", type=_n_jobs, default=None,
+                       help="training threads (default: 1, the safest on a busy machine; -1: every core)")
     study.add_argument("--quiet", action="store_true", help="no progress lines")
     study.add_argument("--no-epoch-lines", action="store_true", help="progress per model only, not per epoch")
     return parser
@@ -71,7 +80,7 @@ def main(argv=None):
         verbose = 0 if args.quiet else 1 if args.no_epoch_lines else 2
         try:
             run_study(epochs=args.epochs, models=args.models, n_seeds=args.seeds, out=args.out,
-                      data_home=args.data_home, verbose=verbose)
+                      data_home=args.data_home, verbose=verbose, n_jobs=args.n_jobs)
         except (OSError, ValueError) as exc:  # offline, tampered data, an unusable --out: one line, no traceback
             print(f"skvae study: error: {exc}", file=sys.stderr)
             return 1

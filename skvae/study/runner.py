@@ -46,7 +46,7 @@ MODELS = {
 ORIGINAL = {"Autoencoder": (0.58, 0.72), "beta-VAE": (0.44, 0.61), "beta-VSC": (0.47, 0.65)}
 
 
-def make_embedders(epochs, *, verbose=1, random_state=0):
+def make_embedders(epochs, *, verbose=1, random_state=0, n_jobs=None):
     """The study's four embedders, keyed by the names of :data:`MODELS`.
 
     Parameters
@@ -56,6 +56,8 @@ def make_embedders(epochs, *, verbose=1, random_state=0):
     verbose : int, default=1
         Their ``verbose``.
     random_state : int, default=0
+    n_jobs : int, default=None
+        Their ``n_jobs``: threads for training (None: 1).
 
     Returns
     -------
@@ -68,7 +70,8 @@ def make_embedders(epochs, *, verbose=1, random_state=0):
     >>> make_embedders(200)["vsc"].get_params()["beta"]
     2.0
     """
-    neural = dict(n_components=N_COMPONENTS, max_epochs=epochs, random_state=random_state, verbose=verbose)
+    neural = dict(n_components=N_COMPONENTS, max_epochs=epochs, random_state=random_state, verbose=verbose,
+                  n_jobs=n_jobs)
     return {
         "pca": PCA(n_components=N_COMPONENTS, random_state=random_state),
         "ae": AutoencoderEmbedder(**neural),
@@ -98,7 +101,8 @@ def _tsne_panels(coordinates, cell_types, projection=None):
     return figure
 
 
-def run_study(*, epochs=200, models=tuple(MODELS), n_seeds=3, out="skvae-report", data_home=None, verbose=1):
+def run_study(*, epochs=200, models=tuple(MODELS), n_seeds=3, out="skvae-report", data_home=None, verbose=1,
+              n_jobs=None):
     """Run the study and write ``report.md``, its figures and tables into ``out``.
 
     ``out`` receives ``report.md``, the PNG figures, ``scores.csv`` (one row per
@@ -121,6 +125,11 @@ def run_study(*, epochs=200, models=tuple(MODELS), n_seeds=3, out="skvae-report"
         See :func:`skvae.datasets.get_data_home`.
     verbose : int, default=1
         Progress lines on the terminal: one per model and step, and one per epoch.
+    n_jobs : int, default=None
+        Threads for training the neural models (None: 1, which a busy machine
+        slows down least; -1: every core). The README's table was made with 2
+        threads on a 2-core CPU; float32 sums in another order give results that
+        differ in the last digits, so pass ``n_jobs=2`` there to reproduce it.
 
     Returns
     -------
@@ -147,7 +156,7 @@ def run_study(*, epochs=200, models=tuple(MODELS), n_seeds=3, out="skvae-report"
     X = make_pipeline(LogNormalizer(), ClippedStandardScaler()).fit_transform(pbmc.data).astype(np.float32)
     say(f"PBMC3k: {X.shape[0]} cells x {X.shape[1]} genes, {len(pbmc.target_names)} cell types")
 
-    embedders = make_embedders(epochs, verbose=max(verbose - 1, 0) if verbose else 0)
+    embedders = make_embedders(epochs, verbose=max(verbose - 1, 0) if verbose else 0, n_jobs=n_jobs)
     scores, seconds, codes, tsne2d = [], {}, {}, {}
     for key in models:
         name = MODELS[key]
