@@ -228,6 +228,23 @@ def _download_pbmc3k(folder, url):
             os.replace(scratch / name, folder / name)
 
 
+def _pbmc3k_folders(home):
+    """Where PBMC3k's files may be: skvae's layout, the folder itself, 10x's extracted tarball."""
+    tarball = Path("filtered_gene_bc_matrices") / "hg19"
+    return [home / "pbmc3k", home, home / "pbmc3k" / tarball, home / tarball]
+
+
+def _not_found_message(searched, why):
+    names = ", ".join(PBMC3K_SHA256)
+    folders = "; ".join(str(folder) for folder in searched)
+    return (
+        f"PBMC3k's files ({names}, each possibly .gz) are not on this machine, and downloading them failed: "
+        f"{why}. Searched: {folders}. To use a copy you have, put the three files, or 10x's extracted tarball, "
+        f"in {searched[0]}, or point skvae at the folder that holds pbmc3k/: the SKVAE_DATA environment "
+        "variable, data_home= in Python, or --data-home on the command line."
+    )
+
+
 def load_pbmc3k_labels():
     """Cell types of PBMC3k from the Seurat tutorial's clustering, shipped with skvae.
 
@@ -250,9 +267,13 @@ def load_pbmc3k_labels():
 def fetch_pbmc3k(data_home=None, *, download_if_missing=True, qc=True):
     """Load 10x Genomics' PBMC3k counts, with cell-type labels; download if needed.
 
-    Looks for the files in ``data_home/pbmc3k/`` (10x's ``matrix.mtx[.gz]``,
-    ``genes.tsv``, ``barcodes.tsv``), downloads 10x's public tarball when they are
-    missing, and checks every file's sha256 before reading it.
+    Looks for 10x's three files (``matrix.mtx``, ``genes.tsv``, ``barcodes.tsv``,
+    each possibly gzipped) in ``data_home/pbmc3k/``, in ``data_home`` itself, and in
+    the layout of 10x's extracted tarball (``.../filtered_gene_bc_matrices/hg19/``);
+    downloads the tarball into ``data_home/pbmc3k/`` when none holds them; and
+    checks every file's sha256 before reading it. When the files can be neither
+    found nor downloaded, the error lists the folders searched and how to point
+    skvae at a local copy.
 
     Parameters
     ----------
@@ -280,11 +301,17 @@ def fetch_pbmc3k(data_home=None, *, download_if_missing=True, qc=True):
     >>> pbmc.data.shape, len(pbmc.target_names)
     ((2638, 13714), 9)
     """
-    folder = get_data_home(data_home) / "pbmc3k"
-    if any(_find(folder, name) is None for name in PBMC3K_SHA256):
+    home = get_data_home(data_home)
+    searched = _pbmc3k_folders(home)
+    folder = next((f for f in searched if all(_find(f, name) for name in PBMC3K_SHA256)), None)
+    if folder is None:
+        folder = home / "pbmc3k"
         if not download_if_missing:
-            raise OSError(f"PBMC3k is not in {folder} and download_if_missing=False.")
-        _download_pbmc3k(folder, PBMC3K_URL)
+            raise OSError(_not_found_message(searched, "download_if_missing=False"))
+        try:
+            _download_pbmc3k(folder, PBMC3K_URL)
+        except OSError as exc:
+            raise OSError(_not_found_message(searched, str(exc))) from None
     # read exactly the files whose checksums were verified (not, say, a features.tsv placed beside them)
     files = _verify_pbmc3k(folder)
     counts = _read_10x_files(files["matrix.mtx"], files["genes.tsv"], files["barcodes.tsv"])

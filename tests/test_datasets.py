@@ -271,3 +271,26 @@ def test_empty_or_malformed_tsv_files_are_named(genes, barcodes, name, tmp_path)
     folder = _write_10x(tmp_path / "x", _coordinate([1, 2]), genes=genes, barcodes=barcodes)
     with pytest.raises(ValueError, match=f"{name} is not a readable tab-separated file"):
         read_10x_mtx(folder)
+
+
+@pytest.mark.parametrize("where", ["folder-itself", "10x-tarball-layout", "10x-layout-in-pbmc3k"])
+def test_local_copies_in_the_layouts_users_have_are_found(where, pbmc3k_files, tmp_path, monkeypatch):
+    monkeypatch.setattr(skvae.datasets, "PBMC3K_URL", "http://127.0.0.1:9/unused.tar.gz")  # never downloads
+    folder = {"folder-itself": tmp_path, "10x-tarball-layout": tmp_path / "filtered_gene_bc_matrices" / "hg19",
+              "10x-layout-in-pbmc3k": tmp_path / "pbmc3k" / "filtered_gene_bc_matrices" / "hg19"}[where]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in pbmc3k_files.items():
+        (folder / name).write_bytes(content)
+    assert fetch_pbmc3k(tmp_path).data.shape == (2638, 13714)
+
+
+def test_the_offline_error_says_where_it_looked_and_how_to_point_at_a_copy(tmp_path, monkeypatch):
+    monkeypatch.setattr(skvae.datasets, "PBMC3K_URL", "http://127.0.0.1:9/pbmc3k.tar.gz")
+    with pytest.raises(OSError) as error:
+        fetch_pbmc3k(tmp_path)
+    message = str(error.value)
+    for needed in ("matrix.mtx, genes.tsv, barcodes.tsv", str(tmp_path / "pbmc3k"),
+                   str(tmp_path / "filtered_gene_bc_matrices" / "hg19"), "SKVAE_DATA", "data_home=", "--data-home",
+                   "Could not download PBMC3k"):
+        assert needed in message
+    assert "\n" not in message and not (tmp_path / "pbmc3k").exists()
