@@ -11,6 +11,7 @@ from beta_sweep import draw_beta_sweep
 
 project = "skvae"
 author = "the skvae developers"
+copyright = f"2026, {author}"
 release = version = skvae.__version__
 
 extensions = [
@@ -33,7 +34,12 @@ intersphinx_mapping = {}
 exclude_patterns = ["_build"]
 html_theme = "alabaster"
 html_static_path = ["_static"]
-html_theme_options = {"description": "Neural embeddings of single-cell data as scikit-learn estimators"}
+html_theme_options = {
+    "description": "Neural embeddings of single-cell data as scikit-learn estimators",
+    "page_width": "1180px",  # room for the study's table and the code blocks at a laptop's width
+    "body_max_width": "none",  # else the text column stays at 800px whatever the page width
+}
+html_css_files = ["skvae.css"]
 
 # The user guide's figure of what beta does is drawn at each build, from the current code.
 draw_beta_sweep(HERE / "_static" / "beta_sweep.png")

@@ -141,13 +141,20 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         return LIKELIHOODS[self.likelihood].counts
 
     def _check_counts(self, X):
-        """Refuse negative values and warn of non-integer ones when the likelihood models counts."""
+        """Count likelihoods: refuse negative values and warn of non-integer ones. Gaussian: warn of raw counts."""
         if not self._models_counts:
+            if _looks_like_raw_counts(X):
+                warnings.warn(
+                    "X looks like raw counts (non-negative integers), but likelihood='gaussian' reconstructs its "
+                    "input with a squared error, which suits log-normalised, scaled expression: normalise it first "
+                    "(LogNormalizer, then ClippedStandardScaler), or model the counts with likelihood='nb'.",
+                    UserWarning,
+                    stacklevel=3,
+                )
             return
         whom = f"{type(self).__name__}(likelihood={self.likelihood!r}), which models raw counts"
         check_non_negative(X, whom)
-        values = X.data if sp.issparse(X) else X
-        if any((block != np.round(block)).any() for block in np.array_split(values, max(1, len(values) // _SCAN_ROWS))):
+        if not _is_integer_valued(X):
             warnings.warn(
                 f"X has non-integer values, but likelihood={self.likelihood!r} models raw counts. Normalised or "
                 "log-transformed data (such as LogNormalizer's output) is the likely cause: pass the raw UMI "
@@ -204,11 +211,20 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             return self._fit(X)
 
     def _fit(self, X):
-        _refuse_dates(X)
+        _refuse_foreign_input(X)
         X = validate_data(self, X, accept_sparse="csr", dtype=[np.float32, np.float64], ensure_min_samples=2)
         _check_float32_range(X)
         self._check_counts(X)
         hidden_layer_sizes = self._validated_hidden_layer_sizes()
+        if self.n_components > hidden_layer_sizes[-1]:
+            warnings.warn(
+                f"n_components={self.n_components} is larger than the last hidden layer ({hidden_layer_sizes[-1]}): "
+                f"the code is computed from, and decoded through, {hidden_layer_sizes[-1]} units, so it carries at "
+                f"most that many independent directions. Widen the network, e.g. hidden_layer_sizes="
+                f"{tuple(max(size, self.n_components) for size in hidden_layer_sizes)}.",
+                UserWarning,
+                stacklevel=3,
+            )
         device = self._training_device()
         X = X.astype(np.float32, copy=False)
 
@@ -267,7 +283,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
     def _validate_fitted_input(self, X):
         check_is_fitted(self)
-        _refuse_dates(X)
+        _refuse_foreign_input(X)
         X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], reset=False)
         self._check_counts(X)
         return X
@@ -426,8 +442,26 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         return tags
 
 
-def _refuse_dates(X):
-    """Dates and durations are not expression values: numpy would cast them to numbers silently."""
+def _is_integer_valued(X):
+    """Whether every value of X is a whole number, scanned in blocks so no temporary is the size of X."""
+    values = X.data if sp.issparse(X) else X
+    return not any((block != np.round(block)).any() for block in np.array_split(values, max(1, len(values) // _SCAN_ROWS)))
+
+
+def _looks_like_raw_counts(X):
+    """Non-negative whole numbers beyond 0 and 1: what a count matrix looks like, and scaled data never does."""
+    values = X.data if sp.issparse(X) else X
+    return values.size > 0 and values.min() >= 0 and values.max() > 1 and _is_integer_valued(X)
+
+
+def _refuse_foreign_input(X):
+    """AnnData objects, dates and durations: clear errors instead of numpy's casts or messages."""
+    if type(X).__name__ == "AnnData":  # anndata stays an optional dependency
+        raise TypeError(
+            "X is an AnnData object: pass its matrix, e.g. adata.X (log-normalised and scaled for "
+            "likelihood='gaussian') or adata.layers['counts'] (raw counts for a count likelihood)."
+        )
+    # numpy would cast dates and durations to numbers silently
     kinds = {dtype.kind for dtype in getattr(X, "dtypes", [getattr(X, "dtype", None)]) if dtype is not None}
     if kinds & {"M", "m"}:
         raise TypeError("X holds dates or durations (datetime64 / timedelta64); pass numeric expression values.")

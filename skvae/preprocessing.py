@@ -6,6 +6,7 @@ function returning masks; the rest are transformers that chain in a Pipeline::
     make_pipeline(LogNormalizer(), ClippedStandardScaler(), BetaVSCEmbedder())
 """
 
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -393,6 +394,15 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
         """
         X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], ensure_min_samples=2)
         check_non_negative(X, "HighlyVariableGenes")
+        values = X.data if sp.issparse(X) else X
+        if (values != np.round(values)).any():
+            warnings.warn(
+                "HighlyVariableGenes ranks genes by the variance of their raw counts (Seurat's vst), but X has "
+                "non-integer values: log-normalised input selects other genes. Put it first in a Pipeline, "
+                "before LogNormalizer: HighlyVariableGenes(), LogNormalizer(), ClippedStandardScaler().",
+                UserWarning,
+                stacklevel=2,
+            )
         n = X.shape[0]
         if sp.issparse(X):
             mean, variance = mean_variance_axis(X, axis=0)

@@ -197,3 +197,22 @@ def test_save_path_may_be_a_string_in_the_current_folder(fitted, data, tmp_path,
     fitted.save("model.pt")
     assert os.listdir(tmp_path) == ["model.pt"]
     np.testing.assert_array_equal(BetaVAEEmbedder.load("model.pt").transform(data), fitted.transform(data))
+
+
+def test_n_components_wider_than_the_last_hidden_layer_warns(data):
+    with pytest.warns(UserWarning, match=r"n_components=12 is larger than the last hidden layer \(8\).*\(16, 12\)"):
+        AutoencoderEmbedder(**{**SMALL, "n_components": 12}).fit(data)
+
+
+def test_raw_counts_given_to_a_gaussian_model_warn(data):
+    counts = np.random.RandomState(0).poisson(2.0, size=(40, 10)).astype(float)
+    with pytest.warns(UserWarning, match="looks like raw counts.*likelihood='nb'"):
+        BetaVAEEmbedder(**SMALL).fit(counts)
+
+
+def test_an_anndata_object_gets_a_clear_type_error():
+    class AnnData:  # stands in for anndata.AnnData, an optional dependency
+        X = np.eye(3)
+
+    with pytest.raises(TypeError, match=r"X is an AnnData object: pass its matrix, e\.g\. adata\.X"):
+        AutoencoderEmbedder(**SMALL).fit(AnnData())

@@ -228,6 +228,10 @@ def test_verbose_prints_one_line_per_epoch(data, capsys):
     AutoencoderEmbedder(**{**SMALL, "max_epochs": 3}, verbose=1).fit(data)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch")]
     assert len(lines) == 3 and "loss" in lines[0] and lines[0].endswith(" s")
+    assert "KL" not in lines[0]  # an autoencoder has no KL term to report
+    BetaVAEEmbedder(**{**SMALL, "max_epochs": 1}, verbose=1).fit(data)
+    vae_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch"))
+    assert "(reconstruction " in vae_line and ", KL " in vae_line
 
 
 # --- bad input ---------------------------------------------------------------------------

@@ -183,3 +183,14 @@ def test_log_normalizer_handles_a_row_whose_float32_sum_overflows(fmt):
     assert out.dtype == np.float32
     np.testing.assert_allclose(out[0, :2], np.log1p(5e3), rtol=1e-6)  # half of 1e4 each, not zeros
     np.testing.assert_allclose(out[1], np.log1p(np.array([1.0, 2.0, 3.0]) / 6 * 1e4), rtol=1e-6)
+
+
+def test_highly_variable_genes_warns_when_given_log_normalised_data():
+    counts = np.random.RandomState(0).poisson(1.0, size=(60, 30)).astype(float)
+    with pytest.warns(UserWarning, match="before LogNormalizer"):
+        HighlyVariableGenes(n_top_genes=10).fit(LogNormalizer().fit_transform(counts))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        HighlyVariableGenes(n_top_genes=10).fit(counts)

@@ -31,19 +31,29 @@ EXPECTED_OUTPUT = {
 def test_study_command_writes_the_report(tmp_path, capsys):
     main(["study", "--epochs", "2", "--seeds", "2", "--out", str(tmp_path)])
     progress = capsys.readouterr().out
-    assert "[beta-VSC] trained" in progress and "Epoch 2/2" in progress
+    assert "[beta-VSC] run 2/2: trained" in progress and "Epoch 2/2" in progress and "Drawing figures" in progress
     report = (tmp_path / "report.md").read_text()
     for model in ("PCA", "Autoencoder", "beta-VAE", "beta-VSC"):
         assert f"| {model} | " in report
-    for figure in ("tsne_2d.png", "tsne_3d.png", "metrics.png", "training_loss.png", "vsc_spikes.png"):
+    for figure in ("tsne_2d.png", "metrics.png", "training_loss.png", "vsc_spikes.png"):
         assert (tmp_path / figure).stat().st_size > 10_000 and f"({figure})" in report
+    assert not (tmp_path / "tsne_3d.png").exists()  # only with --tsne-3d
+    assert "filaments" in report and "not a ranking" in report
     scores = pd.read_csv(tmp_path / "scores.csv")
     assert len(scores) == 8 and scores["ARI"].between(-1, 1).all()
     # PCA's codes separate the tutorial's cell types (they were found from PCA)
     assert scores.query("model == 'PCA'")["kNN accuracy"].min() > 0.85
+    # each run of a neural model trains with its own seed: their codes, hence their k-NN accuracies, differ
+    assert scores.query("model == 'beta-VAE'")["kNN accuracy"].nunique() == 2
     summary = pd.read_csv(tmp_path / "summary.csv", index_col=0)
     assert list(summary.index) == ["PCA", "Autoencoder", "beta-VAE", "beta-VSC"]
-    assert summary.loc["beta-VSC", "ARI"] in report and "training time (s)" in summary
+    assert all(dtype.kind == "f" for dtype in summary.dtypes)  # numbers, not "0.5 ± 0.1" strings
+    assert {"ARI mean", "ARI sd", "kNN accuracy sd", "training time (s) mean"} <= set(summary.columns)
+    # PCA's codes do not depend on a seed: no sd for its silhouette or k-NN, and no ± in the report
+    assert np.isnan(summary.loc["PCA", "kNN accuracy sd"]) and summary.loc["beta-VAE", "kNN accuracy sd"] > 0
+    pca_row = next(line for line in report.splitlines() if line.startswith("| PCA |")).split(" | ")
+    assert "±" not in pca_row[5] and "±" not in pca_row[6] and "±" in pca_row[2]
+    assert f"{summary.loc['beta-VSC', 'ARI mean']:.3f} ± {summary.loc['beta-VSC', 'ARI sd']:.3f}" in report
 
 
 @pytest.mark.parametrize(

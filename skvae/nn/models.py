@@ -48,6 +48,8 @@ class _LatentModel(nn.Module):
     """Encoder with named branches, decoder, likelihood, and the loss template shared by all models."""
 
     branches = ()
+    # whether the loss has a KL term (a prior over codes)
+    variational = True
 
     def __init__(self, n_features, n_components, hidden_layer_sizes, *, likelihood=None):
         super().__init__()
@@ -146,6 +148,7 @@ class Autoencoder(_LatentModel):
     """
 
     branches = ("code",)
+    variational = False
 
     def _mean_code(self, q):
         return q["code"]

@@ -39,7 +39,9 @@ def _build_parser():
     study.add_argument("--epochs", type=_positive_int, default=200, help="training epochs (default: 200)")
     study.add_argument("--models", type=_models, default=list(MODELS),
                        help=f"comma-separated subset of {','.join(MODELS)} (default: all)")
-    study.add_argument("--seeds", type=_positive_int, default=3, help="t-SNE + KMeans seeds per model (default: 3)")
+    study.add_argument("--seeds", type=_positive_int, default=3,
+                       help="runs per model, each with its own training and t-SNE + KMeans seed (default: 3)")
+    study.add_argument("--tsne-3d", action="store_true", help="also draw a 3-D t-SNE of each embedding (slower)")
     study.add_argument("--out", default="skvae-report", help="report folder (default: ./skvae-report)")
     study.add_argument("--data-home", default=None, help="dataset folder (default: $SKVAE_DATA or ~/skvae_data)")
     study.add_argument("--n-jobs", type=_n_jobs, default=None,
@@ -80,7 +82,7 @@ def main(argv=None):
         verbose = 0 if args.quiet else 1 if args.no_epoch_lines else 2
         try:
             run_study(epochs=args.epochs, models=args.models, n_seeds=args.seeds, out=args.out,
-                      data_home=args.data_home, verbose=verbose, n_jobs=args.n_jobs)
+                      data_home=args.data_home, verbose=verbose, n_jobs=args.n_jobs, tsne_3d=args.tsne_3d)
         except (OSError, ValueError) as exc:  # offline, tampered data, an unusable --out: one line, no traceback
             print(f"skvae study: error: {exc}", file=sys.stderr)
             return 1

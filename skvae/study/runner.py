@@ -56,6 +56,7 @@ def make_embedders(epochs, *, verbose=1, random_state=0, n_jobs=None):
     verbose : int, default=1
         Their ``verbose``.
     random_state : int, default=0
+        Seeds the neural models; PCA's randomized solver always uses 0.
     n_jobs : int, default=None
         Their ``n_jobs``: threads for training (None: 1).
 
@@ -73,7 +74,9 @@ def make_embedders(epochs, *, verbose=1, random_state=0, n_jobs=None):
     neural = dict(n_components=N_COMPONENTS, max_epochs=epochs, random_state=random_state, verbose=verbose,
                   n_jobs=n_jobs)
     return {
-        "pca": PCA(n_components=N_COMPONENTS, random_state=random_state),
+        # one seed for PCA's randomized solver: PCA has no randomness of its own, so its runs differ only in
+        # t-SNE + KMeans (an exact SVD would take 20x longer)
+        "pca": PCA(n_components=N_COMPONENTS, random_state=0),
         "ae": AutoencoderEmbedder(**neural),
         "vae": BetaVAEEmbedder(beta=BETA, **neural),
         "vsc": BetaVSCEmbedder(beta=BETA, prior_sparsity=0.5, spike_sharpness=50.0, **neural),
@@ -102,7 +105,7 @@ def _tsne_panels(coordinates, cell_types, projection=None):
 
 
 def run_study(*, epochs=200, models=tuple(MODELS), n_seeds=3, out="skvae-report", data_home=None, verbose=1,
-              n_jobs=None):
+              n_jobs=None, tsne_3d=False):
     """Run the study and write ``report.md``, its figures and tables into ``out``.
 
     ``out`` receives ``report.md``, the PNG figures, ``scores.csv`` (one row per
@@ -115,7 +118,9 @@ def run_study(*, epochs=200, models=tuple(MODELS), n_seeds=3, out="skvae-report"
         Training epochs of the neural models.
     models : sequence of {"pca", "ae", "vae", "vsc"}, default=all
     n_seeds : int, default=3
-        t-SNE + KMeans runs per model (seeds 0, 1, ...).
+        Runs per model. Run ``i`` trains with ``random_state=i`` and evaluates
+        with t-SNE + KMeans seed ``i``, so the reported sd covers both the
+        training and the evaluation's randomness.
     out : str or path-like, default="skvae-report"
         Report folder, written whole or not at all: the report is written into a
         temporary folder beside it and moved into place at the end. An existing
@@ -130,6 +135,8 @@ def run_study(*, epochs=200, models=tuple(MODELS), n_seeds=3, out="skvae-report"
         slows down least; -1: every core). The README's table was made with 2
         threads on a 2-core CPU; float32 sums in another order give results that
         differ in the last digits, so pass ``n_jobs=2`` there to reproduce it.
+    tsne_3d : bool, default=False
+        Also draw a 3-D t-SNE of each embedding (one more t-SNE per model).
 
     Returns
     -------
@@ -156,28 +163,33 @@ def run_study(*, epochs=200, models=tuple(MODELS), n_seeds=3, out="skvae-report"
     X = make_pipeline(LogNormalizer(), ClippedStandardScaler()).fit_transform(pbmc.data).astype(np.float32)
     say(f"PBMC3k: {X.shape[0]} cells x {X.shape[1]} genes, {len(pbmc.target_names)} cell types")
 
-    embedders = make_embedders(epochs, verbose=max(verbose - 1, 0) if verbose else 0, n_jobs=n_jobs)
-    scores, seconds, codes, tsne2d = [], {}, {}, {}
+    scores, seconds, codes, tsne2d, embedders = [], {}, {}, {}, {}
     for key in models:
         name = MODELS[key]
-        say(f"[{name}] training ...", flush=True)
-        start = time.perf_counter()
-        codes[name] = embedders[key].fit_transform(X)
-        seconds[name] = time.perf_counter() - start
-        say(f"[{name}] trained in {seconds[name]:.1f} s; evaluating over {n_seeds} seed(s) ...", flush=True)
-        table, tsne2d[name] = evaluate_embedding(
-            codes[name], cell_types, seeds=range(n_seeds), perplexity=PERPLEXITY, return_tsne=True
-        )
-        scores.append(table.assign(model=name))
+        seconds[name] = []
+        for seed in range(n_seeds):
+            embedder = make_embedders(epochs, verbose=max(verbose - 1, 0) if verbose else 0, random_state=seed,
+                                      n_jobs=n_jobs)[key]
+            say(f"[{name}] run {seed + 1}/{n_seeds}: training (random_state={seed}) ...", flush=True)
+            start = time.perf_counter()
+            code = embedder.fit_transform(X)
+            seconds[name].append(time.perf_counter() - start)
+            say(f"[{name}] run {seed + 1}/{n_seeds}: trained in {seconds[name][-1]:.1f} s; evaluating ...", flush=True)
+            table, tsne = evaluate_embedding(code, cell_types, seeds=[seed], perplexity=PERPLEXITY, return_tsne=True)
+            scores.append(table.assign(model=name))
+            if seed == 0:  # the figures show the first run
+                codes[name], tsne2d[name], embedders[key] = code, tsne, embedder
     scores = pd.concat(scores).reset_index().set_index(["model", "seed"])
     means = scores.groupby("model", sort=False).mean()
     stds = scores.groupby("model", sort=False).std(ddof=1).fillna(0.0)
+    # a score that is the same in every run has no spread to report (PCA's silhouette and k-NN)
+    stds = stds.where(scores.groupby("model", sort=False).nunique() > 1)
 
-    say("Drawing figures ...", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     try:
-        figures = _draw_figures(scratch, codes, tsne2d, cell_types, means, stds, embedders, models, X)
+        figures = _draw_figures(scratch, codes, tsne2d, cell_types, means, stds.fillna(0.0), embedders, models, X,
+                                tsne_3d=tsne_3d, say=say)
         _write_report(scratch, means, stds, seconds, epochs, n_seeds, X.shape, figures)
         scores.to_csv(scratch / "scores.csv")
         _move_into_place(scratch, out)
@@ -217,26 +229,35 @@ def _move_into_place(scratch, out):
     shutil.rmtree(previous, ignore_errors=True)
 
 
-def _draw_figures(out, codes, tsne2d, cell_types, means, stds, embedders, models, X):
+def _draw_figures(out, codes, tsne2d, cell_types, means, stds, embedders, models, X, *, tsne_3d, say):
     figures = {}
+    say("Drawing figures: 2-D t-SNE ...", flush=True)
     figure = _tsne_panels(tsne2d, cell_types)
     figures["2-D t-SNE of each embedding, by cell type"] = _save(figure, out / "tsne_2d.png")
-    tsne3d = {
-        name: TSNE(n_components=3, perplexity=PERPLEXITY, random_state=0).fit_transform(code)
-        for name, code in codes.items()
-    }
-    figure = _tsne_panels(tsne3d, cell_types, projection="3d")
-    figures["3-D t-SNE of each embedding, by cell type"] = _save(figure, out / "tsne_3d.png")
+    if tsne_3d:
+        say("Drawing figures: 3-D t-SNE (one more t-SNE per model) ...", flush=True)
+        tsne3d = {
+            name: TSNE(n_components=3, perplexity=PERPLEXITY, random_state=0).fit_transform(code)
+            for name, code in codes.items()
+        }
+        figure = _tsne_panels(tsne3d, cell_types, projection="3d")
+        figures["3-D t-SNE of each embedding, by cell type"] = _save(figure, out / "tsne_3d.png")
 
+    say("Drawing figures: scores, training losses, VSC spikes ...", flush=True)
     figure = plt.figure(figsize=(9, 1.2 + 0.8 * len(means)), layout="constrained")
     plot_metrics_heatmap(means, stds, ax=figure.add_subplot())
     figures["Scores, models x metrics"] = _save(figure, out / "metrics.png")
 
     histories = {name: embedders[key].history_ for key, name in MODELS.items() if key in models and key != "pca"}
     if histories:
-        figure = plt.figure(figsize=(7, 4.5), layout="constrained")
-        plot_training_history(histories, ax=figure.add_subplot())
-        figures["Training loss per cell (reconstruction + beta KL)"] = _save(figure, out / "training_loss.png")
+        # one panel each: the autoencoder's squared error and the beta-weighted VAE losses have other scales
+        figure, axes = plt.subplots(1, len(histories), figsize=(3.6 * len(histories), 3.4), layout="constrained",
+                                    squeeze=False)
+        for ax, (name, history) in zip(axes[0], histories.items()):
+            plot_training_history({name: history}, ax=ax)
+            ax.set_title(name if name == MODELS["ae"] else f"{name} (reconstruction + {BETA:g} KL)")
+            ax.get_legend().remove()
+        figures["Training loss per cell, one panel per model (first run)"] = _save(figure, out / "training_loss.png")
 
     if "vsc" in models:
         figure = plt.figure(figsize=(7, 5), layout="constrained")
@@ -252,8 +273,8 @@ def _save(figure, path):
 
 
 def _write_report(out, means, stds, seconds, epochs, n_seeds, shape, figures):
-    table = means.map(lambda v: f"{v:.3f}") + stds.map(lambda v: f" ± {v:.3f}")
-    table["training time (s)"] = [f"{seconds[name]:.1f}" for name in table.index]
+    table = means.map(lambda v: f"{v:.3f}") + stds.map(lambda v: f" ± {v:.3f}", na_action="ignore").fillna("")
+    table["training time (s)"] = [f"{np.mean(seconds[name]):.1f}" for name in table.index]
     original = pd.DataFrame(ORIGINAL, index=["ARI", "NMI"]).T
     packages = ["skvae", "torch", "numpy", "scipy", "scikit-learn", "pandas", "matplotlib"]
     lines = [
@@ -272,14 +293,22 @@ def _write_report(out, means, stds, seconds, epochs, n_seeds, shape, figures):
         ),
         "",
         (
-            f"Evaluation over {n_seeds} seed(s) of t-SNE (perplexity {PERPLEXITY:g}) + KMeans (k = 9) on the 2-D "
-            "t-SNE: NMI, ARI, homogeneity, completeness. On the codes themselves: silhouette against the cell types "
-            "and 5-fold k-NN (k = 15) accuracy."
+            f"Evaluation: t-SNE (perplexity {PERPLEXITY:g}) + KMeans (k = 9) on the 2-D t-SNE: NMI, ARI, "
+            "homogeneity, completeness. On the codes themselves: silhouette against the cell types and 5-fold "
+            "k-NN (k = 15) accuracy."
         ),
         "",
-        "## Scores (mean ± sd over seeds)",
+        f"## Scores (mean ± sd over {n_seeds} runs)",
         "",
         _markdown(table),
+        "",
+        (
+            f"Each of the {n_seeds} runs of a model trains with its own random_state and evaluates with its own "
+            "t-SNE + KMeans seed: the ± (sample sd) covers both. It is left out where a score is the same in every "
+            "run (PCA's codes do not depend on a seed, so neither do its silhouette and k-NN accuracy). Gaps of a "
+            "few hundredths between models are within this run-to-run spread: they are not a ranking. Training "
+            "time is the mean over runs."
+        ),
         "",
         "The course project reported, from one run each (no seeds, random codes rather than means):",
         "",
@@ -288,6 +317,13 @@ def _write_report(out, means, stds, seconds, epochs, n_seeds, shape, figures):
         "## Figures",
         "",
         *[f"### {title}\n\n![{title}]({path})\n" for title, path in figures.items()],
+        (
+            "The beta-VSC's t-SNE shows thin one-dimensional filaments. They are the geometry of sparse codes, not "
+            "trajectories: a cell whose code has one active dimension (the others exactly 0 in the spike) lies on "
+            "a line through the origin, and t-SNE keeps such lines as threads. Read them as 'these cells use one "
+            "latent dimension, with different strengths', not as cells moving from one state to another."
+        ) if "beta-VSC" in means.index else "",
+        "",
         "## Environment",
         "",
         (
@@ -298,7 +334,13 @@ def _write_report(out, means, stds, seconds, epochs, n_seeds, shape, figures):
         "",
     ]
     (out / "report.md").write_text("\n".join(lines))
-    table.to_csv(out / "summary.csv")
+    # numbers, not strings: one mean and one sd column per score (sd empty where runs do not differ)
+    summary = pd.concat({"mean": means, "sd": stds}, axis=1).swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False)
+    summary.columns = [f"{score} {stat}" for score, stat in summary.columns]
+    summary["training time (s) mean"] = [np.mean(seconds[name]) for name in summary.index]
+    summary["training time (s) sd"] = [np.std(seconds[name], ddof=1) if len(seconds[name]) > 1 else np.nan
+                                       for name in summary.index]
+    summary.to_csv(out / "summary.csv")
 
 
 def _markdown(table):

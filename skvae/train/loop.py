@@ -173,7 +173,9 @@ def train(
         history["loss"].append(loss)
         history["reconstruction"].append(reconstruction)
         history["kl"].append(kl)
-        message = f"Epoch {epoch}/{max_epochs}: loss {loss:.6g} (reconstruction {reconstruction:.6g}, KL {kl:.6g})"
+        message = f"Epoch {epoch}/{max_epochs}: loss {loss:.6g}"
+        if module.variational:
+            message += f" (reconstruction {reconstruction:.6g}, KL {kl:.6g})"
 
         if val_rows is not None:
             val_loss = mean_loss(module, val_rows, kl_weight=kl_weight, batch_size=batch_size)
