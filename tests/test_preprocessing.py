@@ -44,6 +44,7 @@ def expected_failed_checks(estimator):
     [LogNormalizer(), ClippedStandardScaler(), HighlyVariableGenes(n_top_genes=3)],
     expected_failed_checks=expected_failed_checks,
 )
+@pytest.mark.filterwarnings("ignore:HighlyVariableGenes ranks genes")  # the checks' data are not counts
 def test_sklearn_compatible_transformer(estimator, check):
     check(estimator)
 

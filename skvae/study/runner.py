@@ -273,7 +273,7 @@ def _save(figure, path):
 
 
 def _write_report(out, means, stds, seconds, epochs, n_seeds, shape, figures):
-    table = means.map(lambda v: f"{v:.3f}") + stds.map(lambda v: f" ± {v:.3f}", na_action="ignore").fillna("")
+    table = means.map(lambda v: f"{v:.3f}") + stds.map(lambda v: "" if pd.isna(v) else f" ± {v:.3f}")
     table["training time (s)"] = [f"{np.mean(seconds[name]):.1f}" for name in table.index]
     original = pd.DataFrame(ORIGINAL, index=["ARI", "NMI"]).T
     packages = ["skvae", "torch", "numpy", "scipy", "scikit-learn", "pandas", "matplotlib"]
