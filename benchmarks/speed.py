@@ -36,8 +36,8 @@ import torch
 
 from skvae import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder
 from skvae.datasets import fetch_pbmc3k
-from skvae.study.evaluation import latent_scores, tsne_kmeans_scores
 from skvae.preprocessing import ClippedStandardScaler, HighlyVariableGenes, LogNormalizer
+from skvae.study.evaluation import latent_scores, tsne_kmeans_scores
 
 # Every core, as the plain torch loop and scVI use (torch's default): a like-for-like comparison on an idle machine.
 THREADS = -1
@@ -149,7 +149,7 @@ def count_likelihood_speed(pbmc, *, epochs, batch_size=256):
         scaled = ClippedStandardScaler().fit_transform(LogNormalizer().fit_transform(counts)).astype(np.float32)
         print(f"\n== {label}: {counts.shape[0]} cells x {counts.shape[1]} genes, batch {batch_size}, "
               f"{epochs} epochs; s/epoch (steady state)")
-        for name, (cls, params) in MODELS.items():
+        for cls, params in MODELS.values():
             cells = []
             for likelihood in ("gaussian", "poisson", "nb", "zinb"):
                 X = scaled if likelihood == "gaussian" else counts

@@ -66,13 +66,14 @@ def read_save(path):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
-    except Exception as exc:  # torch.load raises many kinds for foreign or truncated files
+    except Exception as exc:  # noqa: BLE001 -- torch.load raises many kinds for foreign or truncated files
         raise ValueError(f"{path} is not a skvae save (or it is damaged): {type(exc).__name__}: {exc}") from None
     if not isinstance(state, dict) or state.get("format") != SAVE_FORMAT:
         raise ValueError(f"{path} is not a skvae save (or it is damaged): no {SAVE_FORMAT!r} header.")
     for field, kind in _FIELDS.items():
-        if not isinstance(state.get(field), kind):
-            raise ValueError(f"{path} is not a skvae save (or it is damaged): field {field!r} is missing or malformed.")
+        if not isinstance(state.get(field), kind):  # the file is wrong, not an argument: a ValueError
+            message = f"{path} is not a skvae save (or it is damaged): field {field!r} is missing or malformed."
+            raise ValueError(message)  # noqa: TRY004
     if not all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state["state_dict"].items()):
         raise ValueError(f"{path} is not a skvae save (or it is damaged): its weights are not all tensors.")
     return state

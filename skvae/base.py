@@ -20,11 +20,11 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
-from ._threads import limited_threads
 from ._persistence import SAVE_FORMAT, atomic_torch_save, read_save, to_builtins
+from ._threads import limited_threads
 from .nn.likelihoods import LIKELIHOODS
-from .train.rows import ShiftedSparseRowSource, iter_batches, make_row_source
 from .train.loop import mean_loss, train
+from .train.rows import ShiftedSparseRowSource, iter_batches, make_row_source
 
 # Rows per forward pass at inference: large enough to amortise the per-call overhead,
 # small enough that a dense block of 10^4-10^5 genes stays well under a GB.

@@ -6,12 +6,11 @@ import os
 import shutil
 import tarfile
 import tempfile
+import time
 import urllib.request
+import zlib
 from importlib import resources
 from pathlib import Path
-
-import time
-import zlib
 
 import numpy as np
 import pandas as pd

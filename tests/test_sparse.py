@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from skvae.train.rows import make_row_source
-from skvae.nn.likelihoods import linear_squared_error, squared_error
 from skvae.nn.layers import InputLinear
+from skvae.nn.likelihoods import linear_squared_error, squared_error
 from skvae.nn.sparse import ShiftedSparseRows
+from skvae.train.rows import make_row_source
 
 
 @st.composite

@@ -11,11 +11,11 @@ import pytest
 from sklearn.pipeline import make_pipeline
 
 from skvae import AutoencoderEmbedder
-from skvae.study.cli import main
 from skvae.datasets import fetch_pbmc3k
-from skvae.study.evaluation import latent_scores
 from skvae.preprocessing import ClippedStandardScaler, LogNormalizer
 from skvae.study import run_study
+from skvae.study.cli import main
+from skvae.study.evaluation import latent_scores
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.py"))
 # what each example must print: its result, not just something

@@ -21,7 +21,6 @@ import torch
 from torch.autograd import Function
 
 
-
 class _ShiftedSparseLinear(Function):
     """``(values + shift) @ weight + bias`` with ``weight`` stored (in, out).
 

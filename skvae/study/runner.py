@@ -24,6 +24,7 @@ from sklearn.utils import check_scalar
 
 from ..datasets import fetch_pbmc3k
 from ..estimators import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder
+from ..preprocessing import ClippedStandardScaler, LogNormalizer
 from .evaluation import evaluate_embedding
 from .plotting import (
     plot_embedding,
@@ -31,7 +32,6 @@ from .plotting import (
     plot_spike_probabilities,
     plot_training_history,
 )
-from ..preprocessing import ClippedStandardScaler, LogNormalizer
 
 N_COMPONENTS = 6
 PERPLEXITY = 40.0

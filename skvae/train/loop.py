@@ -139,7 +139,7 @@ def train(
     if val_rows is not None:
         history["val_loss"] = []
     best_val, best_state, epochs_no_improve = math.inf, None, 0
-    finished_state, stopped_early = None, False
+    finished_state = None
 
     for epoch in range(1, max_epochs + 1):
         start = time.perf_counter()
@@ -191,7 +191,6 @@ def train(
         if val_rows is not None and epochs_no_improve >= n_iter_no_change:
             if verbose > 0:
                 print(f"Validation loss did not improve by {tol} for {n_iter_no_change} epochs: stopping.")
-            stopped_early = True
             break
         # kept so that an interrupted epoch can fall back to it (the size of the weights, once)
         finished_state = {key: value.detach().clone() for key, value in module.state_dict().items()}
