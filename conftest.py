@@ -22,7 +22,7 @@ import socket
 import pytest
 from _pytest.doctest import DoctestItem
 
-from skvae.datasets import PBMC3K_SHA256, _find, get_data_home
+from skvae.datasets import _local_pbmc3k, _pbmc3k_folders, get_data_home
 
 # doctests that read PBMC3k (they call these)
 _DATA_CALLS = ("fetch_pbmc3k(", "run_study(")
@@ -31,14 +31,15 @@ _DATA_CALLS = ("fetch_pbmc3k(", "run_study(")
 @functools.cache
 def _pbmc3k_unavailable():
     """Why PBMC3k cannot be had here, or None: it is on disk, or its server can be reached."""
-    folder = get_data_home() / "pbmc3k"
-    if all(_find(folder, name) for name in PBMC3K_SHA256):
+    home = get_data_home()
+    if _local_pbmc3k(home) is not None:
         return None
     try:
         socket.create_connection(("cf.10xgenomics.com", 443), timeout=3).close()
         return None
     except OSError:
-        return (f"PBMC3k is not in {folder} and cf.10xgenomics.com cannot be reached: set SKVAE_DATA to a folder "
+        searched = "; ".join(str(folder) for folder in _pbmc3k_folders(home))
+        return (f"PBMC3k is not in {searched} and cf.10xgenomics.com cannot be reached: set SKVAE_DATA to a folder "
                 "that holds pbmc3k/ (matrix.mtx, genes.tsv, barcodes.tsv), or allow the download.")
 
 

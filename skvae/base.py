@@ -23,6 +23,7 @@ from sklearn.utils.validation import check_is_fitted, check_non_negative, valida
 from ._persistence import SAVE_FORMAT, atomic_torch_save, read_save, to_builtins
 from ._threads import limited_threads
 from .nn.likelihoods import LIKELIHOODS
+from .preprocessing import _is_integer_valued
 from .train.loop import mean_loss, train
 from .train.rows import ShiftedSparseRowSource, iter_batches, make_row_source
 
@@ -30,8 +31,6 @@ from .train.rows import ShiftedSparseRowSource, iter_batches, make_row_source
 # small enough that a dense block of 10^4-10^5 genes stays well under a GB.
 _INFERENCE_BATCH_SIZE = 2048
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-# Rows per block when scanning dense input for non-integer counts, so no temporary is the size of X.
-_SCAN_ROWS = 4096
 
 
 class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator, metaclass=ABCMeta):
@@ -440,12 +439,6 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         tags.input_tags.positive_only = self.likelihood in LIKELIHOODS and self._models_counts
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
-
-
-def _is_integer_valued(X):
-    """Whether every value of X is a whole number, scanned in blocks so no temporary is the size of X."""
-    values = X.data if sp.issparse(X) else X
-    return not any((block != np.round(block)).any() for block in np.array_split(values, max(1, len(values) // _SCAN_ROWS)))
 
 
 def _looks_like_raw_counts(X):

@@ -66,8 +66,9 @@ def _find(folder, *names):
     return None
 
 
-def _open_text(path):
-    return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
+def _open_binary(path):
+    """The file's content, uncompressed for ``.gz`` files."""
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
 def read_10x_mtx(path):
@@ -129,7 +130,7 @@ def _read_10x_files(matrix, genes, barcodes):
 def _read_counts(path):
     """The matrix of a MatrixMarket file (sparse "coordinate" or dense "array") as cells x genes float32 CSR."""
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as stream:
+        with _open_binary(path) as stream:
             matrix = scipy.io.mmread(stream)
     except (ValueError, IndexError, *_READ_ERRORS) as exc:
         raise ValueError(f"{path} is not a readable MatrixMarket file: {exc}") from None
@@ -168,7 +169,7 @@ def _make_unique(names):
 def _sha256(path):
     """sha256 of a file's content, of the uncompressed content for ``.gz`` files."""
     digest = hashlib.sha256()
-    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as stream:
+    with _open_binary(path) as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -231,6 +232,12 @@ def _pbmc3k_folders(home):
     """Where PBMC3k's files may be: skvae's layout, the folder itself, 10x's extracted tarball."""
     tarball = Path("filtered_gene_bc_matrices") / "hg19"
     return [home / "pbmc3k", home, home / "pbmc3k" / tarball, home / tarball]
+
+
+def _local_pbmc3k(home):
+    """The first of :func:`_pbmc3k_folders` that holds all three files, or None."""
+    return next((folder for folder in _pbmc3k_folders(home) if all(_find(folder, name) for name in PBMC3K_SHA256)),
+                None)
 
 
 def _not_found_message(searched, why):
@@ -301,9 +308,9 @@ def fetch_pbmc3k(data_home=None, *, download_if_missing=True, qc=True):
     ((2638, 13714), 9)
     """
     home = get_data_home(data_home)
-    searched = _pbmc3k_folders(home)
-    folder = next((f for f in searched if all(_find(f, name) for name in PBMC3K_SHA256)), None)
+    folder = _local_pbmc3k(home)
     if folder is None:
+        searched = _pbmc3k_folders(home)
         folder = home / "pbmc3k"
         if not download_if_missing:
             raise OSError(_not_found_message(searched, "download_if_missing=False"))

@@ -33,6 +33,12 @@ def _per_cell_sum(X):
     return X.sum(axis=1, dtype=np.float64)
 
 
+def _is_integer_valued(X):
+    """Whether every value of X is a whole number, scanned in blocks so no temporary is the size of X."""
+    values = X.data if sp.issparse(X) else X
+    return not any((block != np.round(block)).any() for block in np.array_split(values, max(1, len(values) // _ROWS_PER_BLOCK)))
+
+
 def _n_nonzero(X, axis):
     return X.getnnz(axis=axis) if sp.issparse(X) else np.count_nonzero(X, axis=axis)
 
@@ -394,8 +400,7 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
         """
         X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], ensure_min_samples=2)
         check_non_negative(X, "HighlyVariableGenes")
-        values = X.data if sp.issparse(X) else X
-        if (values != np.round(values)).any():
+        if not _is_integer_valued(X):
             warnings.warn(
                 "HighlyVariableGenes ranks genes by the variance of their raw counts (Seurat's vst), but X has "
                 "non-integer values: log-normalised input selects other genes. Put it first in a Pipeline, "

@@ -574,10 +574,12 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
 _BLOCK_ENTRIES = 2**18
 
 
-def _row_blocks(n_rows, n_columns):
-    """Slices of consecutive rows with about ``_BLOCK_ENTRIES`` entries each."""
-    step = max(1, _BLOCK_ENTRIES // max(1, n_columns))
-    return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
+def _row_blocks(block):
+    """Slices of consecutive rows of ``block`` with about ``_BLOCK_ENTRIES`` entries each, and a work
+    buffer of the size of the largest."""
+    n_rows, n_columns = block.shape
+    step = min(n_rows, max(1, _BLOCK_ENTRIES // max(1, n_columns)))
+    return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)], block.new_empty(step, n_columns)
 
 
 class _NegativeBinomialSparseNLL(Function):
@@ -602,8 +604,8 @@ class _NegativeBinomialSparseNLL(Function):
         library = log_library.exp()
         n_rows = len(scale)
         row_max, exp_total, zero_loglik = (scale.new_empty(n_rows) for _ in range(3))
-        buffer = scale.new_empty(min(n_rows, max(1, _BLOCK_ENTRIES // max(1, scale.shape[1]))), scale.shape[1])
-        for block in _row_blocks(n_rows, scale.shape[1]):
+        blocks, buffer = _row_blocks(scale)
+        for block in blocks:
             values = scale[block]
             work = buffer[: len(values)]
             row_max[block] = values.amax(dim=1)
@@ -634,9 +636,9 @@ class _NegativeBinomialSparseNLL(Function):
         stored_row_sums = torch.zeros_like(weight).index_add_(0, rows, stored_grad)
         grad_scale = torch.empty_like(scale)
         log1p_sum, share_sum = theta.new_zeros(len(theta)), theta.new_zeros(len(theta))
-        exp_block = scale.new_empty(min(len(scale), max(1, _BLOCK_ENTRIES // max(1, scale.shape[1]))), scale.shape[1])
+        blocks, exp_block = _row_blocks(scale)
         log1p_block = torch.empty_like(exp_block)
-        for block in _row_blocks(len(scale), scale.shape[1]):
+        for block in blocks:
             e, log1p_ratio, grad = exp_block[: block.stop - block.start], log1p_block[: block.stop - block.start], grad_scale[block]
             torch.sub(scale[block], row_max[block, None], out=e).exp_()
             torch.mul(e, (library[block] / exp_total[block])[:, None], out=grad).div_(theta)  # mu / theta

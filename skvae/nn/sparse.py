@@ -230,20 +230,23 @@ def _row_of_each_value(csr):
 
 def _with_values(csr, values):
     """A CSR tensor with the structure of ``csr`` and other ``values``."""
+    return _csr_tensor(csr.crow_indices(), csr.col_indices(), values, csr.shape)
+
+
+def _csr_tensor(crow_indices, col_indices, values, size, device=None):
+    """``torch.sparse_csr_tensor`` of a structure known to be valid, without torch's beta warning."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
-        return torch.sparse_csr_tensor(csr.crow_indices(), csr.col_indices(), values, size=csr.shape,
+        return torch.sparse_csr_tensor(crow_indices, col_indices, values, size=size, device=device,
                                        check_invariants=False)
 
 
 def _torch_csr(block, device):
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(block.indptr),
-            torch.from_numpy(block.indices.astype(block.indptr.dtype, copy=False)),
-            torch.from_numpy(block.data),
-            size=block.shape,
-            device=device,
-            check_invariants=False,  # scipy's CSR is valid by construction
-        )
+    # scipy's CSR is valid by construction
+    return _csr_tensor(
+        torch.from_numpy(block.indptr),
+        torch.from_numpy(block.indices.astype(block.indptr.dtype, copy=False)),
+        torch.from_numpy(block.data),
+        block.shape,
+        device,
+    )

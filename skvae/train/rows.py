@@ -164,7 +164,8 @@ def make_row_source(X, *, algorithm="auto", center=True, dtype=np.float32, devic
         return ShiftedSparseRowSource(X, np.zeros(X.shape[1]), dtype=dtype, device=device, with_transpose=with_transpose)
     shift, n_off = np.zeros(X.shape[1], X.dtype), 0
     # column blocks: the temporaries are the size of a block, not of X
-    for columns in gen_batches(X.shape[1], max(1, _BLOCK_ENTRIES // max(1, X.shape[0]))):
+    column_blocks = list(gen_batches(X.shape[1], max(1, _BLOCK_ENTRIES // max(1, X.shape[0]))))
+    for columns in column_blocks:
         block = X[:, columns]
         if center:  # a column that is mostly one value (0 for counts, -mean / sd once scaled) has it as its median
             shift[columns] = np.partition(block, X.shape[0] // 2, axis=0)[X.shape[0] // 2]
@@ -173,8 +174,7 @@ def make_row_source(X, *, algorithm="auto", center=True, dtype=np.float32, devic
         return DenseRowSource(X, dtype=dtype, device=device)
     # x - x is exactly 0, so the background entries are not stored
     values = sp.hstack([sp.csr_matrix((X[:, columns] - shift[columns]).astype(dtype, copy=False))
-                        for columns in gen_batches(X.shape[1], max(1, _BLOCK_ENTRIES // max(1, X.shape[0])))],
-                       format="csr")
+                        for columns in column_blocks], format="csr")
     return ShiftedSparseRowSource(values, shift, dtype=dtype, device=device, with_transpose=with_transpose)
 
 
