@@ -16,6 +16,9 @@ def test_study_command_rejects_unknown_models_and_bad_counts(capsys):
     assert "choose among pca, ae, vae, vsc" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["study", "--epochs", "0"])
+    with pytest.raises(SystemExit):
+        main(["study", "--n-jobs", "0"])
+    assert "must be a positive number of threads or -1" in capsys.readouterr().err
 
 
 def _one_error_line(capsys):

@@ -59,7 +59,8 @@ def test_study_command_writes_the_report(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [({"models": ["pca", "umap"]}, "choose among pca, ae, vae, vsc"), ({"models": []}, "choose among"),
-     ({"epochs": 0}, "epochs == 0, must be >= 1"), ({"n_seeds": 0}, "n_seeds == 0, must be >= 1")],
+     ({"epochs": 0}, "epochs == 0, must be >= 1"), ({"n_seeds": 0}, "n_seeds == 0, must be >= 1"),
+     ({"n_jobs": 0}, "n_jobs must be None, a positive number"), ({"n_jobs": 1.5}, "n_jobs must be None")],
 )
 def test_run_study_rejects_bad_arguments_before_any_work(arguments, message, tmp_path):
     out = tmp_path / "report"

@@ -154,6 +154,8 @@ def run_study(*, epochs=200, models=tuple(MODELS), n_seeds=3, out="skvae-report"
     """
     check_scalar(epochs, "epochs", Integral, min_val=1)
     check_scalar(n_seeds, "n_seeds", Integral, min_val=1)
+    if n_jobs is not None and (not isinstance(n_jobs, Integral) or n_jobs == 0):
+        raise ValueError(f"n_jobs must be None, a positive number of threads or -1 (every core), got {n_jobs!r}.")
     models = _check_models(models)
     out = _check_report_folder(Path(out))
     say = print if verbose else (lambda *args, **kwargs: None)
