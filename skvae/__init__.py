@@ -1,7 +1,17 @@
 """skvae: scikit-learn embedders for single-cell expression built on neural autoencoders."""
 
-from .estimators import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder
+from . import tl
+from .estimators import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder, PosteriorCollapseWarning
+from .recipes import make_count_embedder
 
 __version__ = "0.1.0"
 
-__all__ = ["AutoencoderEmbedder", "BetaVAEEmbedder", "BetaVSCEmbedder", "__version__"]
+__all__ = [
+    "AutoencoderEmbedder",
+    "BetaVAEEmbedder",
+    "BetaVSCEmbedder",
+    "PosteriorCollapseWarning",
+    "__version__",
+    "make_count_embedder",
+    "tl",
+]

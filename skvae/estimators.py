@@ -4,6 +4,7 @@ Each class holds its docstring, its extra parameters and the torch module it
 trains; everything else lives in :class:`skvae.base.BaseEmbedder`.
 """
 
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -15,6 +16,32 @@ from sklearn.utils.validation import check_is_fitted
 from ._threads import limited_threads
 from .base import BaseEmbedder
 from .nn.models import Autoencoder, SparseCodingVAE, VariationalAutoencoder
+from .train.rows import is_backed_sparse
+
+# A latent dimension is active when its posterior mean varies across cells with at least this
+# variance: a hundredth of the prior's (Burda, Grosse and Salakhutdinov, 2016).
+ACTIVITY_THRESHOLD = 0.01
+# Rows of the training data, evenly spaced, on which activity is measured after fit
+_ACTIVITY_ROWS = 10_000
+
+
+def _fewest_active(n_components):
+    """Active dimensions below which fit warns of a collapse: half of them, and at least one."""
+    return max(1, n_components // 2)
+
+
+class PosteriorCollapseWarning(UserWarning):
+    """A variational model's codes carry (almost) nothing: few latent dimensions are active.
+
+    ``fit`` issues it; turn it into an error with
+    ``warnings.simplefilter("error", PosteriorCollapseWarning)``.
+
+    Examples
+    --------
+    >>> from skvae import PosteriorCollapseWarning
+    >>> issubclass(PosteriorCollapseWarning, UserWarning)
+    True
+    """
 
 _SHARED_PARAMETERS = """\
     n_components : int, default=6
@@ -35,11 +62,19 @@ _SHARED_PARAMETERS = """\
         learned per-gene dispersion ("nb", as scVI), or a zero-inflated negative
         binomial with decoded dropout logits ("zinb", as scVI and DCA). For count
         likelihoods :meth:`inverse_transform` returns normalised expression
-        (proportions times 1e4)."""
+        (proportions times 1e4).
+
+    batch_norm : bool, default=False
+        Batch normalisation between each hidden linear layer (but the encoder's
+        input layer) and its ReLU, as in scVI. Helps count models train.
+
+    dropout : float, default=0.0
+        Share of the hidden units' outputs dropped in training (scVI: 0.1)."""
 
 _TRAINING_PARAMETERS = """\
     batch_size : int, default=256
-        Cells per minibatch.
+        Cells per minibatch; in a data-parallel run (``torchrun``, see the
+        "Scaling up" guide), per minibatch of all processes together.
 
     learning_rate : float, default=1e-3
         Adam's step size.
@@ -77,8 +112,9 @@ _TRAINING_PARAMETERS = """\
         their gene's median.
 
     device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
-        Where to train: "auto" takes CUDA when available. The fitted module is
-        moved to CPU; transform runs there.
+        Where to train: "auto" takes CUDA when available (in a process started
+        by ``torchrun``, the GPU ``LOCAL_RANK``). The fitted module is moved to
+        CPU; transform runs there.
     n_jobs : int, default=None
         Threads for training and inference: torch's and those of the BLAS and
         OpenMP libraries, limited during each call and restored after it. As in
@@ -90,13 +126,32 @@ _TRAINING_PARAMETERS = """\
     verbose : int, default=0
         Print one line per epoch (losses and time) when > 0."""
 
+_WARMUP_PARAMETER = """\
+    kl_warmup_epochs : int, default=0
+        Epochs over which the KL weight rises linearly from 0 to ``beta``
+        (0 in the first epoch, ``beta`` from epoch ``kl_warmup_epochs + 1``). The
+        code first learns to reconstruct, then is pulled towards the prior, which
+        keeps count models from collapsing. Early stopping waits for the warm-up,
+        and the validation loss always weighs the KL term by ``beta``."""
+
+_ACTIVITY_ATTRIBUTES = """\
+    active_components_ : ndarray of bool of shape (n_components,)
+        Which latent dimensions are active: their posterior mean varies across
+        the training cells (up to 10,000, evenly spaced) with variance above 0.01,
+        a hundredth of the prior's (Burda et al., 2016). ``fit`` warns with a
+        :class:`PosteriorCollapseWarning` when fewer than half are active.
+
+    n_active_components_ : int
+        Number of active latent dimensions."""
+
 _FITTED_ATTRIBUTES = """\
     module_ : torch.nn.Module
         The trained network, on CPU.
 
     history_ : dict of list of float
-        Per-epoch mean training ``loss`` per cell and its ``reconstruction`` and
-        ``kl`` parts; ``val_loss`` too with early stopping.
+        Per-epoch mean training ``loss`` per cell, its ``reconstruction`` and
+        ``kl`` parts and the epoch's ``kl_weight``; ``val_loss`` too with early
+        stopping.
 
     n_iter_ : int
         Number of epochs run.
@@ -117,7 +172,11 @@ def _docstring(template):
 
     def decorate(cls):
         cls.__doc__ = template.format(
-            shared=_SHARED_PARAMETERS, training=_TRAINING_PARAMETERS, fitted=_FITTED_ATTRIBUTES
+            shared=_SHARED_PARAMETERS,
+            training=_TRAINING_PARAMETERS,
+            fitted=_FITTED_ATTRIBUTES,
+            warmup=_WARMUP_PARAMETER,
+            activity=_ACTIVITY_ATTRIBUTES,
         )
         return cls
 
@@ -158,8 +217,8 @@ def _docstring(template):
     """
 )
 class AutoencoderEmbedder(BaseEmbedder):
-    def _build_module(self, n_features, hidden_layer_sizes, likelihood):
-        return Autoencoder(n_features, self.n_components, hidden_layer_sizes, likelihood=likelihood)
+    def _build_module(self, n_features, hidden_layer_sizes, **options):
+        return Autoencoder(n_features, self.n_components, hidden_layer_sizes, **options)
 
 
 class _VariationalEmbedder(BaseEmbedder):
@@ -168,10 +227,39 @@ class _VariationalEmbedder(BaseEmbedder):
     _parameter_constraints = {
         **BaseEmbedder._parameter_constraints,
         "beta": [Interval(Real, 0, None, closed="left")],
+        "kl_warmup_epochs": [Interval(Integral, 0, None, closed="left")],
     }
+    _saved_attributes = ("active_components_",)
 
     def _kl_weight(self):
         return self.beta
+
+    def _kl_warmup_epochs(self):
+        return self.kl_warmup_epochs
+
+    def _check_active_components(self, X, warn=True):
+        # Burda et al.'s activity: the variance across cells of a dimension's posterior mean
+        rows = X
+        if X.shape[0] > _ACTIVITY_ROWS or is_backed_sparse(X):  # a file on disk: these rows read into memory
+            rows = X[np.unique(np.linspace(0, X.shape[0] - 1, min(X.shape[0], _ACTIVITY_ROWS)).astype(int))]
+        activity = self._map_rows("embed", rows).var(axis=0)
+        self.active_components_ = activity > ACTIVITY_THRESHOLD
+        n_active = int(self.active_components_.sum())
+        if warn and n_active < _fewest_active(self.n_components):
+            warnings.warn(
+                f"Posterior collapse: {n_active} of the {self.n_components} latent dimensions are active (their "
+                f"posterior mean varies across cells with variance above {ACTIVITY_THRESHOLD}; the largest is "
+                f"{activity.max():.2g}), so the codes carry little of the data. The KL term, weighted by "
+                f"beta={self.beta}, won over the reconstruction: lower beta, or warm the KL weight up from 0 "
+                f"over more epochs (kl_warmup_epochs={self.kl_warmup_epochs}).",
+                PosteriorCollapseWarning,
+                stacklevel=4,
+            )
+
+    @property
+    def n_active_components_(self):
+        """Number of active latent dimensions (see ``active_components_``)."""
+        return int(self.active_components_.sum())
 
     def sample(self, n_samples=1, *, random_state=None):
         """Generate expression profiles by decoding codes drawn from the prior.
@@ -211,11 +299,15 @@ class _VariationalEmbedder(BaseEmbedder):
         Weight of the KL term: larger values give smoother, more disentangled
         and less detailed codes; 0 gives a noisy autoencoder.
 
+{warmup}
+
 {training}
 
     Attributes
     ----------
 {fitted}
+
+{activity}
 
     See Also
     --------
@@ -246,7 +338,10 @@ class BetaVAEEmbedder(_VariationalEmbedder):
         *,
         hidden_layer_sizes=(128, 32, 16),
         likelihood="gaussian",
+        batch_norm=False,
+        dropout=0.0,
         beta=1.0,
+        kl_warmup_epochs=0,
         batch_size=256,
         learning_rate=1e-3,
         max_epochs=200,
@@ -264,6 +359,8 @@ class BetaVAEEmbedder(_VariationalEmbedder):
             n_components,
             hidden_layer_sizes=hidden_layer_sizes,
             likelihood=likelihood,
+            batch_norm=batch_norm,
+            dropout=dropout,
             batch_size=batch_size,
             learning_rate=learning_rate,
             max_epochs=max_epochs,
@@ -278,9 +375,10 @@ class BetaVAEEmbedder(_VariationalEmbedder):
             verbose=verbose,
         )
         self.beta = beta
+        self.kl_warmup_epochs = kl_warmup_epochs
 
-    def _build_module(self, n_features, hidden_layer_sizes, likelihood):
-        return VariationalAutoencoder(n_features, self.n_components, hidden_layer_sizes, likelihood=likelihood)
+    def _build_module(self, n_features, hidden_layer_sizes, **options):
+        return VariationalAutoencoder(n_features, self.n_components, hidden_layer_sizes, **options)
 
 
 @_docstring(
@@ -309,11 +407,15 @@ class BetaVAEEmbedder(_VariationalEmbedder):
     spike_sharpness : float, default=50.0
         Sharpness ``c`` of the sigmoid selection in the reparameterisation.
 
+{warmup}
+
 {training}
 
     Attributes
     ----------
 {fitted}
+
+{activity}
 
     See Also
     --------
@@ -350,9 +452,12 @@ class BetaVSCEmbedder(_VariationalEmbedder):
         *,
         hidden_layer_sizes=(128, 32, 16),
         likelihood="gaussian",
+        batch_norm=False,
+        dropout=0.0,
         beta=1.0,
         prior_sparsity=0.5,
         spike_sharpness=50.0,
+        kl_warmup_epochs=0,
         batch_size=256,
         learning_rate=1e-3,
         max_epochs=200,
@@ -370,6 +475,8 @@ class BetaVSCEmbedder(_VariationalEmbedder):
             n_components,
             hidden_layer_sizes=hidden_layer_sizes,
             likelihood=likelihood,
+            batch_norm=batch_norm,
+            dropout=dropout,
             batch_size=batch_size,
             learning_rate=learning_rate,
             max_epochs=max_epochs,
@@ -384,17 +491,18 @@ class BetaVSCEmbedder(_VariationalEmbedder):
             verbose=verbose,
         )
         self.beta = beta
+        self.kl_warmup_epochs = kl_warmup_epochs
         self.prior_sparsity = prior_sparsity
         self.spike_sharpness = spike_sharpness
 
-    def _build_module(self, n_features, hidden_layer_sizes, likelihood):
+    def _build_module(self, n_features, hidden_layer_sizes, **options):
         return SparseCodingVAE(
             n_features,
             self.n_components,
             hidden_layer_sizes,
             prior_spike=self.prior_sparsity,
             sharpness=self.spike_sharpness,
-            likelihood=likelihood,
+            **options,
         )
 
     def spike_probabilities(self, X):

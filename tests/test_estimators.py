@@ -12,7 +12,7 @@ from sklearn.manifold import TSNE
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
-from skvae import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder
+from skvae import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder, PosteriorCollapseWarning
 
 ESTIMATORS = [AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder]
 SMALL = dict(n_components=3, hidden_layer_sizes=(32, 16, 8), batch_size=32, max_epochs=15, random_state=0)
@@ -39,7 +39,7 @@ def fitted(request, data):
 def test_fitted_attributes(fitted, data):
     assert fitted.n_features_in_ == data.shape[1]
     assert fitted.n_iter_ == SMALL["max_epochs"] == len(fitted.history_["loss"])
-    assert set(fitted.history_) == {"loss", "reconstruction", "kl"}
+    assert set(fitted.history_) == {"loss", "reconstruction", "kl", "kl_weight"}
     assert next(fitted.module_.parameters()).device.type == "cpu"
     assert not fitted.module_.training
 
@@ -295,3 +295,64 @@ def test_non_finite_loss_stops_with_a_clear_error():
     X[::2] = -1e25
     with pytest.raises(ValueError, match="Training diverged at epoch 1: the training loss became .*learning_rate"):
         AutoencoderEmbedder(**SMALL).fit(X)
+
+
+def _two_groups(n=200, n_features=20, seed=0):
+    rng = np.random.RandomState(seed)
+    groups = rng.randint(2, size=n)
+    return rng.normal(size=(n, n_features)) + 4.0 * groups[:, None], groups
+
+
+@pytest.mark.parametrize("cls", [BetaVAEEmbedder, BetaVSCEmbedder])
+def test_a_collapsed_posterior_warns_and_is_counted(cls):
+    X, _ = _two_groups()
+    # a KL weight that dwarfs the reconstruction pulls every posterior onto the prior
+    with pytest.warns(PosteriorCollapseWarning, match=r"0 of the 3 latent dimensions are active.*beta=10000"):
+        estimator = cls(**{**SMALL, "beta": 1e4, "max_epochs": 40}).fit(X)
+    assert estimator.n_active_components_ == 0 and estimator.active_components_.tolist() == [False] * 3
+    assert estimator.transform(X).var(axis=0).max() < 0.01
+
+
+@pytest.mark.parametrize("cls", [BetaVAEEmbedder, BetaVSCEmbedder])
+def test_a_model_that_uses_its_code_does_not_warn(cls, recwarn):
+    X, _ = _two_groups()
+    estimator = cls(**{**SMALL, "n_components": 2, "beta": 0.1, "max_epochs": 40}).fit(X)
+    assert not [w for w in recwarn if issubclass(w.category, PosteriorCollapseWarning)]
+    assert estimator.n_active_components_ >= 1
+    codes = estimator.transform(X)
+    assert np.allclose(estimator.active_components_, codes.var(axis=0) > 0.01)
+
+
+def test_the_autoencoder_has_no_activity_attributes(data):
+    assert not hasattr(AutoencoderEmbedder(**SMALL).fit(data), "active_components_")
+
+
+def test_activity_survives_save_and_load(tmp_path):
+    X, _ = _two_groups()
+    estimator = BetaVAEEmbedder(**{**SMALL, "beta": 0.1}).fit(X)
+    estimator.save(tmp_path / "vae.pt")
+    loaded = BetaVAEEmbedder.load(tmp_path / "vae.pt")
+    np.testing.assert_array_equal(loaded.active_components_, estimator.active_components_)
+    assert loaded.n_active_components_ == estimator.n_active_components_
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS)
+def test_batch_norm_and_dropout_train_reproducibly_and_leave_global_rngs_alone(cls, data, tmp_path):
+    params = {**SMALL, "batch_norm": True, "dropout": 0.2}
+    torch_state = torch.get_rng_state().clone()
+    first = cls(**params).fit(data)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in first.module_.modules())
+    assert any(isinstance(m, torch.nn.Dropout) for m in first.module_.modules())
+    np.testing.assert_array_equal(first.transform(data), cls(**params).fit(data).transform(data))
+    # dropout is off at inference, so transform is deterministic; batch norm's statistics are saved
+    np.testing.assert_array_equal(first.transform(data), first.transform(data))
+    first.save(tmp_path / "model.pt")
+    np.testing.assert_array_equal(cls.load(tmp_path / "model.pt").transform(data), first.transform(data))
+
+
+def test_kl_warmup_is_recorded_in_the_history(data):
+    estimator = BetaVAEEmbedder(**{**SMALL, "beta": 2.0, "kl_warmup_epochs": 10}).fit(data)
+    weights = estimator.history_["kl_weight"]
+    assert weights[0] == 0.0 and weights[5] == pytest.approx(1.0) and weights[10:] == [2.0] * 5
+    assert AutoencoderEmbedder(**SMALL).fit(data).history_["kl_weight"] == [0.0] * SMALL["max_epochs"]

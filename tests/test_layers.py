@@ -43,3 +43,28 @@ def test_decoder_has_one_head_per_name_in_order():
     outputs = decoder(torch.randn(3, 2))
     assert list(outputs) == ["scale", "dropout"] and all(o.shape == (3, 10) for o in outputs.values())
     assert list(Decoder(2, (16, 8), 10)(torch.randn(3, 2))) == ["mean"]
+
+
+def test_linear_stack_with_batch_norm_and_dropout_puts_them_in_scvi_order():
+    stack = linear_stack([5, 4, 3], batch_norm=True, dropout=0.1)
+    names = [type(layer).__name__ for layer in stack]
+    assert names == ["Linear", "BatchNorm1d", "ReLU", "Dropout"] * 2
+    assert stack[3].p == 0.1
+    assert [type(layer).__name__ for layer in linear_stack([5, 4], dropout=0.0)] == ["Linear", "ReLU"]
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_encoder_merge_holds_with_batch_norm_in_eval_mode(sparse):
+    torch.manual_seed(0)
+    encoder = Encoder(30, (16, 8, 4), 2, ["mu"], batch_norm=True, dropout=0.5).double()
+    block = sp.random(40, 30, density=0.3, format="csr", random_state=0)
+    x = ShiftedSparseRows.from_scipy(block, np.zeros(30), dtype=np.float64) if sparse else torch.from_numpy(block.toarray())
+    encoder.train()
+    encoder(x)  # moves the running statistics off their initial values
+    encoder.eval()
+    expected = encoder(x)["mu"].detach()  # with grad enabled: the unmerged path
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(x)["mu"], expected)
+    # in eval mode each row's code depends on that row only
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(torch.from_numpy(block[:1].toarray()))["mu"], expected[:1])

@@ -1,15 +1,17 @@
-"""The training loop: divergence is an error, early stopping says when it ran out, Ctrl-C keeps an epoch."""
+"""The training loop: divergence is an error, early stopping says when it ran out, Ctrl-C keeps an epoch, KL warm-up."""
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from sklearn.exceptions import ConvergenceWarning
 
 import skvae.train.loop
 import skvae.train.rows
 from skvae import AutoencoderEmbedder, BetaVAEEmbedder
-from skvae.nn.models import Autoencoder
-from skvae.train.loop import train
+from skvae.nn.models import Autoencoder, VariationalAutoencoder
+from skvae.train.loop import kl_warmup_weight, train
 from skvae.train.rows import make_row_source
 
 SMALL = dict(n_components=2, hidden_layer_sizes=(16, 8), batch_size=16, random_state=0)
@@ -47,9 +49,9 @@ def _interrupting(after_batches):
     """A minibatch iterator that raises KeyboardInterrupt once ``after_batches`` batches were given."""
     given = 0
 
-    def iterate(source, batch_size, *, order=None):
+    def iterate(source, indices):
         nonlocal given
-        for batch in skvae.train.rows.iter_batches(source, batch_size, order=order):
+        for batch in skvae.train.rows.batches(source, indices):
             if given == after_batches:
                 raise KeyboardInterrupt
             given += 1
@@ -70,7 +72,7 @@ def test_keyboard_interrupt_keeps_the_model_of_the_last_finished_epoch(data, mon
         return module, history
 
     two_epochs, _ = run(2)
-    monkeypatch.setattr(skvae.train.loop, "iter_batches", _interrupting(after_batches=4 * 2 + 1))  # mid epoch 3
+    monkeypatch.setattr(skvae.train.loop, "batches", _interrupting(after_batches=4 * 2 + 1))  # mid epoch 3
     with pytest.warns(UserWarning, match="interrupted during epoch 3: keeping the model of epoch 2"):
         interrupted, history = run(10)
     assert len(history["loss"]) == 2
@@ -79,6 +81,41 @@ def test_keyboard_interrupt_keeps_the_model_of_the_last_finished_epoch(data, mon
 
 
 def test_keyboard_interrupt_in_the_first_epoch_is_raised(data, monkeypatch):
-    monkeypatch.setattr(skvae.train.loop, "iter_batches", _interrupting(after_batches=1))
+    monkeypatch.setattr(skvae.train.loop, "batches", _interrupting(after_batches=1))
     with pytest.raises(KeyboardInterrupt):
         BetaVAEEmbedder(**SMALL, max_epochs=5).fit(data)
+
+
+@given(beta=st.floats(0, 100), warmup=st.integers(0, 50), epoch=st.integers(1, 200))
+def test_kl_warmup_weight_rises_linearly_from_zero_to_beta(beta, warmup, epoch):
+    weight = kl_warmup_weight(epoch, beta, warmup)
+    assert 0 <= weight <= beta
+    if warmup == 0 or epoch > warmup:
+        assert weight == beta
+    else:
+        assert weight == pytest.approx(beta * (epoch - 1) / warmup)
+        assert kl_warmup_weight(epoch + 1, beta, warmup) >= weight
+    assert kl_warmup_weight(1, beta, warmup) == (beta if warmup == 0 else 0.0)
+
+
+def test_warmup_weights_each_epoch_and_continues_from_start_epoch(data):
+    module = VariationalAutoencoder(12, 2, (8,))
+    options = dict(kl_weight=2.0, batch_size=16, learning_rate=1e-3, n_iter_no_change=1, tol=0.0,
+                   generator=torch.Generator().manual_seed(0), device="cpu")
+    rows = make_row_source(data, with_transpose=True)
+    first = train(module, rows, kl_warmup_epochs=4, max_epochs=3, rng=np.random.RandomState(0), **options)
+    assert first["kl_weight"] == [0.0, 0.5, 1.0]
+    resumed = train(module, rows, kl_warmup_epochs=4, start_epoch=3, max_epochs=3, rng=np.random.RandomState(0),
+                    **options)
+    assert resumed["kl_weight"] == [1.5, 2.0, 2.0]
+    np.testing.assert_allclose(first["loss"], np.add(first["reconstruction"], np.multiply(first["kl_weight"], first["kl"])))
+
+
+def test_early_stopping_waits_for_the_warmup(data, monkeypatch):
+    # a validation loss that never improves would stop after one epoch, but not during the warm-up
+    monkeypatch.setattr(skvae.train.loop, "mean_loss", lambda *args, **kwargs: 1.0)
+    estimator = BetaVAEEmbedder(**SMALL, early_stopping=True, n_iter_no_change=1, kl_warmup_epochs=5, max_epochs=20)
+    estimator.fit(data)
+    # epochs 1-5 warm up (weights below beta=1); epoch 6 is the first at full weight, and it does not improve
+    assert estimator.n_iter_ == 6
+    assert estimator.history_["kl_weight"] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])

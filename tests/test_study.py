@@ -33,20 +33,21 @@ def test_study_command_writes_the_report(tmp_path, capsys):
     progress = capsys.readouterr().out
     assert "[beta-VSC] run 2/2: trained" in progress and "Epoch 2/2" in progress and "Drawing figures" in progress
     report = (tmp_path / "report.md").read_text()
-    for model in ("PCA", "Autoencoder", "beta-VAE", "beta-VSC"):
+    for model in ("PCA", "Autoencoder", "beta-VAE", "beta-VSC", "count model*"):
         assert f"| {model} | " in report
+    assert "Beyond the original study" in report and "make_count_embedder" in report
     for figure in ("tsne_2d.png", "metrics.png", "training_loss.png", "vsc_spikes.png"):
         assert (tmp_path / figure).stat().st_size > 10_000 and f"({figure})" in report
     assert not (tmp_path / "tsne_3d.png").exists()  # only with --tsne-3d
     assert "filaments" in report and "not a ranking" in report
     scores = pd.read_csv(tmp_path / "scores.csv")
-    assert len(scores) == 8 and scores["ARI"].between(-1, 1).all()
+    assert len(scores) == 10 and scores["ARI"].between(-1, 1).all()
     # PCA's codes separate the tutorial's cell types (they were found from PCA)
     assert scores.query("model == 'PCA'")["kNN accuracy"].min() > 0.85
     # each run of a neural model trains with its own seed: their codes, hence their k-NN accuracies, differ
     assert scores.query("model == 'beta-VAE'")["kNN accuracy"].nunique() == 2
     summary = pd.read_csv(tmp_path / "summary.csv", index_col=0)
-    assert list(summary.index) == ["PCA", "Autoencoder", "beta-VAE", "beta-VSC"]
+    assert list(summary.index) == ["PCA", "Autoencoder", "beta-VAE", "beta-VSC", "count model*"]
     assert all(dtype.kind == "f" for dtype in summary.dtypes)  # numbers, not "0.5 ± 0.1" strings
     assert {"ARI mean", "ARI sd", "kNN accuracy sd", "training time (s) mean"} <= set(summary.columns)
     # PCA's codes do not depend on a seed: no sd for its silhouette or k-NN, and no ± in the report
@@ -58,7 +59,7 @@ def test_study_command_writes_the_report(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("arguments", "message"),
-    [({"models": ["pca", "umap"]}, "choose among pca, ae, vae, vsc"), ({"models": []}, "choose among"),
+    [({"models": ["pca", "umap"]}, "choose among pca, ae, vae, vsc, counts"), ({"models": []}, "choose among"),
      ({"epochs": 0}, "epochs == 0, must be >= 1"), ({"n_seeds": 0}, "n_seeds == 0, must be >= 1"),
      ({"n_jobs": 0}, "n_jobs must be None, a positive number"), ({"n_jobs": 1.5}, "n_jobs must be None")],
 )

@@ -46,7 +46,9 @@ def test_fit_transform_and_score_run_with_the_estimators_threads(monkeypatch):
     embedder.score(X)
     with joblib.parallel_config(n_jobs=2):
         BetaVSCEmbedder(max_epochs=2).fit(X)
-    assert seen == [("train", 1), ("iter_batches", 1), ("mean_loss", 1), ("train", 2)]
+    # fit's inference pass measures the active latent dimensions
+    assert seen == [("train", 1), ("iter_batches", 1), ("iter_batches", 1), ("mean_loss", 1), ("train", 2),
+                    ("iter_batches", 2)]
     assert torch.get_num_threads() == before
 
 

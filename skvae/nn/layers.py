@@ -9,7 +9,7 @@ from torch import nn
 from .sparse import ShiftedSparseRows
 
 
-def linear_stack(sizes):
+def linear_stack(sizes, *, batch_norm=False, dropout=0.0):
     """Linear layers between consecutive ``sizes``, each followed by a ReLU.
 
     Parameters
@@ -17,6 +17,11 @@ def linear_stack(sizes):
     sizes : sequence of int
         Widths, input first. ``len(sizes) - 1`` linear layers are built (none for
         fewer than two sizes: the identity).
+    batch_norm : bool, default=False
+        Put a batch normalisation between each linear layer and its ReLU (as
+        scVI's hidden layers).
+    dropout : float, default=0.0
+        Drop this share of each ReLU's outputs in training (none when 0).
 
     Returns
     -------
@@ -35,7 +40,13 @@ def linear_stack(sizes):
     """
     layers = []
     for n_in, n_out in pairwise(sizes):
-        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+        layers.append(nn.Linear(n_in, n_out))
+        if batch_norm:
+            # scVI's settings: statistics that move slowly and a small epsilon
+            layers.append(nn.BatchNorm1d(n_out, momentum=0.01, eps=1e-3))
+        layers.append(nn.ReLU())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 
@@ -111,6 +122,8 @@ class Encoder(nn.Module):
         Width of each branch's output (the latent size).
     branches : sequence of str
         Names of the branches, e.g. ``("mu", "logvar")``.
+    batch_norm, dropout
+        As in :func:`linear_stack`, for every hidden layer but the input layer.
 
     Examples
     --------
@@ -121,14 +134,15 @@ class Encoder(nn.Module):
     {'mu': torch.Size([5, 2]), 'logvar': torch.Size([5, 2])}
     """
 
-    def __init__(self, n_features, hidden_layer_sizes, n_outputs, branches):
+    def __init__(self, n_features, hidden_layer_sizes, n_outputs, branches, *, batch_norm=False, dropout=0.0):
         super().__init__()
+        options = {"batch_norm": batch_norm, "dropout": dropout}
         self.input_layer = InputLinear(n_features, hidden_layer_sizes[0])
-        self.trunk = linear_stack(hidden_layer_sizes[:-1])
+        self.trunk = linear_stack(hidden_layer_sizes[:-1], **options)
         branch_sizes = hidden_layer_sizes[-2:]
         self.branches = nn.ModuleDict(
             {
-                name: nn.Sequential(*linear_stack(branch_sizes), nn.Linear(branch_sizes[-1], n_outputs))
+                name: nn.Sequential(*linear_stack(branch_sizes, **options), nn.Linear(branch_sizes[-1], n_outputs))
                 for name in branches
             }
         )
@@ -163,6 +177,8 @@ class Decoder(nn.Module):
         Width of each head's output.
     heads : sequence of str, default=("mean",)
         Names of the outputs, e.g. ``("scale", "dropout")``; a likelihood says which it reads.
+    batch_norm, dropout
+        As in :func:`linear_stack`, for every hidden layer.
 
     Examples
     --------
@@ -172,9 +188,9 @@ class Decoder(nn.Module):
     torch.Size([5, 100])
     """
 
-    def __init__(self, n_components, hidden_layer_sizes, n_features, heads=("mean",)):
+    def __init__(self, n_components, hidden_layer_sizes, n_features, heads=("mean",), *, batch_norm=False, dropout=0.0):
         super().__init__()
-        self.hidden = linear_stack([n_components, *reversed(hidden_layer_sizes)])
+        self.hidden = linear_stack([n_components, *reversed(hidden_layer_sizes)], batch_norm=batch_norm, dropout=dropout)
         self.heads = nn.ModuleDict({name: nn.Linear(hidden_layer_sizes[0], n_features) for name in heads})
 
     def forward(self, z):

@@ -51,12 +51,13 @@ class _LatentModel(nn.Module):
     # whether the loss has a KL term (a prior over codes)
     variational = True
 
-    def __init__(self, n_features, n_components, hidden_layer_sizes, *, likelihood=None):
+    def __init__(self, n_features, n_components, hidden_layer_sizes, *, likelihood=None, batch_norm=False, dropout=0.0):
         super().__init__()
+        options = {"batch_norm": batch_norm, "dropout": dropout}
         self.n_components = n_components
-        self.encoder = Encoder(n_features, hidden_layer_sizes, n_components, self.branches)
+        self.encoder = Encoder(n_features, hidden_layer_sizes, n_components, self.branches, **options)
         self.likelihood = Gaussian(n_features) if likelihood is None else likelihood
-        self.decoder = Decoder(n_components, hidden_layer_sizes, n_features, self.likelihood.heads)
+        self.decoder = Decoder(n_components, hidden_layer_sizes, n_features, self.likelihood.heads, **options)
 
     def posterior(self, x):
         """Posterior parameters of each cell.
@@ -136,6 +137,10 @@ class Autoencoder(_LatentModel):
     likelihood : torch.nn.Module, default=None
         A likelihood of :mod:`skvae.nn.likelihoods` for ``n_features`` genes;
         None means :class:`~skvae.nn.likelihoods.Gaussian`.
+    batch_norm : bool, default=False
+        Batch normalisation in the hidden layers (see :func:`~skvae.nn.layers.linear_stack`).
+    dropout : float, default=0.0
+        Dropout after the hidden layers' ReLUs.
 
     Examples
     --------
@@ -174,6 +179,8 @@ class VariationalAutoencoder(_LatentModel):
     likelihood : torch.nn.Module, default=None
         A likelihood of :mod:`skvae.nn.likelihoods` for ``n_features`` genes;
         None means :class:`~skvae.nn.likelihoods.Gaussian`.
+    batch_norm, dropout
+        As for :class:`Autoencoder`.
 
     Examples
     --------
@@ -217,12 +224,15 @@ class SparseCodingVAE(_LatentModel):
 
     Parameters
     ----------
-    n_features, n_components, hidden_layer_sizes, likelihood
+    n_features, n_components, hidden_layer_sizes
         As for :class:`VariationalAutoencoder`.
     prior_spike : float
         Prior probability that a latent dimension is active.
     sharpness : float
         Sharpness ``c`` of the sigmoid that relaxes the spike selection.
+    **options
+        ``likelihood``, ``batch_norm`` and ``dropout``, as for
+        :class:`VariationalAutoencoder`.
 
     Examples
     --------
@@ -235,8 +245,8 @@ class SparseCodingVAE(_LatentModel):
 
     branches = ("mu", "logvar", "logspike")
 
-    def __init__(self, n_features, n_components, hidden_layer_sizes, *, likelihood=None, prior_spike, sharpness):
-        super().__init__(n_features, n_components, hidden_layer_sizes, likelihood=likelihood)
+    def __init__(self, n_features, n_components, hidden_layer_sizes, *, prior_spike, sharpness, **options):
+        super().__init__(n_features, n_components, hidden_layer_sizes, **options)
         self.prior_spike = prior_spike
         self.sharpness = sharpness
 

@@ -8,7 +8,7 @@ import warnings
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from .rows import iter_batches
+from .rows import batches, iter_batches
 
 
 def _divergence_error(epoch, what, value):
@@ -26,8 +26,39 @@ def _loss_after_step(module, xb, kl_weight):
     return (terms.reconstruction + kl_weight * terms.kl).sum().item()
 
 
+def kl_warmup_weight(epoch, beta, warmup_epochs):
+    """Weight of the KL term in an epoch of a linear warm-up.
+
+    The weight rises linearly from 0 in the first epoch to ``beta`` in epoch
+    ``warmup_epochs + 1``, and stays there; no warm-up (``warmup_epochs=0``) gives
+    ``beta`` from the start.
+
+    Parameters
+    ----------
+    epoch : int
+        The epoch, counted from 1 over the model's whole training.
+    beta : float
+        The final weight.
+    warmup_epochs : int
+        Epochs the weight takes to reach ``beta``.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> from skvae.train.loop import kl_warmup_weight
+    >>> [kl_warmup_weight(epoch, 2.0, 4) for epoch in range(1, 7)]
+    [0.0, 0.5, 1.0, 1.5, 2.0, 2.0]
+    """
+    if warmup_epochs <= 0:
+        return float(beta)
+    return float(beta) * min(1.0, (epoch - 1) / warmup_epochs)
+
+
 @torch.no_grad()
-def mean_loss(module, rows, *, kl_weight, batch_size):
+def mean_loss(module, rows, *, kl_weight, batch_size, parallel=None):
     """Mean per-cell loss ``reconstruction + kl_weight * kl`` with deterministic codes.
 
     Parameters
@@ -36,6 +67,8 @@ def mean_loss(module, rows, *, kl_weight, batch_size):
     rows : row source of :mod:`skvae.train.rows`
     kl_weight : float
     batch_size : int
+    parallel : skvae.train.distributed.DataParallel, default=None
+        When given, the mean over the rows of every rank.
 
     Returns
     -------
@@ -56,6 +89,9 @@ def mean_loss(module, rows, *, kl_weight, batch_size):
     for xb in iter_batches(rows, batch_size):
         terms = module.loss(xb, deterministic=True)
         total += (terms.reconstruction + kl_weight * terms.kl).sum().item()
+    if parallel is not None:
+        total, n_rows = parallel.sum([total, rows.n_rows])
+        return total / n_rows
     return total / rows.n_rows
 
 
@@ -65,6 +101,8 @@ def train(
     val_rows=None,
     *,
     kl_weight,
+    kl_warmup_epochs=0,
+    start_epoch=0,
     batch_size,
     learning_rate,
     max_epochs,
@@ -74,6 +112,8 @@ def train(
     generator,
     device,
     verbose=0,
+    optimizer=None,
+    parallel=None,
 ):
     """Fit ``module`` with Adam on minibatches of rows, in place.
 
@@ -90,6 +130,13 @@ def train(
         first.
     kl_weight : float
         Weight ``beta`` of the KL term.
+    kl_warmup_epochs : int, default=0
+        Epochs of a linear warm-up of the KL weight from 0 to ``kl_weight``
+        (:func:`kl_warmup_weight`). The validation loss always weighs the KL term
+        by ``kl_weight``, and early stopping waits for the warm-up to end.
+    start_epoch : int, default=0
+        Epochs the module has already been trained for: the warm-up continues
+        from there.
     batch_size, learning_rate, max_epochs, n_iter_no_change, tol
         As in the estimators.
     rng : numpy.random.RandomState
@@ -98,13 +145,20 @@ def train(
         Reparameterisation noise, on ``device``.
     device : torch.device
     verbose : int, default=0
-        Print one line per epoch when > 0.
+        Print one line per epoch when > 0 (on rank 0 only, in a data-parallel run).
+    optimizer : torch.optim.Adam, default=None
+        The optimiser to continue with (its moments are kept between calls, as
+        ``partial_fit`` needs); a new one when None.
+    parallel : skvae.train.distributed.DataParallel, default=None
+        Train data-parallel: ``train_rows`` and ``val_rows`` are this rank's rows,
+        ``batch_size`` is the global minibatch, gradients are summed across ranks
+        (:mod:`skvae.train.distributed`) and the logged losses are over all ranks.
 
     Returns
     -------
     history : dict of list of float
         Per-epoch mean training ``loss``, ``reconstruction`` and ``kl`` per cell,
-        and ``val_loss`` when ``val_rows`` is given.
+        the epoch's ``kl_weight``, and ``val_loss`` when ``val_rows`` is given.
 
     Raises
     ------
@@ -132,27 +186,40 @@ def train(
     >>> len(history["loss"]), history["loss"][-1] < history["loss"][0]
     (5, True)
     """
-    # the fused kernel steps all 3.5 M parameters of the study's network in one pass
-    optimizer = torch.optim.Adam(module.parameters(), lr=learning_rate, fused=True)
-    n_train = train_rows.n_rows
-    history = {"loss": [], "reconstruction": [], "kl": []}
+    if optimizer is None:
+        # the fused kernel steps all 3.5 M parameters of the study's network in one pass
+        optimizer = torch.optim.Adam(module.parameters(), lr=learning_rate, fused=True)
+    n_train = train_rows.n_rows if parallel is None else parallel.set_rows(train_rows.n_rows)
+    # batch normalisation cannot normalise a single row in training
+    fewest_rows = 2 if any(isinstance(layer, torch.nn.BatchNorm1d) for layer in module.modules()) else 1
+    verbose = verbose if parallel is None or parallel.rank == 0 else 0
+    history = {"loss": [], "reconstruction": [], "kl": [], "kl_weight": []}
     if val_rows is not None:
         history["val_loss"] = []
     best_val, best_state, epochs_no_improve = math.inf, None, 0
     finished_state = None
 
+    beta = kl_weight
     for epoch in range(1, max_epochs + 1):
         start = time.perf_counter()
+        kl_weight = kl_warmup_weight(start_epoch + epoch, beta, kl_warmup_epochs)
+        warming_up = kl_weight < beta
         module.train()
         sums = torch.zeros(2, device=device)
+        last = None
         try:
-            for xb in iter_batches(train_rows, batch_size, order=rng.permutation(n_train)):
-                terms = module.loss(xb, generator=generator)
-                loss = (terms.reconstruction + kl_weight * terms.kl).mean()
+            for xb, global_size in _minibatches(train_rows, batch_size, rng.permutation(n_train), parallel, fewest_rows):
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if xb is not None:
+                    terms = module.loss(xb, generator=generator)
+                    per_cell = terms.reconstruction + kl_weight * terms.kl
+                    loss = per_cell.mean() if parallel is None else per_cell.sum() / global_size
+                    loss.backward()
+                    sums += torch.stack([terms.reconstruction.detach().sum(), terms.kl.detach().sum()])
+                    last = xb
+                if parallel is not None:
+                    parallel.sum_gradients(module.parameters())
                 optimizer.step()
-                sums += torch.stack([terms.reconstruction.detach().sum(), terms.kl.detach().sum()])
         except KeyboardInterrupt:
             if finished_state is None:
                 raise
@@ -162,28 +229,33 @@ def train(
             best_state = None
             break
 
-        reconstruction, kl = (sums / n_train).tolist()
+        sums = sums.tolist() if parallel is None else parallel.sum(sums.tolist())
+        reconstruction, kl = (total / n_train for total in sums)
         loss = reconstruction + kl_weight * kl
         if not math.isfinite(loss):
             raise _divergence_error(epoch, "the training loss", loss)
         # the losses above come from before each step: the last step can still diverge
-        after_step = _loss_after_step(module, xb, kl_weight)
+        after_step = 0.0 if last is None else _loss_after_step(module, last, kl_weight)
+        if parallel is not None:
+            after_step = parallel.sum([after_step])[0]
         if not math.isfinite(after_step):
             raise _divergence_error(epoch, "the loss after the last optimiser step", after_step)
         history["loss"].append(loss)
         history["reconstruction"].append(reconstruction)
         history["kl"].append(kl)
+        history["kl_weight"].append(kl_weight)
         message = f"Epoch {epoch}/{max_epochs}: loss {loss:.6g}"
         if module.variational:
-            message += f" (reconstruction {reconstruction:.6g}, KL {kl:.6g})"
+            message += f" (reconstruction {reconstruction:.6g}, KL {kl:.6g}"
+            message += f", KL weight {kl_weight:.3g})" if warming_up else ")"
 
         if val_rows is not None:
-            val_loss = mean_loss(module, val_rows, kl_weight=kl_weight, batch_size=batch_size)
+            val_loss = mean_loss(module, val_rows, kl_weight=beta, batch_size=batch_size, parallel=parallel)
             if not math.isfinite(val_loss):
                 raise _divergence_error(epoch, "the validation loss", val_loss)
             history["val_loss"].append(val_loss)
             message += f", validation loss {val_loss:.6g}"
-            epochs_no_improve = 0 if val_loss < best_val - tol else epochs_no_improve + 1
+            epochs_no_improve = 0 if val_loss < best_val - tol or warming_up else epochs_no_improve + 1
             if val_loss < best_val:
                 best_val, best_state = val_loss, copy.deepcopy(module.state_dict())
         if verbose > 0:
@@ -207,3 +279,21 @@ def train(
         module.load_state_dict(best_state)
     module.eval()
     return history
+
+
+def _minibatches(rows, batch_size, order, parallel, fewest_rows):
+    """Yield ``(minibatch, global_size)``: a minibatch of this process's rows, or None for too few rows.
+
+    A single process yields every ``batch_size`` rows of ``order`` (global_size None),
+    leaving out a last minibatch of fewer than ``fewest_rows``. A rank of a
+    data-parallel run yields its part of each global minibatch, None where it has
+    fewer than ``fewest_rows`` of it: it still takes part in the step.
+    """
+    if parallel is None:
+        indices = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        yield from ((xb, None) for xb in batches(rows, [index for index in indices if len(index) >= fewest_rows]))
+        return
+    pairs = list(parallel.local_batches(order, batch_size))
+    made = batches(rows, [index for index, _ in pairs if len(index) >= fewest_rows])
+    for index, global_size in pairs:
+        yield (next(made) if len(index) >= fewest_rows else None), global_size

@@ -5,8 +5,13 @@ Two representations, chosen by :func:`make_row_source`:
 - dense tensors (sparse input is densified one minibatch at a time, never whole);
 - :class:`skvae.nn.sparse.ShiftedSparseRows`: each row as a sparse vector plus a
   per-feature shift, for sparse input and for dense input that is mostly one value
-  per feature (such as Seurat-scaled expression).
+  per feature (such as Seurat-scaled expression), and for a sparse matrix on disk
+  (:class:`BackedSparseRowSource`).
 """
+
+import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
@@ -105,9 +110,138 @@ class ShiftedSparseRowSource:
         ShiftedSparseRows
         """
         return ShiftedSparseRows.from_scipy(
-            _csr_rows(self._values, rows), self._shift, dtype=self._dtype, device=self._device,
-            with_transpose=self._with_transpose,
+            self._csr(rows), self._shift, dtype=self._dtype, device=self._device, with_transpose=self._with_transpose
         )
+
+    def _csr(self, rows):
+        return _csr_rows(self._values, rows)
+
+
+class BackedSparseRowSource(ShiftedSparseRowSource):
+    """Minibatches read from a CSR matrix on disk, such as a backed AnnData's ``X``.
+
+    Only the rows of each minibatch are read, in increasing order (what HDF5 reads
+    fastest), then put back in the order asked for; while a minibatch trains, the
+    next ones are read in a background thread. Memory holds a few minibatches, not
+    the matrix.
+
+    Parameters
+    ----------
+    dataset : anndata.abc.CSRDataset
+        E.g. ``anndata.read_h5ad(path, backed="r").X``, or
+        ``anndata.io.sparse_dataset(group)`` of a layer.
+    rows : slice or ndarray of int, default=slice(None)
+        The rows of ``dataset`` this source serves (a rank's block of a shared
+        file, a training split), in the order that indexes them from 0.
+    dtype : numpy dtype
+    device : str or torch.device
+    with_transpose : bool
+        Keep each minibatch's transpose, for gradients.
+    read_ahead : int, default=2
+        Minibatches read ahead of the one in use.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import anndata
+    >>> import numpy as np
+    >>> import scipy.sparse as sp
+    >>> from skvae.train.rows import BackedSparseRowSource
+    >>> path = tempfile.mkdtemp() + "/cells.h5ad"
+    >>> anndata.AnnData(sp.csr_matrix(np.arange(12.0).reshape(4, 3))).write_h5ad(path)
+    >>> source = BackedSparseRowSource(anndata.read_h5ad(path, backed="r").X, dtype=np.float32, device="cpu",
+    ...                                with_transpose=False)
+    >>> source.batch(np.array([3, 0])).values.to_dense()
+    tensor([[ 9., 10., 11.],
+            [ 0.,  1.,  2.]])
+    """
+
+    def __init__(self, dataset, *, rows=slice(None), dtype, device, with_transpose, read_ahead=2):  # noqa: PLW0231
+        # the rows are read from disk, one minibatch at a time: there is no matrix in memory to hold
+        self._dataset, self._rows = dataset, np.arange(dataset.shape[0])[rows]
+        self._shift = np.zeros(dataset.shape[1])
+        self._dtype, self._device, self._with_transpose = dtype, device, with_transpose
+        self._read_ahead = read_ahead
+        self.n_rows = len(self._rows)
+
+    def _csr(self, rows):
+        wanted = self._rows[rows]
+        if len(wanted) and wanted[-1] - wanted[0] == len(wanted) - 1 and np.all(np.diff(wanted) == 1):
+            block = self._dataset[int(wanted[0]) : int(wanted[-1]) + 1]  # a run of rows: one read
+        else:
+            order = np.argsort(wanted, kind="stable")
+            block = sp.csr_matrix(self._dataset[wanted[order]])[np.argsort(order)]
+        return sp.csr_matrix(block, dtype=self._dtype)
+
+    def batches(self, indices):
+        """Yield the minibatch of each of ``indices``, reading ahead in a background thread.
+
+        Parameters
+        ----------
+        indices : list of ndarray of int or slice
+
+        Yields
+        ------
+        ShiftedSparseRows
+        """
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            pending = deque()
+            for index in indices:
+                pending.append(reader.submit(self.batch, index))
+                if len(pending) > self._read_ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+
+def stored_value_blocks(dataset, block_size=2**22):
+    """Yield the stored values of a sparse matrix on disk, ``block_size`` at a time.
+
+    Parameters
+    ----------
+    dataset : anndata.abc.CSRDataset or anndata.abc.CSCDataset
+    block_size : int, default=2**22
+
+    Yields
+    ------
+    ndarray
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import anndata
+    >>> import scipy.sparse as sp
+    >>> from skvae.train.rows import stored_value_blocks
+    >>> path = tempfile.mkdtemp() + "/cells.h5ad"
+    >>> anndata.AnnData(sp.csr_matrix([[0.0, 1.0], [2.0, 3.0]])).write_h5ad(path)
+    >>> [block.tolist() for block in stored_value_blocks(anndata.read_h5ad(path, backed="r").X, block_size=2)]
+    [[1.0, 2.0], [3.0]]
+    """
+    values = dataset.group["data"]
+    for start in range(0, values.shape[0], block_size):
+        yield np.asarray(values[start : start + block_size])
+
+
+def is_backed_sparse(X):
+    """Whether ``X`` is a sparse matrix on disk from anndata (backed ``X`` or ``sparse_dataset``).
+
+    Parameters
+    ----------
+    X : object
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> from skvae.train.rows import is_backed_sparse
+    >>> is_backed_sparse(sp.eye(3, format="csr"))
+    False
+    """
+    anndata_abc = sys.modules.get("anndata.abc")  # anndata stays optional: loaded only if the caller did
+    return anndata_abc is not None and isinstance(X, (anndata_abc.CSRDataset, anndata_abc.CSCDataset))
 
 
 def _csr_rows(X, rows):
@@ -158,6 +292,8 @@ def make_row_source(X, *, algorithm="auto", center=True, dtype=np.float32, devic
     >>> type(make_row_source(scaled)).__name__, type(make_row_source(scaled, algorithm="dense")).__name__
     ('ShiftedSparseRowSource', 'DenseRowSource')
     """
+    if is_backed_sparse(X):
+        return BackedSparseRowSource(X, dtype=dtype, device=device, with_transpose=with_transpose)
     if algorithm == "dense":
         return DenseRowSource(X, dtype=dtype, device=device)
     if sp.issparse(X):
@@ -176,6 +312,32 @@ def make_row_source(X, *, algorithm="auto", center=True, dtype=np.float32, devic
     values = sp.hstack([sp.csr_matrix((X[:, columns] - shift[columns]).astype(dtype, copy=False))
                         for columns in column_blocks], format="csr")
     return ShiftedSparseRowSource(values, shift, dtype=dtype, device=device, with_transpose=with_transpose)
+
+
+def batches(source, indices):
+    """Yield ``source.batch(index)`` for each of ``indices``; a source that reads from disk reads ahead.
+
+    Parameters
+    ----------
+    source : row source
+    indices : list of ndarray of int or slice
+
+    Yields
+    ------
+    torch.Tensor or ShiftedSparseRows
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae.train.rows import batches, make_row_source
+    >>> source = make_row_source(np.arange(6.0).reshape(3, 2), algorithm="dense")
+    >>> [batch.tolist() for batch in batches(source, [np.array([2]), np.array([0, 1])])]
+    [[[4.0, 5.0]], [[0.0, 1.0], [2.0, 3.0]]]
+    """
+    if hasattr(source, "batches"):
+        yield from source.batches(indices)
+    else:
+        yield from (source.batch(index) for index in indices)
 
 
 def iter_batches(source, batch_size, *, order=None):
@@ -200,5 +362,5 @@ def iter_batches(source, batch_size, *, order=None):
     >>> [len(batch) for batch in iter_batches(source, 4)]
     [4, 4, 2]
     """
-    for batch in gen_batches(source.n_rows if order is None else len(order), batch_size):
-        yield source.batch(batch if order is None else order[batch])
+    spans = gen_batches(source.n_rows if order is None else len(order), batch_size)
+    yield from batches(source, [span if order is None else order[span] for span in spans])

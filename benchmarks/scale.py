@@ -1,0 +1,182 @@
+"""Scale: training from a backed h5ad larger than memory needs, and data-parallel training with torchrun.
+
+1. ``--part disk``: a synthetic 1,000,000 x 2,000 count matrix (about 5 % non-zero:
+   negative-binomial counts, dispersion 2, of 8 latent groups with their own gene means,
+   and log-normal library sizes) is written once to an h5ad file in ``--workdir``. One
+   epoch of the recommended count model (``make_count_embedder()``'s embedder, every core)
+   is then trained in a child process from the matrix in memory (``read_h5ad``), and in
+   another from the backed file (``read_h5ad(backed="r")``): seconds (fit, which includes
+   the pass that checks the values) and peak resident memory of each child.
+2. ``--part torchrun``: PBMC3k's 2,000 highly variable genes (raw counts), the same
+   count model for ``--epochs`` epochs with the same global minibatch of 256 cells, in one
+   process (2 threads) and in two processes started by ``torchrun --nproc_per_node=2``
+   (gloo, 1 thread each, each holding half of the cells): final training loss, 15-NN
+   accuracy of the codes against the cell types, and throughput (cells x epochs / s).
+
+Usage: python benchmarks/scale.py [--part disk,torchrun] [--workdir /tmp/skvae-scale] [--cells 1000000]
+                                  [--epochs 100]
+"""
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+HERE = Path(__file__).resolve()
+
+
+def peak_memory_mib():
+    """This process's peak resident memory (``VmHWM``)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 2**10
+
+
+def count_model(**overrides):
+    from skvae import BetaVAEEmbedder
+    from skvae.recipes import RECOMMENDED_COUNT_SETTINGS
+
+    return BetaVAEEmbedder(**{**RECOMMENDED_COUNT_SETTINGS, "random_state": 0, **overrides})
+
+
+def write_synthetic(path, n_cells, n_genes=2000, n_groups=8, chunk=20_000, seed=0):
+    """Negative-binomial counts with latent groups, about 5 % non-zero, written to ``path`` as CSR."""
+    import anndata
+
+    rng = np.random.default_rng(seed)
+    # per-group gene means around 0.05 counts per cell: with libraries around 1, ~5 % of entries are non-zero
+    base = rng.gamma(0.6, 0.06 / 0.6, size=n_genes)
+    means = base * rng.lognormal(0.0, 1.0, size=(n_groups, n_genes))
+    theta = 2.0
+    blocks = []
+    for start in range(0, n_cells, chunk):
+        n = min(chunk, n_cells - start)
+        groups = rng.integers(n_groups, size=n)
+        library = rng.lognormal(0.0, 0.3, size=(n, 1)).astype(np.float32)
+        mean = (library * means[groups]).astype(np.float32)
+        rate = rng.standard_gamma(theta, size=mean.shape, dtype=np.float32) * (mean / theta)
+        blocks.append(sp.csr_matrix(rng.poisson(rate).astype(np.float32)))
+    X = sp.vstack(blocks, format="csr")
+    anndata.AnnData(X).write_h5ad(path)
+    return X.nnz / (X.shape[0] * X.shape[1])
+
+
+def child_disk(path, mode):
+    """One epoch from the matrix in memory or on disk; prints a JSON line."""
+    import anndata
+
+    start = time.perf_counter()
+    adata = anndata.read_h5ad(path, backed="r" if mode == "backed" else None)
+    read_seconds = time.perf_counter() - start
+    estimator = count_model(max_epochs=1, n_jobs=-1)
+    start = time.perf_counter()
+    estimator.fit(adata.X)
+    fit_seconds = time.perf_counter() - start
+    print(json.dumps({"mode": mode, "read s": read_seconds, "fit s": fit_seconds, "peak MiB": peak_memory_mib(),
+                      "loss": estimator.history_["loss"][-1]}))
+
+
+def part_disk(workdir, n_cells):
+    path = Path(workdir) / f"synthetic_{n_cells}x2000.h5ad"
+    if not path.exists():
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        density = write_synthetic(path.with_suffix(".partial"), n_cells)
+        path.with_suffix(".partial").rename(path)
+        print(f"wrote {path} ({path.stat().st_size / 2**30:.2f} GiB, {density:.1%} non-zero) in "
+              f"{time.perf_counter() - start:.0f} s")
+    results = {}
+    for mode in ("memory", "backed"):  # one at a time: never two trainings at once
+        output = subprocess.run([sys.executable, str(HERE), "--child-disk", str(path), mode], capture_output=True,
+                                text=True, check=True).stdout
+        results[mode] = json.loads(output.strip().splitlines()[-1])
+        print(f"{mode:7s}: read {results[mode]['read s']:.1f} s, one epoch (fit) {results[mode]['fit s']:.1f} s, "
+              f"peak memory {results[mode]['peak MiB']:.0f} MiB, loss {results[mode]['loss']:.2f}", flush=True)
+    ratio = results["backed"]["fit s"] / results["memory"]["fit s"]
+    print(f"backed / in memory: {ratio:.2f}x the epoch time; peak memory {results['backed']['peak MiB']:.0f} MiB "
+          f"(goal: under 1024 MiB, at most 1.5x)")
+
+
+def pbmc3k_counts():
+    from skvae.datasets import fetch_pbmc3k
+    from skvae.preprocessing import HighlyVariableGenes
+
+    data = fetch_pbmc3k(os.environ.get("SKVAE_DATA"), download_if_missing=False)
+    return HighlyVariableGenes(2000).fit_transform(data.data), np.asarray(data.target_names)[data.target]
+
+
+def child_torchrun(out, epochs):
+    """One rank: fit on its half of PBMC3k; rank 0 writes the codes of all cells and the history."""
+    import torch.distributed as dist
+
+    X, _ = pbmc3k_counts()
+    rank = int(os.environ["RANK"])
+    half = X.shape[0] // 2
+    estimator = count_model(max_epochs=epochs, n_jobs=1)
+    start = time.perf_counter()
+    estimator.fit(X[:half] if rank == 0 else X[half:])
+    seconds = time.perf_counter() - start
+    if rank == 0:
+        np.save(Path(out) / "codes.npy", estimator.transform(X))
+        Path(out, "result.json").write_text(json.dumps({"seconds": seconds, "loss": estimator.history_["loss"]}))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def part_torchrun(workdir, epochs):
+    from skvae.study.evaluation import latent_scores
+
+    X, labels = pbmc3k_counts()
+    estimator = count_model(max_epochs=epochs, n_jobs=2)
+    start = time.perf_counter()
+    codes = estimator.fit_transform(X)
+    single = {"seconds": time.perf_counter() - start, "loss": estimator.history_["loss"][-1],
+              "kNN": latent_scores(codes, labels)["kNN accuracy"]}
+    out = Path(workdir) / "torchrun"
+    out.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                    f"--master_port={port}", str(HERE), "--child-torchrun", str(out), str(epochs)],
+                   check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = json.loads((out / "result.json").read_text())
+    double = {"seconds": result["seconds"], "loss": result["loss"][-1],
+              "kNN": latent_scores(np.load(out / "codes.npy"), labels)["kNN accuracy"]}
+    for name, run in (("1 process, 2 threads", single), ("torchrun, 2 processes x 1 thread", double)):
+        print(f"{name:34s}: final loss {run['loss']:.2f}, 15-NN accuracy {run['kNN']:.3f}, "
+              f"{X.shape[0] * epochs / run['seconds']:.0f} cells x epochs / s ({run['seconds']:.0f} s)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", default="disk,torchrun")
+    parser.add_argument("--workdir", default="/tmp/skvae-scale")
+    parser.add_argument("--cells", type=int, default=1_000_000)
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--child-disk", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child-torchrun", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_disk:
+        return child_disk(*args.child_disk)
+    if args.child_torchrun:
+        return child_torchrun(args.child_torchrun[0], int(args.child_torchrun[1]))
+    import torch
+
+    print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores")
+    parts = args.part.split(",")
+    if "disk" in parts:
+        part_disk(args.workdir, args.cells)
+    if "torchrun" in parts:
+        part_torchrun(args.workdir, args.epochs)
+
+
+if __name__ == "__main__":
+    main()

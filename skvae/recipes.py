@@ -1,0 +1,97 @@
+"""skvae's recommended configuration for raw counts, as one unfitted estimator.
+
+The settings, and the benchmark evidence for each, are documented in the user
+guide's "Recommended settings for raw counts" section; ``benchmarks/quality.py``
+measures them against PCA and scVI.
+"""
+
+import inspect
+
+from sklearn.pipeline import Pipeline
+
+from .estimators import BetaVAEEmbedder
+from .preprocessing import HighlyVariableGenes
+
+#: The embedder's settings in :func:`make_count_embedder`.
+RECOMMENDED_COUNT_SETTINGS = {
+    "likelihood": "nb",
+    "n_components": 10,
+    "hidden_layer_sizes": (128, 128),
+    "batch_norm": True,
+    "dropout": 0.1,
+    "beta": 1.0,
+    "kl_warmup_epochs": 100,
+    "max_epochs": 200,
+}
+#: Genes kept by the selection step of :func:`make_count_embedder`.
+RECOMMENDED_N_TOP_GENES = 2000
+
+
+def make_count_embedder(**overrides):
+    """skvae's recommended embedder for raw UMI counts, unfitted.
+
+    A :class:`~sklearn.pipeline.Pipeline` of two steps:
+
+    1. ``"genes"``: :class:`~skvae.preprocessing.HighlyVariableGenes` keeps the
+       2,000 most variable genes by Seurat's vst method, computed on the counts;
+    2. ``"embedder"``: a :class:`~skvae.BetaVAEEmbedder` with a negative binomial
+       likelihood and the library size as an offset (``likelihood="nb"``, as
+       scVI), 10 latent dimensions, hidden layers (128, 128) with batch
+       normalisation and 10 % dropout, beta 1 reached by a linear KL warm-up over
+       100 epochs, 200 epochs in minibatches of 256 cells.
+
+    The settings come from ``benchmarks/quality.py`` on two labelled PBMC data
+    sets; the user guide gives the figures and the reason for each. They are
+    fixed, not tuned per data set.
+
+    Parameters
+    ----------
+    **overrides
+        Settings that replace the recommended ones: ``n_top_genes`` (the gene
+        selection) and any parameter of :class:`~skvae.BetaVAEEmbedder`, e.g.
+        ``random_state``, ``n_jobs``, ``max_epochs`` or ``verbose``.
+
+    Returns
+    -------
+    pipeline : sklearn.pipeline.Pipeline
+        Takes raw counts of QC'd cells, cells x all genes, dense or sparse; its
+        ``fit_transform`` returns the codes, of shape (n_cells, 10). The fitted
+        embedder is ``pipeline["embedder"]``, the selected genes
+        ``pipeline["genes"].get_support()``.
+
+    Raises
+    ------
+    TypeError
+        For an override that is neither ``n_top_genes`` nor a parameter of
+        :class:`~skvae.BetaVAEEmbedder`.
+
+    See Also
+    --------
+    skvae.BetaVAEEmbedder : The embedding step, with every parameter documented.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae import make_count_embedder
+    >>> rng = np.random.RandomState(0)
+    >>> counts = rng.poisson(rng.gamma(0.3, 2.0, size=(3, 500))[rng.randint(3, size=300)])
+    >>> embedder = make_count_embedder(n_top_genes=200, max_epochs=5, random_state=0)
+    >>> embedder.fit_transform(counts).shape
+    (300, 10)
+    >>> int(embedder["genes"].get_support().sum())
+    200
+    """
+    allowed = set(inspect.signature(BetaVAEEmbedder).parameters) | {"n_top_genes"}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise TypeError(
+            f"make_count_embedder got unknown settings {unknown}: it takes n_top_genes and the parameters of "
+            f"BetaVAEEmbedder ({', '.join(sorted(allowed - {'n_top_genes'}))})."
+        )
+    n_top_genes = overrides.pop("n_top_genes", RECOMMENDED_N_TOP_GENES)
+    return Pipeline(
+        [
+            ("genes", HighlyVariableGenes(n_top_genes=n_top_genes)),
+            ("embedder", BetaVAEEmbedder(**{**RECOMMENDED_COUNT_SETTINGS, **overrides})),
+        ]
+    )

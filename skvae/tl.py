@@ -1,0 +1,204 @@
+"""Scanpy-style tools on AnnData objects: ``skvae.tl.embed``.
+
+AnnData is an optional extra (``pip install skvae[anndata]``): it is imported when a
+function here is called, never by ``import skvae``.
+"""
+
+import importlib
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+from .nn.likelihoods import LIKELIHOODS
+from .preprocessing import _is_integer_valued
+
+
+def embed(adata, estimator, *, layer=None, use_highly_variable=None, key_added="X_skvae"):
+    """Embed the cells of an AnnData object, scanpy-style.
+
+    Fits ``estimator`` on the chosen matrix and embeds it, or, when ``estimator``
+    is already fitted, embeds it only. The codes go to ``adata.obsm[key_added]``,
+    the estimator's parameters and training history to ``adata.uns[key_added]``.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Cells in rows. It may be backed (``anndata.read_h5ad(path, backed="r")``):
+        a sparse CSR matrix on disk is then trained on and embedded a few
+        minibatches at a time, without loading it.
+    estimator : skvae estimator or Pipeline
+        E.g. :func:`skvae.make_count_embedder` ``()`` or
+        ``BetaVAEEmbedder(likelihood="nb")``; fitted or not.
+    layer : str, default=None
+        The matrix to embed: ``adata.layers[layer]``, or ``adata.X`` when None.
+        Count likelihoods need raw counts, commonly kept in ``layers["counts"]``.
+    use_highly_variable : bool, default=None
+        Embed only the genes flagged in ``adata.var["highly_variable"]`` (by
+        ``scanpy.pp.highly_variable_genes``). None: use them when that column
+        exists. A backed file cannot be subset by gene on the fly: write the
+        selected genes to their own file first.
+    key_added : str, default="X_skvae"
+        Key of the codes in ``adata.obsm`` and of the record in ``adata.uns``.
+
+    Returns
+    -------
+    estimator : object
+        The fitted estimator (the one passed in). When fitted here, its (first
+        step's) ``feature_names_in_`` holds the genes' names, which a later call
+        on another AnnData object checks.
+
+    Raises
+    ------
+    ValueError
+        A missing layer or ``highly_variable`` column; genes that do not match
+        those the estimator was fitted on; a layer that is not raw counts (negative
+        or non-integer values) for a count likelihood.
+    TypeError
+        ``adata`` is not an AnnData object.
+
+    Examples
+    --------
+    >>> import anndata
+    >>> import numpy as np
+    >>> import skvae
+    >>> rng = np.random.RandomState(0)
+    >>> counts = rng.poisson(rng.gamma(0.3, 2.0, size=(3, 300))[rng.randint(3, size=200)]).astype(np.float32)
+    >>> adata = anndata.AnnData(np.log1p(counts), layers={"counts": counts})
+    >>> estimator = skvae.BetaVAEEmbedder(n_components=4, likelihood="nb", max_epochs=5, random_state=0)
+    >>> _ = skvae.tl.embed(adata, estimator, layer="counts")
+    >>> adata.obsm["X_skvae"].shape, adata.uns["X_skvae"]["params"]["likelihood"]
+    ((200, 4), 'nb')
+    """
+    anndata = _import_anndata()
+    if not isinstance(adata, anndata.AnnData):
+        raise TypeError(f"adata must be an anndata.AnnData object, not {type(adata).__name__}.")
+    X = _matrix(adata, layer)
+    genes = _gene_mask(adata, use_highly_variable, backed=_is_on_disk(X))
+    if genes is not None:
+        X = X[:, genes]
+    var_names = np.asarray(adata.var_names if genes is None else adata.var_names[genes], dtype=object)
+    final = estimator[-1] if hasattr(estimator, "steps") else estimator
+    if getattr(final, "likelihood", "gaussian") in LIKELIHOODS and LIKELIHOODS[final.likelihood].counts:
+        _check_counts(X, layer, final.likelihood)
+    with warnings.catch_warnings():
+        # the estimator knows the genes' names, the matrix passed to it carries none
+        warnings.filterwarnings("ignore", message="X does not have valid feature names")
+        if _is_fitted(estimator):
+            _check_genes(estimator, var_names, X.shape[1])
+            codes = estimator.transform(X)
+        else:
+            codes = estimator.fit_transform(X)
+            first = estimator.steps[0][1] if hasattr(estimator, "steps") else estimator
+            first.feature_names_in_ = var_names
+    adata.obsm[key_added] = np.asarray(codes, dtype=np.float32)
+    adata.uns[key_added] = {
+        "estimator": type(estimator).__name__,
+        "params": _storable(estimator.get_params(deep=False) if not hasattr(estimator, "steps") else
+                            {name: step.get_params(deep=False) for name, step in estimator.steps}),
+        "layer": "X" if layer is None else layer,
+        "use_highly_variable": genes is not None,
+        "history": {key: np.asarray(values, dtype=np.float64) for key, values in getattr(final, "history_", {}).items()},
+    }
+    return estimator
+
+
+def _import_anndata():
+    try:
+        return importlib.import_module("anndata")
+    except ImportError:
+        raise ImportError("skvae.tl needs anndata, an optional extra: pip install 'skvae[anndata]'.") from None
+
+
+def _is_on_disk(X):
+    return not (isinstance(X, np.ndarray) or sp.issparse(X))
+
+
+def _matrix(adata, layer):
+    if layer is None:
+        if adata.X is None:
+            raise ValueError("adata.X is empty: pass layer=, e.g. layer='counts'.")
+        return adata.X
+    if layer not in adata.layers:
+        raise ValueError(f"adata has no layer {layer!r}; its layers are {sorted(adata.layers.keys())}.")
+    if adata.isbacked:
+        # a backed object's layers are read into memory when accessed; train from the file instead
+        from anndata.io import sparse_dataset
+
+        group = adata.file[f"layers/{layer}"]
+        if hasattr(group, "keys") and "indptr" in group:
+            return sparse_dataset(group)
+    return adata.layers[layer]
+
+
+def _gene_mask(adata, use_highly_variable, *, backed):
+    has_flags = "highly_variable" in adata.var.columns
+    if use_highly_variable is None:
+        use_highly_variable = has_flags
+        if has_flags and backed:
+            raise ValueError(
+                "adata.var has 'highly_variable' flags, but the matrix is on disk (backed), where genes cannot be "
+                "selected on the fly. Pass use_highly_variable=False to embed every gene, or write the selected "
+                "genes to their own file first: adata[:, adata.var.highly_variable].copy(filename='hvg.h5ad')."
+            )
+    if not use_highly_variable:
+        return None
+    if not has_flags:
+        raise ValueError("use_highly_variable=True, but adata.var has no 'highly_variable' column: run "
+                         "scanpy.pp.highly_variable_genes first, or pass use_highly_variable=False.")
+    if backed:
+        raise ValueError("use_highly_variable=True needs the matrix in memory: a backed file's genes cannot be "
+                         "selected on the fly. Write them to their own file first: "
+                         "adata[:, adata.var.highly_variable].copy(filename='hvg.h5ad').")
+    return adata.var["highly_variable"].to_numpy(dtype=bool)
+
+
+def _check_counts(X, layer, likelihood):
+    if _is_on_disk(X):
+        return  # the estimator checks the file's values as it streams them
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    where = "adata.X" if layer is None else f"layer {layer!r}"
+    if (values.size and values.min() < 0) or not _is_integer_valued(X):
+        raise ValueError(
+            f"{where} does not hold raw counts (it has negative or non-integer values), but likelihood="
+            f"{likelihood!r} models raw UMI counts. Pass the layer that holds them, e.g. layer='counts', or use "
+            "likelihood='gaussian' for normalised data."
+        )
+
+
+def _is_fitted(estimator):
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError:
+        return False
+    return True
+
+
+def _check_genes(estimator, var_names, n_genes):
+    expected = getattr(estimator, "feature_names_in_", None)
+    if expected is None:
+        return  # the estimator checks the number of genes itself
+    if len(expected) != n_genes or not np.array_equal(np.asarray(expected, dtype=object), var_names):
+        missing = [name for name in expected if name not in set(var_names)][:5]
+        raise ValueError(
+            f"The genes of adata ({n_genes}) do not match the {len(expected)} genes the estimator was fitted on, "
+            f"in the same order" + (f"; missing, e.g.: {missing}" if missing else "") + ". Subset and order adata "
+            "like the training data: adata[:, estimator.feature_names_in_]."
+        )
+
+
+def _storable(params):
+    """Parameters as values an h5ad file stores: None and objects as strings, sequences as arrays."""
+    stored = {}
+    for name, value in params.items():
+        if isinstance(value, dict):
+            stored[name] = _storable(value)
+        elif isinstance(value, (bool, int, float, str, np.number, np.bool_)):
+            stored[name] = value
+        elif isinstance(value, (list, tuple, np.ndarray)) and np.asarray(value).dtype.kind in "biuf":
+            stored[name] = np.asarray(value)
+        else:
+            stored[name] = repr(value) if not (value is None) else "None"
+    return stored

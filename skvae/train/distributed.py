@@ -1,0 +1,213 @@
+"""Data-parallel training over :mod:`torch.distributed`: which rows each rank trains on, and the reductions.
+
+Every rank holds its own rows. All ranks draw the same permutation of the rows of
+all ranks together (the global rows, rank 0's first), so a global minibatch is the
+same set of cells as in one process; each rank computes the loss of the cells of it
+that it holds, divided by the size of the global minibatch, and the gradients are
+summed across ranks: the step is the one process's step on the global minibatch, up
+to the order of floating-point sums. Ranks start from the same weights and take the
+same steps, so they end with the same weights.
+"""
+
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def data_parallel(device):
+    """The process group to train in, or None for a single process.
+
+    A process group already initialised is used as it is. Otherwise, when the
+    environment variables that ``torchrun`` sets say there are several processes
+    (``WORLD_SIZE`` > 1), the default group is initialised from them: the "nccl"
+    backend for CUDA, else "gloo".
+
+    Parameters
+    ----------
+    device : torch.device
+        Where this process trains.
+
+    Returns
+    -------
+    DataParallel or None
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.train.distributed import data_parallel
+    >>> data_parallel(torch.device("cpu")) is None  # a single process
+    True
+    """
+    if not dist.is_available():
+        return None
+    if not dist.is_initialized():
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return None
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if dist.get_world_size() == 1:
+        return None
+    return DataParallel(device)
+
+
+class DataParallel:
+    """The default process group, seen from this rank.
+
+    Parameters
+    ----------
+    device : torch.device
+        Where this rank's tensors live (NCCL reduces CUDA tensors).
+
+    Examples
+    --------
+    A group of one process, for illustration (``torchrun`` starts real ones):
+
+    >>> import tempfile
+    >>> import numpy as np
+    >>> import torch
+    >>> import torch.distributed as dist
+    >>> from skvae.train.distributed import DataParallel
+    >>> dist.init_process_group("gloo", init_method=f"file://{tempfile.mkdtemp()}/store", rank=0, world_size=1)
+    >>> parallel = DataParallel(torch.device("cpu"))
+    >>> parallel.set_rows(5)
+    5
+    >>> [(local.tolist(), size) for local, size in parallel.local_batches(np.array([4, 0, 2, 1, 3]), 2)]
+    [([4, 0], 2), ([2, 1], 2), ([3], 1)]
+    >>> parallel.sum([1.5, 2.0])
+    [1.5, 2.0]
+    >>> dist.destroy_process_group()
+    """
+
+    def __init__(self, device):
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.device = device
+        self._offset = self._n_local = self.n_rows = None
+
+    def gather(self, value):
+        """Every rank's ``value``, in rank order.
+
+        Parameters
+        ----------
+        value : object
+            Any picklable object.
+
+        Returns
+        -------
+        list
+        """
+        values = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
+    def check_same(self, what, value):
+        """Raise the same ValueError on every rank when ranks disagree on ``value``.
+
+        Parameters
+        ----------
+        what : str
+            What ``value`` is, for the message.
+        value : object
+            This rank's value (picklable, comparable with ``==``).
+        """
+        values = self.gather(value)
+        if any(other != values[0] for other in values):
+            listing = ", ".join(f"rank {rank}: {other}" for rank, other in enumerate(values))
+            raise ValueError(f"The processes of this data-parallel run disagree on {what} ({listing}): every rank "
+                             "must train the same estimator on the same features.")
+
+    def broadcast_seed(self, seed):
+        """Rank 0's ``seed`` on every rank.
+
+        Parameters
+        ----------
+        seed : int
+            This rank's seed.
+
+        Returns
+        -------
+        int
+        """
+        return self.gather(int(seed))[0]
+
+    def set_rows(self, n_local):
+        """Record this rank's number of rows.
+
+        Parameters
+        ----------
+        n_local : int
+
+        Returns
+        -------
+        int
+            The number of rows of all ranks.
+        """
+        counts = self.gather(int(n_local))
+        self._offset, self.n_rows = sum(counts[: self.rank]), sum(counts)
+        self._n_local = n_local
+        return self.n_rows
+
+    def local_batches(self, order, batch_size):
+        """Yield this rank's part of each global minibatch of ``order``.
+
+        Parameters
+        ----------
+        order : ndarray of int
+            A permutation of the global rows, the same on every rank.
+        batch_size : int
+            Rows per global minibatch.
+
+        Yields
+        ------
+        local : ndarray of int
+            Indices into this rank's rows, in the order of ``order`` (possibly empty).
+        global_size : int
+            Rows in the global minibatch.
+        """
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            mine = rows[(rows >= self._offset) & (rows < self._offset + self._n_local)]
+            yield mine - self._offset, len(rows)
+
+    def sum(self, values):
+        """Sums over ranks of a list of floats (NaN and inf propagate).
+
+        Parameters
+        ----------
+        values : list of float
+
+        Returns
+        -------
+        list of float
+        """
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def sum_gradients(self, parameters):
+        """Sum each parameter's gradient over ranks, in one all-reduce (a missing gradient counts as 0).
+
+        Parameters
+        ----------
+        parameters : iterable of torch.nn.Parameter
+        """
+        parameters = [p for p in parameters if p.requires_grad]
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in parameters]
+        flat = torch.cat([grad.reshape(-1) for grad in grads])
+        dist.all_reduce(flat)
+        for parameter, chunk in zip(parameters, flat.split([p.numel() for p in parameters]), strict=True):
+            parameter.grad = chunk.view_as(parameter)
+
+    def shard_of(self, n_rows):
+        """This rank's contiguous block of ``n_rows`` shared rows (ranks' blocks differ by at most 1).
+
+        Parameters
+        ----------
+        n_rows : int
+
+        Returns
+        -------
+        slice
+        """
+        bounds = np.linspace(0, n_rows, self.world_size + 1).round().astype(int)
+        return slice(int(bounds[self.rank]), int(bounds[self.rank + 1]))

@@ -1,0 +1,46 @@
+"""One rank of the data-parallel tests in test_distributed.py, started by torchrun (not a test module).
+
+Usage: python -m torch.distributed.run --nproc_per_node=2 tests/distributed_worker.py OUT MODE
+MODE "train": each rank fits an autoencoder on its half of a fixed data set and saves its weights;
+MODE "mismatch": rank 1 has one feature more, and each rank writes the error it got.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skvae import AutoencoderEmbedder
+
+PARAMS = dict(n_components=2, hidden_layer_sizes=(16, 8), batch_size=32, max_epochs=3, learning_rate=1e-2,
+              random_state=0, algorithm="dense")
+
+
+def data():
+    rng = np.random.RandomState(0)
+    return rng.normal(size=(100, 12)) + 3.0 * rng.randint(2, size=(100, 1))
+
+
+def main(out, mode):
+    rank = int(os.environ["RANK"])
+    X = data()
+    shard = X[:60] if rank == 0 else X[60:]  # unequal shards: rank 0 holds rows 0-59, rank 1 rows 60-99
+    if mode == "mismatch" and rank == 1:
+        shard = np.hstack([shard, np.zeros((len(shard), 1))])
+    try:
+        estimator = AutoencoderEmbedder(**PARAMS).fit(shard)
+    except ValueError as exc:
+        Path(out, f"error{rank}.txt").write_text(str(exc))
+        return
+    torch.save({"state": estimator.module_.state_dict(), "loss": estimator.history_["loss"]}, Path(out, f"rank{rank}.pt"))
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1], sys.argv[2])
+    finally:
+        if torch.distributed.is_initialized():  # fit initialised the group from torchrun's variables
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()

@@ -1,0 +1,59 @@
+"""Data-parallel training with torch.distributed: two real processes on gloo, started by torchrun."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skvae import AutoencoderEmbedder
+from skvae.train.distributed import data_parallel
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+sys.path.insert(0, str(WORKER.parent))
+import distributed_worker
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _torchrun(out, mode):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", str(WORKER), str(out), mode]
+    result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_ranks_end_identical_and_match_one_process_on_the_global_batch(tmp_path):
+    _torchrun(tmp_path, "train")
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), key
+    # one process on all rows with the same global minibatch of 32: each rank computed its part of it
+    single = AutoencoderEmbedder(**distributed_worker.PARAMS).fit(distributed_worker.data())
+    for key, value in single.module_.state_dict().items():
+        torch.testing.assert_close(ranks[0]["state"][key], value, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ranks[0]["loss"], single.history_["loss"], rtol=1e-5)
+    assert ranks[0]["loss"] == ranks[1]["loss"]  # the logged losses are reduced over both ranks
+
+
+def test_ranks_with_different_features_both_get_a_clear_error(tmp_path):
+    _torchrun(tmp_path, "mismatch")
+    for rank in (0, 1):
+        message = (tmp_path / f"error{rank}.txt").read_text()
+        assert "disagree on the number of features (rank 0: 12, rank 1: 13)" in message
+
+
+def test_a_single_process_trains_without_a_process_group(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert data_parallel(torch.device("cpu")) is None
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert data_parallel(torch.device("cpu")) is None
+    assert not torch.distributed.is_initialized()

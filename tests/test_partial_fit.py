@@ -1,0 +1,70 @@
+"""partial_fit: out-of-core training one pass at a time, continuing the model and its optimiser."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from skvae import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder
+
+ESTIMATORS = [AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder]
+SMALL = dict(n_components=2, hidden_layer_sizes=(16, 8), batch_size=16, random_state=0, dropout=0.1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.RandomState(0)
+    return rng.normal(size=(80, 12)) + 3.0 * rng.randint(2, size=(80, 1))
+
+
+def _same_weights(first, second):
+    return all(torch.equal(value, second.module_.state_dict()[key]) for key, value in first.module_.state_dict().items())
+
+
+def test_the_first_call_creates_the_model_and_later_calls_continue_it(data):
+    estimator = BetaVAEEmbedder(**SMALL).partial_fit(data)
+    assert estimator.n_iter_ == 1 and len(estimator.history_["loss"]) == 1 and estimator.algorithm_ == "dense"
+    before = {key: value.clone() for key, value in estimator.module_.state_dict().items()}
+    module = estimator.module_
+    estimator.partial_fit(data[:40]).partial_fit(data[40:])
+    assert estimator.module_ is module and estimator.n_iter_ == 3 and len(estimator.history_["kl_weight"]) == 3
+    assert any(not torch.equal(value, estimator.module_.state_dict()[key]) for key, value in before.items())
+    assert estimator.transform(data).shape == (80, 2)
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS)
+@pytest.mark.parametrize("sparse", [False, True])
+def test_passes_over_the_same_data_give_the_model_of_fit(cls, sparse, data):
+    X = sp.csr_matrix(np.maximum(data, 0)) if sparse else data
+    fitted = cls(**SMALL, max_epochs=3).fit(X)
+    streamed = cls(**SMALL)
+    for _ in range(3):
+        streamed.partial_fit(X)
+    assert _same_weights(fitted, streamed)
+    assert streamed.history_["loss"] == fitted.history_["loss"]
+
+
+def test_partial_fit_after_fit_continues_as_more_epochs(data):
+    longer = BetaVSCEmbedder(**SMALL, max_epochs=3).fit(data)
+    continued = BetaVSCEmbedder(**SMALL, max_epochs=2).fit(data).partial_fit(data)
+    assert _same_weights(longer, continued) and continued.n_iter_ == 3
+
+
+def test_the_kl_warmup_counts_the_passes_of_every_call(data):
+    estimator = BetaVAEEmbedder(**SMALL, beta=2.0, kl_warmup_epochs=4)
+    for _ in range(6):
+        estimator.partial_fit(data)
+    assert estimator.history_["kl_weight"] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0]
+
+
+def test_a_different_number_of_features_is_refused(data):
+    estimator = AutoencoderEmbedder(**SMALL).partial_fit(data)
+    with pytest.raises(ValueError, match="X has 11 features, but AutoencoderEmbedder is expecting 12"):
+        estimator.partial_fit(data[:, :11])
+
+
+def test_a_loaded_model_continues_with_a_new_optimiser(data, tmp_path):
+    estimator = AutoencoderEmbedder(**SMALL, max_epochs=2).fit(data)
+    estimator.save(tmp_path / "ae.pt")
+    loaded = AutoencoderEmbedder.load(tmp_path / "ae.pt").partial_fit(data)
+    assert loaded.n_iter_ == 3 and np.isfinite(loaded.transform(data)).all()

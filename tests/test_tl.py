@@ -1,0 +1,132 @@
+"""skvae.tl.embed on AnnData, in memory and backed by an h5ad file; training from a CSR matrix on disk."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import skvae
+from skvae import AutoencoderEmbedder, BetaVAEEmbedder, make_count_embedder
+
+anndata = pytest.importorskip("anndata")
+
+SMALL = dict(n_components=3, hidden_layer_sizes=(16, 8), batch_size=32, max_epochs=4, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def counts():
+    rng = np.random.RandomState(0)
+    return sp.csr_matrix(rng.poisson(rng.gamma(0.3, 2.0, size=(3, 60))[rng.randint(3, size=150)]).astype(np.float32))
+
+
+@pytest.fixture
+def adata(counts):
+    data = anndata.AnnData(sp.csr_matrix(np.log1p(counts.toarray())), layers={"counts": counts.copy()})
+    data.var_names = [f"gene{i}" for i in range(counts.shape[1])]
+    return data
+
+
+@pytest.fixture
+def h5ad(adata, tmp_path):
+    path = tmp_path / "cells.h5ad"
+    anndata.AnnData(adata.layers["counts"], var=adata.var, layers={"counts": adata.layers["counts"]}).write_h5ad(path)
+    return path
+
+
+def test_embed_fits_writes_obsm_and_uns_and_returns_the_estimator(adata, counts, tmp_path):
+    estimator = BetaVAEEmbedder(**SMALL, likelihood="nb")
+    assert skvae.tl.embed(adata, estimator, layer="counts") is estimator
+    np.testing.assert_allclose(adata.obsm["X_skvae"], BetaVAEEmbedder(**SMALL, likelihood="nb").fit_transform(counts),
+                               rtol=1e-6)
+    assert list(estimator.feature_names_in_) == list(adata.var_names)
+    record = adata.uns["X_skvae"]
+    assert record["estimator"] == "BetaVAEEmbedder" and record["layer"] == "counts"
+    assert len(record["history"]["loss"]) == 4 and record["params"]["likelihood"] == "nb"
+    # the record survives an h5ad round trip
+    adata.write_h5ad(tmp_path / "out.h5ad")
+    back = anndata.read_h5ad(tmp_path / "out.h5ad")
+    np.testing.assert_array_equal(back.obsm["X_skvae"], adata.obsm["X_skvae"])
+    assert back.uns["X_skvae"]["params"]["n_components"] == 3 and back.uns["X_skvae"]["params"]["n_jobs"] == "None"
+
+
+def test_a_fitted_estimator_transforms_and_checks_the_genes(adata):
+    estimator = skvae.tl.embed(adata, AutoencoderEmbedder(**SMALL), key_added="first")
+    skvae.tl.embed(adata, estimator, key_added="again")
+    np.testing.assert_array_equal(adata.obsm["again"], adata.obsm["first"])
+    with pytest.raises(ValueError, match="genes of adata .* do not match the 60 genes"):
+        skvae.tl.embed(adata[:, ::-1].copy(), estimator)
+
+
+def test_highly_variable_flags_select_the_genes(adata):
+    adata.var["highly_variable"] = np.arange(60) < 20
+    estimator = skvae.tl.embed(adata, AutoencoderEmbedder(**SMALL))
+    assert estimator.n_features_in_ == 20 and adata.uns["X_skvae"]["use_highly_variable"]
+    assert skvae.tl.embed(adata, AutoencoderEmbedder(**SMALL), use_highly_variable=False).n_features_in_ == 60
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"layer": "spliced"}, r"no layer 'spliced'; its layers are \['counts'\]"),
+        ({"use_highly_variable": True}, "no 'highly_variable' column"),
+        ({}, "adata.X does not hold raw counts"),  # log-normalised X for a count likelihood
+    ],
+)
+def test_clear_errors(adata, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        skvae.tl.embed(adata, BetaVAEEmbedder(**SMALL, likelihood="nb"), **kwargs)
+    assert "X_skvae" not in adata.obsm
+
+
+def test_not_an_anndata_object(counts):
+    with pytest.raises(TypeError, match="anndata.AnnData"):
+        skvae.tl.embed(counts, AutoencoderEmbedder(**SMALL))
+
+
+def test_a_pipeline_from_make_count_embedder(adata, tmp_path):
+    pipeline = make_count_embedder(n_top_genes=30, max_epochs=3, random_state=0)
+    skvae.tl.embed(adata, pipeline, layer="counts")
+    assert adata.obsm["X_skvae"].shape == (150, 10) and list(pipeline.feature_names_in_) == list(adata.var_names)
+    assert adata.uns["X_skvae"]["params"]["embedder"]["likelihood"] == "nb"
+    adata.write_h5ad(tmp_path / "out.h5ad")
+
+
+@pytest.mark.parametrize("layer", [None, "counts"])
+def test_backed_training_reads_from_disk_and_equals_training_in_memory(h5ad, counts, layer):
+    backed = anndata.read_h5ad(h5ad, backed="r")
+    estimator = skvae.tl.embed(backed, BetaVAEEmbedder(**SMALL, likelihood="nb"), layer=layer)
+    in_memory = BetaVAEEmbedder(**SMALL, likelihood="nb").fit(counts)
+    for key, value in in_memory.module_.state_dict().items():
+        assert np.array_equal(estimator.module_.state_dict()[key], value), key
+    np.testing.assert_allclose(backed.obsm["X_skvae"], in_memory.transform(counts), rtol=1e-6)
+
+
+def test_estimators_fit_and_transform_a_csr_matrix_on_disk(h5ad, counts):
+    on_disk = anndata.read_h5ad(h5ad, backed="r").X
+    for early_stopping in (False, True):
+        params = {**SMALL, "likelihood": "nb", "early_stopping": early_stopping}
+        streamed, in_memory = BetaVAEEmbedder(**params).fit(on_disk), BetaVAEEmbedder(**params).fit(counts)
+        np.testing.assert_allclose(streamed.transform(on_disk), in_memory.transform(counts), rtol=1e-6)
+        assert streamed.score(on_disk) == pytest.approx(in_memory.score(counts), rel=1e-6)
+    assert AutoencoderEmbedder(**SMALL).partial_fit(on_disk).n_iter_ == 1
+
+
+def test_a_backed_file_with_bad_values_or_layout_is_refused(tmp_path, counts):
+    negative = counts.copy()
+    negative.data[0] = -1.0
+    anndata.AnnData(negative).write_h5ad(tmp_path / "negative.h5ad")
+    with pytest.raises(ValueError, match="Negative values in data passed to BetaVAEEmbedder"):
+        BetaVAEEmbedder(**SMALL, likelihood="nb").fit(anndata.read_h5ad(tmp_path / "negative.h5ad", backed="r").X)
+    anndata.AnnData(counts.tocsc()).write_h5ad(tmp_path / "csc.h5ad")
+    with pytest.raises(TypeError, match="CSC matrix on disk"):
+        AutoencoderEmbedder(**SMALL).fit(anndata.read_h5ad(tmp_path / "csc.h5ad", backed="r").X)
+    with pytest.raises(ValueError, match="X has 60 features, but .* expecting 59"):
+        AutoencoderEmbedder(**SMALL).fit(counts[:, :59]).transform(anndata.read_h5ad(tmp_path / "negative.h5ad",
+                                                                                     backed="r").X)
+
+
+def test_backed_flags_that_cannot_be_applied_are_an_error(h5ad):
+    backed = anndata.read_h5ad(h5ad, backed="r")
+    backed.var["highly_variable"] = np.arange(60) < 20
+    with pytest.raises(ValueError, match="genes cannot be selected on the fly"):
+        skvae.tl.embed(backed, AutoencoderEmbedder(**SMALL))
+    assert skvae.tl.embed(backed, AutoencoderEmbedder(**SMALL), use_highly_variable=False).n_features_in_ == 60
