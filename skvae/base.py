@@ -324,7 +324,9 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 self.algorithm_ = None
         module = self.module_.to(device)
         _optimizer_to(state["optimizer"], device)
-        train_rows = self._row_source(X, device, self.algorithm_ or self.algorithm, training=True)
+        # a file on disk that every rank opens: each trains on its block, as in fit
+        shard = parallel.shard_of(X.shape[0]) if parallel is not None and is_backed_sparse(X) else None
+        train_rows = self._row_source(X, device, self.algorithm_ or self.algorithm, training=True, rows=shard)
         self.algorithm_ = self.algorithm_ or _algorithm_of(train_rows)
         with torch.random.fork_rng(devices=_cuda_indices(device)):
             torch.set_rng_state(state["torch"])
