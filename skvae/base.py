@@ -382,13 +382,10 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         for values in stored_value_blocks(X):
             if not np.isfinite(values).all():
                 raise ValueError("Input X contains NaN or infinity (in the matrix on disk).")
-            if values.size and np.abs(values).max() > _FLOAT32_MAX:
-                raise ValueError(f"X (on disk) has values beyond float32's range ({_FLOAT32_MAX:.3g}); training runs "
-                                 "in float32.")
+            _check_float32_range(values)
             if self._models_counts:
-                if values.size and values.min() < 0:
-                    raise ValueError(f"Negative values in data passed to {self._whom()}.")
-                integer = integer and bool(np.all(values == np.round(values)))
+                check_non_negative(values, self._whom())
+                integer = integer and _is_integer_valued(values)
         if not integer:
             self._warn_non_integer()
         return X

@@ -14,6 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .nn.likelihoods import LIKELIHOODS
 from .preprocessing import _is_integer_valued
+from .train.rows import is_backed_sparse
 
 
 def embed(adata, estimator, *, layer=None, use_highly_variable=None, key_added="X_skvae"):
@@ -76,7 +77,7 @@ def embed(adata, estimator, *, layer=None, use_highly_variable=None, key_added="
     if not isinstance(adata, anndata.AnnData):
         raise TypeError(f"adata must be an anndata.AnnData object, not {type(adata).__name__}.")
     X = _matrix(adata, layer)
-    genes = _gene_mask(adata, use_highly_variable, backed=_is_on_disk(X))
+    genes = _gene_mask(adata, use_highly_variable, backed=is_backed_sparse(X))
     if genes is not None:
         X = X[:, genes]
     var_names = np.asarray(adata.var_names if genes is None else adata.var_names[genes], dtype=object)
@@ -110,10 +111,6 @@ def _import_anndata():
         return importlib.import_module("anndata")
     except ImportError:
         raise ImportError("skvae.tl needs anndata, an optional extra: pip install 'skvae[anndata]'.") from None
-
-
-def _is_on_disk(X):
-    return not (isinstance(X, np.ndarray) or sp.issparse(X))
 
 
 def _matrix(adata, layer):
@@ -156,7 +153,7 @@ def _gene_mask(adata, use_highly_variable, *, backed):
 
 
 def _check_counts(X, layer, likelihood):
-    if _is_on_disk(X):
+    if is_backed_sparse(X):
         return  # the estimator checks the file's values as it streams them
     values = X.data if sp.issparse(X) else np.asarray(X)
     where = "adata.X" if layer is None else f"layer {layer!r}"

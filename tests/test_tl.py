@@ -116,6 +116,16 @@ def test_a_backed_file_with_bad_values_or_layout_is_refused(tmp_path, counts):
     anndata.AnnData(negative).write_h5ad(tmp_path / "negative.h5ad")
     with pytest.raises(ValueError, match="Negative values in data passed to BetaVAEEmbedder"):
         BetaVAEEmbedder(**SMALL, likelihood="nb").fit(anndata.read_h5ad(tmp_path / "negative.h5ad", backed="r").X)
+    not_finite = counts.copy()
+    not_finite.data[0] = np.nan
+    anndata.AnnData(not_finite).write_h5ad(tmp_path / "nan.h5ad")
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        AutoencoderEmbedder(**SMALL).fit(anndata.read_h5ad(tmp_path / "nan.h5ad", backed="r").X)
+    too_large = counts.astype(np.float64)
+    too_large.data[0] = 1e300
+    anndata.AnnData(too_large).write_h5ad(tmp_path / "large.h5ad")
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        AutoencoderEmbedder(**SMALL).fit(anndata.read_h5ad(tmp_path / "large.h5ad", backed="r").X)
     anndata.AnnData(counts.tocsc()).write_h5ad(tmp_path / "csc.h5ad")
     with pytest.raises(TypeError, match="CSC matrix on disk"):
         AutoencoderEmbedder(**SMALL).fit(anndata.read_h5ad(tmp_path / "csc.h5ad", backed="r").X)
