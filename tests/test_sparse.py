@@ -67,6 +67,17 @@ def test_linear_squared_error_on_shifted_sparse_rows_equals_dense(problem):
         torch.testing.assert_close(g_sparse, g_dense)
 
 
+@settings(max_examples=60)
+@given(shifted_sparse_problems())
+def test_row_sums_and_value_rows_from_scipy_equal_those_of_the_torch_tensors(problem):
+    values, shift, _, _ = problem
+    rows = ShiftedSparseRows.from_scipy(values, shift, dtype=np.float64)
+    crow = rows.values.crow_indices()
+    expected_rows = torch.repeat_interleave(torch.arange(values.shape[0]), crow.diff())
+    torch.testing.assert_close(rows.value_rows, expected_rows)
+    torch.testing.assert_close(rows.row_sums, torch.from_numpy(values.toarray() + shift).sum(dim=1))
+
+
 def test_autograd_gradcheck_of_the_sparse_functions():
     rng = np.random.RandomState(0)
     values = sp.random(5, 7, density=0.4, format="csr", random_state=rng)

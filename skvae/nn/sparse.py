@@ -129,12 +129,19 @@ class ShiftedSparseRows:
         ShiftedSparseRows
         """
         block = block.astype(dtype, copy=False)
+        shift = np.asarray(shift, dtype=dtype)
         transpose = block.T.tocsr() if with_transpose else None
-        return cls(
+        rows = cls(
             values=_torch_csr(block, device),
             values_t=None if transpose is None else _torch_csr(transpose, device),
-            shift=torch.from_numpy(np.asarray(shift, dtype=dtype)).to(device),
+            shift=torch.from_numpy(shift).to(device),
         )
+        # the cached properties, from scipy's arrays: a fraction of the time torch's kernels take for them
+        per_row = np.diff(block.indptr)
+        rows.__dict__["value_rows"] = torch.from_numpy(np.repeat(np.arange(len(per_row)), per_row)).to(device)
+        sums = np.asarray(block.sum(axis=1), dtype=dtype).ravel() + shift.sum(dtype=dtype)
+        rows.__dict__["row_sums"] = torch.from_numpy(sums).to(device)
+        return rows
 
     def linear(self, weight, bias):
         """``x @ weight + bias`` for every row ``x``, with ``weight`` stored (in, out).
