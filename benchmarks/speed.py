@@ -15,7 +15,8 @@ scaled log-normalised data of the same genes, and scVI (when scvi-tools is insta
 benchmark-only extra, ``pip install scvi-tools``) on the same counts, genes and batch size,
 with its default likelihood (ZINB) and with ``gene_likelihood="nb"``. Seconds per epoch are
 steady-state: the time of an ``E``-epoch fit minus that of a 1-epoch fit, over ``E - 1``, so
-that set-up is left out for both tools; each time is the best of three fits.
+that set-up is left out for both tools; each time is the best of three fits, taken in rounds
+over all the fits so that a slow spell of a shared machine falls on all of them alike.
 
 Usage: python benchmarks/speed.py [--epochs 200] [--models ae,vae,vsc] [--skip-large]
        python benchmarks/speed.py --counts-only [--count-epochs 10]
@@ -101,21 +102,22 @@ def large_sparse_epoch():
           f"{peak_memory_mib():.0f} MiB (matrix, Python and torch included)")
 
 
-def steady_seconds_per_epoch(fit, epochs, repeats=3):
-    """``(time of fit(epochs) - time of fit(1)) / (epochs - 1)``: per-epoch time without set-up.
+def steady_seconds_per_epoch(fits, epochs, repeats=3):
+    """``(time of fit(epochs) - time of fit(1)) / (epochs - 1)`` of each fit: per-epoch time without set-up.
 
-    Each time is the best of ``repeats`` fits (as timeit does): on a shared 2-core machine,
-    other work only ever adds time.
+    ``fits`` maps a label to a function fitting for a given number of epochs. Each time is
+    the best of ``repeats`` (as timeit does: on a shared machine, other work only ever adds
+    time), and the repeats go round all the fits in turn, so that a slow spell of the machine
+    falls on every fit alike, not on whichever ran during it.
     """
-    times = {}
-    for n in (1, epochs):
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fit(n)
-            best = min(best, time.perf_counter() - start)
-        times[n] = best
-    return (times[epochs] - times[1]) / (epochs - 1)
+    best = {label: {1: float("inf"), epochs: float("inf")} for label in fits}
+    for _ in range(repeats):
+        for label, fit in fits.items():
+            for n in (1, epochs):
+                start = time.perf_counter()
+                fit(n)
+                best[label][n] = min(best[label][n], time.perf_counter() - start)
+    return {label: (times[epochs] - times[1]) / (epochs - 1) for label, times in best.items()}
 
 
 def scvi_fit(counts, batch_size, **model_params):
@@ -149,24 +151,23 @@ def count_likelihood_speed(pbmc, *, epochs, batch_size=256):
         scaled = ClippedStandardScaler().fit_transform(LogNormalizer().fit_transform(counts)).astype(np.float32)
         print(f"\n== {label}: {counts.shape[0]} cells x {counts.shape[1]} genes, batch {batch_size}, "
               f"{epochs} epochs; s/epoch (steady state)")
-        nb_seconds = {}
+        fits = {}
         for cls, params in MODELS.values():
-            cells = []
             for likelihood in ("gaussian", "poisson", "nb", "zinb"):
-                X = scaled if likelihood == "gaussian" else counts
-                def fit(n, cls=cls, params=params, likelihood=likelihood, X=X):
+                def fit(n, cls=cls, params=params, likelihood=likelihood, X=scaled if likelihood == "gaussian" else counts):
                     cls(**params, likelihood=likelihood, max_epochs=n, batch_size=batch_size, random_state=0,
                         device="cpu", n_jobs=THREADS).fit(X)
-                seconds = steady_seconds_per_epoch(fit, epochs)
-                cells.append(f"{likelihood} {seconds:.3f}")
-                if likelihood == "nb":
-                    nb_seconds[cls.__name__] = seconds
-            print(f"{cls.__name__:20s}: " + ", ".join(cells), flush=True)
+                fits[cls.__name__, likelihood] = fit
+        scvi_rows = {"scVI defaults (ZINB)": {}, "scVI gene_likelihood='nb'": {"gene_likelihood": "nb"}}
         if scvi is not None:
-            for scvi_label, params in (("scVI defaults (ZINB)", {}), ("scVI gene_likelihood='nb'", {"gene_likelihood": "nb"})):
-                seconds = steady_seconds_per_epoch(scvi_fit(counts, batch_size, **params), epochs)
-                speedups = ", ".join(f"{name} {seconds / nb:.1f}x" for name, nb in nb_seconds.items())
-                print(f"{scvi_label:26s}: {seconds:.3f}; skvae's NB models are faster by: {speedups}", flush=True)
+            fits.update({label: scvi_fit(counts, batch_size, **params) for label, params in scvi_rows.items()})
+        seconds = steady_seconds_per_epoch(fits, epochs)
+        for cls, _ in MODELS.values():
+            cells = [f"{likelihood} {seconds[cls.__name__, likelihood]:.3f}" for likelihood in ("gaussian", "poisson", "nb", "zinb")]
+            print(f"{cls.__name__:20s}: " + ", ".join(cells))
+        for label in scvi_rows if scvi is not None else ():
+            speedups = ", ".join(f"{cls.__name__} {seconds[label] / seconds[cls.__name__, 'nb']:.1f}x" for cls, _ in MODELS.values())
+            print(f"{label:26s}: {seconds[label]:.3f}; skvae's NB models are faster by: {speedups}", flush=True)
 
 
 def main():
