@@ -47,7 +47,7 @@ import skvae
 from skvae import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder, make_count_embedder
 from skvae.datasets import fetch_pbmc3k, read_10x_mtx
 from skvae.preprocessing import ClippedStandardScaler, HighlyVariableGenes, LogNormalizer, filter_cells_genes
-from skvae.recipes import RECOMMENDED_COUNT_SETTINGS
+from skvae.recipes import RECOMMENDED_COUNT_SETTINGS, _final_step
 from skvae.study.evaluation import clustering_scores, latent_scores
 
 MODELS = {"AE": AutoencoderEmbedder, "beta-VAE": BetaVAEEmbedder, "beta-VSC": BetaVSCEmbedder}
@@ -98,8 +98,7 @@ def fit_timed(estimator, X):
     for warning in caught:
         if "collapse" in str(warning.message).lower():
             print(f"    warning: {warning.message}")
-    final = estimator[-1] if hasattr(estimator, "steps") else estimator
-    return np.asarray(codes, dtype=np.float64), seconds, seconds / max(1, getattr(final, "n_iter_", 1))
+    return np.asarray(codes, dtype=np.float64), seconds, seconds / max(1, getattr(_final_step(estimator), "n_iter_", 1))
 
 
 def scvi_codes(counts, epochs=None):

@@ -26,7 +26,7 @@ from ._threads import limited_threads
 from .nn.likelihoods import LIKELIHOODS
 from .preprocessing import _is_integer_valued
 from .train.distributed import data_parallel
-from .train.loop import mean_loss, train
+from .train.loop import adam, mean_loss, train
 from .train.rows import (
     BackedSparseRowSource,
     DenseRowSource,
@@ -266,7 +266,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         with torch.random.fork_rng(devices=_cuda_indices(device)):
             torch.manual_seed(seed)
             module = self._make_module(X.shape[1], hidden_layer_sizes).to(device)
-            optimizer = _adam(module, self.learning_rate)
+            optimizer = adam(module, self.learning_rate)
             history = self._train(module, train_rows, val_rows, rng=rng, generator=generator, optimizer=optimizer,
                                   device=device, parallel=parallel, max_epochs=self.max_epochs)
             torch_state = torch.get_rng_state()
@@ -318,7 +318,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 module = self.module_ if not first else self._make_module(X.shape[1], self._validated_hidden_layer_sizes())
                 torch_state = torch.get_rng_state()
             state = {"rng": rng, "generator": torch.Generator(device).manual_seed(seed),
-                     "optimizer": _adam(module, self.learning_rate), "torch": torch_state}
+                     "optimizer": adam(module, self.learning_rate), "torch": torch_state}
             if first:
                 self._set_fitted(module, {})
                 self.algorithm_ = None
@@ -638,11 +638,6 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         tags.input_tags.positive_only = self.likelihood in LIKELIHOODS and self._models_counts
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
-
-
-def _adam(module, learning_rate):
-    # the fused kernel steps all 3.5 M parameters of the study's network in one pass
-    return torch.optim.Adam(module.parameters(), lr=learning_rate, fused=True)
 
 
 def _optimizer_to(optimizer, device):

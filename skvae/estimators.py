@@ -244,10 +244,9 @@ class _VariationalEmbedder(BaseEmbedder):
             rows = X[np.unique(np.linspace(0, X.shape[0] - 1, min(X.shape[0], _ACTIVITY_ROWS)).astype(int))]
         activity = self._map_rows("embed", rows).var(axis=0)
         self.active_components_ = activity > ACTIVITY_THRESHOLD
-        n_active = int(self.active_components_.sum())
-        if warn and n_active < _fewest_active(self.n_components):
+        if warn and self.n_active_components_ < _fewest_active(self.n_components):
             warnings.warn(
-                f"Posterior collapse: {n_active} of the {self.n_components} latent dimensions are active (their "
+                f"Posterior collapse: {self.n_active_components_} of the {self.n_components} latent dimensions are active (their "
                 f"posterior mean varies across cells with variance above {ACTIVITY_THRESHOLD}; the largest is "
                 f"{activity.max():.2g}), so the codes carry little of the data. The KL term, weighted by "
                 f"beta={self.beta}, won over the reconstruction: lower beta, or warm the KL weight up from 0 "

@@ -27,6 +27,11 @@ RECOMMENDED_COUNT_SETTINGS = {
 RECOMMENDED_N_TOP_GENES = 2000
 
 
+def _final_step(estimator):
+    """The estimator itself, or the last step of a Pipeline such as :func:`make_count_embedder`'s."""
+    return estimator[-1] if hasattr(estimator, "steps") else estimator
+
+
 def make_count_embedder(**overrides):
     """skvae's recommended embedder for raw UMI counts, unfitted.
 

@@ -14,6 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .nn.likelihoods import LIKELIHOODS
 from .preprocessing import _is_integer_valued
+from .recipes import _final_step
 from .train.rows import is_backed_sparse
 
 
@@ -81,7 +82,7 @@ def embed(adata, estimator, *, layer=None, use_highly_variable=None, key_added="
     if genes is not None:
         X = X[:, genes]
     var_names = np.asarray(adata.var_names if genes is None else adata.var_names[genes], dtype=object)
-    final = estimator[-1] if hasattr(estimator, "steps") else estimator
+    final = _final_step(estimator)
     if getattr(final, "likelihood", "gaussian") in LIKELIHOODS and LIKELIHOODS[final.likelihood].counts:
         _check_counts(X, layer, final.likelihood)
     with warnings.catch_warnings():
@@ -134,21 +135,18 @@ def _gene_mask(adata, use_highly_variable, *, backed):
     has_flags = "highly_variable" in adata.var.columns
     if use_highly_variable is None:
         use_highly_variable = has_flags
-        if has_flags and backed:
-            raise ValueError(
-                "adata.var has 'highly_variable' flags, but the matrix is on disk (backed), where genes cannot be "
-                "selected on the fly. Pass use_highly_variable=False to embed every gene, or write the selected "
-                "genes to their own file first: adata[:, adata.var.highly_variable].copy(filename='hvg.h5ad')."
-            )
     if not use_highly_variable:
         return None
     if not has_flags:
         raise ValueError("use_highly_variable=True, but adata.var has no 'highly_variable' column: run "
                          "scanpy.pp.highly_variable_genes first, or pass use_highly_variable=False.")
     if backed:
-        raise ValueError("use_highly_variable=True needs the matrix in memory: a backed file's genes cannot be "
-                         "selected on the fly. Write them to their own file first: "
-                         "adata[:, adata.var.highly_variable].copy(filename='hvg.h5ad').")
+        raise ValueError(
+            "Embedding the genes flagged in adata.var['highly_variable'] needs the matrix in memory: it is on disk "
+            "(backed), where genes cannot be selected on the fly. Pass use_highly_variable=False to embed every "
+            "gene, or write the selected genes to their own file first: "
+            "adata[:, adata.var.highly_variable].copy(filename='hvg.h5ad')."
+        )
     return adata.var["highly_variable"].to_numpy(dtype=bool)
 
 
@@ -178,7 +176,8 @@ def _check_genes(estimator, var_names, n_genes):
     if expected is None:
         return  # the estimator checks the number of genes itself
     if len(expected) != n_genes or not np.array_equal(np.asarray(expected, dtype=object), var_names):
-        missing = [name for name in expected if name not in set(var_names)][:5]
+        present = set(var_names)
+        missing = [name for name in expected if name not in present][:5]
         raise ValueError(
             f"The genes of adata ({n_genes}) do not match the {len(expected)} genes the estimator was fitted on, "
             f"in the same order" + (f"; missing, e.g.: {missing}" if missing else "") + ". Subset and order adata "
@@ -197,5 +196,5 @@ def _storable(params):
         elif isinstance(value, (list, tuple, np.ndarray)) and np.asarray(value).dtype.kind in "biuf":
             stored[name] = np.asarray(value)
         else:
-            stored[name] = repr(value) if not (value is None) else "None"
+            stored[name] = "None" if value is None else repr(value)
     return stored

@@ -25,7 +25,7 @@ from sklearn.utils import check_scalar
 from ..datasets import fetch_pbmc3k
 from ..estimators import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder
 from ..preprocessing import ClippedStandardScaler, LogNormalizer
-from ..recipes import make_count_embedder
+from ..recipes import _final_step, make_count_embedder
 from .evaluation import evaluate_embedding
 from .plotting import (
     plot_embedding,
@@ -260,14 +260,14 @@ def _draw_figures(out, codes, tsne2d, cell_types, means, stds, embedders, models
     plot_metrics_heatmap(means, stds, ax=figure.add_subplot())
     figures["Scores, models x metrics"] = _save(figure, out / "metrics.png")
 
-    histories = {name: _final(embedders[key]).history_ for key, name in MODELS.items() if key in models and key != "pca"}
-    if histories:
+    trained = {name: _final_step(embedders[key]) for key, name in MODELS.items() if key in models and key != "pca"}
+    if trained:
         # one panel each: the autoencoder's squared error and the beta-weighted VAE losses have other scales
-        figure, axes = plt.subplots(1, len(histories), figsize=(3.6 * len(histories), 3.4), layout="constrained",
+        figure, axes = plt.subplots(1, len(trained), figsize=(3.6 * len(trained), 3.4), layout="constrained",
                                     squeeze=False)
-        for ax, (name, history) in zip(axes[0], histories.items()):
-            plot_training_history({name: history}, ax=ax)
-            beta = _final(embedders[next(key for key, n in MODELS.items() if n == name)]).get_params().get("beta")
+        for ax, (name, estimator) in zip(axes[0], trained.items()):
+            plot_training_history({name: estimator.history_}, ax=ax)
+            beta = estimator.get_params().get("beta")
             ax.set_title(name if beta is None else f"{name} (reconstruction + {beta:g} KL)")
             ax.get_legend().remove()
         figures["Training loss per cell, one panel per model (first run)"] = _save(figure, out / "training_loss.png")
@@ -277,11 +277,6 @@ def _draw_figures(out, codes, tsne2d, cell_types, means, stds, embedders, models
         plot_spike_probabilities(embedders["vsc"].spike_probabilities(X), cell_types, ax=figure.add_subplot())
         figures["beta-VSC: which latent dimensions each cell type uses"] = _save(figure, out / "vsc_spikes.png")
     return figures
-
-
-def _final(estimator):
-    """The estimator itself, or a Pipeline's last step."""
-    return estimator[-1] if hasattr(estimator, "steps") else estimator
 
 
 def _save(figure, path):

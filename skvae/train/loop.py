@@ -26,6 +26,28 @@ def _loss_after_step(module, xb, kl_weight):
     return (terms.reconstruction + kl_weight * terms.kl).sum().item()
 
 
+def adam(module, learning_rate):
+    """Adam over ``module``'s parameters; the fused kernel steps all of them in one pass.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    learning_rate : float
+
+    Returns
+    -------
+    torch.optim.Adam
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.train.loop import adam
+    >>> adam(torch.nn.Linear(3, 2), 1e-3).param_groups[0]["lr"]
+    0.001
+    """
+    return torch.optim.Adam(module.parameters(), lr=learning_rate, fused=True)
+
+
 def kl_warmup_weight(epoch, beta, warmup_epochs):
     """Weight of the KL term in an epoch of a linear warm-up.
 
@@ -187,8 +209,7 @@ def train(
     (5, True)
     """
     if optimizer is None:
-        # the fused kernel steps all 3.5 M parameters of the study's network in one pass
-        optimizer = torch.optim.Adam(module.parameters(), lr=learning_rate, fused=True)
+        optimizer = adam(module, learning_rate)
     n_train = train_rows.n_rows if parallel is None else parallel.set_rows(train_rows.n_rows)
     # batch normalisation cannot normalise a single row in training
     fewest_rows = 2 if any(isinstance(layer, torch.nn.BatchNorm1d) for layer in module.modules()) else 1
