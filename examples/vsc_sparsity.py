@@ -24,7 +24,7 @@ args = parser.parse_args()
 pbmc = fetch_pbmc3k()
 cell_types = pbmc.target_names[pbmc.target]
 X = make_pipeline(LogNormalizer(), ClippedStandardScaler()).fit_transform(pbmc.data).astype(np.float32)
-vsc = BetaVSCEmbedder(beta=2, prior_sparsity=0.5, max_epochs=3 if args.quick else 200, random_state=0).fit(X)
+vsc = BetaVSCEmbedder(beta=2, prior_activity=0.5, max_epochs=3 if args.quick else 200, random_state=0).fit(X)
 
 gamma = vsc.spike_probabilities(X)
 table = pd.DataFrame(gamma, columns=[f"dim {i + 1}" for i in range(gamma.shape[1])]).groupby(cell_types).mean()

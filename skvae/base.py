@@ -6,6 +6,7 @@ score, scikit-learn tags, feature names and saving. A subclass adds only the tor
 module it trains (``_build_module``) and, for variational models, the KL weight.
 """
 
+import contextlib
 import copy
 import os
 import warnings
@@ -13,33 +14,26 @@ from abc import ABCMeta, abstractmethod
 from numbers import Integral, Real
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
-from sklearn.model_selection import train_test_split
 from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._persistence import SAVE_FORMAT, atomic_torch_save, read_save, to_builtins
 from ._threads import limited_threads
-from .nn.likelihoods import LIKELIHOODS
-from .preprocessing import _is_integer_valued
+from ._validation import ValueCheck, refuse_foreign_input
+from .nn.likelihoods import LIKELIHOODS, make_likelihood
+from .train.data import RowData, iter_minibatches
 from .train.distributed import data_parallel
-from .train.loop import adam, mean_loss, train
-from .train.rows import (
-    BackedSparseRowSource,
-    DenseRowSource,
-    is_backed_sparse,
-    iter_batches,
-    make_row_source,
-    stored_value_blocks,
-)
+from .train.loop import TrainingConfig, TrainingState, mean_loss, train
+from .train.rows import DenseRowSource
 
 # Rows per forward pass at inference: large enough to amortise the per-call overhead,
 # small enough that a dense block of 10^4-10^5 genes stays well under a GB.
 _INFERENCE_BATCH_SIZE = 2048
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# old parameter name -> new one, for saves written before a rename
+_RENAMED_PARAMETERS = {"prior_sparsity": "prior_activity"}
 
 
 class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator, metaclass=ABCMeta):
@@ -154,42 +148,15 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """
 
     def _make_module(self, n_features, hidden_layer_sizes):
-        likelihood = LIKELIHOODS[self.likelihood](n_features)
-        return self._build_module(
-            n_features, hidden_layer_sizes, likelihood=likelihood, batch_norm=self.batch_norm, dropout=self.dropout
-        )
+        return self._build_module(n_features, hidden_layer_sizes, likelihood=make_likelihood(self.likelihood, n_features),
+                                  batch_norm=self.batch_norm, dropout=self.dropout)
 
     @property
     def _models_counts(self):
         return LIKELIHOODS[self.likelihood].counts
 
-    def _check_counts(self, X):
-        """Count likelihoods: refuse negative values and warn of non-integer ones. Gaussian: warn of raw counts."""
-        if not self._models_counts:
-            if _looks_like_raw_counts(X):
-                warnings.warn(
-                    "X looks like raw counts (non-negative integers), but likelihood='gaussian' reconstructs its "
-                    "input with a squared error, which suits log-normalised, scaled expression: normalise it first "
-                    "(LogNormalizer, then ClippedStandardScaler), or model the counts with likelihood='nb'.",
-                    UserWarning,
-                    stacklevel=3,
-                )
-            return
-        check_non_negative(X, self._whom())
-        if not _is_integer_valued(X):
-            self._warn_non_integer()
-
     def _whom(self):
         return f"{type(self).__name__}(likelihood={self.likelihood!r}), which models raw counts"
-
-    def _warn_non_integer(self):
-        warnings.warn(
-            f"X has non-integer values, but likelihood={self.likelihood!r} models raw counts. Normalised or "
-            "log-transformed data (such as LogNormalizer's output) is the likely cause: pass the raw UMI "
-            "counts of QC'd cells, or use likelihood='gaussian' for normalised and scaled data.",
-            UserWarning,
-            stacklevel=4,
-        )
 
     def _kl_weight(self):
         """Weight of the KL term in the training loss."""
@@ -231,9 +198,10 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
             Training data, e.g. log-normalised and scaled expression, cells in rows.
-            Sparse input is densified one minibatch at a time.
+            Sparse input is densified one minibatch at a time; a CSR matrix on disk
+            (a backed AnnData's ``X``) is read one minibatch at a time.
         y : Ignored
             Not used, present for API consistency by convention.
 
@@ -243,38 +211,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             The fitted estimator.
         """
         with limited_threads(self.n_jobs):
-            return self._fit(X)
-
-    def _fit(self, X):
-        device = self._training_device()
-        parallel = data_parallel(device)
-        X = self._validate_training_data(X, reset=True)
-        hidden_layer_sizes = self._validated_hidden_layer_sizes()
-        if self.n_components > hidden_layer_sizes[-1]:
-            warnings.warn(
-                f"n_components={self.n_components} is larger than the last hidden layer ({hidden_layer_sizes[-1]}): "
-                f"the code is computed from, and decoded through, {hidden_layer_sizes[-1]} units, so it carries at "
-                f"most that many independent directions. Widen the network, e.g. hidden_layer_sizes="
-                f"{tuple(max(size, self.n_components) for size in hidden_layer_sizes)}.",
-                UserWarning,
-                stacklevel=3,
-            )
-        rng, seed = self._seeds(parallel)
-        train_rows, val_rows, activity_rows = self._training_rows(X, rng, seed, device, parallel)
-        generator = torch.Generator(device).manual_seed(seed)
-        # torch's global generators are forked: the initialisation and dropout draw from a local seed
-        with torch.random.fork_rng(devices=_cuda_indices(device)):
-            torch.manual_seed(seed)
-            module = self._make_module(X.shape[1], hidden_layer_sizes).to(device)
-            optimizer = adam(module, self.learning_rate)
-            history = self._train(module, train_rows, val_rows, rng=rng, generator=generator, optimizer=optimizer,
-                                  device=device, parallel=parallel, max_epochs=self.max_epochs)
-            torch_state = torch.get_rng_state()
-        self._set_fitted(module.cpu(), history)
-        # what partial_fit needs to continue as more epochs of this fit would
-        self._training_state = {"rng": rng, "generator": generator, "optimizer": optimizer, "torch": torch_state}
-        self._check_active_components(activity_rows)
-        return self
+            return self._fit(X, incremental=False)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None):
@@ -303,42 +240,100 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             The estimator, trained one pass further.
         """
         with limited_threads(self.n_jobs):
-            return self._partial_fit(X)
+            return self._fit(X, incremental=True)
 
-    def _partial_fit(self, X):
-        first = not hasattr(self, "module_")
-        device = self._training_device()
-        parallel = data_parallel(device)
-        X = self._validate_training_data(X, reset=first)
-        state = getattr(self, "_training_state", None)
-        if first or state is None:  # a first call, or a model loaded from a file: a new optimiser
-            rng, seed = self._seeds(parallel)
-            with torch.random.fork_rng(devices=_cuda_indices(device)):
-                torch.manual_seed(seed)
-                module = self.module_ if not first else self._make_module(X.shape[1], self._validated_hidden_layer_sizes())
-                torch_state = torch.get_rng_state()
-            state = {"rng": rng, "generator": torch.Generator(device).manual_seed(seed),
-                     "optimizer": adam(module, self.learning_rate), "torch": torch_state}
+    def _fit(self, X, *, incremental):
+        """The one training path: ``fit`` (a new model, ``max_epochs``) or ``partial_fit`` (continue, one pass).
+
+        Nothing is changed when it fails: the estimator keeps the attributes, weights and
+        training state it had before the call.
+        """
+        with self._unchanged_on_failure(incremental):
+            first = not (incremental and hasattr(self, "module_"))
+            device = self._training_device()
+            parallel = data_parallel(device)
+            data = self._validated_rows(X, reset=first, training=True)
+            hidden_layer_sizes = self._validated_hidden_layer_sizes()
             if first:
-                self._set_fitted(module, {})
-                self.algorithm_ = None
-        module = self.module_.to(device)
-        _optimizer_to(state["optimizer"], device)
-        # a file on disk that every rank opens: each trains on its block, as in fit
-        shard = parallel.shard_of(X.shape[0]) if parallel is not None and is_backed_sparse(X) else None
-        train_rows = self._row_source(X, device, self.algorithm_ or self.algorithm, training=True, rows=shard)
-        self.algorithm_ = self.algorithm_ or _algorithm_of(train_rows)
-        with torch.random.fork_rng(devices=_cuda_indices(device)):
-            torch.set_rng_state(state["torch"])
-            history = self._train(module, train_rows, None, rng=state["rng"], generator=state["generator"],
-                                  optimizer=state["optimizer"], device=device, parallel=parallel, max_epochs=1,
-                                  start_epoch=self.n_iter_)
-            state["torch"] = torch.get_rng_state()
-        _optimizer_to(state["optimizer"], "cpu")
-        self._training_state = state
-        self._set_fitted(module.cpu(), {key: self.history_.get(key, []) + values for key, values in history.items()})
-        self._check_active_components(X, warn=False)
+                self._warn_if_code_wider_than(hidden_layer_sizes[-1])
+            state = None if first else getattr(self, "_training_state", None)
+            if state is None:  # a new model, or one loaded from a file: a new optimiser, shuffling and noise
+                rng, seed = self._seeds(parallel)
+                with torch.random.fork_rng(devices=_cuda_indices(device)):
+                    torch.manual_seed(seed)  # the initialisation and dropout draw from a local seed
+                    module = self._make_module(data.n_features, hidden_layer_sizes) if first else self.module_
+                    torch_rng = _torch_rng_state(device)
+                state = TrainingState(module, device=device, seed=seed, rng=rng, learning_rate=self.learning_rate,
+                                      torch_rng=torch_rng)
+            module = self.module_ if not first else module
+            train_data, val_data = data.shard(parallel), None
+            if self.early_stopping and not incremental:
+                # a rank splits its rows with its own generator: the shuffling rng stays the same on every rank
+                split_rng = state.rng if parallel is None else np.random.RandomState([seed, parallel.rank])
+                train_data, val_data = train_data.split(self.validation_fraction, split_rng)
+            center = not self._models_counts
+            algorithm = self.algorithm if first or not incremental else self.algorithm_
+            train_rows = train_data.source(algorithm=algorithm, center=center, device=device, with_transpose=True)
+            # the validation rows take the representation "auto" chose for the training rows
+            algorithm = _algorithm_of(train_rows)
+            val_rows = None if val_data is None else val_data.source(algorithm=algorithm, center=center, device=device)
+            module.to(device)
+            state.train_on(device)
+            with torch.random.fork_rng(devices=_cuda_indices(device)):
+                _set_torch_rng_state(state.torch_rng, device)
+                history = train(module, train_rows, val_rows, config=self._training_config(incremental), state=state,
+                                device=device, parallel=parallel, start_epoch=0 if first or not incremental else self.n_iter_)
+                state.torch_rng = _torch_rng_state(device)
+            state.to(torch.device("cpu"))
+            if incremental and not first:
+                history = {key: self.history_.get(key, []) + values for key, values in history.items()}
+            self._set_fitted(module.cpu(), history)
+            self.algorithm_ = algorithm
+            # what partial_fit needs to continue as more epochs of this fit would
+            self._training_state = state
+            self._check_active_components(data, warn=not incremental)
         return self
+
+    @contextlib.contextmanager
+    def _unchanged_on_failure(self, incremental):
+        """Undo every change to the estimator when the block raises: attributes, and weights trained in place."""
+        attributes = dict(self.__dict__)
+        module, state = getattr(self, "module_", None), getattr(self, "_training_state", None)
+        in_place = incremental and module is not None
+        weights = {key: value.clone() for key, value in module.state_dict().items()} if in_place else None
+        training = state.snapshot() if in_place and state is not None else None
+        try:
+            yield
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(attributes)
+            if weights is not None:
+                module.cpu().load_state_dict(weights)
+            if training is not None:
+                state.restore(training)
+            raise
+
+    def _warn_if_code_wider_than(self, last_hidden):
+        if self.n_components > last_hidden:
+            widened = tuple(max(size, self.n_components) for size in self._validated_hidden_layer_sizes())
+            warnings.warn(
+                f"n_components={self.n_components} is larger than the last hidden layer ({last_hidden}): "
+                f"the code is computed from, and decoded through, {last_hidden} units, so it carries at "
+                f"most that many independent directions. Widen the network, e.g. hidden_layer_sizes={widened}.",
+                UserWarning,
+                stacklevel=5,
+            )
+
+    def _training_config(self, incremental):
+        return TrainingConfig(
+            kl_weight=self._kl_weight(),
+            kl_warmup_epochs=self._kl_warmup_epochs(),
+            batch_size=self.batch_size,
+            max_epochs=1 if incremental else self.max_epochs,
+            n_iter_no_change=self.n_iter_no_change,
+            tol=self.tol,
+            verbose=self.verbose,
+        )
 
     def _seeds(self, parallel):
         """The RandomState that shuffles (the same on every rank) and the integer seed of torch's draws."""
@@ -352,97 +347,45 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 rng = np.random.RandomState(parallel.broadcast_seed(rng.randint(np.iinfo(np.int32).max)))
         return rng, rng.randint(np.iinfo(np.int32).max)
 
-    def _validate_training_data(self, X, *, reset):
-        """``X`` checked for training: an array or sparse matrix in float32, or a CSR matrix on disk."""
-        if is_backed_sparse(X):
-            return self._validate_backed(X, reset=reset)
-        _refuse_foreign_input(X)
-        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float32, np.float64], ensure_min_samples=2,
-                          reset=reset)
-        _check_float32_range(X)
-        self._check_counts(X)
-        return X.astype(np.float32, copy=False)
+    def _validated_rows(self, X, *, reset, training, float32_range=None):
+        """``X`` checked and decided once, as a :class:`~skvae.train.data.RowData`.
 
-    def _validate_backed(self, X, *, reset):
-        if X.format != "csr":
-            raise TypeError(f"X is a {X.format.upper()} matrix on disk: skvae reads cells (rows), which a CSC file "
+        For training (``training=True``) at least 2 rows, values within float32's range,
+        and rows in memory cast to float32; for a fitted model, the features it was fitted
+        on, in float32 or float64. The values get the same checks in memory and on disk.
+        """
+        refuse_foreign_input(X)
+        dtype = [np.float32, np.float64] if training else [np.float64, np.float32]
+        min_rows = 2 if training else 1
+        data = RowData.from_input(X, check_in_memory=lambda X: validate_data(
+            self, X, accept_sparse="csr", dtype=dtype, ensure_min_samples=min_rows, reset=reset))
+        if data.on_disk:
+            self._check_file(data, reset=reset, min_rows=min_rows)
+        check = ValueCheck(counts=self._models_counts, whom=self._whom(), check_finite=data.on_disk,
+                           float32_range=training or data.on_disk if float32_range is None else float32_range)
+        for values in data.value_blocks():
+            check.update(values)
+        check.finish(stacklevel=4)
+        return data.astype(np.float32) if training else data
+
+    def _check_file(self, data, *, reset, min_rows):
+        """What ``validate_data`` checks in memory, for a matrix on disk: layout, features, rows."""
+        if data.format != "csr":
+            raise TypeError(f"X is a {data.format.upper()} matrix on disk: skvae reads cells (rows), which a CSC file "
                             "stores scattered. Write the matrix as CSR (cells x genes), e.g. adata.X = "
                             "adata.X.tocsr() before adata.write_h5ad.")
         if reset:
-            self.n_features_in_ = X.shape[1]
+            self.n_features_in_ = data.n_features
             if hasattr(self, "feature_names_in_"):
                 del self.feature_names_in_
-        elif X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+        elif data.n_features != self.n_features_in_:
+            raise ValueError(f"X has {data.n_features} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input.")
-        if X.shape[0] < 2:
-            raise ValueError(f"Found array with {X.shape[0]} sample(s) while a minimum of 2 is required.")
-        # the stored values, streamed in blocks: what validate_data and _check_counts check in memory
-        integer = True
-        for values in stored_value_blocks(X):
-            if not np.isfinite(values).all():
-                raise ValueError("Input X contains NaN or infinity (in the matrix on disk).")
-            _check_float32_range(values)
-            if self._models_counts:
-                check_non_negative(values, self._whom())
-                integer = integer and _is_integer_valued(values)
-        if not integer:
-            self._warn_non_integer()
-        return X
+        if data.n_rows < min_rows:
+            raise ValueError(f"Found array with {data.n_rows} sample(s) while a minimum of {min_rows} is required.")
 
-    def _training_rows(self, X, rng, seed, device, parallel):
-        """Row sources of the training and validation rows, and the data on which activity is measured."""
-        backed = is_backed_sparse(X)
-        # a file on disk is shared: every rank passes it and trains on its block of rows
-        train_part = X if not backed else np.arange(X.shape[0])[parallel.shard_of(X.shape[0]) if parallel else slice(None)]
-        val_part = None
-        if self.early_stopping:
-            # a rank splits its rows with its own generator: the shuffling rng stays the same on every rank
-            split_rng = rng if parallel is None else np.random.RandomState([seed, parallel.rank])
-            # on disk, the rows split are indices: the same split, and order, as of the matrix in memory
-            train_part, val_part = train_test_split(train_part, test_size=self.validation_fraction, random_state=split_rng)
-        train_rows = self._row_source(X if backed else train_part, device, self.algorithm, training=True,
-                                      rows=train_part if backed else None)
-        # the validation rows take the representation "auto" chose for the training rows
-        self.algorithm_ = _algorithm_of(train_rows)
-        val_rows = None
-        if val_part is not None:
-            val_rows = self._row_source(X if backed else val_part, device, self.algorithm_, training=False,
-                                        rows=val_part if backed else None)
-        return train_rows, val_rows, (X if backed else train_part)
-
-    def _row_source(self, data, device, algorithm, *, training, rows=None):
-        """Minibatches of ``data`` (of its ``rows`` when on disk) for training or evaluation."""
-        if is_backed_sparse(data):
-            return BackedSparseRowSource(data, rows=slice(None) if rows is None else rows, dtype=np.float32,
-                                         device=device, with_transpose=training)
-        return make_row_source(data, algorithm=algorithm, center=not self._models_counts, device=device,
-                               with_transpose=training)
-
-    def _train(self, module, train_rows, val_rows, *, rng, generator, optimizer, device, parallel, max_epochs,
-               start_epoch=0):
-        return train(
-            module,
-            train_rows,
-            val_rows,
-            kl_weight=self._kl_weight(),
-            kl_warmup_epochs=self._kl_warmup_epochs(),
-            start_epoch=start_epoch,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            max_epochs=max_epochs,
-            n_iter_no_change=self.n_iter_no_change,
-            tol=self.tol,
-            rng=rng,
-            generator=generator,
-            device=device,
-            verbose=self.verbose,
-            optimizer=optimizer,
-            parallel=parallel,
-        )
-
-    def _check_active_components(self, X, warn=True):
-        """Variational models: count the active latent dimensions of ``X``'s codes and warn of a collapse."""
+    def _check_active_components(self, data, warn=True):
+        """Variational models: count the active latent dimensions of the codes of ``data``'s rows and warn of a collapse."""
 
     # fitted attributes beyond the module and history that save keeps, as lists
     _saved_attributes = ()
@@ -455,34 +398,31 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         return self
 
     @torch.no_grad()
-    def _map_rows(self, method, X):
-        """Apply ``self.module_.<method>`` to the rows of X in X's float precision.
+    def _map_rows(self, method, data):
+        """Apply ``self.module_.<method>`` to the rows of ``data`` (a RowData) in their float precision.
 
-        Sparse input goes through the encoder's sparse first layer; dense input
-        through dense products, so that each row's result does not depend on the
-        others.
+        Sparse rows go through the encoder's sparse first layer; dense rows through dense
+        products, so that each row's result does not depend on the others.
         """
-        module = self.module_ if X.dtype == np.float32 else copy.deepcopy(self.module_).double()
+        dtype = np.float32 if data.dtype == np.float32 else np.float64
+        module = self.module_ if dtype == np.float32 else copy.deepcopy(self.module_).double()
         module.eval()
-        rows = make_row_source(X, algorithm="sparse" if sp.issparse(X) else "dense", dtype=X.dtype)
+        source = data.source(algorithm="sparse" if data.stored_sparse else "dense", center=False, dtype=dtype)
         with limited_threads(self.n_jobs):
-            return np.concatenate([getattr(module, method)(xb).numpy() for xb in iter_batches(rows, _INFERENCE_BATCH_SIZE)])
+            return np.concatenate([getattr(module, method)(minibatch.x, **minibatch.covariates).numpy()
+                                   for minibatch in iter_minibatches(source, _INFERENCE_BATCH_SIZE)])
 
-    def _validate_fitted_input(self, X):
+    def _fitted_rows(self, X):
+        """The rows of ``X`` for a fitted model: its features, in float32 or float64."""
         check_is_fitted(self)
-        if is_backed_sparse(X):
-            return self._validate_backed(X, reset=False)
-        _refuse_foreign_input(X)
-        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], reset=False)
-        self._check_counts(X)
-        return X
+        return self._validated_rows(X, reset=False, training=False)
 
     def transform(self, X):
         """Embed ``X``: the deterministic latent code of each cell.
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
             Data with the features seen in ``fit``.
 
         Returns
@@ -490,7 +430,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         X_new : ndarray of shape (n_samples, n_components)
             Latent codes, float32 for float32 input, else float64.
         """
-        return self._map_rows("embed", self._validate_fitted_input(X))
+        return self._map_rows("embed", self._fitted_rows(X))
 
     def inverse_transform(self, X):
         """Decode latent codes back to feature space.
@@ -512,7 +452,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         X = check_array(X, dtype=[np.float64, np.float32])
         if X.shape[1] != self.n_components:
             raise ValueError(f"X has {X.shape[1]} columns, but {type(self).__name__} decodes codes of {self.n_components}.")
-        return self._map_rows("decode", X)
+        return self._map_rows("decode", RowData.from_input(X))
 
     def score(self, X, y=None):
         """Negative mean loss per cell: higher is better.
@@ -526,7 +466,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
             Data with the features seen in ``fit``.
         y : Ignored
             Not used, present for API consistency by convention.
@@ -535,10 +475,10 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         -------
         score : float
         """
-        X = self._validate_fitted_input(X)
-        if not is_backed_sparse(X):  # a file on disk had its range checked as it was read
-            _check_float32_range(X)  # the loss is computed in float32, as in training
-        rows = make_row_source(X, algorithm=self.algorithm_, center=not self._models_counts)
+        check_is_fitted(self)
+        # the loss is computed in float32, as in training
+        data = self._validated_rows(X, reset=False, training=False, float32_range=True)
+        rows = data.source(algorithm=self.algorithm_, center=not self._models_counts)
         with limited_threads(self.n_jobs):
             return -mean_loss(self.module_, rows, kl_weight=1.0, batch_size=_INFERENCE_BATCH_SIZE)
 
@@ -597,8 +537,10 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         if state["estimator"] != cls.__name__:
             raise ValueError(f"{path} holds {state['estimator']}, not {cls.__name__}: load it with "
                              f"{state['estimator']}.load.")
+        # parameters renamed since (the old name in a save still loads)
+        params = {_RENAMED_PARAMETERS.get(name, name): value for name, value in state["params"].items()}
         try:
-            estimator = cls(**state["params"])
+            estimator = cls(**params)
             estimator._validate_params()
             hidden_layer_sizes = estimator._validated_hidden_layer_sizes()
         except (TypeError, ValueError) as exc:
@@ -640,16 +582,8 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         return tags
 
 
-def _optimizer_to(optimizer, device):
-    """Move Adam's moments beside the parameters (partial_fit keeps the model on CPU between calls)."""
-    for state in optimizer.state.values():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and key != "step":
-                state[key] = value.to(device)
-
-
-def _algorithm_of(rows):
-    return "dense" if isinstance(rows, DenseRowSource) else "sparse"
+def _algorithm_of(source):
+    return "dense" if isinstance(source.rows, DenseRowSource) else "sparse"
 
 
 def _cuda_indices(device):
@@ -659,30 +593,13 @@ def _cuda_indices(device):
     return [torch.cuda.current_device() if device.index is None else device.index]
 
 
-def _looks_like_raw_counts(X):
-    """Non-negative whole numbers beyond 0 and 1: what a count matrix looks like, and scaled data never does."""
-    values = X.data if sp.issparse(X) else X
-    return values.size > 0 and values.min() >= 0 and values.max() > 1 and _is_integer_valued(X)
+def _torch_rng_state(device):
+    """torch's global random states that training draws from (dropout): the CPU's, and the GPU's on CUDA."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
 
 
-def _refuse_foreign_input(X):
-    """AnnData objects, dates and durations: clear errors instead of numpy's casts or messages."""
-    if type(X).__name__ == "AnnData":  # anndata stays an optional dependency
-        raise TypeError(
-            "X is an AnnData object: pass its matrix, e.g. adata.X (log-normalised and scaled for "
-            "likelihood='gaussian') or adata.layers['counts'] (raw counts for a count likelihood)."
-        )
-    # numpy would cast dates and durations to numbers silently
-    kinds = {dtype.kind for dtype in getattr(X, "dtypes", [getattr(X, "dtype", None)]) if dtype is not None}
-    if kinds & {"M", "m"}:
-        raise TypeError("X holds dates or durations (datetime64 / timedelta64); pass numeric expression values.")
-
-
-def _check_float32_range(X):
-    """Training and ``score`` compute in float32: larger values would become inf."""
-    values = X.data if sp.issparse(X) else X
-    if values.dtype == np.float64 and values.size and np.abs(values).max() > _FLOAT32_MAX:
-        raise ValueError(
-            f"X has values beyond float32's range ({np.abs(values).max():.3g} > {_FLOAT32_MAX:.3g}); training "
-            "runs in float32. Scale the data (e.g. log-normalise and standardise it)."
-        )
+def _set_torch_rng_state(states, device):
+    cpu, cuda = states
+    torch.set_rng_state(cpu)
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)

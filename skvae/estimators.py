@@ -16,7 +16,6 @@ from sklearn.utils.validation import check_is_fitted
 from ._threads import limited_threads
 from .base import BaseEmbedder
 from .nn.models import Autoencoder, SparseCodingVAE, VariationalAutoencoder
-from .train.rows import is_backed_sparse
 
 # A latent dimension is active when its posterior mean varies across cells with at least this
 # variance: a hundredth of the prior's (Burda, Grosse and Salakhutdinov, 2016).
@@ -184,11 +183,11 @@ def _docstring(template):
 
 
 @_docstring(
-    """Deep autoencoder embedding: a deterministic code, squared-error loss.
+    """Deep autoencoder embedding: a deterministic code.
 
     The encoder maps each cell to ``n_components`` numbers through
-    ``hidden_layer_sizes``; the decoder maps them back; the loss is the summed
-    squared error per cell.
+    ``hidden_layer_sizes``; the decoder maps them back; the loss per cell is the
+    reconstruction term of ``likelihood`` (by default the summed squared error).
 
     Parameters
     ----------
@@ -237,12 +236,9 @@ class _VariationalEmbedder(BaseEmbedder):
     def _kl_warmup_epochs(self):
         return self.kl_warmup_epochs
 
-    def _check_active_components(self, X, warn=True):
+    def _check_active_components(self, data, warn=True):
         # Burda et al.'s activity: the variance across cells of a dimension's posterior mean
-        rows = X
-        if X.shape[0] > _ACTIVITY_ROWS or is_backed_sparse(X):  # a file on disk: these rows read into memory
-            rows = X[np.unique(np.linspace(0, X.shape[0] - 1, min(X.shape[0], _ACTIVITY_ROWS)).astype(int))]
-        activity = self._map_rows("embed", rows).var(axis=0)
+        activity = self._map_rows("embed", data.sample(_ACTIVITY_ROWS)).var(axis=0)
         self.active_components_ = activity > ACTIVITY_THRESHOLD
         if warn and self.n_active_components_ < _fewest_active(self.n_components):
             warnings.warn(
@@ -286,9 +282,10 @@ class _VariationalEmbedder(BaseEmbedder):
 @_docstring(
     """Beta-VAE embedding: Gaussian posterior, codes are the posterior means.
 
-    The loss per cell is the summed squared error of the reconstruction of a
-    reparameterised draw plus ``beta`` times the KL divergence of the posterior
-    ``N(mu, sigma^2)`` from ``N(0, I)``. :meth:`transform` returns ``mu``.
+    The loss per cell is the reconstruction term of ``likelihood`` (by default
+    the summed squared error) of a reparameterised draw plus ``beta`` times the
+    KL divergence of the posterior ``N(mu, sigma^2)`` from ``N(0, I)``.
+    :meth:`transform` returns ``mu``.
 
     Parameters
     ----------
@@ -385,9 +382,9 @@ class BetaVAEEmbedder(_VariationalEmbedder):
 
     Each latent dimension of a cell is active with probability ``gamma`` (the
     spike) and then drawn from the slab ``N(mu, sigma^2)``, else exactly 0. The
-    loss per cell is the summed squared error plus ``beta`` times the
-    spike-and-slab KL divergence from the prior (active with probability
-    ``prior_sparsity``, slab ``N(0, 1)``). Training relaxes the binary selection
+    loss per cell is the reconstruction term of ``likelihood`` (by default the
+    summed squared error) plus ``beta`` times the spike-and-slab KL divergence
+    from the prior (active with probability ``prior_activity``, slab ``N(0, 1)``). Training relaxes the binary selection
     with a sigmoid of sharpness ``spike_sharpness``. :meth:`transform` returns the
     expected sparse code ``gamma * mu``; :meth:`spike_probabilities` returns
     ``gamma``, which says which dimensions each cell uses.
@@ -399,7 +396,7 @@ class BetaVAEEmbedder(_VariationalEmbedder):
     beta : float, default=1.0
         Weight of the KL term.
 
-    prior_sparsity : float, default=0.5
+    prior_activity : float, default=0.5
         Prior probability ``alpha`` that a latent dimension is active, in (0, 1);
         smaller values ask for sparser codes.
 
@@ -441,7 +438,7 @@ class BetaVAEEmbedder(_VariationalEmbedder):
 class BetaVSCEmbedder(_VariationalEmbedder):
     _parameter_constraints = {
         **_VariationalEmbedder._parameter_constraints,
-        "prior_sparsity": [Interval(Real, 0, 1, closed="neither")],
+        "prior_activity": [Interval(Real, 0, 1, closed="neither")],
         "spike_sharpness": [Interval(Real, 0, None, closed="neither")],
     }
 
@@ -454,7 +451,7 @@ class BetaVSCEmbedder(_VariationalEmbedder):
         batch_norm=False,
         dropout=0.0,
         beta=1.0,
-        prior_sparsity=0.5,
+        prior_activity=0.5,
         spike_sharpness=50.0,
         kl_warmup_epochs=0,
         batch_size=256,
@@ -491,7 +488,7 @@ class BetaVSCEmbedder(_VariationalEmbedder):
         )
         self.beta = beta
         self.kl_warmup_epochs = kl_warmup_epochs
-        self.prior_sparsity = prior_sparsity
+        self.prior_activity = prior_activity
         self.spike_sharpness = spike_sharpness
 
     def _build_module(self, n_features, hidden_layer_sizes, **options):
@@ -499,7 +496,7 @@ class BetaVSCEmbedder(_VariationalEmbedder):
             n_features,
             self.n_components,
             hidden_layer_sizes,
-            prior_spike=self.prior_sparsity,
+            prior_spike=self.prior_activity,
             sharpness=self.spike_sharpness,
             **options,
         )
@@ -517,4 +514,4 @@ class BetaVSCEmbedder(_VariationalEmbedder):
         gamma : ndarray of shape (n_samples, n_components)
             Values in (0, 1).
         """
-        return self._map_rows("spike_probability", self._validate_fitted_input(X))
+        return self._map_rows("spike_probability", self._fitted_rows(X))

@@ -19,6 +19,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.sparsefuncs import mean_variance_axis
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
+from ._validation import is_integer_valued
 from .loess import loess
 
 # Rows per block when a dense transform computes in float64: a bounded temporary, whatever the size of X.
@@ -33,17 +34,12 @@ def _per_cell_sum(X):
     return X.sum(axis=1, dtype=np.float64)
 
 
-def _is_integer_valued(X):
-    """Whether every value of X is a whole number, scanned in blocks so no temporary is the size of X."""
-    values = X.data if sp.issparse(X) else X
-    return not any((block != np.round(block)).any() for block in np.array_split(values, max(1, len(values) // _ROWS_PER_BLOCK)))
-
-
 def _n_nonzero(X, axis):
     return X.getnnz(axis=axis) if sp.issparse(X) else np.count_nonzero(X, axis=axis)
 
 
-def _check_counts(X, gene_names=None):
+def _validated_counts(X, gene_names=None):
+    """X as a float array or CSR matrix of non-negative counts, with a name for each gene when names are given."""
     X = check_array(X, accept_sparse="csr", dtype=[np.float64, np.float32])
     check_non_negative(X, "counts")
     if gene_names is not None and len(gene_names) != X.shape[1]:
@@ -78,7 +74,7 @@ def qc_metrics(X, gene_names, *, mito_prefix="MT-"):
     0        2           4.0      25.0
     1        2           4.0       0.0
     """
-    X = _check_counts(X, gene_names)
+    X = _validated_counts(X, gene_names)
     total = _per_cell_sum(X)
     mito = np.char.startswith(np.asarray(gene_names, dtype=str), mito_prefix)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -123,7 +119,7 @@ def filter_cells_genes(
     >>> kept.gene_mask.tolist(), kept.cell_mask.tolist()
     ([True, True, False], [True, False, True, False])
     """
-    X = _check_counts(X, gene_names)
+    X = _validated_counts(X, gene_names)
     n_cells_per_gene = _n_nonzero(X, axis=0)
     gene_mask = n_cells_per_gene >= min_cells
     metrics = qc_metrics(X[:, gene_mask], np.asarray(gene_names)[gene_mask], mito_prefix=mito_prefix)
@@ -400,7 +396,7 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
         """
         X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], ensure_min_samples=2)
         check_non_negative(X, "HighlyVariableGenes")
-        if not _is_integer_valued(X):
+        if not is_integer_valued(X):
             warnings.warn(
                 "HighlyVariableGenes ranks genes by the variance of their raw counts (Seurat's vst), but X has "
                 "non-integer values: log-normalised input selects other genes. Put it first in a Pipeline, "

@@ -12,10 +12,10 @@ import scipy.sparse as sp
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
+from ._validation import is_integer_valued
 from .nn.likelihoods import LIKELIHOODS
-from .preprocessing import _is_integer_valued
 from .recipes import _final_step
-from .train.rows import is_backed_sparse
+from .train.data import RowData
 
 
 def embed(adata, estimator, *, layer=None, use_highly_variable=None, key_added="X_skvae"):
@@ -78,13 +78,14 @@ def embed(adata, estimator, *, layer=None, use_highly_variable=None, key_added="
     if not isinstance(adata, anndata.AnnData):
         raise TypeError(f"adata must be an anndata.AnnData object, not {type(adata).__name__}.")
     X = _matrix(adata, layer)
-    genes = _gene_mask(adata, use_highly_variable, backed=is_backed_sparse(X))
+    on_disk = RowData.from_input(X).on_disk
+    genes = _gene_mask(adata, use_highly_variable, backed=on_disk)
     if genes is not None:
         X = X[:, genes]
     var_names = np.asarray(adata.var_names if genes is None else adata.var_names[genes], dtype=object)
     final = _final_step(estimator)
-    if getattr(final, "likelihood", "gaussian") in LIKELIHOODS and LIKELIHOODS[final.likelihood].counts:
-        _check_counts(X, layer, final.likelihood)
+    if not on_disk and getattr(final, "likelihood", "gaussian") in LIKELIHOODS and LIKELIHOODS[final.likelihood].counts:
+        _require_raw_counts(X, layer, final.likelihood)
     with warnings.catch_warnings():
         # the estimator knows the genes' names, the matrix passed to it carries none
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
@@ -150,12 +151,11 @@ def _gene_mask(adata, use_highly_variable, *, backed):
     return adata.var["highly_variable"].to_numpy(dtype=bool)
 
 
-def _check_counts(X, layer, likelihood):
-    if is_backed_sparse(X):
-        return  # the estimator checks the file's values as it streams them
+def _require_raw_counts(X, layer, likelihood):
+    """Refuse a matrix in memory that is not raw counts (a file on disk is checked by the estimator as it streams)."""
     values = X.data if sp.issparse(X) else np.asarray(X)
     where = "adata.X" if layer is None else f"layer {layer!r}"
-    if (values.size and values.min() < 0) or not _is_integer_valued(X):
+    if (values.size and values.min() < 0) or not is_integer_valued(X):
         raise ValueError(
             f"{where} does not hold raw counts (it has negative or non-integer values), but likelihood="
             f"{likelihood!r} models raw UMI counts. Pass the layer that holds them, e.g. layer='counts', or use "

@@ -185,9 +185,10 @@ def test_algorithm_auto_is_resolved_recorded_saved_and_used_by_score(make, expec
     assert BetaVSCEmbedder.load(tmp_path / "model.pt").algorithm_ == expected
     seen = []
     import skvae.base
+    import skvae.train.data
 
-    original = skvae.base.make_row_source
-    monkeypatch.setattr(skvae.base, "make_row_source", lambda *a, **k: seen.append(k["algorithm"]) or original(*a, **k))
+    original = skvae.train.data.make_row_source
+    monkeypatch.setattr(skvae.train.data, "make_row_source", lambda *a, **k: seen.append(k["algorithm"]) or original(*a, **k))
     embedder.score(X)
     assert seen == [expected]
 

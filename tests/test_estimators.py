@@ -207,8 +207,8 @@ def test_early_stopping_uses_a_validation_split(data):
 def test_early_stopping_restores_the_best_weights(data):
     from sklearn.model_selection import train_test_split
 
+    from skvae.train.data import RowData
     from skvae.train.loop import mean_loss
-    from skvae.train.rows import make_row_source
 
     params = dict(SMALL, max_epochs=40, learning_rate=3e-2, early_stopping=True, validation_fraction=0.25,
                   n_iter_no_change=4, tol=0.0)
@@ -219,7 +219,7 @@ def test_early_stopping_restores_the_best_weights(data):
     rng = np.random.RandomState(SMALL["random_state"])
     rng.randint(np.iinfo(np.int32).max)
     _, X_val = train_test_split(data.astype(np.float32), test_size=0.25, random_state=rng)
-    rows = make_row_source(X_val, algorithm=embedder.algorithm_)
+    rows = RowData.from_input(X_val).source(algorithm=embedder.algorithm_, center=True)
     restored = mean_loss(embedder.module_, rows, kl_weight=embedder.beta, batch_size=SMALL["batch_size"])
     assert restored == pytest.approx(min(val_losses), rel=1e-5)
 
@@ -260,8 +260,8 @@ def test_bad_training_data_raises_before_training(cls, X, message):
     [
         (BetaVAEEmbedder(beta=-1), "beta"),
         (BetaVSCEmbedder(beta=-0.5), "beta"),
-        (BetaVSCEmbedder(prior_sparsity=0.0), "prior_sparsity"),
-        (BetaVSCEmbedder(prior_sparsity=1.0), "prior_sparsity"),
+        (BetaVSCEmbedder(prior_activity=0.0), "prior_activity"),
+        (BetaVSCEmbedder(prior_activity=1.0), "prior_activity"),
         (BetaVSCEmbedder(spike_sharpness=0), "spike_sharpness"),
         (AutoencoderEmbedder(n_components=0), "n_components"),
         (AutoencoderEmbedder(learning_rate=0), "learning_rate"),

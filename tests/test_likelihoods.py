@@ -14,6 +14,7 @@ from torch import nn
 from torch.distributions import NegativeBinomial as TorchNB
 from torch.distributions import Poisson as TorchPoisson
 
+from skvae.nn.layers import DecoderOutputs
 from skvae.nn.likelihoods import (
     LIKELIHOODS,
     NORMALIZED_TOTAL,
@@ -104,7 +105,7 @@ def test_sparse_counts_give_the_dense_likelihood_and_gradients(cls, problem):
     parameters = [*heads.parameters(), *likelihood.parameters()]
     results = []
     for rows in (ShiftedSparseRows.from_scipy(X, np.zeros(X.shape[1]), dtype=np.float64), torch.from_numpy(X.toarray())):
-        nll = likelihood.negative_log_likelihood(heads, hidden, rows)
+        nll = likelihood.negative_log_likelihood(DecoderOutputs(hidden, heads), rows)
         results.append((nll, torch.autograd.grad(nll.sum(), parameters)))
     (sparse, sparse_grads), (dense, dense_grads) = results
     assert sparse.shape == (X.shape[0],)

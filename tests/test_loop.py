@@ -8,11 +8,10 @@ from hypothesis import strategies as st
 from sklearn.exceptions import ConvergenceWarning
 
 import skvae.train.loop
-import skvae.train.rows
 from skvae import AutoencoderEmbedder, BetaVAEEmbedder
 from skvae.nn.models import Autoencoder, VariationalAutoencoder
-from skvae.train.loop import kl_warmup_weight, train
-from skvae.train.rows import make_row_source
+from skvae.train.data import MinibatchSource, RowData
+from skvae.train.loop import TrainingConfig, TrainingState, kl_warmup_weight, train
 
 SMALL = dict(n_components=2, hidden_layer_sizes=(16, 8), batch_size=16, random_state=0)
 
@@ -45,13 +44,23 @@ def test_no_warning_without_early_stopping_or_when_it_stops(data, recwarn):
     assert not [w for w in recwarn if issubclass(w.category, ConvergenceWarning)]
 
 
+def _training_rows(data):
+    return RowData.from_input(data).source(algorithm="auto", center=True, with_transpose=True)
+
+
+def _state(module, seed=0):
+    return TrainingState(module, device=torch.device("cpu"), seed=seed, rng=np.random.RandomState(0),
+                         learning_rate=1e-2, torch_rng=torch.get_rng_state())
+
+
 def _interrupting(after_batches):
     """A minibatch iterator that raises KeyboardInterrupt once ``after_batches`` batches were given."""
     given = 0
+    original = MinibatchSource.batches
 
     def iterate(source, indices):
         nonlocal given
-        for batch in skvae.train.rows.batches(source, indices):
+        for batch in original(source, indices):
             if given == after_batches:
                 raise KeyboardInterrupt
             given += 1
@@ -61,18 +70,17 @@ def _interrupting(after_batches):
 
 
 def test_keyboard_interrupt_keeps_the_model_of_the_last_finished_epoch(data, monkeypatch):
-    rows = make_row_source(data, with_transpose=True)
-    kwargs = dict(kl_weight=0.0, batch_size=16, learning_rate=1e-2, n_iter_no_change=1, tol=0.0, device="cpu")
+    rows = _training_rows(data)
 
     def run(max_epochs):
         torch.manual_seed(0)
         module = Autoencoder(12, 2, (8,))
-        history = train(module, rows, max_epochs=max_epochs, rng=np.random.RandomState(0),
-                        generator=torch.Generator().manual_seed(0), **kwargs)
+        config = TrainingConfig(batch_size=16, max_epochs=max_epochs, n_iter_no_change=1, tol=0.0)
+        history = train(module, rows, config=config, state=_state(module), device="cpu")
         return module, history
 
     two_epochs, _ = run(2)
-    monkeypatch.setattr(skvae.train.loop, "batches", _interrupting(after_batches=4 * 2 + 1))  # mid epoch 3
+    monkeypatch.setattr(MinibatchSource, "batches", _interrupting(after_batches=4 * 2 + 1))  # mid epoch 3
     with pytest.warns(UserWarning, match="interrupted during epoch 3: keeping the model of epoch 2"):
         interrupted, history = run(10)
     assert len(history["loss"]) == 2
@@ -81,7 +89,7 @@ def test_keyboard_interrupt_keeps_the_model_of_the_last_finished_epoch(data, mon
 
 
 def test_keyboard_interrupt_in_the_first_epoch_is_raised(data, monkeypatch):
-    monkeypatch.setattr(skvae.train.loop, "batches", _interrupting(after_batches=1))
+    monkeypatch.setattr(MinibatchSource, "batches", _interrupting(after_batches=1))
     with pytest.raises(KeyboardInterrupt):
         BetaVAEEmbedder(**SMALL, max_epochs=5).fit(data)
 
@@ -100,13 +108,11 @@ def test_kl_warmup_weight_rises_linearly_from_zero_to_beta(beta, warmup, epoch):
 
 def test_warmup_weights_each_epoch_and_continues_from_start_epoch(data):
     module = VariationalAutoencoder(12, 2, (8,))
-    options = dict(kl_weight=2.0, batch_size=16, learning_rate=1e-3, n_iter_no_change=1, tol=0.0,
-                   generator=torch.Generator().manual_seed(0), device="cpu")
-    rows = make_row_source(data, with_transpose=True)
-    first = train(module, rows, kl_warmup_epochs=4, max_epochs=3, rng=np.random.RandomState(0), **options)
+    config = TrainingConfig(kl_weight=2.0, kl_warmup_epochs=4, batch_size=16, max_epochs=3, n_iter_no_change=1, tol=0.0)
+    rows = _training_rows(data)
+    first = train(module, rows, config=config, state=_state(module), device="cpu")
     assert first["kl_weight"] == [0.0, 0.5, 1.0]
-    resumed = train(module, rows, kl_warmup_epochs=4, start_epoch=3, max_epochs=3, rng=np.random.RandomState(0),
-                    **options)
+    resumed = train(module, rows, config=config, state=_state(module), device="cpu", start_epoch=3)
     assert resumed["kl_weight"] == [1.5, 2.0, 2.0]
     np.testing.assert_allclose(first["loss"], np.add(first["reconstruction"], np.multiply(first["kl_weight"], first["kl"])))
 

@@ -68,3 +68,44 @@ def test_a_loaded_model_continues_with_a_new_optimiser(data, tmp_path):
     estimator.save(tmp_path / "ae.pt")
     loaded = AutoencoderEmbedder.load(tmp_path / "ae.pt").partial_fit(data)
     assert loaded.n_iter_ == 3 and np.isfinite(loaded.transform(data)).all()
+
+
+def test_a_first_call_that_diverges_leaves_the_estimator_unfitted(data):
+    estimator = AutoencoderEmbedder(**SMALL, learning_rate=1e30)
+    with pytest.raises(ValueError, match="diverged"):
+        estimator.partial_fit(data)
+    assert not hasattr(estimator, "module_") and not hasattr(estimator, "n_features_in_")
+
+
+def test_a_later_call_that_diverges_leaves_weights_and_training_state_as_they_were(data):
+    estimator = BetaVAEEmbedder(**SMALL).partial_fit(data)
+    before = {key: value.clone() for key, value in estimator.module_.state_dict().items()}
+    estimator.set_params(learning_rate=1e30)
+    with pytest.raises(ValueError, match="diverged"):
+        estimator.partial_fit(data * 1e6)
+    assert _same_weights(estimator, type(estimator)(**SMALL).partial_fit(data))  # as after the first call
+    assert all(torch.equal(value, before[key]) for key, value in estimator.module_.state_dict().items())
+    # the next pass continues from the first one, as if the failed call never happened
+    estimator.set_params(learning_rate=1e-3)
+    reference = BetaVAEEmbedder(**SMALL).partial_fit(data).partial_fit(data)
+    assert _same_weights(estimator.partial_fit(data), reference) and estimator.n_iter_ == 2
+
+
+def test_a_refit_that_fails_keeps_the_fitted_model_and_its_features(data):
+    import pandas as pd
+
+    frame = pd.DataFrame(data, columns=[f"g{i}" for i in range(data.shape[1])])
+    estimator = AutoencoderEmbedder(**SMALL, max_epochs=1).fit(frame)
+    module, names = estimator.module_, estimator.feature_names_in_.copy()
+    wider = pd.DataFrame(np.hstack([data, data[:, :1]]), columns=[f"h{i}" for i in range(data.shape[1] + 1)])
+    estimator.set_params(learning_rate=1e30)
+    with pytest.raises(ValueError, match="diverged"):
+        estimator.fit(wider)
+    assert estimator.module_ is module and estimator.n_features_in_ == data.shape[1]
+    np.testing.assert_array_equal(estimator.feature_names_in_, names)
+    with_nan = wider.copy()
+    with_nan.iloc[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        estimator.fit(with_nan)
+    np.testing.assert_array_equal(estimator.feature_names_in_, names)
+    assert estimator.transform(frame).shape == (len(data), 2)

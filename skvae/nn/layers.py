@@ -1,6 +1,7 @@
 """Pure torch building blocks shared by every model: layer stacks, encoder, decoder."""
 
 import math
+from collections.abc import Mapping
 from itertools import pairwise
 
 import torch
@@ -194,6 +195,44 @@ class Decoder(nn.Module):
         self.heads = nn.ModuleDict({name: nn.Linear(hidden_layer_sizes[0], n_features) for name in heads})
 
     def forward(self, z):
-        """Return a dict mapping each head's name to its output tensor."""
-        h = self.hidden(z)
-        return {name: head(h) for name, head in self.heads.items()}
+        """Return the heads' outputs by name (:class:`DecoderOutputs`)."""
+        return DecoderOutputs(self.hidden(z), self.heads)
+
+
+class DecoderOutputs(Mapping):
+    """The decoder heads' outputs by name, each computed when first read.
+
+    A likelihood reads the outputs it needs (``outputs["scale"]``). One that fuses the
+    last layer into its loss, such as the Gaussian's exact sparse squared error, reads
+    ``hidden`` and ``heads`` instead, and no ``rows x genes`` output is made.
+
+    Parameters
+    ----------
+    hidden : torch.Tensor of shape (n_rows, width)
+        The decoder's last hidden layer.
+    heads : torch.nn.ModuleDict
+        The output layers, by name.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.layers import DecoderOutputs
+    >>> outputs = DecoderOutputs(torch.ones(2, 3), torch.nn.ModuleDict({"mean": torch.nn.Linear(3, 4)}))
+    >>> list(outputs), outputs["mean"].shape
+    (['mean'], torch.Size([2, 4]))
+    """
+
+    def __init__(self, hidden, heads):
+        self.hidden, self.heads = hidden, heads
+        self._computed = {}
+
+    def __getitem__(self, name):
+        if name not in self._computed:
+            self._computed[name] = self.heads[name](self.hidden)
+        return self._computed[name]
+
+    def __iter__(self):
+        return iter(self.heads)
+
+    def __len__(self):
+        return len(self.heads)

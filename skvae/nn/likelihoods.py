@@ -120,25 +120,21 @@ class Gaussian(nn.Module):
     reconstruction. Sparse rows use the exact Gram-form squared error
     (:meth:`skvae.nn.sparse.ShiftedSparseRows.linear_squared_error`).
 
-    Parameters
-    ----------
-    n_features : int
-        Number of genes (unused: no per-gene parameters).
-
     Examples
     --------
     >>> import torch
     >>> from skvae.nn.likelihoods import Gaussian
-    >>> heads = torch.nn.ModuleDict({"mean": torch.nn.Linear(2, 3)})
-    >>> Gaussian(3).negative_log_likelihood(heads, torch.zeros(4, 2), torch.zeros(4, 3)).shape
+    >>> from skvae.nn.layers import DecoderOutputs
+    >>> outputs = DecoderOutputs(torch.zeros(4, 2), torch.nn.ModuleDict({"mean": torch.nn.Linear(2, 3)}))
+    >>> Gaussian().negative_log_likelihood(outputs, torch.zeros(4, 3)).shape
     torch.Size([4])
     """
 
     counts = False
     heads = ("mean",)
 
-    def __init__(self, n_features):
-        super().__init__()
+    def __init__(self):
+        super().__init__()  # no per-gene parameters
 
     def encoder_input(self, x):
         """The encoder's input: the row itself.
@@ -153,22 +149,21 @@ class Gaussian(nn.Module):
         """
         return x
 
-    def negative_log_likelihood(self, heads, hidden, x):
+    def negative_log_likelihood(self, outputs, x):
         """Summed squared error of each row.
 
         Parameters
         ----------
-        heads : torch.nn.ModuleDict
-            The decoder's output layers, by name.
-        hidden : torch.Tensor of shape (n_rows, width)
-            The decoder's last hidden layer.
+        outputs : skvae.nn.layers.DecoderOutputs
+            The decoder's outputs: its last hidden layer and ``"mean"`` head, fused
+            into the exact squared error for sparse rows.
         x : torch.Tensor of shape (n_rows, n_features) or ShiftedSparseRows
 
         Returns
         -------
         torch.Tensor of shape (n_rows,)
         """
-        return linear_squared_error(heads["mean"], hidden, x)
+        return linear_squared_error(outputs.heads["mean"], outputs.hidden, x)
 
     def mean(self, outputs):
         """The reconstruction.
@@ -208,8 +203,8 @@ class CountLikelihood(nn.Module):
     >>> class Geometric(CountLikelihood):
     ...     def log_prob(self, x, *, log_mu):  # mean mu = (1 - p) / p
     ...         return x * (log_mu - torch.logaddexp(torch.zeros(()), log_mu)) - torch.logaddexp(torch.zeros(()), log_mu)
-    >>> heads = torch.nn.ModuleDict({"scale": torch.nn.Linear(2, 3)})
-    >>> Geometric(3).negative_log_likelihood(heads, torch.zeros(4, 2), torch.ones(4, 3)).shape
+    >>> outputs = {"scale": torch.zeros(4, 3)}
+    >>> Geometric(3).negative_log_likelihood(outputs, torch.ones(4, 3)).shape
     torch.Size([4])
     """
 
@@ -312,15 +307,13 @@ class CountLikelihood(nn.Module):
         params = self.distribution(outputs, offset)
         return self.log_prob(offset.new_zeros(()), **params).expand(len(offset), -1).sum(dim=-1)
 
-    def negative_log_likelihood(self, heads, hidden, x):
+    def negative_log_likelihood(self, outputs, x):
         """Negative log-likelihood of each row of counts.
 
         Parameters
         ----------
-        heads : torch.nn.ModuleDict
-            The decoder's output layers, by name.
-        hidden : torch.Tensor of shape (n_rows, width)
-            The decoder's last hidden layer.
+        outputs : mapping of str to torch.Tensor of shape (n_rows, n_features)
+            The decoder heads' outputs, by name.
         x : torch.Tensor of shape (n_rows, n_features) or ShiftedSparseRows
             Counts.
 
@@ -328,7 +321,6 @@ class CountLikelihood(nn.Module):
         -------
         torch.Tensor of shape (n_rows,)
         """
-        outputs = {name: layer(hidden) for name, layer in heads.items()}
         log_library = library_size(x).clamp_min(1.0).log()
         if isinstance(x, ShiftedSparseRows):
             return self.sparse_negative_log_likelihood(outputs, log_library, *x.coordinates())
@@ -651,3 +643,26 @@ LIKELIHOODS = {
     "zinb": ZeroInflatedNegativeBinomial,
 }
 """The likelihoods by the name the estimators' ``likelihood`` parameter takes."""
+
+
+def make_likelihood(name, n_features):
+    """A new likelihood of ``LIKELIHOODS[name]`` for ``n_features`` genes.
+
+    Parameters
+    ----------
+    name : {"gaussian", "poisson", "nb", "zinb"}
+    n_features : int
+        Number of genes: count likelihoods have per-gene parameters.
+
+    Returns
+    -------
+    torch.nn.Module
+
+    Examples
+    --------
+    >>> from skvae.nn.likelihoods import make_likelihood
+    >>> make_likelihood("nb", 5).log_theta.shape
+    torch.Size([5])
+    """
+    likelihood = LIKELIHOODS[name]
+    return likelihood(n_features) if likelihood.counts else likelihood()

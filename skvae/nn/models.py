@@ -1,7 +1,7 @@
 """One torch module per model: encode, decode, a deterministic embedding, the loss terms.
 
-These modules know nothing of scikit-learn; the estimators in :mod:`skvae.estimators`
-build them and own the training loop.
+These modules know nothing of scikit-learn: the estimators in :mod:`skvae.estimators`
+build them, and :mod:`skvae.train.loop` trains them.
 """
 
 from dataclasses import dataclass
@@ -43,20 +43,31 @@ class LossTerms:
     reconstruction: torch.Tensor
     kl: torch.Tensor
 
+    def total(self, kl_weight):
+        """The per-cell objective ``reconstruction + kl_weight * kl``.
+
+        Parameters
+        ----------
+        kl_weight : float
+
+        Returns
+        -------
+        torch.Tensor of shape (n_samples,)
+        """
+        return self.reconstruction + kl_weight * self.kl
+
 
 class _LatentModel(nn.Module):
     """Encoder with named branches, decoder, likelihood, and the loss template shared by all models."""
 
     branches = ()
-    # whether the loss has a KL term (a prior over codes)
-    variational = True
 
     def __init__(self, n_features, n_components, hidden_layer_sizes, *, likelihood=None, batch_norm=False, dropout=0.0):
         super().__init__()
         options = {"batch_norm": batch_norm, "dropout": dropout}
         self.n_components = n_components
         self.encoder = Encoder(n_features, hidden_layer_sizes, n_components, self.branches, **options)
-        self.likelihood = Gaussian(n_features) if likelihood is None else likelihood
+        self.likelihood = Gaussian() if likelihood is None else likelihood
         self.decoder = Decoder(n_components, hidden_layer_sizes, n_features, self.likelihood.heads, **options)
 
     def posterior(self, x):
@@ -119,7 +130,7 @@ class _LatentModel(nn.Module):
         """
         q = self.posterior(x)
         z = self._mean_code(q) if deterministic else self._sample_code(q, generator)
-        reconstruction = self.likelihood.negative_log_likelihood(self.decoder.heads, self.decoder.hidden(z), x)
+        reconstruction = self.likelihood.negative_log_likelihood(self.decoder(z), x)
         return LossTerms(reconstruction, self._kl(q))
 
 
@@ -153,7 +164,6 @@ class Autoencoder(_LatentModel):
     """
 
     branches = ("code",)
-    variational = False
 
     def _mean_code(self, q):
         return q["code"]

@@ -111,6 +111,9 @@ class ShiftedSparseRows:
     values_t: torch.Tensor | None
     shift: torch.Tensor
 
+    def __len__(self):
+        return self.values.shape[0]
+
     @classmethod
     def from_scipy(cls, block, shift, *, dtype, device="cpu", with_transpose=True):
         """Build from a scipy CSR block and a numpy shift.

@@ -85,7 +85,7 @@ def make_embedders(epochs, *, verbose=1, random_state=0, n_jobs=None):
         "pca": PCA(n_components=N_COMPONENTS, random_state=0),
         "ae": AutoencoderEmbedder(**neural),
         "vae": BetaVAEEmbedder(beta=BETA, **neural),
-        "vsc": BetaVSCEmbedder(beta=BETA, prior_sparsity=0.5, spike_sharpness=50.0, **neural),
+        "vsc": BetaVSCEmbedder(beta=BETA, prior_activity=0.5, spike_sharpness=50.0, **neural),
         "counts": make_count_embedder(max_epochs=epochs, random_state=random_state, verbose=verbose, n_jobs=n_jobs),
     }
 

@@ -31,7 +31,7 @@ def data_parallel(device):
 
     Returns
     -------
-    DataParallel or None
+    RankGroup or None
 
     Examples
     --------
@@ -48,10 +48,10 @@ def data_parallel(device):
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if dist.get_world_size() == 1:
         return None
-    return DataParallel(device)
+    return RankGroup(device)
 
 
-class DataParallel:
+class RankGroup:
     """The default process group, seen from this rank.
 
     Parameters
@@ -67,9 +67,9 @@ class DataParallel:
     >>> import numpy as np
     >>> import torch
     >>> import torch.distributed as dist
-    >>> from skvae.train.distributed import DataParallel
+    >>> from skvae.train.distributed import RankGroup
     >>> dist.init_process_group("gloo", init_method=f"file://{tempfile.mkdtemp()}/store", rank=0, world_size=1)
-    >>> parallel = DataParallel(torch.device("cpu"))
+    >>> parallel = RankGroup(torch.device("cpu"))
     >>> parallel.set_rows(5)
     5
     >>> [(local.tolist(), size) for local, size in parallel.local_batches(np.array([4, 0, 2, 1, 3]), 2)]

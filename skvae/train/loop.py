@@ -1,14 +1,20 @@
-"""The minibatch training loop shared by every estimator: Adam, early stopping, history."""
+"""The minibatch training loop shared by every estimator: Adam, early stopping, history.
+
+:func:`train` takes what does not change during a fit in one :class:`TrainingConfig` and
+what the training carries from one call to the next (``partial_fit``) in one
+:class:`TrainingState`.
+"""
 
 import copy
 import math
 import time
 import warnings
+from dataclasses import dataclass
 
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from .rows import batches, iter_batches
+from .data import iter_minibatches
 
 
 def _divergence_error(epoch, what, value):
@@ -20,10 +26,9 @@ def _divergence_error(epoch, what, value):
 
 
 @torch.no_grad()
-def _loss_after_step(module, xb, kl_weight):
+def _loss_after_step(module, minibatch, kl_weight):
     """Deterministic loss of the last minibatch under the weights the last step left (no noise drawn)."""
-    terms = module.loss(xb, deterministic=True)
-    return (terms.reconstruction + kl_weight * terms.kl).sum().item()
+    return module.loss(minibatch.x, deterministic=True, **minibatch.covariates).total(kl_weight).sum().item()
 
 
 def adam(module, learning_rate):
@@ -46,6 +51,156 @@ def adam(module, learning_rate):
     0.001
     """
     return torch.optim.Adam(module.parameters(), lr=learning_rate, fused=True)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The settings of a fit that the loop reads: the estimator's parameters, resolved.
+
+    Parameters
+    ----------
+    kl_weight : float, default=0.0
+        Weight ``beta`` of the KL term.
+    kl_warmup_epochs : int, default=0
+        Epochs of a linear warm-up of the KL weight from 0 to ``kl_weight``
+        (:func:`kl_warmup_weight`). The validation loss always weighs the KL term
+        by ``kl_weight``, and early stopping waits for the warm-up to end.
+    batch_size : int, default=256
+        Rows per minibatch (of all ranks together in a data-parallel run).
+    max_epochs : int, default=200
+    n_iter_no_change : int, default=10
+        Epochs without an improvement of the validation loss before stopping.
+    tol : float, default=1e-4
+        Least improvement of the validation loss that counts.
+    verbose : int, default=0
+        Print one line per epoch when > 0 (on rank 0 only, in a data-parallel run).
+
+    Examples
+    --------
+    >>> from skvae.train.loop import TrainingConfig
+    >>> TrainingConfig(kl_weight=2.0, max_epochs=5).batch_size
+    256
+    """
+
+    kl_weight: float = 0.0
+    kl_warmup_epochs: int = 0
+    batch_size: int = 256
+    max_epochs: int = 200
+    n_iter_no_change: int = 10
+    tol: float = 1e-4
+    verbose: int = 0
+
+
+class TrainingState:
+    """What training carries from one call to the next: shuffling, noise, optimiser and torch's RNG.
+
+    ``fit`` creates one; ``partial_fit`` continues it, so ``E`` calls give the model of
+    ``E`` epochs of ``fit``. The optimiser's moments move between devices with the model
+    and sit on CPU between calls; the noise generator stays on the device it was made on
+    (CPU and CUDA generators do not share states).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The model the optimiser steps.
+    device : torch.device
+        Where training runs: the noise generator is made there.
+    seed : int
+        Seeds the noise generator and, from ``torch_rng``, the global draws
+        (initialisation, dropout).
+    rng : numpy.random.RandomState
+        Shuffles the rows each epoch.
+    learning_rate : float
+        Adam's step size.
+    torch_rng : torch.Tensor
+        torch's CPU random state to train from (``torch.get_rng_state()``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> from skvae.train.loop import TrainingState
+    >>> state = TrainingState(torch.nn.Linear(2, 1), device=torch.device("cpu"), seed=0,
+    ...                       rng=np.random.RandomState(0), learning_rate=1e-3, torch_rng=torch.get_rng_state())
+    >>> state.generator.device
+    device(type='cpu')
+    """
+
+    def __init__(self, module, *, device, seed, rng, learning_rate, torch_rng):
+        self.rng = rng
+        self.generator = torch.Generator(device).manual_seed(seed)
+        self.optimizer = adam(module, learning_rate)
+        self.torch_rng = torch_rng
+
+    def to(self, device):
+        """Move the optimiser's moments to ``device``; returns self.
+
+        Parameters
+        ----------
+        device : torch.device
+
+        Returns
+        -------
+        TrainingState
+        """
+        device = torch.device(device)
+        for moments in self.optimizer.state.values():
+            for key, value in moments.items():
+                if isinstance(value, torch.Tensor) and key != "step":
+                    moments[key] = value.to(device)
+        return self
+
+    def train_on(self, device):
+        """Get ready to train on ``device``: the moments there, and a noise generator of its type; returns self.
+
+        A generator made for another device type is replaced by one seeded from the
+        shuffling RandomState.
+
+        Parameters
+        ----------
+        device : torch.device
+
+        Returns
+        -------
+        TrainingState
+        """
+        if self.generator.device.type != torch.device(device).type:
+            self.generator = torch.Generator(device).manual_seed(int(self.rng.randint(2**31 - 1)))
+        return self.to(device)
+
+    def snapshot(self):
+        """A copy of everything training changes in place, for :meth:`restore`.
+
+        Returns
+        -------
+        tuple
+        """
+        return (copy.deepcopy(self.optimizer.state_dict()), self.rng.get_state(), self.generator,
+                self.generator.get_state(), self.torch_rng)
+
+    def restore(self, snapshot):
+        """Go back to the state of a :meth:`snapshot`.
+
+        Parameters
+        ----------
+        snapshot : tuple
+        """
+        optimizer_state, rng_state, generator, generator_state, self.torch_rng = snapshot
+        self.optimizer.load_state_dict(optimizer_state)
+        self.rng.set_state(rng_state)
+        generator.set_state(generator_state)
+        self.generator = generator
+
+    def set_learning_rate(self, learning_rate):
+        """Step with this learning rate from now on.
+
+        Parameters
+        ----------
+        learning_rate : float
+        """
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+
 
 
 def kl_warmup_weight(epoch, beta, warmup_epochs):
@@ -86,10 +241,10 @@ def mean_loss(module, rows, *, kl_weight, batch_size, parallel=None):
     Parameters
     ----------
     module : skvae.nn.models model
-    rows : row source of :mod:`skvae.train.rows`
+    rows : skvae.train.data.MinibatchSource
     kl_weight : float
     batch_size : int
-    parallel : skvae.train.distributed.DataParallel, default=None
+    parallel : skvae.train.distributed.RankGroup, default=None
         When given, the mean over the rows of every rank.
 
     Returns
@@ -99,82 +254,49 @@ def mean_loss(module, rows, *, kl_weight, batch_size, parallel=None):
     Examples
     --------
     >>> import numpy as np
-    >>> from skvae.train.rows import make_row_source
     >>> from skvae.nn.models import Autoencoder
+    >>> from skvae.train.data import RowData
     >>> from skvae.train.loop import mean_loss
-    >>> rows = make_row_source(np.zeros((8, 5)), algorithm="dense")
+    >>> rows = RowData.from_input(np.zeros((8, 5))).source(algorithm="dense", center=False)
     >>> mean_loss(Autoencoder(5, 2, (4,)), rows, kl_weight=1.0, batch_size=4) >= 0
     True
     """
     module.eval()
     total = 0.0
-    for xb in iter_batches(rows, batch_size):
-        terms = module.loss(xb, deterministic=True)
-        total += (terms.reconstruction + kl_weight * terms.kl).sum().item()
+    for minibatch in iter_minibatches(rows, batch_size):
+        total += module.loss(minibatch.x, deterministic=True, **minibatch.covariates).total(kl_weight).sum().item()
     if parallel is not None:
         total, n_rows = parallel.sum([total, rows.n_rows])
         return total / n_rows
     return total / rows.n_rows
 
 
-def train(
-    module,
-    train_rows,
-    val_rows=None,
-    *,
-    kl_weight,
-    kl_warmup_epochs=0,
-    start_epoch=0,
-    batch_size,
-    learning_rate,
-    max_epochs,
-    n_iter_no_change,
-    tol,
-    rng,
-    generator,
-    device,
-    verbose=0,
-    optimizer=None,
-    parallel=None,
-):
+def train(module, train_rows, val_rows=None, *, config, state, device, parallel=None, start_epoch=0):
     """Fit ``module`` with Adam on minibatches of rows, in place.
 
     Parameters
     ----------
     module : skvae.nn.models model
         Already on ``device``.
-    train_rows : row source of :mod:`skvae.train.rows`
+    train_rows : skvae.train.data.MinibatchSource
         The training rows, on ``device``.
-    val_rows : row source of :mod:`skvae.train.rows`, default=None
+    val_rows : skvae.train.data.MinibatchSource, default=None
         Held-out rows. When given, training stops once the validation loss has not
-        improved by at least ``tol`` for ``n_iter_no_change`` epochs, and the best
-        weights are restored; a ConvergenceWarning says when ``max_epochs`` ran out
-        first.
-    kl_weight : float
-        Weight ``beta`` of the KL term.
-    kl_warmup_epochs : int, default=0
-        Epochs of a linear warm-up of the KL weight from 0 to ``kl_weight``
-        (:func:`kl_warmup_weight`). The validation loss always weighs the KL term
-        by ``kl_weight``, and early stopping waits for the warm-up to end.
+        improved by at least ``config.tol`` for ``config.n_iter_no_change`` epochs,
+        and the best weights are restored; a ConvergenceWarning says when
+        ``config.max_epochs`` ran out first.
+    config : TrainingConfig
+    state : TrainingState
+        The shuffling RandomState, the noise generator (on ``device``) and the
+        optimiser (its moments are kept between calls, as ``partial_fit`` needs).
+    device : torch.device
+    parallel : skvae.train.distributed.RankGroup, default=None
+        Train data-parallel: ``train_rows`` and ``val_rows`` are this rank's rows,
+        ``config.batch_size`` is the global minibatch, gradients are summed across
+        ranks (:mod:`skvae.train.distributed`) and the logged losses are over all ranks.
     start_epoch : int, default=0
         Epochs the module has already been trained for: the warm-up continues
         from there.
-    batch_size, learning_rate, max_epochs, n_iter_no_change, tol
-        As in the estimators.
-    rng : numpy.random.RandomState
-        Shuffles the rows each epoch.
-    generator : torch.Generator
-        Reparameterisation noise, on ``device``.
-    device : torch.device
-    verbose : int, default=0
-        Print one line per epoch when > 0 (on rank 0 only, in a data-parallel run).
-    optimizer : torch.optim.Adam, default=None
-        The optimiser to continue with (its moments are kept between calls, as
-        ``partial_fit`` needs); a new one when None.
-    parallel : skvae.train.distributed.DataParallel, default=None
-        Train data-parallel: ``train_rows`` and ``val_rows`` are this rank's rows,
-        ``batch_size`` is the global minibatch, gradients are summed across ranks
-        (:mod:`skvae.train.distributed`) and the logged losses are over all ranks.
 
     Returns
     -------
@@ -197,47 +319,49 @@ def train(
     --------
     >>> import numpy as np
     >>> import torch
-    >>> from skvae.train.rows import make_row_source
     >>> from skvae.nn.models import VariationalAutoencoder
-    >>> from skvae.train.loop import train
+    >>> from skvae.train.data import RowData
+    >>> from skvae.train.loop import TrainingConfig, TrainingState, train
     >>> X = np.random.RandomState(0).normal(size=(64, 10))
-    >>> history = train(VariationalAutoencoder(10, 2, (8,)), make_row_source(X, with_transpose=True),
-    ...                 kl_weight=1.0, batch_size=16, learning_rate=1e-2, max_epochs=5, n_iter_no_change=1,
-    ...                 tol=0.0, rng=np.random.RandomState(0), generator=torch.Generator().manual_seed(0),
-    ...                 device="cpu")
+    >>> module = VariationalAutoencoder(10, 2, (8,))
+    >>> state = TrainingState(module, device=torch.device("cpu"), seed=0, rng=np.random.RandomState(0),
+    ...                       learning_rate=1e-2, torch_rng=torch.get_rng_state())
+    >>> history = train(module, RowData.from_input(X).source(algorithm="auto", center=True, with_transpose=True),
+    ...                 config=TrainingConfig(kl_weight=1.0, batch_size=16, max_epochs=5), state=state, device="cpu")
     >>> len(history["loss"]), history["loss"][-1] < history["loss"][0]
     (5, True)
     """
-    if optimizer is None:
-        optimizer = adam(module, learning_rate)
+    optimizer, rng, generator = state.optimizer, state.rng, state.generator
+    batch_size, max_epochs, tol = config.batch_size, config.max_epochs, config.tol
     n_train = train_rows.n_rows if parallel is None else parallel.set_rows(train_rows.n_rows)
     # batch normalisation cannot normalise a single row in training
     fewest_rows = 2 if any(isinstance(layer, torch.nn.BatchNorm1d) for layer in module.modules()) else 1
-    verbose = verbose if parallel is None or parallel.rank == 0 else 0
+    verbose = config.verbose if parallel is None or parallel.rank == 0 else 0
     history = {"loss": [], "reconstruction": [], "kl": [], "kl_weight": []}
     if val_rows is not None:
         history["val_loss"] = []
     best_val, best_state, epochs_no_improve = math.inf, None, 0
     finished_state = None
 
-    beta = kl_weight
+    beta = config.kl_weight
     for epoch in range(1, max_epochs + 1):
         start = time.perf_counter()
-        kl_weight = kl_warmup_weight(start_epoch + epoch, beta, kl_warmup_epochs)
+        kl_weight = kl_warmup_weight(start_epoch + epoch, beta, config.kl_warmup_epochs)
         warming_up = kl_weight < beta
         module.train()
         sums = torch.zeros(2, device=device)
         last = None
         try:
-            for xb, global_size in _minibatches(train_rows, batch_size, rng.permutation(n_train), parallel, fewest_rows):
+            for minibatch, global_size in _minibatches(train_rows, batch_size, rng.permutation(n_train), parallel,
+                                                       fewest_rows):
                 optimizer.zero_grad(set_to_none=True)
-                if xb is not None:
-                    terms = module.loss(xb, generator=generator)
-                    per_cell = terms.reconstruction + kl_weight * terms.kl
+                if minibatch is not None:
+                    terms = module.loss(minibatch.x, generator=generator, **minibatch.covariates)
+                    per_cell = terms.total(kl_weight)
                     loss = per_cell.mean() if parallel is None else per_cell.sum() / global_size
                     loss.backward()
                     sums += torch.stack([terms.reconstruction.detach().sum(), terms.kl.detach().sum()])
-                    last = xb
+                    last = minibatch
                 if parallel is not None:
                     parallel.sum_gradients(module.parameters())
                 optimizer.step()
@@ -266,7 +390,7 @@ def train(
         history["kl"].append(kl)
         history["kl_weight"].append(kl_weight)
         message = f"Epoch {epoch}/{max_epochs}: loss {loss:.6g}"
-        if module.variational:
+        if beta > 0:  # a model with a KL term
             message += f" (reconstruction {reconstruction:.6g}, KL {kl:.6g}"
             message += f", KL weight {kl_weight:.3g})" if warming_up else ")"
 
@@ -281,9 +405,9 @@ def train(
                 best_val, best_state = val_loss, copy.deepcopy(module.state_dict())
         if verbose > 0:
             print(f"{message}, {time.perf_counter() - start:.2f} s", flush=True)
-        if val_rows is not None and epochs_no_improve >= n_iter_no_change:
+        if val_rows is not None and epochs_no_improve >= config.n_iter_no_change:
             if verbose > 0:
-                print(f"Validation loss did not improve by {tol} for {n_iter_no_change} epochs: stopping.")
+                print(f"Validation loss did not improve by {tol} for {config.n_iter_no_change} epochs: stopping.")
             break
         # kept so that an interrupted epoch can fall back to it (the size of the weights, once)
         finished_state = {key: value.detach().clone() for key, value in module.state_dict().items()}
@@ -312,9 +436,9 @@ def _minibatches(rows, batch_size, order, parallel, fewest_rows):
     """
     if parallel is None:
         indices = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-        yield from ((xb, None) for xb in batches(rows, [index for index in indices if len(index) >= fewest_rows]))
+        yield from ((minibatch, None) for minibatch in rows.batches([index for index in indices if len(index) >= fewest_rows]))
         return
     pairs = list(parallel.local_batches(order, batch_size))
-    made = batches(rows, [index for index, _ in pairs if len(index) >= fewest_rows])
+    made = rows.batches([index for index, _ in pairs if len(index) >= fewest_rows])
     for index, global_size in pairs:
         yield (next(made) if len(index) >= fewest_rows else None), global_size

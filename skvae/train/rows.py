@@ -9,7 +9,6 @@ Two representations, chosen by :func:`make_row_source`:
   (:class:`BackedSparseRowSource`).
 """
 
-import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -68,7 +67,43 @@ class DenseRowSource:
         return self._X[torch.as_tensor(rows) if isinstance(rows, np.ndarray) else rows].to(self._device)
 
 
-class ShiftedSparseRowSource:
+class _SparseRowSource:
+    """Minibatches as :class:`~skvae.nn.sparse.ShiftedSparseRows`: a subclass says where a minibatch's CSR rows come from."""
+
+    def __init__(self, n_rows, shift, *, dtype, device, with_transpose):
+        self.n_rows, self._shift = n_rows, shift
+        self._dtype, self._device, self._with_transpose = dtype, device, with_transpose
+
+    def batch(self, rows):
+        """The shifted sparse rows ``rows`` (a slice or an array of indices), on the source's device.
+
+        Parameters
+        ----------
+        rows : slice or ndarray of int
+
+        Returns
+        -------
+        ShiftedSparseRows
+        """
+        return ShiftedSparseRows.from_scipy(
+            self.csr(rows), self._shift, dtype=self._dtype, device=self._device, with_transpose=self._with_transpose
+        )
+
+    def csr(self, rows):
+        """The stored part of ``rows`` (a slice or an array of indices) as a scipy CSR matrix.
+
+        Parameters
+        ----------
+        rows : slice or ndarray of int
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix
+        """
+        raise NotImplementedError
+
+
+class ShiftedSparseRowSource(_SparseRowSource):
     """Minibatches as :class:`~skvae.nn.sparse.ShiftedSparseRows` of ``values + shift``.
 
     Parameters
@@ -94,30 +129,14 @@ class ShiftedSparseRowSource:
     """
 
     def __init__(self, values, shift, *, dtype, device, with_transpose):
-        self._values, self._shift = values.tocsr().astype(dtype, copy=False), shift
-        self._dtype, self._device, self._with_transpose = dtype, device, with_transpose
-        self.n_rows = values.shape[0]
+        super().__init__(values.shape[0], shift, dtype=dtype, device=device, with_transpose=with_transpose)
+        self._values = values.tocsr().astype(dtype, copy=False)
 
-    def batch(self, rows):
-        """The shifted sparse rows ``rows`` (a slice or an array of indices), on the source's device.
-
-        Parameters
-        ----------
-        rows : slice or ndarray of int
-
-        Returns
-        -------
-        ShiftedSparseRows
-        """
-        return ShiftedSparseRows.from_scipy(
-            self._csr(rows), self._shift, dtype=self._dtype, device=self._device, with_transpose=self._with_transpose
-        )
-
-    def _csr(self, rows):
+    def csr(self, rows):
         return _csr_rows(self._values, rows)
 
 
-class BackedSparseRowSource(ShiftedSparseRowSource):
+class BackedSparseRowSource(_SparseRowSource):
     """Minibatches read from a CSR matrix on disk, such as a backed AnnData's ``X``.
 
     Only the rows of each minibatch are read, in increasing order (what HDF5 reads
@@ -156,15 +175,14 @@ class BackedSparseRowSource(ShiftedSparseRowSource):
             [ 0.,  1.,  2.]])
     """
 
-    def __init__(self, dataset, *, rows=slice(None), dtype, device, with_transpose, read_ahead=2):  # noqa: PLW0231
+    def __init__(self, dataset, *, rows=slice(None), dtype, device, with_transpose, read_ahead=2):
         # the rows are read from disk, one minibatch at a time: there is no matrix in memory to hold
         self._dataset, self._rows = dataset, np.arange(dataset.shape[0])[rows]
-        self._shift = np.zeros(dataset.shape[1])
-        self._dtype, self._device, self._with_transpose = dtype, device, with_transpose
+        super().__init__(len(self._rows), np.zeros(dataset.shape[1]), dtype=dtype, device=device,
+                         with_transpose=with_transpose)
         self._read_ahead = read_ahead
-        self.n_rows = len(self._rows)
 
-    def _csr(self, rows):
+    def csr(self, rows):
         wanted = self._rows[rows]
         if len(wanted) and wanted[-1] - wanted[0] == len(wanted) - 1 and np.all(np.diff(wanted) == 1):
             block = self._dataset[int(wanted[0]) : int(wanted[-1]) + 1]  # a run of rows: one read
@@ -192,56 +210,6 @@ class BackedSparseRowSource(ShiftedSparseRowSource):
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
-
-
-def stored_value_blocks(dataset, block_size=2**22):
-    """Yield the stored values of a sparse matrix on disk, ``block_size`` at a time.
-
-    Parameters
-    ----------
-    dataset : anndata.abc.CSRDataset or anndata.abc.CSCDataset
-    block_size : int, default=2**22
-
-    Yields
-    ------
-    ndarray
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> import anndata
-    >>> import scipy.sparse as sp
-    >>> from skvae.train.rows import stored_value_blocks
-    >>> path = tempfile.mkdtemp() + "/cells.h5ad"
-    >>> anndata.AnnData(sp.csr_matrix([[0.0, 1.0], [2.0, 3.0]])).write_h5ad(path)
-    >>> [block.tolist() for block in stored_value_blocks(anndata.read_h5ad(path, backed="r").X, block_size=2)]
-    [[1.0, 2.0], [3.0]]
-    """
-    values = dataset.group["data"]
-    for start in range(0, values.shape[0], block_size):
-        yield np.asarray(values[start : start + block_size])
-
-
-def is_backed_sparse(X):
-    """Whether ``X`` is a sparse matrix on disk from anndata (backed ``X`` or ``sparse_dataset``).
-
-    Parameters
-    ----------
-    X : object
-
-    Returns
-    -------
-    bool
-
-    Examples
-    --------
-    >>> import scipy.sparse as sp
-    >>> from skvae.train.rows import is_backed_sparse
-    >>> is_backed_sparse(sp.eye(3, format="csr"))
-    False
-    """
-    anndata_abc = sys.modules.get("anndata.abc")  # anndata stays optional: loaded only if the caller did
-    return anndata_abc is not None and isinstance(X, (anndata_abc.CSRDataset, anndata_abc.CSCDataset))
 
 
 def _csr_rows(X, rows):
@@ -292,8 +260,6 @@ def make_row_source(X, *, algorithm="auto", center=True, dtype=np.float32, devic
     >>> type(make_row_source(scaled)).__name__, type(make_row_source(scaled, algorithm="dense")).__name__
     ('ShiftedSparseRowSource', 'DenseRowSource')
     """
-    if is_backed_sparse(X):
-        return BackedSparseRowSource(X, dtype=dtype, device=device, with_transpose=with_transpose)
     if algorithm == "dense":
         return DenseRowSource(X, dtype=dtype, device=device)
     if sp.issparse(X):
@@ -338,29 +304,3 @@ def batches(source, indices):
         yield from source.batches(indices)
     else:
         yield from (source.batch(index) for index in indices)
-
-
-def iter_batches(source, batch_size, *, order=None):
-    """Yield the minibatches of ``source``, ``batch_size`` rows each.
-
-    Parameters
-    ----------
-    source : DenseRowSource or ShiftedSparseRowSource
-    batch_size : int
-    order : ndarray of int, default=None
-        Row indices to visit, in order; all rows in their order when None.
-
-    Yields
-    ------
-    torch.Tensor or ShiftedSparseRows
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from skvae.train.rows import iter_batches, make_row_source
-    >>> source = make_row_source(np.random.RandomState(0).normal(size=(10, 3)))
-    >>> [len(batch) for batch in iter_batches(source, 4)]
-    [4, 4, 2]
-    """
-    spans = gen_batches(source.n_rows if order is None else len(order), batch_size)
-    yield from batches(source, [span if order is None else order[span] for span in spans])

@@ -1,0 +1,165 @@
+"""Checks of the values that users pass: one place for every estimator, tool and data source.
+
+The checks read values, not containers: a matrix in memory is checked whole, a matrix on
+disk block by block (:meth:`skvae.train.data.RowData.value_blocks`), with the same rules and
+messages either way.
+"""
+
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.utils.validation import check_non_negative
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Values per block when a check scans a dense array: a bounded temporary, whatever the size of X.
+_VALUES_PER_BLOCK = 2**22
+
+
+def is_integer_valued(X):
+    """Whether every value of ``X`` is a whole number, scanned in blocks so no temporary is the size of X.
+
+    Parameters
+    ----------
+    X : ndarray or scipy.sparse matrix
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae._validation import is_integer_valued
+    >>> is_integer_valued(np.array([0.0, 3.0])), is_integer_valued(np.array([0.5]))
+    (True, False)
+    """
+    values = np.ravel(X.data if sp.issparse(X) else X)
+    return not any((values[start : start + _VALUES_PER_BLOCK] != np.round(values[start : start + _VALUES_PER_BLOCK])).any()
+                   for start in range(0, values.size, _VALUES_PER_BLOCK))
+
+
+def refuse_foreign_input(X):
+    """Raise a clear TypeError for AnnData objects, dates and durations, which numpy would cast or mangle.
+
+    Parameters
+    ----------
+    X : object
+        What the user passed as ``X``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae._validation import refuse_foreign_input
+    >>> refuse_foreign_input(np.zeros((2, 2)))  # numbers pass
+    """
+    if type(X).__name__ == "AnnData":  # anndata stays an optional dependency
+        raise TypeError(
+            "X is an AnnData object: pass its matrix, e.g. adata.X (log-normalised and scaled for "
+            "likelihood='gaussian') or adata.layers['counts'] (raw counts for a count likelihood)."
+        )
+    kinds = {dtype.kind for dtype in getattr(X, "dtypes", [getattr(X, "dtype", None)]) if dtype is not None}
+    if kinds & {"M", "m"}:
+        raise TypeError("X holds dates or durations (datetime64 / timedelta64); pass numeric expression values.")
+
+
+def check_float32_range(values):
+    """Raise a ValueError when ``values`` exceed float32's range: training and ``score`` compute in float32.
+
+    Parameters
+    ----------
+    values : ndarray or scipy.sparse matrix
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae._validation import check_float32_range
+    >>> check_float32_range(np.array([1e38]))  # within range
+    """
+    values = values.data if sp.issparse(values) else values
+    if values.dtype == np.float64 and values.size and np.abs(values).max() > FLOAT32_MAX:
+        raise ValueError(
+            f"X has values beyond float32's range ({np.abs(values).max():.3g} > {FLOAT32_MAX:.3g}); training "
+            "runs in float32. Scale the data (e.g. log-normalise and standardise it)."
+        )
+
+
+class ValueCheck:
+    """The checks of an estimator's input values, fed the whole matrix or its blocks one at a time.
+
+    Every block is checked for negative values (count likelihoods), for float32's range
+    (with ``float32_range``) and for NaN and infinity (with ``check_finite``). :meth:`finish` then warns
+    once for the whole input: of non-integer values for a count likelihood, of what looks
+    like raw counts (non-negative whole numbers beyond 0 and 1) for the Gaussian one.
+
+    Parameters
+    ----------
+    counts : bool
+        Whether the likelihood models raw counts.
+    whom : str
+        Who refuses negative counts, for the message.
+    check_finite : bool, default=False
+        Refuse NaN and infinity (a matrix in memory had this from scikit-learn's checks).
+    float32_range : bool, default=True
+        Refuse values beyond float32's range (what is computed in float32).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae._validation import ValueCheck
+    >>> check = ValueCheck(counts=True, whom="a count model")
+    >>> for block in (np.array([0.0, 2.0]), np.array([5.0])):
+    ...     check.update(block)
+    >>> check.finish()  # whole non-negative numbers: no warning
+    """
+
+    def __init__(self, *, counts, whom, check_finite=False, float32_range=True):
+        self.counts, self.whom = counts, whom
+        self.check_finite, self.float32_range = check_finite, float32_range
+        self._integer, self._min, self._max, self._size = True, np.inf, -np.inf, 0
+
+    def update(self, values):
+        """Check one block of values.
+
+        Parameters
+        ----------
+        values : ndarray or scipy.sparse matrix
+        """
+        values = values.data if sp.issparse(values) else np.asarray(values)
+        if self.check_finite and not np.isfinite(values).all():
+            raise ValueError("Input X contains NaN or infinity (in the matrix on disk).")
+        if self.float32_range:
+            check_float32_range(values)
+        if self.counts:
+            check_non_negative(values, self.whom)
+        if values.size:
+            self._min, self._max = min(self._min, values.min()), max(self._max, values.max())
+            self._size += values.size
+            # the integer test costs a pass: the Gaussian warning needs it only for non-negative values beyond 1
+            if self._integer and (self.counts or (self._min >= 0 and self._max > 1)):
+                self._integer = is_integer_valued(values)
+
+    def finish(self, stacklevel=2):
+        """Warn once for the whole input (call after every block was checked).
+
+        Parameters
+        ----------
+        stacklevel : int, default=2
+            Passed to :func:`warnings.warn`, counted from the caller.
+        """
+        if self.counts and not self._integer:
+            warnings.warn(
+                f"X has non-integer values, but {self.whom}. Normalised or log-transformed data (such as "
+                "LogNormalizer's output) is the likely cause: pass the raw UMI counts of QC'd cells, or use "
+                "likelihood='gaussian' for normalised and scaled data.",
+                UserWarning,
+                stacklevel=stacklevel + 1,
+            )
+        if not self.counts and self._size and self._min >= 0 and self._max > 1 and self._integer:
+            warnings.warn(
+                "X looks like raw counts (non-negative integers), but likelihood='gaussian' reconstructs its "
+                "input with a squared error, which suits log-normalised, scaled expression: normalise it first "
+                "(LogNormalizer, then ClippedStandardScaler), or model the counts with likelihood='nb'.",
+                UserWarning,
+                stacklevel=stacklevel + 1,
+            )

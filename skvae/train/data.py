@@ -1,0 +1,446 @@
+"""The rows an estimator is given, decided once: a matrix in memory or a CSR matrix on disk, with per-row covariates.
+
+:meth:`RowData.from_input` looks at what the user passed once and returns an
+:class:`InMemoryRows` (numpy array or scipy sparse matrix) or a :class:`BackedRows`
+(anndata's ``CSRDataset``: a backed ``X`` or ``sparse_dataset`` of a layer). From then on
+every step asks the object, never the input's type: its size, its values for validation
+(whole or streamed), a training / validation split, a rank's shard, minibatch sources for
+each algorithm, and a sample of rows. Per-row covariates (such as each cell's batch, as
+integer codes) travel with every split, shard and minibatch.
+
+A new kind of data source is one new subclass of :class:`RowData`.
+"""
+
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from sklearn.model_selection import train_test_split
+from sklearn.utils import gen_batches
+
+from .rows import BackedSparseRowSource, batches, make_row_source
+
+# Stored values per block when a matrix on disk is checked: a bounded read, whatever the file's size.
+_VALUE_BLOCK = 2**22
+
+
+def is_backed_sparse(X):
+    """Whether ``X`` is a sparse matrix on disk from anndata (backed ``X`` or ``sparse_dataset``).
+
+    Parameters
+    ----------
+    X : object
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> from skvae.train.data import is_backed_sparse
+    >>> is_backed_sparse(sp.eye(3, format="csr"))
+    False
+    """
+    anndata_abc = sys.modules.get("anndata.abc")  # anndata stays optional: loaded only if the caller did
+    return anndata_abc is not None and isinstance(X, (anndata_abc.CSRDataset, anndata_abc.CSCDataset))
+
+
+@dataclass
+class Minibatch:
+    """The rows of one minibatch and their covariates, as tensors on the training device.
+
+    Parameters
+    ----------
+    x : torch.Tensor or skvae.nn.sparse.ShiftedSparseRows
+        The rows.
+    covariates : dict of str to torch.Tensor of shape (n_rows,)
+        Keyword arguments of the model's ``loss``, ``embed`` and ``decode`` (e.g. ``batch``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.train.data import Minibatch
+    >>> Minibatch(torch.zeros(2, 3)).covariates
+    {}
+    """
+
+    x: object
+    covariates: dict = field(default_factory=dict)
+
+    def __len__(self):
+        return len(self.x)
+
+
+class MinibatchSource:
+    """Minibatches of a row source, each with its rows' covariates.
+
+    Parameters
+    ----------
+    rows : row source of :mod:`skvae.train.rows`
+    covariates : dict of str to ndarray of shape (rows.n_rows,)
+    device : str or torch.device
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae.train.data import MinibatchSource
+    >>> from skvae.train.rows import make_row_source
+    >>> source = MinibatchSource(make_row_source(np.eye(3), algorithm="dense"), {"batch": np.array([0, 1, 1])}, "cpu")
+    >>> source.batch(np.array([2, 0])).covariates
+    {'batch': tensor([1, 0])}
+    """
+
+    def __init__(self, rows, covariates, device):
+        self.rows, self.n_rows = rows, rows.n_rows
+        self._covariates = {name: torch.as_tensor(values, device=device) for name, values in covariates.items()}
+
+    def batch(self, index):
+        """The minibatch of ``index`` (a slice or an array of row indices).
+
+        Parameters
+        ----------
+        index : slice or ndarray of int
+
+        Returns
+        -------
+        Minibatch
+        """
+        return Minibatch(self.rows.batch(index), self._covariates_of(index))
+
+    def batches(self, indices):
+        """Yield the minibatch of each of ``indices``; a source that reads from disk reads ahead.
+
+        Parameters
+        ----------
+        indices : list of slice or ndarray of int
+
+        Yields
+        ------
+        Minibatch
+        """
+        for index, x in zip(indices, batches(self.rows, indices), strict=True):
+            yield Minibatch(x, self._covariates_of(index))
+
+    def _covariates_of(self, index):
+        index = torch.as_tensor(index) if isinstance(index, np.ndarray) else index
+        return {name: values[index] for name, values in self._covariates.items()}
+
+
+def iter_minibatches(source, batch_size):
+    """Yield the minibatches of ``source`` in order, ``batch_size`` rows each.
+
+    Parameters
+    ----------
+    source : MinibatchSource
+    batch_size : int
+
+    Yields
+    ------
+    Minibatch
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae.train.data import RowData, iter_minibatches
+    >>> source = RowData.from_input(np.zeros((10, 3))).source(algorithm="dense", center=False)
+    >>> [len(minibatch) for minibatch in iter_minibatches(source, 4)]
+    [4, 4, 2]
+    """
+    yield from source.batches(list(gen_batches(source.n_rows, batch_size)))
+
+
+class RowData(ABC):
+    """Rows of expression (cells x genes) and their per-row covariates.
+
+    Use :meth:`from_input` to make one from what the user passed; a subclass is one
+    kind of data source.
+
+    Parameters
+    ----------
+    n_rows, n_features : int
+    dtype : numpy dtype
+        The stored values' type.
+    covariates : dict of str to array-like of shape (n_rows,) or None
+        One value per row each (checked).
+
+    Attributes
+    ----------
+    n_rows, n_features : int
+    dtype : numpy dtype
+    covariates : dict of str to ndarray of shape (n_rows,)
+    on_disk : bool
+        Whether the rows are read from a file as they are used.
+    stored_sparse : bool
+        Whether the rows are stored sparse (scipy sparse, or a sparse file).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae.train.data import RowData
+    >>> data = RowData.from_input(np.arange(12.0).reshape(6, 2), {"batch": [0, 0, 0, 1, 1, 1]})
+    >>> train, validation = data.split(0.5, np.random.RandomState(0))
+    >>> train.n_rows, validation.n_rows, sorted(train.covariates["batch"].tolist() + validation.covariates["batch"].tolist())
+    (3, 3, [0, 0, 0, 1, 1, 1])
+    """
+
+    on_disk = False
+    stored_sparse = True
+
+    def __init__(self, n_rows, n_features, dtype, covariates):
+        self.n_rows, self.n_features, self.dtype = n_rows, n_features, np.dtype(dtype)
+        self.covariates = {name: np.asarray(values) for name, values in (covariates or {}).items()}
+        for name, values in self.covariates.items():
+            if len(values) != n_rows:
+                raise ValueError(f"{name} has {len(values)} values for {n_rows} rows of X: one per cell.")
+
+    @property
+    def shape(self):
+        return self.n_rows, self.n_features
+
+    @staticmethod
+    def from_input(X, covariates=None, *, check_in_memory=None):
+        """The rows of ``X``: :class:`BackedRows` for a sparse matrix on disk, else :class:`InMemoryRows`.
+
+        Parameters
+        ----------
+        X : array-like, scipy.sparse matrix or anndata.abc.CSRDataset
+        covariates : dict of str to array-like of shape (n_rows,), default=None
+        check_in_memory : callable, default=None
+            Applied to ``X`` when it is not on disk, returning the array or sparse
+            matrix to hold (e.g. scikit-learn's ``validate_data``); None holds ``X`` as it is.
+
+        Returns
+        -------
+        RowData
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skvae.train.data import RowData
+        >>> data = RowData.from_input(np.zeros((5, 3)), {"batch": [0, 0, 1, 1, 1]})
+        >>> type(data).__name__, data.shape, data.take(np.array([4, 0])).covariates["batch"].tolist()
+        ('InMemoryRows', (5, 3), [1, 0])
+        """
+        if is_backed_sparse(X):
+            return BackedRows(X, covariates=covariates)
+        return InMemoryRows(X if check_in_memory is None else check_in_memory(X), covariates=covariates)
+
+    @abstractmethod
+    def take(self, rows):
+        """These rows (an array of indices or a slice), with their covariates.
+
+        Parameters
+        ----------
+        rows : ndarray of int or slice
+
+        Returns
+        -------
+        RowData
+        """
+
+    def split(self, validation_fraction, random_state):
+        """A random training / validation split of the rows, as scikit-learn's ``train_test_split`` makes it.
+
+        Parameters
+        ----------
+        validation_fraction : float
+        random_state : numpy.random.RandomState
+
+        Returns
+        -------
+        train, validation : RowData
+        """
+        train, validation = train_test_split(np.arange(self.n_rows), test_size=validation_fraction,
+                                             random_state=random_state)
+        return self.take(train), self.take(validation)
+
+    def shard(self, parallel):
+        """The rows this rank of a data-parallel run trains on.
+
+        Rows in memory are the rank's own already (each process passes its part); a file
+        on disk is shared, and each rank takes its contiguous block of it.
+
+        Parameters
+        ----------
+        parallel : skvae.train.distributed.RankGroup or None
+
+        Returns
+        -------
+        RowData
+        """
+        return self
+
+    def sample(self, max_rows):
+        """Up to ``max_rows`` evenly spaced rows, in memory (all of them when there are fewer).
+
+        Parameters
+        ----------
+        max_rows : int
+
+        Returns
+        -------
+        InMemoryRows
+        """
+        if self.n_rows <= max_rows and not self.on_disk:
+            return self
+        return self.take(np.unique(np.linspace(0, self.n_rows - 1, min(self.n_rows, max_rows)).astype(int))).in_memory()
+
+    @abstractmethod
+    def source(self, *, algorithm, center, dtype=np.float32, device="cpu", with_transpose=False):
+        """Minibatches of these rows, with their covariates.
+
+        Parameters
+        ----------
+        algorithm : {"auto", "dense", "sparse"}
+            The representation (see :func:`skvae.train.rows.make_row_source`); rows on
+            disk are always sparse.
+        center : bool
+            Whether dense rows are shifted by their column medians in the sparse representation.
+        dtype : numpy dtype, default=np.float32
+        device : str or torch.device, default="cpu"
+        with_transpose : bool, default=False
+            Keep each sparse minibatch's transpose, for gradients (training).
+
+        Returns
+        -------
+        MinibatchSource
+        """
+
+    @abstractmethod
+    def astype(self, dtype):
+        """These rows with values of ``dtype`` (rows on disk are cast as they are read).
+
+        Parameters
+        ----------
+        dtype : numpy dtype
+
+        Returns
+        -------
+        RowData
+        """
+
+    @abstractmethod
+    def value_blocks(self):
+        """Yield the stored values, a bounded block at a time, for validation.
+
+        Yields
+        ------
+        ndarray
+        """
+
+
+class InMemoryRows(RowData):
+    """Rows of a numpy array or a scipy sparse matrix in memory.
+
+    Parameters
+    ----------
+    X : ndarray or scipy.sparse CSR matrix of shape (n_rows, n_features)
+    covariates : dict of str to array-like of shape (n_rows,), default=None
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae.train.data import InMemoryRows
+    >>> InMemoryRows(np.eye(4)).take(slice(1, 3)).X.tolist()
+    [[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
+    """
+
+    def __init__(self, X, covariates=None):
+        super().__init__(X.shape[0], X.shape[1], X.dtype, covariates)
+        self.X = X
+        self.stored_sparse = sp.issparse(X)
+
+    def astype(self, dtype):
+        return InMemoryRows(self.X.astype(dtype, copy=False), self.covariates)
+
+    def take(self, rows):
+        return InMemoryRows(self.X[rows], {name: values[rows] for name, values in self.covariates.items()})
+
+    def in_memory(self):
+        """These rows (they are in memory already).
+
+        Returns
+        -------
+        InMemoryRows
+        """
+        return self
+
+    def source(self, *, algorithm, center, dtype=np.float32, device="cpu", with_transpose=False):
+        rows = make_row_source(self.X, algorithm=algorithm, center=center, dtype=dtype, device=device,
+                               with_transpose=with_transpose)
+        return MinibatchSource(rows, self.covariates, device)
+
+    def value_blocks(self):
+        yield self.X
+
+
+class BackedRows(RowData):
+    """Rows of a CSR matrix on disk, read a minibatch at a time; memory holds a few minibatches.
+
+    Parameters
+    ----------
+    dataset : anndata.abc.CSRDataset
+        E.g. ``anndata.read_h5ad(path, backed="r").X``.
+    rows : ndarray of int, default=None
+        The rows of ``dataset`` these are, in order; all of them when None.
+    covariates : dict of str to array-like of shape (len(rows),), default=None
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import anndata
+    >>> import numpy as np
+    >>> import scipy.sparse as sp
+    >>> from skvae.train.data import RowData
+    >>> path = tempfile.mkdtemp() + "/cells.h5ad"
+    >>> anndata.AnnData(sp.csr_matrix(np.arange(12.0).reshape(4, 3))).write_h5ad(path)
+    >>> data = RowData.from_input(anndata.read_h5ad(path, backed="r").X)
+    >>> data.on_disk, data.take(np.array([3, 1])).in_memory().X.toarray().tolist()
+    (True, [[9.0, 10.0, 11.0], [3.0, 4.0, 5.0]])
+    """
+
+    on_disk = True
+
+    def __init__(self, dataset, rows=None, covariates=None):
+        self.rows = np.arange(dataset.shape[0]) if rows is None else np.asarray(rows)
+        super().__init__(len(self.rows), dataset.shape[1], dataset.dtype, covariates)
+        self.dataset = dataset
+
+    @property
+    def format(self):
+        """The file's layout, "csr" or "csc" (only CSR rows can be read a minibatch at a time)."""
+        return self.dataset.format
+
+    def astype(self, dtype):
+        return self
+
+    def take(self, rows):
+        return BackedRows(self.dataset, self.rows[rows], {name: values[rows] for name, values in self.covariates.items()})
+
+    def shard(self, parallel):
+        return self if parallel is None else self.take(parallel.shard_of(self.n_rows))
+
+    def in_memory(self):
+        """These rows read into memory, as a CSR matrix.
+
+        Returns
+        -------
+        InMemoryRows
+        """
+        source = BackedSparseRowSource(self.dataset, rows=self.rows, dtype=self.dtype, device="cpu",
+                                       with_transpose=False)
+        return InMemoryRows(source.csr(slice(None)), self.covariates)
+
+    def source(self, *, algorithm, center, dtype=np.float32, device="cpu", with_transpose=False):
+        rows = BackedSparseRowSource(self.dataset, rows=self.rows, dtype=dtype, device=device,
+                                     with_transpose=with_transpose)
+        return MinibatchSource(rows, self.covariates, device)
+
+    def value_blocks(self):
+        values = self.dataset.group["data"]
+        for start in range(0, values.shape[0], _VALUE_BLOCK):
+            yield np.asarray(values[start : start + _VALUE_BLOCK])
