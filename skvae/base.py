@@ -14,6 +14,7 @@ from abc import ABCMeta, abstractmethod
 from numbers import Integral, Real
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
 from sklearn.utils import check_array, check_random_state
@@ -50,6 +51,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     likelihood : {"gaussian", "poisson", "nb", "zinb"}, default="gaussian"
     batch_norm : bool, default=False
     dropout : float, default=0.0
+    encode_batch : bool, default=False
     batch_size : int, default=256
     learning_rate : float, default=1e-3
     max_epochs : int, default=200
@@ -71,6 +73,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     algorithm_ : {"sparse", "dense"}
     n_features_in_ : int
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
+    batch_categories_ : ndarray of shape (n_batches,) or None
 
     Examples
     --------
@@ -86,6 +89,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         "likelihood": [StrOptions(set(LIKELIHOODS))],
         "batch_norm": ["boolean"],
         "dropout": [Interval(Real, 0, 1, closed="left")],
+        "encode_batch": ["boolean"],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
@@ -108,6 +112,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         likelihood="gaussian",
         batch_norm=False,
         dropout=0.0,
+        encode_batch=False,
         batch_size=256,
         learning_rate=1e-3,
         max_epochs=200,
@@ -126,6 +131,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.likelihood = likelihood
         self.batch_norm = batch_norm
         self.dropout = dropout
+        self.encode_batch = encode_batch
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.max_epochs = max_epochs
@@ -144,12 +150,15 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """Return a fresh, randomly initialised model of :mod:`skvae.nn.models`.
 
         ``options`` are the model's keyword arguments that every estimator sets the
-        same way: ``likelihood``, ``batch_norm`` and ``dropout``.
+        same way: ``likelihood``, ``batch_norm``, ``dropout``, ``n_batches`` and
+        ``encode_batch``.
         """
 
     def _make_module(self, n_features, hidden_layer_sizes):
+        categories = getattr(self, "batch_categories_", None)
         return self._build_module(n_features, hidden_layer_sizes, likelihood=make_likelihood(self.likelihood, n_features),
-                                  batch_norm=self.batch_norm, dropout=self.dropout)
+                                  batch_norm=self.batch_norm, dropout=self.dropout,
+                                  n_batches=0 if categories is None else len(categories), encode_batch=self.encode_batch)
 
     @property
     def _models_counts(self):
@@ -193,7 +202,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         return device
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, batch=None):
         """Train the model on ``X``.
 
         Parameters
@@ -204,6 +213,12 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             (a backed AnnData's ``X``) is read one minibatch at a time.
         y : Ignored
             Not used, present for API consistency by convention.
+        batch : array-like of shape (n_samples,), default=None
+            Each cell's batch (sample, donor, technology): any hashable labels,
+            such as strings, integers or a pandas categorical. The decoder is
+            conditioned on it, so the codes need not keep batches apart
+            (integration, as scVI's ``batch_key``). Its categories are recorded
+            in ``batch_categories_``. None: no batches.
 
         Returns
         -------
@@ -211,10 +226,26 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             The fitted estimator.
         """
         with limited_threads(self.n_jobs):
-            return self._fit(X, incremental=False)
+            return self._fit(X, batch, incremental=False)
+
+    def fit_transform(self, X, y=None, *, batch=None):
+        """Fit the model on ``X`` and return its codes.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
+        y : Ignored
+        batch : array-like of shape (n_samples,), default=None
+            Each cell's batch, as in :meth:`fit`.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_components)
+        """
+        return self.fit(X, y, batch=batch).transform(X, batch=batch)
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y=None):
+    def partial_fit(self, X, y=None, *, batch=None):
         """Train one pass over the rows of ``X``, continuing the model of earlier calls.
 
         The first call (or the first after :meth:`fit` was never called) creates
@@ -233,6 +264,9 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             memory, with the features of the first call.
         y : Ignored
             Not used, present for API consistency by convention.
+        batch : array-like of shape (n_samples,), default=None
+            Each cell's batch, as in :meth:`fit`. The first call fixes the
+            categories: later chunks may hold any of them, but no new one.
 
         Returns
         -------
@@ -240,9 +274,9 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             The estimator, trained one pass further.
         """
         with limited_threads(self.n_jobs):
-            return self._fit(X, incremental=True)
+            return self._fit(X, batch, incremental=True)
 
-    def _fit(self, X, *, incremental):
+    def _fit(self, X, batch, *, incremental):
         """The one training path: ``fit`` (a new model, ``max_epochs``) or ``partial_fit`` (continue, one pass).
 
         Nothing is changed when it fails: the estimator keeps the attributes, weights and
@@ -253,6 +287,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             device = self._training_device()
             parallel = data_parallel(device)
             data = self._validated_rows(X, reset=first, training=True)
+            data = self._with_batch(data, batch, reset=first, required=True)
             hidden_layer_sizes = self._validated_hidden_layer_sizes()
             if first:
                 self._warn_if_code_wider_than(hidden_layer_sizes[-1])
@@ -343,6 +378,8 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             parallel.check_same("the estimator", repr(self))
             parallel.check_same("the number of features", self.n_features_in_)
             parallel.check_same("the feature names", getattr(self, "feature_names_in_", np.array([])).tolist())
+            categories = getattr(self, "batch_categories_", None)
+            parallel.check_same("the batch categories", None if categories is None else categories.tolist())
             if self.random_state is None:
                 rng = np.random.RandomState(parallel.broadcast_seed(rng.randint(np.iinfo(np.int32).max)))
         return rng, rng.randint(np.iinfo(np.int32).max)
@@ -384,6 +421,36 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         if data.n_rows < min_rows:
             raise ValueError(f"Found array with {data.n_rows} sample(s) while a minimum of {min_rows} is required.")
 
+    def _with_batch(self, data, batch, *, reset, required, one_for_all=False):
+        """``data`` with each row's batch as a covariate: its index into ``batch_categories_``.
+
+        ``reset`` records the categories of ``batch`` (None: no batches). Otherwise the
+        labels must be among those recorded, and must be given (``required``) to a model
+        fitted with batches; ``one_for_all`` takes a single label for every row.
+        """
+        name = type(self).__name__
+        if reset:
+            labels = None if batch is None else _batch_labels(batch, data.n_rows)
+            self.batch_categories_ = None if labels is None else _categories(labels)
+        categories = getattr(self, "batch_categories_", None)
+        if categories is None:
+            if batch is not None:
+                raise ValueError(f"batch was passed, but this {name} was fitted without batches: fit it with "
+                                 "batch=... to condition it on them, or leave batch out.")
+            return data
+        if batch is None:
+            if required:
+                raise ValueError(f"This {name} was fitted with batches ({len(categories)}: "
+                                 f"{_listing(categories)}): pass each cell's batch= as well.")
+            return data
+        labels = _batch_labels(batch, data.n_rows, one_for_all=one_for_all)
+        codes = pd.Categorical(labels, categories=categories).codes
+        if (codes < 0).any():
+            unseen = pd.unique(labels[codes < 0])
+            raise ValueError(f"batch has categories not seen in fit: {_listing(unseen)}; the model knows "
+                             f"{_listing(categories)}.")
+        return data.with_covariates({"batch": codes.astype(np.int64)})
+
     def _check_active_components(self, data, warn=True):
         """Variational models: count the active latent dimensions of the codes of ``data``'s rows and warn of a collapse."""
 
@@ -412,33 +479,45 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             return np.concatenate([getattr(module, method)(minibatch.x, **minibatch.covariates).numpy()
                                    for minibatch in iter_minibatches(source, _INFERENCE_BATCH_SIZE)])
 
-    def _fitted_rows(self, X):
-        """The rows of ``X`` for a fitted model: its features, in float32 or float64."""
+    def _fitted_rows(self, X, batch):
+        """The rows of ``X`` for a fitted model's encoder: its features, in float32 or float64, with batches if it reads them."""
         check_is_fitted(self)
-        return self._validated_rows(X, reset=False, training=False)
+        data = self._validated_rows(X, reset=False, training=False)
+        if not (self.encode_batch and getattr(self, "batch_categories_", None) is not None):
+            return data  # the encoder sees expression only: codes do not depend on the batch
+        return self._with_batch(data, batch, reset=False, required=True)
 
-    def transform(self, X):
+    def transform(self, X, *, batch=None):
         """Embed ``X``: the deterministic latent code of each cell.
 
         Parameters
         ----------
         X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
             Data with the features seen in ``fit``.
+        batch : array-like of shape (n_samples,), default=None
+            Each cell's batch, read only when the encoder takes it
+            (``encode_batch=True``, fitted with batches); otherwise ignored, and
+            cells of any batch, seen in ``fit`` or not, embed as they are.
 
         Returns
         -------
         X_new : ndarray of shape (n_samples, n_components)
             Latent codes, float32 for float32 input, else float64.
         """
-        return self._map_rows("embed", self._fitted_rows(X))
+        return self._map_rows("embed", self._fitted_rows(X, batch))
 
-    def inverse_transform(self, X):
+    def inverse_transform(self, X, *, batch=None):
         """Decode latent codes back to feature space.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_components)
             Latent codes, e.g. from :meth:`transform`.
+        batch : label or array-like of shape (n_samples,), default=None
+            For a model fitted with batches: the batch to decode each code as
+            measured in, one label for all codes or one per code. Decoding every
+            cell as one batch gives batch-corrected expression (scVI's
+            ``transform_batch``). Required for such a model.
 
         Returns
         -------
@@ -452,9 +531,10 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         X = check_array(X, dtype=[np.float64, np.float32])
         if X.shape[1] != self.n_components:
             raise ValueError(f"X has {X.shape[1]} columns, but {type(self).__name__} decodes codes of {self.n_components}.")
-        return self._map_rows("decode", RowData.from_input(X))
+        codes = self._with_batch(RowData.from_input(X), batch, reset=False, required=True, one_for_all=True)
+        return self._map_rows("decode", codes)
 
-    def score(self, X, y=None):
+    def score(self, X, y=None, *, batch=None):
         """Negative mean loss per cell: higher is better.
 
         The loss is the negative log-likelihood of the cell given the
@@ -470,6 +550,9 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             Data with the features seen in ``fit``.
         y : Ignored
             Not used, present for API consistency by convention.
+        batch : array-like of shape (n_samples,), default=None
+            Each cell's batch, from those seen in ``fit``; required for a model
+            fitted with batches.
 
         Returns
         -------
@@ -478,6 +561,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         check_is_fitted(self)
         # the loss is computed in float32, as in training
         data = self._validated_rows(X, reset=False, training=False, float32_range=True)
+        data = self._with_batch(data, batch, reset=False, required=True)
         rows = data.source(algorithm=self.algorithm_, center=not self._models_counts)
         with limited_threads(self.n_jobs):
             return -mean_loss(self.module_, rows, kl_weight=1.0, batch_size=_INFERENCE_BATCH_SIZE)
@@ -514,6 +598,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 "feature_names_in_": None if feature_names is None else [str(name) for name in feature_names],
                 "history_": {key: [float(v) for v in values] for key, values in self.history_.items()},
                 "algorithm_": self.algorithm_,
+                "batch_categories_": _saved_categories(getattr(self, "batch_categories_", None)),
                 "attributes": {name: np.asarray(getattr(self, name)).tolist() for name in self._saved_attributes},
             },
             path,
@@ -546,6 +631,8 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path} is not a skvae save (or it is damaged): its parameters are invalid: {exc}") from None
         n_features = state["n_features_in_"]
+        categories = state.get("batch_categories_")  # saves from before batches have none
+        estimator.batch_categories_ = None if categories is None else np.asarray(categories, dtype=object)
         # saves from before the decoder had named heads call its one output "decoder.output"
         weights = {key.replace("decoder.output.", "decoder.heads.mean.", 1): value for key, value in state["state_dict"].items()}
         # the stated sizes are checked against the stored tensors on the meta device, before any memory is taken
@@ -603,3 +690,45 @@ def _set_torch_rng_state(states, device):
     torch.set_rng_state(cpu)
     if cuda is not None and device.type == "cuda":
         torch.cuda.set_rng_state(cuda, device)
+
+
+def _batch_labels(batch, n_rows, *, one_for_all=False):
+    """``batch`` as a 1-D object array of one label per row, with no missing label."""
+    if one_for_all and np.ndim(batch) == 0:
+        batch = [batch] * n_rows
+    labels = np.asarray(batch, dtype=object)
+    if labels.ndim != 1:
+        raise ValueError(f"batch must be one label per cell (1-D), got an array of shape {labels.shape}.")
+    if len(labels) != n_rows:
+        raise ValueError(f"batch has {len(labels)} labels for {n_rows} cells of X: pass one per cell.")
+    missing = pd.isna(labels)
+    if missing.any():
+        raise ValueError(f"batch has {int(missing.sum())} missing labels (None or NaN), e.g. at cell "
+                         f"{int(np.flatnonzero(missing)[0])}: give every cell a batch.")
+    return labels
+
+
+def _categories(labels):
+    """The distinct labels, sorted (in order of appearance where they cannot be compared)."""
+    distinct = pd.unique(labels)
+    try:
+        distinct = sorted(distinct)
+    except TypeError:
+        distinct = list(distinct)
+    return np.asarray(distinct, dtype=object)
+
+
+def _listing(values, most=5):
+    values = list(values)
+    return ", ".join(map(repr, values[:most])) + (f" and {len(values) - most} more" if len(values) > most else "")
+
+
+def _saved_categories(categories):
+    """Batch categories as Python numbers and strings, which a weights-only load reads; None stays None."""
+    if categories is None:
+        return None
+    saved = [value.item() if isinstance(value, np.generic) else value for value in categories]
+    if not all(isinstance(value, (str, int, float, bool)) for value in saved):
+        raise ValueError(f"The batch categories {_listing(categories)} cannot be saved: save needs strings or "
+                         "numbers as batch labels.")
+    return saved

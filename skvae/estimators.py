@@ -13,9 +13,9 @@ from sklearn.utils import check_random_state, check_scalar
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from ._threads import limited_threads
 from .base import BaseEmbedder
 from .nn.models import Autoencoder, SparseCodingVAE, VariationalAutoencoder
+from .train.data import RowData
 
 # A latent dimension is active when its posterior mean varies across cells with at least this
 # variance: a hundredth of the prior's (Burda, Grosse and Salakhutdinov, 2016).
@@ -68,7 +68,16 @@ _SHARED_PARAMETERS = """\
         input layer) and its ReLU, as in scVI. Helps count models train.
 
     dropout : float, default=0.0
-        Share of the hidden units' outputs dropped in training (scVI: 0.1)."""
+        Share of the hidden units' outputs dropped in training (scVI: 0.1).
+
+    encode_batch : bool, default=False
+        With batches (``fit(X, batch=...)``), feed each cell's batch to the
+        encoder as well as to the decoder. By default only the decoder takes it
+        (in every hidden layer, as scVI): the code then describes the cell without
+        its batch, :meth:`transform` needs no batch, and cells of batches never
+        seen in ``fit`` embed onto the fitted model as they are (query mapping).
+        With ``encode_batch=True``, :meth:`transform` needs each cell's batch,
+        from those seen in ``fit``."""
 
 _TRAINING_PARAMETERS = """\
     batch_size : int, default=256
@@ -163,7 +172,11 @@ _FITTED_ATTRIBUTES = """\
 
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of features seen during ``fit``. Defined only when `X`
-        has feature names that are all strings."""
+        has feature names that are all strings.
+
+    batch_categories_ : ndarray of shape (n_batches,) or None
+        The batches seen in ``fit`` (``batch=``), sorted; None when fitted
+        without batches. The decoder is conditioned on them."""
 
 
 def _docstring(template):
@@ -256,13 +269,16 @@ class _VariationalEmbedder(BaseEmbedder):
         """Number of active latent dimensions (see ``active_components_``)."""
         return int(self.active_components_.sum())
 
-    def sample(self, n_samples=1, *, random_state=None):
+    def sample(self, n_samples=1, *, batch=None, random_state=None):
         """Generate expression profiles by decoding codes drawn from the prior.
 
         Parameters
         ----------
         n_samples : int, default=1
             Number of profiles.
+        batch : label or array-like of shape (n_samples,), default=None
+            For a model fitted with batches (required there): the batch to decode
+            the profiles as measured in, one label for all or one per profile.
         random_state : int, RandomState instance or None, default=None
             Seeds the draws.
 
@@ -273,10 +289,12 @@ class _VariationalEmbedder(BaseEmbedder):
         """
         check_is_fitted(self)
         check_scalar(n_samples, "n_samples", Integral, min_val=1)
-        seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad(), limited_threads(self.n_jobs):
-            return self.module_.decode(self.module_.sample_prior(n_samples, generator)).numpy()
+        # None draws fresh entropy rather than from numpy's global RandomState, which stays untouched
+        rng = np.random.RandomState() if random_state is None else check_random_state(random_state)
+        generator = torch.Generator().manual_seed(rng.randint(np.iinfo(np.int32).max))
+        with torch.no_grad():
+            codes = RowData.from_input(self.module_.sample_prior(n_samples, generator).numpy())
+        return self._map_rows("decode", self._with_batch(codes, batch, reset=False, required=True, one_for_all=True))
 
 
 @_docstring(
@@ -336,6 +354,7 @@ class BetaVAEEmbedder(_VariationalEmbedder):
         likelihood="gaussian",
         batch_norm=False,
         dropout=0.0,
+        encode_batch=False,
         beta=1.0,
         kl_warmup_epochs=0,
         batch_size=256,
@@ -357,6 +376,7 @@ class BetaVAEEmbedder(_VariationalEmbedder):
             likelihood=likelihood,
             batch_norm=batch_norm,
             dropout=dropout,
+            encode_batch=encode_batch,
             batch_size=batch_size,
             learning_rate=learning_rate,
             max_epochs=max_epochs,
@@ -450,6 +470,7 @@ class BetaVSCEmbedder(_VariationalEmbedder):
         likelihood="gaussian",
         batch_norm=False,
         dropout=0.0,
+        encode_batch=False,
         beta=1.0,
         prior_activity=0.5,
         spike_sharpness=50.0,
@@ -473,6 +494,7 @@ class BetaVSCEmbedder(_VariationalEmbedder):
             likelihood=likelihood,
             batch_norm=batch_norm,
             dropout=dropout,
+            encode_batch=encode_batch,
             batch_size=batch_size,
             learning_rate=learning_rate,
             max_epochs=max_epochs,
@@ -501,17 +523,19 @@ class BetaVSCEmbedder(_VariationalEmbedder):
             **options,
         )
 
-    def spike_probabilities(self, X):
+    def spike_probabilities(self, X, *, batch=None):
         """Posterior probability that each latent dimension is active, per cell.
 
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
             Data with the features seen in ``fit``.
+        batch : array-like of shape (n_samples,), default=None
+            Each cell's batch, read only when the encoder takes it, as in :meth:`transform`.
 
         Returns
         -------
         gamma : ndarray of shape (n_samples, n_components)
             Values in (0, 1).
         """
-        return self._map_rows("spike_probability", self._fitted_rows(X))
+        return self._map_rows("spike_probability", self._fitted_rows(X, batch))

@@ -47,6 +47,21 @@ def _validated_counts(X, gene_names=None):
     return X
 
 
+def _batch_groups(batch, n_cells):
+    """The rows of each batch, for per-batch statistics; each batch needs 2 cells for a variance."""
+    labels = np.asarray(batch, dtype=object)
+    if labels.ndim != 1 or len(labels) != n_cells:
+        raise ValueError(f"batch must hold one label per cell: {n_cells} labels, got shape {labels.shape}.")
+    if pd.isna(labels).any():
+        raise ValueError("batch has missing labels (None or NaN): give every cell a batch.")
+    codes, categories = pd.factorize(labels)
+    groups = [np.flatnonzero(codes == code) for code in range(len(categories))]
+    small = [repr(category) for category, rows in zip(categories, groups, strict=True) if len(rows) < 2]
+    if small:
+        raise ValueError(f"batch {', '.join(small)} has fewer than 2 cells: a gene's variance needs at least 2.")
+    return groups
+
+
 def qc_metrics(X, gene_names, *, mito_prefix="MT-"):
     """Per-cell quality metrics of a counts matrix, as Seurat computes them.
 
@@ -325,6 +340,11 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
     ``sqrt(n_cells)`` and the genes ranked by the variance of the result
     (Stuart et al., 2019; scanpy's ``flavor="seurat_v3"``).
 
+    With batches (``fit(X, batch=...)``) the genes are ranked within each batch,
+    and those selected in the most batches are kept, ties broken by their median
+    rank, as scanpy's ``highly_variable_genes(flavor="seurat_v3", batch_key=...)``
+    does: a gene that varies only because batches differ is not preferred.
+
     Parameters
     ----------
     n_top_genes : int, default=2000
@@ -341,7 +361,12 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
         Variance of each gene's counts.
 
     variances_norm_ : ndarray of shape (n_features,)
-        Variance of the standardised, clipped counts: the ranking score.
+        Variance of the standardised, clipped counts: the ranking score (with
+        batches, its mean over the batches).
+
+    n_batches_selected_ : ndarray of int of shape (n_features,) or None
+        With batches: in how many batches each gene is among the ``n_top_genes``
+        most variable. None without batches.
 
     support_ : ndarray of bool of shape (n_features,)
         The selected genes.
@@ -379,7 +404,7 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
         self.span = span
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, batch=None):
         """Rank the genes by standardised variance.
 
         Parameters
@@ -388,6 +413,9 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
             UMI counts.
         y : Ignored
             Not used, present for API consistency by convention.
+        batch : array-like of shape (n_cells,), default=None
+            Each cell's batch: rank the genes within each batch (at least 2 cells
+            each) and keep those selected in the most batches.
 
         Returns
         -------
@@ -404,6 +432,29 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
                 UserWarning,
                 stacklevel=2,
             )
+        self.means_, self.variances_, norm = self._standardised_variance(X)
+        self.n_batches_selected_ = None
+        if batch is None:
+            self.variances_norm_ = norm
+            top = np.argsort(-norm, kind="stable")[: self.n_top_genes]
+        else:
+            groups = _batch_groups(batch, X.shape[0])
+            norms = np.array([self._standardised_variance(X[rows])[2] for rows in groups])
+            # each gene's rank within each batch (0 = most variable), kept where it is among the top genes
+            ranks = np.argsort(np.argsort(-norms, axis=1, kind="stable"), axis=1).astype(float)
+            ranks[ranks >= self.n_top_genes] = np.nan
+            self.n_batches_selected_ = np.sum(~np.isnan(ranks), axis=0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # genes selected in no batch: all-NaN medians
+                median_rank = np.nanmedian(ranks, axis=0)
+            self.variances_norm_ = norms.mean(axis=0)
+            top = np.lexsort((np.nan_to_num(median_rank, nan=np.inf), -self.n_batches_selected_))[: self.n_top_genes]
+        self.support_ = np.zeros(X.shape[1], dtype=bool)
+        self.support_[top] = True
+        return self
+
+    def _standardised_variance(self, X):
+        """Each gene's mean, variance, and the variance of its standardised, clipped counts (vst)."""
         n = X.shape[0]
         if sp.issparse(X):
             mean, variance = mean_variance_axis(X, axis=0)
@@ -425,12 +476,7 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
             clipped = np.minimum(X, clip)
             total, total_sq = clipped.sum(axis=0), (clipped**2).sum(axis=0)
         norm = (n * mean**2 + total_sq - 2 * mean * total) / ((n - 1) * expected_std**2)
-        self.means_, self.variances_ = mean, variance
-        self.variances_norm_ = np.where(varies, norm, 0.0)
-        top = np.argsort(-self.variances_norm_, kind="stable")[: self.n_top_genes]
-        self.support_ = np.zeros(X.shape[1], dtype=bool)
-        self.support_[top] = True
-        return self
+        return mean, variance, np.where(varies, norm, 0.0)
 
     def _get_support_mask(self):
         check_is_fitted(self)

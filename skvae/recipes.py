@@ -49,6 +49,12 @@ def make_count_embedder(**overrides):
     sets; the user guide gives the figures and the reason for each. They are
     fixed, not tuned per data set.
 
+    To integrate batches, give both steps each cell's batch:
+    ``fit(counts, genes__batch=batch, embedder__batch=batch)`` (or
+    ``skvae.tl.embed(adata, make_count_embedder(), layer="counts", batch_key=...)``):
+    the genes are then ranked within each batch, and the decoder is conditioned
+    on the batch.
+
     Parameters
     ----------
     **overrides

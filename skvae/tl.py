@@ -5,6 +5,7 @@ function here is called, never by ``import skvae``.
 """
 
 import importlib
+import inspect
 import warnings
 
 import numpy as np
@@ -18,7 +19,7 @@ from .recipes import _final_step
 from .train.data import RowData
 
 
-def embed(adata, estimator, *, layer=None, use_highly_variable=None, key_added="X_skvae"):
+def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=None, key_added="X_skvae"):
     """Embed the cells of an AnnData object, scanpy-style.
 
     Fits ``estimator`` on the chosen matrix and embeds it, or, when ``estimator``
@@ -37,6 +38,13 @@ def embed(adata, estimator, *, layer=None, use_highly_variable=None, key_added="
     layer : str, default=None
         The matrix to embed: ``adata.layers[layer]``, or ``adata.X`` when None.
         Count likelihoods need raw counts, commonly kept in ``layers["counts"]``.
+    batch_key : str, default=None
+        Column of ``adata.obs`` with each cell's batch (sample, donor,
+        technology): the model is fitted conditioned on it, which integrates the
+        batches (see the estimators' ``batch``); in a Pipeline, every step whose
+        ``fit`` takes a ``batch`` gets it (:func:`skvae.make_count_embedder`'s gene
+        selection ranks genes within each batch). Read once, also for a backed
+        object. None: no batches.
     use_highly_variable : bool, default=None
         Embed only the genes flagged in ``adata.var["highly_variable"]`` (by
         ``scanpy.pp.highly_variable_genes``). None: use them when that column
@@ -86,14 +94,17 @@ def embed(adata, estimator, *, layer=None, use_highly_variable=None, key_added="
     final = _final_step(estimator)
     if not on_disk and getattr(final, "likelihood", "gaussian") in LIKELIHOODS and LIKELIHOODS[final.likelihood].counts:
         _require_raw_counts(X, layer, final.likelihood)
+    batch = _batch(adata, batch_key)
+    batch_param = {} if batch is None else _batch_fit_params(estimator, batch)
     with warnings.catch_warnings():
         # the estimator knows the genes' names, the matrix passed to it carries none
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
         if _is_fitted(estimator):
             _check_genes(estimator, var_names, X.shape[1])
-            codes = estimator.transform(X)
+            # a Pipeline takes no batch in transform unless metadata routing is on: only the embedder is given it
+            codes = estimator.transform(X, **({} if batch is None or hasattr(estimator, "steps") else {"batch": batch}))
         else:
-            codes = estimator.fit_transform(X)
+            codes = estimator.fit_transform(X, **batch_param)
             first = estimator.steps[0][1] if hasattr(estimator, "steps") else estimator
             first.feature_names_in_ = var_names
     adata.obsm[key_added] = np.asarray(codes, dtype=np.float32)
@@ -102,10 +113,28 @@ def embed(adata, estimator, *, layer=None, use_highly_variable=None, key_added="
         "params": _storable(estimator.get_params(deep=False) if not hasattr(estimator, "steps") else
                             {name: step.get_params(deep=False) for name, step in estimator.steps}),
         "layer": "X" if layer is None else layer,
+        "batch_key": "None" if batch_key is None else batch_key,
         "use_highly_variable": genes is not None,
         "history": {key: np.asarray(values, dtype=np.float64) for key, values in getattr(final, "history_", {}).items()},
     }
     return estimator
+
+
+def _batch(adata, batch_key):
+    if batch_key is None:
+        return None
+    if batch_key not in adata.obs.columns:
+        raise ValueError(f"adata.obs has no column {batch_key!r} for batch_key; its columns are "
+                         f"{list(adata.obs.columns)}.")
+    return adata.obs[batch_key].to_numpy()
+
+
+def _batch_fit_params(estimator, batch):
+    """``fit`` keywords that give ``batch`` to the estimator, or to each step of a Pipeline whose ``fit`` takes it."""
+    if not hasattr(estimator, "steps"):
+        return {"batch": batch}
+    return {f"{name}__batch": batch for name, step in estimator.steps
+            if step not in (None, "passthrough") and "batch" in inspect.signature(step.fit).parameters}
 
 
 def _import_anndata():

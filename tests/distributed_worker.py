@@ -2,7 +2,9 @@
 
 Usage: python -m torch.distributed.run --nproc_per_node=2 tests/distributed_worker.py OUT MODE
 MODE "train": each rank fits an autoencoder on its half of a fixed data set and saves its weights;
-MODE "mismatch": rank 1 has one feature more, and each rank writes the error it got.
+MODE "mismatch": rank 1 has one feature more, and each rank writes the error it got;
+MODE "batches": as "train", with each cell's batch (both ranks hold both batches);
+MODE "batch-mismatch": rank 1 holds a batch rank 0 does not, and each rank writes the error it got.
 """
 
 import os
@@ -29,8 +31,13 @@ def main(out, mode):
     shard = X[:60] if rank == 0 else X[60:]  # unequal shards: rank 0 holds rows 0-59, rank 1 rows 60-99
     if mode == "mismatch" and rank == 1:
         shard = np.hstack([shard, np.zeros((len(shard), 1))])
+    batch = None
+    if mode.startswith("batch"):
+        batch = np.where(np.arange(len(shard)) % 2 == 0, "a", "b")
+        if mode == "batch-mismatch" and rank == 1:
+            batch[0] = "c"
     try:
-        estimator = AutoencoderEmbedder(**PARAMS).fit(shard)
+        estimator = AutoencoderEmbedder(**PARAMS).fit(shard, batch=batch)
     except ValueError as exc:
         Path(out, f"error{rank}.txt").write_text(str(exc))
         return

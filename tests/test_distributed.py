@@ -57,3 +57,17 @@ def test_a_single_process_trains_without_a_process_group(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert data_parallel(torch.device("cpu")) is None
     assert not torch.distributed.is_initialized()
+
+
+def test_two_ranks_with_batches_end_identical_and_disagreeing_categories_are_one_clear_error(tmp_path):
+    _torchrun(tmp_path, "batches")
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert any("batch_offsets" in key for key in ranks[0]["state"])
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), key
+    mismatch = tmp_path / "mismatch"
+    mismatch.mkdir()
+    _torchrun(mismatch, "batch-mismatch")
+    for rank in (0, 1):
+        message = (mismatch / f"error{rank}.txt").read_text()
+        assert "disagree on the batch categories (rank 0: ['a', 'b'], rank 1: ['a', 'b', 'c'])" in message

@@ -195,3 +195,32 @@ def test_highly_variable_genes_warns_when_given_log_normalised_data():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         HighlyVariableGenes(n_top_genes=10).fit(counts)
+
+
+def test_batch_aware_gene_selection_keeps_markers_and_drops_genes_that_only_differ_between_batches():
+    rng = np.random.RandomState(0)
+    counts = rng.poisson(rng.gamma(1.0, 1.0, size=300), size=(200, 300)).astype(float)
+    batch = np.repeat(["a", "b"], 100)
+    counts[:20, 7] += rng.poisson(10, size=20)  # a marker of a group of cells in both batches
+    counts[100:120, 7] += rng.poisson(10, size=20)
+    counts[100:, 9] += rng.poisson(8, size=100)  # higher in every cell of batch b: a batch effect
+    pooled = HighlyVariableGenes(n_top_genes=3).fit(counts)
+    by_batch = HighlyVariableGenes(n_top_genes=3).fit(counts, batch=batch)
+    assert pooled.get_support()[[7, 9]].all() and pooled.n_batches_selected_ is None
+    assert by_batch.get_support()[7] and not by_batch.get_support()[9]
+    assert by_batch.n_batches_selected_[7] == 2 and by_batch.n_batches_selected_[9] == 0
+
+
+def test_one_batch_selects_the_genes_of_no_batch():
+    rng = np.random.RandomState(1)
+    counts = rng.poisson(rng.gamma(1.0, 1.0, size=100), size=(80, 100))
+    np.testing.assert_array_equal(HighlyVariableGenes(n_top_genes=10).fit(counts, batch=["x"] * 80).get_support(),
+                                  HighlyVariableGenes(n_top_genes=10).fit(counts).get_support())
+
+
+@pytest.mark.parametrize(("batch", "message"), [(["a"] * 79 + ["b"], "'b' has fewer than 2 cells"),
+                                                (["a"] * 79, "80 labels"), ([None] + ["a"] * 79, "missing")])
+def test_bad_batches_for_gene_selection_are_clear_errors(batch, message):
+    counts = np.random.RandomState(1).poisson(1.0, size=(80, 20))
+    with pytest.raises(ValueError, match=message):
+        HighlyVariableGenes(n_top_genes=5).fit(counts, batch=batch)

@@ -125,6 +125,10 @@ class Encoder(nn.Module):
         Names of the branches, e.g. ``("mu", "logvar")``.
     batch_norm, dropout
         As in :func:`linear_stack`, for every hidden layer but the input layer.
+    n_batches : int, default=0
+        When > 0, the input layer also takes each row's batch (an integer in
+        ``[0, n_batches)``): a learned offset per batch, the same as a linear layer on
+        the concatenated one-hot batch, starting at 0.
 
     Examples
     --------
@@ -135,10 +139,13 @@ class Encoder(nn.Module):
     {'mu': torch.Size([5, 2]), 'logvar': torch.Size([5, 2])}
     """
 
-    def __init__(self, n_features, hidden_layer_sizes, n_outputs, branches, *, batch_norm=False, dropout=0.0):
+    def __init__(self, n_features, hidden_layer_sizes, n_outputs, branches, *, batch_norm=False, dropout=0.0,
+                 n_batches=0):
         super().__init__()
         options = {"batch_norm": batch_norm, "dropout": dropout}
         self.input_layer = InputLinear(n_features, hidden_layer_sizes[0])
+        if n_batches:
+            self.batch_offsets = batch_offsets(n_batches, hidden_layer_sizes[0])
         self.trunk = linear_stack(hidden_layer_sizes[:-1], **options)
         branch_sizes = hidden_layer_sizes[-2:]
         self.branches = nn.ModuleDict(
@@ -148,12 +155,15 @@ class Encoder(nn.Module):
             }
         )
 
-    def forward(self, x):
+    def forward(self, x, batch=None):
         """Return a dict mapping each branch name to its output tensor.
 
-        ``x`` is a dense tensor or :class:`skvae.nn.sparse.ShiftedSparseRows`.
+        ``x`` is a dense tensor or :class:`skvae.nn.sparse.ShiftedSparseRows`; ``batch``
+        the rows' batches (an encoder built with ``n_batches``) or None.
         """
-        if self.training or torch.is_grad_enabled() or not len(self.trunk):
+        if batch is not None:
+            h = self.trunk(self.input_layer(x) + self.batch_offsets(batch))
+        elif self.training or torch.is_grad_enabled() or not len(self.trunk):
             h = self.trunk(self.input_layer(x))
         else:
             # The input layer has no activation, so at inference it merges with the next linear
@@ -180,6 +190,11 @@ class Decoder(nn.Module):
         Names of the outputs, e.g. ``("scale", "dropout")``; a likelihood says which it reads.
     batch_norm, dropout
         As in :func:`linear_stack`, for every hidden layer.
+    n_batches : int, default=0
+        When > 0, every hidden layer also takes each row's batch (an integer in
+        ``[0, n_batches)``), as scVI injects covariates into every decoder layer: a
+        learned offset per batch after each linear layer, the same as a linear layer
+        on the concatenated one-hot batch, starting at 0.
 
     Examples
     --------
@@ -189,14 +204,51 @@ class Decoder(nn.Module):
     torch.Size([5, 100])
     """
 
-    def __init__(self, n_components, hidden_layer_sizes, n_features, heads=("mean",), *, batch_norm=False, dropout=0.0):
+    def __init__(self, n_components, hidden_layer_sizes, n_features, heads=("mean",), *, batch_norm=False, dropout=0.0,
+                 n_batches=0):
         super().__init__()
         self.hidden = linear_stack([n_components, *reversed(hidden_layer_sizes)], batch_norm=batch_norm, dropout=dropout)
         self.heads = nn.ModuleDict({name: nn.Linear(hidden_layer_sizes[0], n_features) for name in heads})
+        if n_batches:
+            self.batch_offsets = nn.ModuleList(
+                [batch_offsets(n_batches, layer.out_features) for layer in self.hidden if isinstance(layer, nn.Linear)]
+            )
 
-    def forward(self, z):
-        """Return the heads' outputs by name (:class:`DecoderOutputs`)."""
-        return DecoderOutputs(self.hidden(z), self.heads)
+    def forward(self, z, batch=None):
+        """Return the heads' outputs by name (:class:`DecoderOutputs`), for the rows' ``batch`` when built with batches."""
+        if batch is None:
+            return DecoderOutputs(self.hidden(z), self.heads)
+        offsets = iter(self.batch_offsets)
+        h = z
+        for layer in self.hidden:
+            h = layer(h)
+            if isinstance(layer, nn.Linear):
+                h = h + next(offsets)(batch)
+        return DecoderOutputs(h, self.heads)
+
+
+def batch_offsets(n_batches, width):
+    """A learned offset of ``width`` per batch, 0 at first: a linear layer's part for a one-hot batch.
+
+    Parameters
+    ----------
+    n_batches, width : int
+
+    Returns
+    -------
+    torch.nn.Embedding
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.layers import batch_offsets
+    >>> batch_offsets(3, 2)(torch.tensor([0, 2]))
+    tensor([[0., 0.],
+            [0., 0.]], grad_fn=<EmbeddingBackward0>)
+    """
+    offsets = nn.Embedding(n_batches, width)
+    nn.init.zeros_(offsets.weight)
+    return offsets
 
 
 class DecoderOutputs(Mapping):

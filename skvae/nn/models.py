@@ -62,20 +62,26 @@ class _LatentModel(nn.Module):
 
     branches = ()
 
-    def __init__(self, n_features, n_components, hidden_layer_sizes, *, likelihood=None, batch_norm=False, dropout=0.0):
+    def __init__(self, n_features, n_components, hidden_layer_sizes, *, likelihood=None, batch_norm=False, dropout=0.0,
+                 n_batches=0, encode_batch=False):
         super().__init__()
         options = {"batch_norm": batch_norm, "dropout": dropout}
         self.n_components = n_components
-        self.encoder = Encoder(n_features, hidden_layer_sizes, n_components, self.branches, **options)
+        self.n_batches, self.encode_batch = n_batches, bool(encode_batch and n_batches)
+        self.encoder = Encoder(n_features, hidden_layer_sizes, n_components, self.branches, **options,
+                               n_batches=n_batches if self.encode_batch else 0)
         self.likelihood = Gaussian() if likelihood is None else likelihood
-        self.decoder = Decoder(n_components, hidden_layer_sizes, n_features, self.likelihood.heads, **options)
+        self.decoder = Decoder(n_components, hidden_layer_sizes, n_features, self.likelihood.heads, **options,
+                               n_batches=n_batches)
 
-    def posterior(self, x):
+    def posterior(self, x, batch=None):
         """Posterior parameters of each cell.
 
         Parameters
         ----------
         x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
+        batch : torch.Tensor of shape (n_samples,), int64, default=None
+            Each cell's batch; read only by an encoder that takes it (``encode_batch``).
 
         Returns
         -------
@@ -83,14 +89,16 @@ class _LatentModel(nn.Module):
             One entry per encoder branch: ``"code"``; ``"mu"`` and ``"logvar"``; for
             the sparse coding model also ``"spike"`` (probabilities).
         """
-        return self.encoder(self.likelihood.encoder_input(x))
+        return self.encoder(self.likelihood.encoder_input(x), batch if self.encode_batch else None)
 
-    def decode(self, z):
+    def decode(self, z, batch=None):
         """Expression decoded from latent codes: the likelihood's mean.
 
         Parameters
         ----------
         z : torch.Tensor of shape (n_samples, n_components)
+        batch : torch.Tensor of shape (n_samples,), int64, default=None
+            The batch to decode each code as measured in (a model built with ``n_batches``).
 
         Returns
         -------
@@ -98,27 +106,31 @@ class _LatentModel(nn.Module):
             The reconstruction (Gaussian) or normalised expression, proportions
             times 1e4 (count likelihoods).
         """
-        return self.likelihood.mean(self.decoder(z))
+        return self.likelihood.mean(self.decoder(z, batch))
 
-    def embed(self, x):
+    def embed(self, x, batch=None):
         """Deterministic latent code of each cell (the posterior mean).
 
         Parameters
         ----------
         x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
+        batch : torch.Tensor of shape (n_samples,), int64, default=None
+            Each cell's batch; read only by an encoder that takes it.
 
         Returns
         -------
         torch.Tensor of shape (n_samples, n_components)
         """
-        return self._mean_code(self.posterior(x))
+        return self._mean_code(self.posterior(x, batch))
 
-    def loss(self, x, *, generator=None, deterministic=False):
-        """Per-cell loss terms of a batch.
+    def loss(self, x, batch=None, *, generator=None, deterministic=False):
+        """Per-cell loss terms of a minibatch.
 
         Parameters
         ----------
         x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
+        batch : torch.Tensor of shape (n_samples,), int64, default=None
+            Each cell's batch, for a model built with ``n_batches``.
         generator : torch.Generator, default=None
             Source of the reparameterisation noise.
         deterministic : bool, default=False
@@ -128,9 +140,9 @@ class _LatentModel(nn.Module):
         -------
         LossTerms
         """
-        q = self.posterior(x)
+        q = self.posterior(x, batch)
         z = self._mean_code(q) if deterministic else self._sample_code(q, generator)
-        reconstruction = self.likelihood.negative_log_likelihood(self.decoder(z), x)
+        reconstruction = self.likelihood.negative_log_likelihood(self.decoder(z, batch), x)
         return LossTerms(reconstruction, self._kl(q))
 
 
@@ -152,6 +164,12 @@ class Autoencoder(_LatentModel):
         Batch normalisation in the hidden layers (see :func:`~skvae.nn.layers.linear_stack`).
     dropout : float, default=0.0
         Dropout after the hidden layers' ReLUs.
+    n_batches : int, default=0
+        Condition on each cell's batch (one of ``n_batches``): the decoder takes it
+        in every hidden layer, so the code need not carry it.
+    encode_batch : bool, default=False
+        The encoder takes the batch too (with ``n_batches`` > 0); by default it sees
+        the expression only, so cells of a batch never seen embed as they are.
 
     Examples
     --------
@@ -189,7 +207,7 @@ class VariationalAutoencoder(_LatentModel):
     likelihood : torch.nn.Module, default=None
         A likelihood of :mod:`skvae.nn.likelihoods` for ``n_features`` genes;
         None means :class:`~skvae.nn.likelihoods.Gaussian`.
-    batch_norm, dropout
+    batch_norm, dropout, n_batches, encode_batch
         As for :class:`Autoencoder`.
 
     Examples
@@ -241,8 +259,8 @@ class SparseCodingVAE(_LatentModel):
     sharpness : float
         Sharpness ``c`` of the sigmoid that relaxes the spike selection.
     **options
-        ``likelihood``, ``batch_norm`` and ``dropout``, as for
-        :class:`VariationalAutoencoder`.
+        ``likelihood``, ``batch_norm``, ``dropout``, ``n_batches`` and
+        ``encode_batch``, as for :class:`VariationalAutoencoder`.
 
     Examples
     --------
@@ -260,35 +278,39 @@ class SparseCodingVAE(_LatentModel):
         self.prior_spike = prior_spike
         self.sharpness = sharpness
 
-    def posterior(self, x):
+    def posterior(self, x, batch=None):
         """Posterior parameters of each cell: slab ``"mu"``, ``"logvar"`` and ``"spike"`` probability.
 
         Parameters
         ----------
         x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
+        batch : torch.Tensor of shape (n_samples,), int64, default=None
+            Each cell's batch; read only by an encoder that takes it.
 
         Returns
         -------
         dict of str to torch.Tensor of shape (n_samples, n_components)
         """
-        q = super().posterior(x)
+        q = super().posterior(x, batch)
         # log spike probability must be <= 0
         logspike = -torch.relu(-q.pop("logspike"))
         q["spike"] = logspike.exp().clamp(_SPIKE_EPS, 1.0 - _SPIKE_EPS)
         return q
 
-    def spike_probability(self, x):
+    def spike_probability(self, x, batch=None):
         """Posterior probability that each latent dimension is active.
 
         Parameters
         ----------
         x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
+        batch : torch.Tensor of shape (n_samples,), int64, default=None
+            Each cell's batch; read only by an encoder that takes it.
 
         Returns
         -------
         torch.Tensor of shape (n_samples, n_components)
         """
-        return self.posterior(x)["spike"]
+        return self.posterior(x, batch)["spike"]
 
     def _mean_code(self, q):
         return q["spike"] * q["mu"]

@@ -11,6 +11,7 @@ integer codes) travel with every split, shard and minibatch.
 A new kind of data source is one new subclass of :class:`RowData`.
 """
 
+import copy
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -192,10 +193,29 @@ class RowData(ABC):
 
     def __init__(self, n_rows, n_features, dtype, covariates):
         self.n_rows, self.n_features, self.dtype = n_rows, n_features, np.dtype(dtype)
-        self.covariates = {name: np.asarray(values) for name, values in (covariates or {}).items()}
-        for name, values in self.covariates.items():
-            if len(values) != n_rows:
-                raise ValueError(f"{name} has {len(values)} values for {n_rows} rows of X: one per cell.")
+        self.covariates = self._checked(covariates)
+
+    def _checked(self, covariates):
+        covariates = {name: np.asarray(values) for name, values in (covariates or {}).items()}
+        for name, values in covariates.items():
+            if len(values) != self.n_rows:
+                raise ValueError(f"{name} has {len(values)} values for {self.n_rows} rows of X: one per cell.")
+        return covariates
+
+    def with_covariates(self, covariates):
+        """The same rows with these covariates.
+
+        Parameters
+        ----------
+        covariates : dict of str to array-like of shape (n_rows,)
+
+        Returns
+        -------
+        RowData
+        """
+        data = copy.copy(self)
+        data.covariates = self._checked(covariates)
+        return data
 
     @property
     def shape(self):
