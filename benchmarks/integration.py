@@ -53,7 +53,7 @@ THREADS = -1
 # pbmc3k's Seurat labels and pbmc_facs' subpop, in the pair README's shared vocabulary
 COARSE = {"Naive CD4 T": "T cell", "Memory CD4 T": "T cell", "CD8 T": "T cell", "B": "B cell", "NK": "NK cell",
           "CD14+ Mono": "CD14+", "FCGR3A+ Mono": "FCGR3A+ Mono", "DC": "DC", "Platelet": "Platelet",
-          "T cell": "T cell", "B cell": "B cell", "CD34+": "CD34+"}
+          "T cell": "T cell", "B cell": "B cell", "NK cell": "NK cell", "CD14+": "CD14+", "CD34+": "CD34+"}
 
 
 def _facs(data_home):

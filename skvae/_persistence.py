@@ -1,5 +1,6 @@
 """Saving and reading estimator files: builtins only, atomic writes, every field checked before use."""
 
+import hashlib
 import os
 import tempfile
 from numbers import Integral
@@ -38,12 +39,25 @@ def to_builtins(value, name):
                     "can be saved; set it to one of those first.")
 
 
-def atomic_torch_save(state, path):
-    """``torch.save`` to a temporary file beside ``path``, then move it into place.
+def weights_checksum(state_dict):
+    """SHA-256 of the weights' names, shapes, types and bytes: a flipped bit anywhere changes it."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        value = state_dict[key].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{key}:{tuple(state_dict[key].shape)}:{value.dtype};".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
 
-    A failure at any point (a full disk, a kill) leaves the previous file, or none.
+
+def atomic_torch_save(state, path):
+    """``torch.save`` to a temporary file beside ``path``, then move it into place, with the weights' checksum.
+
+    A failure at any point (a full disk, a kill) leaves the previous file, or none. A
+    ``path`` that is a symbolic link is written through: its target is replaced and the
+    link kept.
     """
-    path = Path(path)
+    state = {**state, "checksum": weights_checksum(state["state_dict"])}
+    path = Path(os.path.realpath(path))
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
         with os.fdopen(handle, "wb") as stream:
@@ -76,4 +90,7 @@ def read_save(path):
             raise ValueError(message)  # noqa: TRY004
     if not all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state["state_dict"].items()):
         raise ValueError(f"{path} is not a skvae save (or it is damaged): its weights are not all tensors.")
+    # saves from before checksums have none
+    if "checksum" in state and state["checksum"] != weights_checksum(state["state_dict"]):
+        raise ValueError(f"{path} is damaged: its weights do not match the checksum written with them.")
     return state

@@ -8,10 +8,13 @@ messages either way.
 import warnings
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from sklearn.utils.validation import check_non_negative
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# No UMI count of one gene in one cell comes near this; below it, a cell's total stays far inside float32.
+MAX_COUNT = 2.0**31
 # Values per block when a check scans a dense array: a bounded temporary, whatever the size of X.
 _VALUES_PER_BLOCK = 2**22
 
@@ -58,9 +61,32 @@ def refuse_foreign_input(X):
             "X is an AnnData object: pass its matrix, e.g. adata.X (log-normalised and scaled for "
             "likelihood='gaussian') or adata.layers['counts'] (raw counts for a count likelihood)."
         )
-    kinds = {dtype.kind for dtype in getattr(X, "dtypes", [getattr(X, "dtype", None)]) if dtype is not None}
-    if kinds & {"M", "m"}:
+    dtypes = [dtype for dtype in getattr(X, "dtypes", [getattr(X, "dtype", None)]) if dtype is not None]
+    if {dtype.kind for dtype in dtypes} & {"M", "m"}:
         raise TypeError("X holds dates or durations (datetime64 / timedelta64); pass numeric expression values.")
+    if any(isinstance(dtype, pd.SparseDtype) and pd.isna(dtype.fill_value) for dtype in dtypes):
+        raise ValueError("X is a pandas DataFrame of sparse columns that leave out NaN (fill value NaN), so most of "
+                         "its values are missing: store it with fill value 0, e.g. X.sparse.to_coo() of "
+                         "X.astype(pd.SparseDtype(float, 0)), or pass a scipy sparse matrix.")
+    text = _a_text_value(X)
+    if text is not None:
+        raise TypeError(f"X holds text, such as {text!r}: pass numbers. If the text is numbers on purpose, convert "
+                        "it first, e.g. X.astype(float).")
+
+
+def _a_text_value(X):
+    """A string or bytes value held by ``X`` (an array, a DataFrame or nested lists), or None."""
+    if isinstance(X, pd.DataFrame):
+        columns = [X[name] for name, dtype in X.dtypes.items() if dtype.kind in "OUS"]
+        values = (value for column in columns for value in column)
+    elif sp.issparse(X) or (hasattr(X, "dtype") and X.dtype.kind not in "OUS"):
+        return None
+    else:
+        try:
+            values = np.asarray(X, dtype=object).ravel()
+        except ValueError:  # ragged: scikit-learn's own message follows
+            return None
+    return next((value for value in values if isinstance(value, (str, bytes))), None)
 
 
 def check_float32_range(values):
@@ -132,6 +158,9 @@ class ValueCheck:
             check_float32_range(values)
         if self.counts:
             check_non_negative(values, self.whom)
+            if values.size and values.max() > MAX_COUNT:
+                raise ValueError(f"X has a count of {values.max():.3g}, but {self.whom}: UMI counts of one gene in "
+                                 f"one cell stay far below {MAX_COUNT:.3g}. Pass the raw counts (not scaled values).")
         if values.size:
             self._min, self._max = min(self._min, values.min()), max(self._max, values.max())
             self._size += values.size
@@ -163,3 +192,29 @@ class ValueCheck:
                 UserWarning,
                 stacklevel=stacklevel + 1,
             )
+
+
+def refuse_boolean_numbers(estimator):
+    """Raise a TypeError for a boolean given to a numeric parameter (Python counts True as 1).
+
+    Parameters
+    ----------
+    estimator : scikit-learn estimator with ``_parameter_constraints``
+
+    Examples
+    --------
+    >>> from skvae.preprocessing import HighlyVariableGenes
+    >>> from skvae._validation import refuse_boolean_numbers
+    >>> refuse_boolean_numbers(HighlyVariableGenes(n_top_genes=True))
+    Traceback (most recent call last):
+    ...
+    TypeError: HighlyVariableGenes(n_top_genes=True): a boolean is not a number here; pass a number.
+    """
+    from sklearn.utils._param_validation import Interval
+
+    for name, constraints in estimator._parameter_constraints.items():
+        value = getattr(estimator, name, None)
+        if isinstance(value, (bool, np.bool_)) and any(isinstance(c, Interval) for c in constraints) and \
+                "boolean" not in constraints:
+            raise TypeError(f"{type(estimator).__name__}({name}={value!r}): a boolean is not a number here; pass a "
+                            "number.")

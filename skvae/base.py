@@ -15,6 +15,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
 from sklearn.utils import check_array, check_random_state
@@ -23,7 +24,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._persistence import SAVE_FORMAT, atomic_torch_save, read_save, to_builtins
 from ._threads import limited_threads
-from ._validation import ValueCheck, refuse_foreign_input
+from ._validation import ValueCheck, refuse_boolean_numbers, refuse_foreign_input
 from .nn.likelihoods import LIKELIHOODS, make_likelihood
 from .train.data import RowData, iter_minibatches
 from .train.distributed import data_parallel
@@ -33,6 +34,8 @@ from .train.rows import DenseRowSource
 # Rows per forward pass at inference: large enough to amortise the per-call overhead,
 # small enough that a dense block of 10^4-10^5 genes stays well under a GB.
 _INFERENCE_BATCH_SIZE = 2048
+# |log theta| of the NB dispersions beyond which a loaded save is damaged: exp(50) is a Poisson, exp(-50) nothing
+_LOG_DISPERSION_LIMIT = 50.0
 # old parameter name -> new one, for saves written before a rename
 _RENAMED_PARAMETERS = {"prior_sparsity": "prior_activity"}
 
@@ -175,9 +178,34 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """Epochs of the KL weight's linear warm-up."""
         return 0
 
+    def _validate_params(self):
+        super()._validate_params()
+        refuse_boolean_numbers(self)
+
+    def _architecture(self):
+        """The parameters that shape the torch module: fixed once it is built."""
+        return {"n_components": self.n_components, "hidden_layer_sizes": self._validated_hidden_layer_sizes(),
+                "likelihood": self.likelihood, "batch_norm": self.batch_norm, "dropout": self.dropout,
+                "encode_batch": self.encode_batch}
+
+    def _check_architecture(self, doing):
+        """Refuse to continue or save a model whose shaping parameters were changed by set_params since it was built."""
+        built = getattr(self, "_built_architecture", None)
+        if built is None:
+            return
+        changed = {name: value for name, value in self._architecture().items() if built.get(name) != value}
+        if changed:
+            listing = ", ".join(f"{name}={value!r} (the model has {built[name]!r})" for name, value in changed.items())
+            raise ValueError(f"set_params changed {listing} after the model was built, which the fitted network "
+                             f"cannot follow, so {type(self).__name__} cannot {doing}: set them back, or call fit to "
+                             "build a new model.")
+
     def _validated_hidden_layer_sizes(self):
         sizes = self.hidden_layer_sizes
-        items = list(sizes) if np.ndim(sizes) == 1 else None
+        try:
+            items = list(sizes) if np.ndim(sizes) == 1 else None
+        except ValueError:  # numpy refuses ragged nesting
+            items = None
         if not items or not all(isinstance(s, Integral) and not isinstance(s, (bool, np.bool_)) and s >= 1 for s in items):
             raise ValueError(
                 "hidden_layer_sizes must be a non-empty 1-D sequence of positive integers, "
@@ -257,6 +285,13 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         ignored), and a collapse is recorded in ``active_components_`` but not
         warned of: early passes are expected to have few active dimensions.
 
+        Between calls, ``set_params`` may change how training goes on (a new
+        ``learning_rate``, ``beta``, ``batch_size`` applies from the next call);
+        a parameter that shapes the network (``n_components``,
+        ``hidden_layer_sizes``, ``likelihood``, ``batch_norm``, ``dropout``,
+        ``encode_batch``, the beta-VSC's prior) cannot follow, and the next call
+        raises a ValueError: call :meth:`fit` to build a new model.
+
         Parameters
         ----------
         X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
@@ -286,12 +321,26 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             first = not (incremental and hasattr(self, "module_"))
             device = self._training_device()
             parallel = data_parallel(device)
-            data = self._validated_rows(X, reset=first, training=True)
-            data = self._with_batch(data, batch, reset=first, required=True)
-            hidden_layer_sizes = self._validated_hidden_layer_sizes()
+            # every rank validates before any collective, and all stop if one fails: none waits alone
+            error = None
+            try:
+                data = self._validated_rows(X, reset=first, training=True)
+                data = self._with_batch(data, batch, reset=first, required=True)
+                hidden_layer_sizes = self._validated_hidden_layer_sizes()
+            except Exception as exc:  # noqa: BLE001 -- re-raised below, after the ranks agreed
+                if parallel is None:
+                    raise
+                error = exc
+            if parallel is not None:
+                parallel.raise_if_any_failed(error)
             if first:
+                self._refuse_networks_beyond_memory(data.n_features, hidden_layer_sizes)
                 self._warn_if_code_wider_than(hidden_layer_sizes[-1])
+            if not first:
+                self._check_architecture("continue it with partial_fit")
             state = None if first else getattr(self, "_training_state", None)
+            if state is not None:
+                state.set_learning_rate(self.learning_rate)  # a learning rate set since applies from now on
             if state is None:  # a new model, or one loaded from a file: a new optimiser, shuffling and noise
                 rng, seed = self._seeds(parallel)
                 with torch.random.fork_rng(devices=_cuda_indices(device)):
@@ -312,6 +361,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             # the validation rows take the representation "auto" chose for the training rows
             algorithm = _algorithm_of(train_rows)
             val_rows = None if val_data is None else val_data.source(algorithm=algorithm, center=center, device=device)
+            fingerprint = data.fingerprint() if data.on_disk else None
             module.to(device)
             state.train_on(device)
             with torch.random.fork_rng(devices=_cuda_indices(device)):
@@ -320,9 +370,13 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                                 device=device, parallel=parallel, start_epoch=0 if first or not incremental else self.n_iter_)
                 state.torch_rng = _torch_rng_state(device)
             state.to(torch.device("cpu"))
+            if fingerprint is not None and data.fingerprint() != fingerprint:
+                raise ValueError(f"{data.filename} was modified while skvae trained on it: the model saw a mix of "
+                                 "old and new values, so it is not kept. Train on a file nothing writes to.")
             if incremental and not first:
                 history = {key: self.history_.get(key, []) + values for key, values in history.items()}
             self._set_fitted(module.cpu(), history)
+            self._built_architecture = self._architecture()
             self.algorithm_ = algorithm
             # what partial_fit needs to continue as more epochs of this fit would
             self._training_state = state
@@ -347,6 +401,17 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             if training is not None:
                 state.restore(training)
             raise
+
+    def _refuse_networks_beyond_memory(self, n_features, hidden_layer_sizes):
+        """A ValueError, before anything is allocated, for a network whose genes-wide layers exceed the memory."""
+        n_heads = len(LIKELIHOODS[self.likelihood].heads)
+        # the input layer, the output heads, and Adam's two moments and the gradient of each
+        needed = 4 * 4 * n_features * hidden_layer_sizes[0] * (1 + n_heads)
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+        if memory and needed > memory:
+            raise ValueError(f"X has {n_features} features: the network's layers over them would take "
+                             f"{needed / 2**30:.3g} GiB, more than this machine's {memory / 2**30:.3g} GiB. Select "
+                             "genes first (e.g. HighlyVariableGenes), or check the matrix's shape.")
 
     def _warn_if_code_wider_than(self, last_hidden):
         if self.n_components > last_hidden:
@@ -394,8 +459,8 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         refuse_foreign_input(X)
         dtype = [np.float32, np.float64] if training else [np.float64, np.float32]
         min_rows = 2 if training else 1
-        data = RowData.from_input(X, check_in_memory=lambda X: validate_data(
-            self, X, accept_sparse="csr", dtype=dtype, ensure_min_samples=min_rows, reset=reset))
+        data = RowData.from_input(X, check_in_memory=lambda X: _summed_duplicates(validate_data(
+            self, X, accept_sparse="csr", dtype=dtype, ensure_min_samples=min_rows, reset=reset)))
         if data.on_disk:
             self._check_file(data, reset=reset, min_rows=min_rows)
         check = ValueCheck(counts=self._models_counts, whom=self._whom(), check_finite=data.on_disk,
@@ -411,6 +476,9 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             raise TypeError(f"X is a {data.format.upper()} matrix on disk: skvae reads cells (rows), which a CSC file "
                             "stores scattered. Write the matrix as CSR (cells x genes), e.g. adata.X = "
                             "adata.X.tocsr() before adata.write_h5ad.")
+        if data.n_features < 1:
+            raise ValueError(f"{data.filename} holds a matrix of 0 genes: there is nothing to embed.")
+        data.check_layout()
         if reset:
             self.n_features_in_ = data.n_features
             if hasattr(self, "feature_names_in_"):
@@ -574,7 +642,10 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         A ``random_state`` that is a RandomState instance is saved as None; numpy
         numbers and arrays among the parameters are saved as Python numbers and
         lists. The file is written beside ``path`` and moved into place, so a
-        failed save leaves the previous file intact.
+        failed save leaves the previous file intact. A model whose shaping
+        parameters (``n_components``, ``hidden_layer_sizes``, ``likelihood``, ...)
+        were changed by ``set_params`` after fit is refused: its file could not be
+        loaded.
 
         Parameters
         ----------
@@ -582,6 +653,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             Destination file.
         """
         check_is_fitted(self)
+        self._check_architecture("save it")
         params = self.get_params()
         params["device"] = str(params["device"])
         if not isinstance(params["random_state"], Integral):
@@ -647,6 +719,10 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             for value, expected in zip(weights.values(), module.state_dict().values(), strict=True)
         ):
             raise ValueError(f"{path} is damaged: its weights are not all finite numbers.")
+        dispersion = weights.get("likelihood.log_theta")
+        if dispersion is not None and dispersion.abs().max() > _LOG_DISPERSION_LIMIT:
+            raise ValueError(f"{path} is damaged: its log dispersions reach {dispersion.abs().max():.3g}, beyond "
+                             f"+-{_LOG_DISPERSION_LIMIT:g}, which training never gives.")
         module = module.to_empty(device="cpu")
         module.load_state_dict(weights)
         estimator.n_features_in_ = n_features
@@ -659,6 +735,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         for name, value in state.get("attributes", {}).items():  # saves from before 0.2 have none
             if name in estimator._saved_attributes:
                 setattr(estimator, name, np.asarray(value))
+        estimator._built_architecture = estimator._architecture()
         return estimator._set_fitted(module, state["history_"])
 
     def __sklearn_tags__(self):
@@ -667,6 +744,14 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         tags.input_tags.positive_only = self.likelihood in LIKELIHOODS and self._models_counts
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
+
+
+def _summed_duplicates(X):
+    """A CSR matrix with a gene stored twice in a row has its entries summed (the matrix they mean), as a copy."""
+    if sp.issparse(X) and not X.has_canonical_format:
+        X = X.copy()
+        X.sum_duplicates()
+    return X
 
 
 def _algorithm_of(source):

@@ -132,7 +132,12 @@ _TRAINING_PARAMETERS = """\
         epoch down 10-100x. On a quiet machine more threads help most for wide
         inputs (all genes rather than 2,000).
     verbose : int, default=0
-        Print one line per epoch (losses and time) when > 0."""
+        Show training progress when > 0: a progress bar (epochs, time left,
+        the current loss) where tqdm is installed and the output is a terminal
+        or a notebook, else one line per epoch (losses, time, time left) on
+        standard output. Whatever ``verbose``, each epoch's line goes to the
+        ``"skvae"`` logger at INFO level (``logging.basicConfig(level="INFO")``
+        shows them); nothing is printed by default."""
 
 _WARMUP_PARAMETER = """\
     kl_warmup_epochs : int, default=0
@@ -512,6 +517,10 @@ class BetaVSCEmbedder(_VariationalEmbedder):
         self.kl_warmup_epochs = kl_warmup_epochs
         self.prior_activity = prior_activity
         self.spike_sharpness = spike_sharpness
+
+    def _architecture(self):
+        return {**super()._architecture(), "prior_activity": self.prior_activity,
+                "spike_sharpness": self.spike_sharpness}
 
     def _build_module(self, n_features, hidden_layer_sizes, **options):
         return SparseCodingVAE(

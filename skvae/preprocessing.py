@@ -19,7 +19,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.sparsefuncs import mean_variance_axis
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
-from ._validation import is_integer_valued
+from ._validation import is_integer_valued, refuse_boolean_numbers
 from .loess import loess
 
 # Rows per block when a dense transform computes in float64: a bounded temporary, whatever the size of X.
@@ -402,6 +402,10 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
     def __init__(self, n_top_genes=2000, *, span=0.3):
         self.n_top_genes = n_top_genes
         self.span = span
+
+    def _validate_params(self):
+        super()._validate_params()
+        refuse_boolean_numbers(self)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, *, batch=None):

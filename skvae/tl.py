@@ -1,7 +1,7 @@
 """Scanpy-style tools on AnnData objects: ``skvae.tl.embed``.
 
-AnnData is an optional extra (``pip install skvae[anndata]``): it is imported when a
-function here is called, never by ``import skvae``.
+AnnData is an optional extra (``pip install -e ".[anndata]"`` in a clone, or ``pip install anndata``): it is
+imported when a function here is called, never by ``import skvae``.
 """
 
 import importlib
@@ -9,8 +9,9 @@ import inspect
 import warnings
 
 import numpy as np
-import scipy.sparse as sp
+import pandas as pd
 from sklearn.exceptions import NotFittedError
+from sklearn.feature_selection import SelectorMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._validation import is_integer_valued
@@ -19,12 +20,19 @@ from .recipes import _final_step
 from .train.data import RowData
 
 
-def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=None, key_added="X_skvae"):
+def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=None, key_added=None, copy=False):
     """Embed the cells of an AnnData object, scanpy-style.
 
     Fits ``estimator`` on the chosen matrix and embeds it, or, when ``estimator``
-    is already fitted, embeds it only. The codes go to ``adata.obsm[key_added]``,
-    the estimator's parameters and training history to ``adata.uns[key_added]``.
+    is already fitted, embeds it only. The codes go to ``adata.obsm["X_skvae"]``,
+    the estimator's parameters and training history to ``adata.uns["skvae"]``, as
+    ``scanpy.tl.pca`` writes ``obsm["X_pca"]`` and ``uns["pca"]``. The code's
+    dimensions are stored in order of decreasing variance across the cells (the
+    informative ones first, as principal components are), so
+    ``scanpy.pp.neighbors(adata, use_rep="X_skvae", n_pcs=k)`` keeps the ``k``
+    most informative; ``uns["skvae"]["components_order"]`` says which column of
+    the estimator's ``transform`` each one is. The estimator passed in is fitted
+    in place: the caller holds it.
 
     Parameters
     ----------
@@ -32,8 +40,8 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
         Cells in rows. It may be backed (``anndata.read_h5ad(path, backed="r")``):
         a sparse CSR matrix on disk is then trained on and embedded a few
         minibatches at a time, without loading it.
-    estimator : skvae estimator or Pipeline
-        E.g. :func:`skvae.make_count_embedder` ``()`` or
+    estimator : scikit-learn transformer or Pipeline
+        E.g. the result of :func:`skvae.make_count_embedder`, or
         ``BetaVAEEmbedder(likelihood="nb")``; fitted or not.
     layer : str, default=None
         The matrix to embed: ``adata.layers[layer]``, or ``adata.X`` when None.
@@ -48,17 +56,26 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
     use_highly_variable : bool, default=None
         Embed only the genes flagged in ``adata.var["highly_variable"]`` (by
         ``scanpy.pp.highly_variable_genes``). None: use them when that column
-        exists. A backed file cannot be subset by gene on the fly: write the
-        selected genes to their own file first.
-    key_added : str, default="X_skvae"
-        Key of the codes in ``adata.obsm`` and of the record in ``adata.uns``.
+        exists, unless the estimator selects its genes itself (a Pipeline with a
+        feature-selection step, such as :func:`skvae.make_count_embedder`'s
+        ``HighlyVariableGenes``), which then gets every gene. True with such an
+        estimator warns: two selections are made, one after the other. A backed
+        file cannot be subset by gene on the fly: write the selected genes to
+        their own file first.
+    key_added : str, default=None
+        Key of the codes in ``adata.obsm`` and of the record in ``adata.uns``
+        (both); None: ``obsm["X_skvae"]`` and ``uns["skvae"]``.
+    copy : bool, default=False
+        Return a modified copy of ``adata`` instead of writing into it (an
+        object in memory only).
 
     Returns
     -------
-    estimator : object
-        The fitted estimator (the one passed in). When fitted here, its (first
-        step's) ``feature_names_in_`` holds the genes' names, which a later call
-        on another AnnData object checks.
+    adata : anndata.AnnData or None
+        The modified copy with ``copy=True``, else None. The estimator passed in
+        is fitted: when fitted here, its (first step's) ``feature_names_in_``
+        holds the genes' names, which a later call on another AnnData object
+        checks.
 
     Raises
     ------
@@ -78,22 +95,31 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
     >>> counts = rng.poisson(rng.gamma(0.3, 2.0, size=(3, 300))[rng.randint(3, size=200)]).astype(np.float32)
     >>> adata = anndata.AnnData(np.log1p(counts), layers={"counts": counts})
     >>> estimator = skvae.BetaVAEEmbedder(n_components=4, likelihood="nb", max_epochs=5, random_state=0)
-    >>> _ = skvae.tl.embed(adata, estimator, layer="counts")
-    >>> adata.obsm["X_skvae"].shape, adata.uns["X_skvae"]["params"]["likelihood"]
+    >>> skvae.tl.embed(adata, estimator, layer="counts")
+    >>> adata.obsm["X_skvae"].shape, adata.uns["skvae"]["params"]["likelihood"]
     ((200, 4), 'nb')
     """
     anndata = _import_anndata()
     if not isinstance(adata, anndata.AnnData):
         raise TypeError(f"adata must be an anndata.AnnData object, not {type(adata).__name__}.")
+    _check_arguments(estimator, key_added, use_highly_variable)
+    if copy:
+        if adata.isbacked:
+            raise ValueError("copy=True copies adata in memory, but it is backed by a file: embed it in place "
+                             "(copy=False), or load it first with adata.to_memory().")
+        adata = adata.copy()
+    obsm_key, uns_key = ("X_skvae", "skvae") if key_added is None else (key_added, key_added)
     X = _matrix(adata, layer)
-    on_disk = RowData.from_input(X).on_disk
-    genes = _gene_mask(adata, use_highly_variable, backed=on_disk)
+    data = RowData.from_input(X)
+    genes = _gene_mask(adata, use_highly_variable, backed=data.on_disk, selects_genes=_selects_genes(estimator))
     if genes is not None:
         X = X[:, genes]
+        data = RowData.from_input(X)
     var_names = np.asarray(adata.var_names if genes is None else adata.var_names[genes], dtype=object)
-    final = _final_step(estimator)
-    if not on_disk and getattr(final, "likelihood", "gaussian") in LIKELIHOODS and LIKELIHOODS[final.likelihood].counts:
-        _require_raw_counts(X, layer, final.likelihood)
+    _refuse_duplicate_names(var_names)
+    likelihood = getattr(_final_step(estimator), "likelihood", None)
+    if isinstance(likelihood, str) and likelihood in LIKELIHOODS and LIKELIHOODS[likelihood].counts:
+        _require_raw_counts(data, layer, likelihood)
     batch = _batch(adata, batch_key)
     batch_param = {} if batch is None else _batch_fit_params(estimator, batch)
     with warnings.catch_warnings():
@@ -107,17 +133,22 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
             codes = estimator.fit_transform(X, **batch_param)
             first = estimator.steps[0][1] if hasattr(estimator, "steps") else estimator
             first.feature_names_in_ = var_names
-    adata.obsm[key_added] = np.asarray(codes, dtype=np.float32)
-    adata.uns[key_added] = {
+    codes = np.asarray(codes, dtype=np.float32)
+    order = np.argsort(-codes.var(axis=0), kind="stable")
+    adata.obsm[obsm_key] = codes[:, order]
+    adata.uns[uns_key] = {
         "estimator": type(estimator).__name__,
         "params": _storable(estimator.get_params(deep=False) if not hasattr(estimator, "steps") else
                             {name: step.get_params(deep=False) for name, step in estimator.steps}),
         "layer": "X" if layer is None else layer,
         "batch_key": "None" if batch_key is None else batch_key,
         "use_highly_variable": genes is not None,
-        "history": {key: np.asarray(values, dtype=np.float64) for key, values in getattr(final, "history_", {}).items()},
+        "obsm_key": obsm_key,
+        "components_order": order,
+        "history": {key: np.asarray(values, dtype=np.float64)
+                    for key, values in getattr(_final_step(estimator), "history_", {}).items()},
     }
-    return estimator
+    return adata if copy else None
 
 
 def _batch(adata, batch_key):
@@ -141,7 +172,8 @@ def _import_anndata():
     try:
         return importlib.import_module("anndata")
     except ImportError:
-        raise ImportError("skvae.tl needs anndata, an optional extra: pip install 'skvae[anndata]'.") from None
+        raise ImportError("skvae.tl needs anndata, an optional extra: pip install anndata (or, in a clone of "
+                          "skvae, pip install -e '.[anndata]').") from None
 
 
 def _matrix(adata, layer):
@@ -161,15 +193,29 @@ def _matrix(adata, layer):
     return adata.layers[layer]
 
 
-def _gene_mask(adata, use_highly_variable, *, backed):
+def _selects_genes(estimator):
+    steps = [step for _, step in estimator.steps] if hasattr(estimator, "steps") else [estimator]
+    return any(isinstance(step, SelectorMixin) for step in steps)
+
+
+def _gene_mask(adata, use_highly_variable, *, backed, selects_genes):
     has_flags = "highly_variable" in adata.var.columns
     if use_highly_variable is None:
-        use_highly_variable = has_flags
+        use_highly_variable = has_flags and not selects_genes
     if not use_highly_variable:
         return None
+    if selects_genes:
+        warnings.warn("use_highly_variable=True with an estimator that selects its genes itself: it selects among "
+                      "the flagged genes only. Leave use_highly_variable out to give it every gene.",
+                      UserWarning, stacklevel=3)
     if not has_flags:
         raise ValueError("use_highly_variable=True, but adata.var has no 'highly_variable' column: run "
                          "scanpy.pp.highly_variable_genes first, or pass use_highly_variable=False.")
+    flags = adata.var["highly_variable"]
+    if flags.dtype != bool:
+        raise ValueError(f"adata.var['highly_variable'] holds {flags.dtype} values, not booleans (the strings "
+                         "'True'/'False' would select every gene): store booleans, e.g. "
+                         "adata.var['highly_variable'] = adata.var['highly_variable'] == 'True'.")
     if backed:
         raise ValueError(
             "Embedding the genes flagged in adata.var['highly_variable'] needs the matrix in memory: it is on disk "
@@ -180,11 +226,32 @@ def _gene_mask(adata, use_highly_variable, *, backed):
     return adata.var["highly_variable"].to_numpy(dtype=bool)
 
 
-def _require_raw_counts(X, layer, likelihood):
-    """Refuse a matrix in memory that is not raw counts (a file on disk is checked by the estimator as it streams)."""
-    values = X.data if sp.issparse(X) else np.asarray(X)
+def _check_arguments(estimator, key_added, use_highly_variable):
+    """What can be refused before any data is read: an estimator that cannot embed, a key h5ad cannot store, a flag."""
+    if isinstance(estimator, type) or not (hasattr(estimator, "fit_transform") and hasattr(estimator, "transform")):
+        raise TypeError(f"estimator must be a scikit-learn transformer instance (with fit_transform and transform), "
+                        f"such as skvae.make_count_embedder() or sklearn's PCA(), not {estimator!r}.")
+    if use_highly_variable is not None and not isinstance(use_highly_variable, (bool, np.bool_)):
+        raise TypeError(f"use_highly_variable must be True, False or None, not {use_highly_variable!r}.")
+    if key_added is not None and not isinstance(key_added, str):
+        raise TypeError(f"key_added must be a string (the key in adata.obsm and adata.uns), not {key_added!r}.")
+    if key_added is not None and (not key_added or "/" in key_added):
+        raise ValueError(f"key_added={key_added!r} cannot be written to an h5ad file: use a non-empty name without "
+                         "'/', such as 'skvae_counts'.")
+
+
+def _refuse_duplicate_names(var_names):
+    names = pd.Index(var_names)
+    if names.has_duplicates:
+        repeated = names[names.duplicated()].unique()[:5].tolist()
+        raise ValueError(f"adata.var_names has duplicates (e.g. {repeated}): genes must be told apart to check "
+                         "them against a fitted model. Call adata.var_names_make_unique() first.")
+
+
+def _require_raw_counts(data, layer, likelihood):
+    """Refuse a matrix that is not raw counts, whole or streamed from disk."""
     where = "adata.X" if layer is None else f"layer {layer!r}"
-    if (values.size and values.min() < 0) or not is_integer_valued(X):
+    if any((values.size and values.min() < 0) or not is_integer_valued(values) for values in data.value_blocks()):
         raise ValueError(
             f"{where} does not hold raw counts (it has negative or non-integer values), but likelihood="
             f"{likelihood!r} models raw UMI counts. Pass the layer that holds them, e.g. layer='counts', or use "

@@ -4,7 +4,10 @@ Usage: python -m torch.distributed.run --nproc_per_node=2 tests/distributed_work
 MODE "train": each rank fits an autoencoder on its half of a fixed data set and saves its weights;
 MODE "mismatch": rank 1 has one feature more, and each rank writes the error it got;
 MODE "batches": as "train", with each cell's batch (both ranks hold both batches);
-MODE "batch-mismatch": rank 1 holds a batch rank 0 does not, and each rank writes the error it got.
+MODE "batch-mismatch": rank 1 holds a batch rank 0 does not, and each rank writes the error it got;
+MODE "batchnorm": as "train", with batch normalisation (its running statistics must agree too);
+MODE "invalid": rank 1's rows hold a NaN; it catches its error and stays alive, as in a notebook, and each
+rank writes the error it got (none waits in a collective).
 """
 
 import os
@@ -36,8 +39,12 @@ def main(out, mode):
         batch = np.where(np.arange(len(shard)) % 2 == 0, "a", "b")
         if mode == "batch-mismatch" and rank == 1:
             batch[0] = "c"
+    if mode == "invalid" and rank == 1:
+        shard = shard.copy()
+        shard[0, 0] = np.nan
+    params = {**PARAMS, "batch_norm": True} if mode == "batchnorm" else PARAMS
     try:
-        estimator = AutoencoderEmbedder(**PARAMS).fit(shard, batch=batch)
+        estimator = AutoencoderEmbedder(**params).fit(shard, batch=batch)
     except ValueError as exc:
         Path(out, f"error{rank}.txt").write_text(str(exc))
         return

@@ -35,6 +35,7 @@ def fitted(data):
      {"hidden_layer_sizes": (np.int32(16), np.int64(8)), "learning_rate": np.float32(1e-3)}],
     ids=["float64-beta", "int64-n_components", "array-hidden", "numpy-ints-in-tuple"],
 )
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_numpy_typed_parameters_save_and_load(params, data, tmp_path):
     embedder = BetaVAEEmbedder(**{**SMALL, **params}).fit(data)
     embedder.save(tmp_path / "model.pt")
@@ -44,6 +45,7 @@ def test_numpy_typed_parameters_save_and_load(params, data, tmp_path):
         np.testing.assert_array_equal(np.asarray(loaded.get_params()[name]), np.asarray(value))
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_grid_search_best_estimator_with_a_logspace_grid_saves(data, tmp_path):
     search = GridSearchCV(BetaVAEEmbedder(**SMALL), {"beta": np.logspace(-1, 1, 3)}, cv=2).fit(data)
     search.best_estimator_.save(tmp_path / "best.pt")
@@ -58,6 +60,7 @@ def test_a_parameter_that_cannot_be_saved_is_refused_at_save_time(data, tmp_path
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_a_failed_save_keeps_the_previous_file(fitted, data, tmp_path, monkeypatch):
     path = tmp_path / "model.pt"
     fitted.save(path)
@@ -99,9 +102,41 @@ def test_load_of_a_missing_file_is_file_not_found(tmp_path):
 
 
 def _rewrite(path, change):
+    """A crafted save: ``change`` applied, and the checksum written anew to match (so the other checks are reached)."""
     state = torch.load(path, weights_only=True)
     change(state)
+    state["checksum"] = skvae._persistence.weights_checksum(state["state_dict"])
     torch.save(state, path)
+
+
+def test_a_flipped_bit_in_the_weights_is_found_by_the_checksum(fitted, tmp_path):
+    path = tmp_path / "model.pt"
+    fitted.save(path)
+    state = torch.load(path, weights_only=True)
+    weight = next(value for value in state["state_dict"].values() if value.is_floating_point() and value.numel())
+    weight.view(torch.int32).view(-1)[0] ^= 1 << 3  # one bit of one float, still a finite number
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="do not match the checksum"):
+        BetaVAEEmbedder.load(path)
+
+
+def test_crafted_dispersions_beyond_any_trained_value_are_refused(tmp_path):
+    counts = np.random.RandomState(0).poisson(2.0, size=(40, 6)).astype(float)
+    path = tmp_path / "nb.pt"
+    BetaVAEEmbedder(**SMALL, likelihood="nb").fit(counts).save(path)
+    _rewrite(path, lambda state: state["state_dict"]["likelihood.log_theta"].fill_(1e30))
+    with pytest.raises(ValueError, match="log dispersions reach 1e\\+30"):
+        BetaVAEEmbedder.load(path)
+
+
+def test_saving_through_a_symbolic_link_replaces_its_target_and_keeps_the_link(fitted, data, tmp_path):
+    target, link = tmp_path / "target.pt", tmp_path / "link.pt"
+    fitted.save(target)
+    before = target.read_bytes()
+    link.symlink_to(target)
+    BetaVAEEmbedder(**SMALL, beta=3.0).fit(data).save(link)
+    assert link.is_symlink() and target.read_bytes() != before
+    assert BetaVAEEmbedder.load(link).beta == 3.0 == BetaVAEEmbedder.load(target).beta
 
 
 def test_load_checks_the_stated_sizes_before_building_anything(fitted, tmp_path):
@@ -177,6 +212,7 @@ def _mostly_zero(X):
 
 @pytest.mark.parametrize(("make", "expected"), [(_mostly_zero, "sparse"), (lambda X: X + np.random.RandomState(0).normal(size=X.shape), "dense"),
                                                (sp.csr_matrix, "sparse")], ids=["dense-mostly-zero", "dense", "csr"])
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_algorithm_auto_is_resolved_recorded_saved_and_used_by_score(make, expected, tmp_path, monkeypatch, data):
     X = make(data)
     embedder = BetaVSCEmbedder(**SMALL).fit(X)
@@ -217,3 +253,34 @@ def test_an_anndata_object_gets_a_clear_type_error():
 
     with pytest.raises(TypeError, match=r"X is an AnnData object: pass its matrix, e\.g\. adata\.X"):
         AutoencoderEmbedder(**SMALL).fit(AnnData())
+
+
+@pytest.mark.parametrize("params", [{"beta": True}, {"n_components": True}, {"learning_rate": True}])
+def test_booleans_given_for_numbers_are_refused(params, data):
+    with pytest.raises(TypeError, match="a boolean is not a number here"):
+        BetaVAEEmbedder(**{**SMALL, **params}).fit(data)
+
+
+def test_ragged_hidden_layer_sizes_get_the_estimators_message(data):
+    with pytest.raises(ValueError, match="hidden_layer_sizes must be a non-empty 1-D sequence"):
+        BetaVAEEmbedder(**{**SMALL, "hidden_layer_sizes": [[8, 4], 2]}).fit(data)
+
+
+@pytest.mark.parametrize("X", [np.array([["1.0", "2.0"], ["3.0", "4.0"]], dtype=object),
+                               [["1.0", "2.0"], ["3.0", "4.0"]],
+                               pd.DataFrame({"a": ["1.0", "2"], "b": [1.0, 2.0]})])
+def test_text_is_refused_even_when_it_reads_as_numbers(X):
+    with pytest.raises(TypeError, match="X holds text, such as '1.0'"):
+        AutoencoderEmbedder(**SMALL).fit(X)
+
+
+def test_a_pandas_sparse_frame_that_leaves_out_nan_is_a_clear_error():
+    frame = pd.DataFrame({"a": [0.0, 1.0, np.nan], "b": [np.nan, 2.0, 3.0]}).astype(pd.SparseDtype(float, np.nan))
+    with pytest.raises(ValueError, match="fill value NaN"):
+        AutoencoderEmbedder(**SMALL).fit(frame)
+
+
+def test_a_matrix_wider_than_memory_allows_is_refused_before_allocating():
+    X = sp.csr_matrix(([1.0, 2.0], ([0, 1], [3, 2**40 - 1])), shape=(2, 2**40))
+    with pytest.raises(ValueError, match=r"1099511627776 features: the network's layers over them would take"):
+        AutoencoderEmbedder(**SMALL).fit(X)

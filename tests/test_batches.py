@@ -200,9 +200,10 @@ def test_a_pipeline_passes_the_batch_to_its_embedder_with_and_without_metadata_r
         assert np.isfinite(search.best_score_)
         # in a Pipeline, fit and transform route the batch (scikit-learn's Pipeline.score also passes
         # sample_weight, which the embedders' score does not take)
-        pipeline = Pipeline([("hvg", HighlyVariableGenes(n_top_genes=60)), ("embedder", BetaVAEEmbedder(**SMALL)
-                                                                             .set_fit_request(batch=True))])
+        genes = HighlyVariableGenes(n_top_genes=60).set_fit_request(batch=True)
+        pipeline = Pipeline([("genes", genes), ("embedder", BetaVAEEmbedder(**SMALL).set_fit_request(batch=True))])
         assert pipeline.fit(X, batch=batch)[-1].batch_categories_.tolist() == ["a", "b"]
+        assert pipeline["genes"].n_batches_selected_ is not None
 
 
 def test_tl_embed_reads_the_batch_key_and_records_it(data):
@@ -211,11 +212,12 @@ def test_tl_embed_reads_the_batch_key_and_records_it(data):
     adata.obs["sample"] = batch
     estimator = BetaVAEEmbedder(**SMALL)
     skvae.tl.embed(adata, estimator, layer="counts", batch_key="sample")
-    assert adata.obsm["X_skvae"].shape == (len(X), 3) and adata.uns["X_skvae"]["batch_key"] == "sample"
+    assert adata.obsm["X_skvae"].shape == (len(X), 3) and adata.uns["skvae"]["batch_key"] == "sample"
     assert estimator.batch_categories_.tolist() == ["a", "b"]
-    np.testing.assert_array_equal(adata.obsm["X_skvae"], estimator.transform(X).astype(np.float32))
+    order = adata.uns["skvae"]["components_order"]
+    np.testing.assert_array_equal(adata.obsm["X_skvae"], estimator.transform(X).astype(np.float32)[:, order])
     recipe = skvae.make_count_embedder(n_top_genes=50, max_epochs=2, random_state=0)
-    skvae.tl.embed(adata, recipe, layer="counts", batch_key="sample", key_added="X_recipe")
+    skvae.tl.embed(adata, recipe, layer="counts", batch_key="sample", key_added="recipe")
     assert recipe["genes"].n_batches_selected_ is not None and recipe["embedder"].batch_categories_.tolist() == ["a", "b"]
     with pytest.raises(ValueError, match="no column 'donor' for batch_key"):
         skvae.tl.embed(adata, BetaVAEEmbedder(**SMALL), layer="counts", batch_key="donor")

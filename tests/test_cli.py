@@ -74,3 +74,16 @@ def test_a_failed_rerun_keeps_the_previous_report_whole(tmp_path, capsys, monkey
     assert "No space left on device" in _one_error_line(capsys)
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # no new figures beside the old report
     assert [path.name for path in tmp_path.iterdir()] == ["report"]  # no partial folder left
+
+
+@pytest.mark.parametrize("out", ["", ".", ".."])
+def test_an_out_without_a_name_of_its_own_is_refused_before_any_work(out, capsys, monkeypatch):
+    monkeypatch.setattr(skvae.study.runner, "fetch_pbmc3k", lambda *a, **k: pytest.fail("the study started"))
+    assert main(["study", "--models", "pca", "--out", out]) == 1
+    assert "needs a name of its own" in _one_error_line(capsys)
+
+
+def test_a_model_listed_twice_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["study", "--models", "pca,pca"])
+    assert "pca is listed more than once" in capsys.readouterr().err

@@ -20,6 +20,7 @@ _CHEAP = dict(hidden_layer_sizes=(16, 8), max_epochs=20)
         BetaVSCEmbedder(**_CHEAP, likelihood="nb"),
     ]
 )
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 @pytest.mark.filterwarnings("ignore:X has non-integer values")  # the checks' data are not counts
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)

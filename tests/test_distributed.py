@@ -71,3 +71,19 @@ def test_two_ranks_with_batches_end_identical_and_disagreeing_categories_are_one
     for rank in (0, 1):
         message = (mismatch / f"error{rank}.txt").read_text()
         assert "disagree on the batch categories (rank 0: ['a', 'b'], rank 1: ['a', 'b', 'c'])" in message
+
+
+def test_batch_norm_statistics_are_the_same_on_every_rank(tmp_path):
+    _torchrun(tmp_path, "batchnorm")
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert any("running_mean" in key for key in ranks[0]["state"])
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), key
+
+
+def test_a_rank_that_fails_validation_and_stays_alive_stops_the_others_with_its_reason(tmp_path):
+    _torchrun(tmp_path, "invalid")
+    assert "NaN" in (tmp_path / "error1.txt").read_text()
+    message = (tmp_path / "error0.txt").read_text()
+    assert "Another process of this data-parallel run failed before training (rank 1: ValueError: " in message
+    assert "NaN" in message

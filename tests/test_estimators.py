@@ -72,6 +72,7 @@ def test_score_is_negative_mean_loss(fitted, data):
         np.testing.assert_allclose(score, -((reconstruction - data) ** 2).sum(axis=1).mean(), rtol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 @pytest.mark.parametrize("cls", [BetaVAEEmbedder, BetaVSCEmbedder])
 def test_score_is_reconstruction_plus_unit_weighted_kl_whatever_beta(cls, data):
     fitted = cls(**{**SMALL, "beta": 3.0, "max_epochs": 3}).fit(data)
@@ -93,6 +94,7 @@ def test_same_random_state_same_embedding_and_global_rngs_untouched(data):
     assert torch.equal(torch.get_rng_state(), torch_state)
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 @pytest.mark.parametrize("cls", ESTIMATORS)
 @pytest.mark.parametrize("fmt", ["csr", "csc"])
 def test_sparse_input_gives_the_dense_result(cls, fmt, data):
@@ -117,12 +119,14 @@ def test_sparse_input_is_densified_one_minibatch_at_a_time(data, monkeypatch):
     assert densified_rows == []  # the sparse algorithm never densifies
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_pipeline_with_tsne(data):
     pipeline = Pipeline([("vsc", BetaVSCEmbedder(**{**SMALL, "beta": 2})), ("tsne", TSNE(perplexity=10, random_state=0))])
     embedding = pipeline.fit_transform(data)
     assert embedding.shape == (data.shape[0], 2) and np.isfinite(embedding).all()
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_grid_search_over_beta_uses_score(data):
     search = GridSearchCV(BetaVAEEmbedder(**{**SMALL, "max_epochs": 5}), {"beta": [0.5, 1, 2, 4]}, cv=2)
     search.fit(data)
@@ -133,6 +137,7 @@ def test_grid_search_over_beta_uses_score(data):
     assert search.best_estimator_.beta == search.best_params_["beta"]
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_beta_scales_the_kl_in_training(data):
     weak = BetaVSCEmbedder(**{**SMALL, "beta": 0.0}).fit(data)
     strong = BetaVSCEmbedder(**{**SMALL, "beta": 20.0}).fit(data)
@@ -179,6 +184,7 @@ def test_feature_names_and_pandas_output(data):
     assert list(embedder.feature_names_in_) == genes
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_vae_and_vsc_sample_from_the_prior(data):
     for cls in (BetaVAEEmbedder, BetaVSCEmbedder):
         embedder = cls(**{**SMALL, "max_epochs": 2}).fit(data)
@@ -188,6 +194,7 @@ def test_vae_and_vsc_sample_from_the_prior(data):
     assert not hasattr(AutoencoderEmbedder(), "sample")
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_vsc_spike_probabilities(data):
     embedder = BetaVSCEmbedder(**SMALL).fit(data)
     gamma = embedder.spike_probabilities(data)
@@ -195,6 +202,7 @@ def test_vsc_spike_probabilities(data):
     assert ((gamma > 0) & (gamma < 1)).all()
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_early_stopping_uses_a_validation_split(data):
     embedder = BetaVAEEmbedder(
         **{**SMALL, "max_epochs": 200}, early_stopping=True, validation_fraction=0.2, n_iter_no_change=3, tol=1e6
@@ -204,6 +212,7 @@ def test_early_stopping_uses_a_validation_split(data):
     assert len(embedder.history_["val_loss"]) == 4
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_early_stopping_restores_the_best_weights(data):
     from sklearn.model_selection import train_test_split
 
@@ -224,10 +233,11 @@ def test_early_stopping_restores_the_best_weights(data):
     assert restored == pytest.approx(min(val_losses), rel=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_verbose_prints_one_line_per_epoch(data, capsys):
     AutoencoderEmbedder(**{**SMALL, "max_epochs": 3}, verbose=1).fit(data)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch")]
-    assert len(lines) == 3 and "loss" in lines[0] and lines[0].endswith(" s")
+    assert len(lines) == 3 and "loss" in lines[0] and " s, " in lines[0] and lines[0].endswith(" left")
     assert "KL" not in lines[0]  # an autoencoder has no KL term to report
     BetaVAEEmbedder(**{**SMALL, "max_epochs": 1}, verbose=1).fit(data)
     vae_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch"))
@@ -336,6 +346,7 @@ def test_activity_survives_save_and_load(tmp_path):
     assert loaded.n_active_components_ == estimator.n_active_components_
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 @pytest.mark.parametrize("cls", ESTIMATORS)
 def test_batch_norm_and_dropout_train_reproducibly_and_leave_global_rngs_alone(cls, data, tmp_path):
     params = {**SMALL, "batch_norm": True, "dropout": 0.2}
@@ -351,8 +362,37 @@ def test_batch_norm_and_dropout_train_reproducibly_and_leave_global_rngs_alone(c
     np.testing.assert_array_equal(cls.load(tmp_path / "model.pt").transform(data), first.transform(data))
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_kl_warmup_is_recorded_in_the_history(data):
     estimator = BetaVAEEmbedder(**{**SMALL, "beta": 2.0, "kl_warmup_epochs": 10}).fit(data)
     weights = estimator.history_["kl_weight"]
     assert weights[0] == 0.0 and weights[5] == pytest.approx(1.0) and weights[10:] == [2.0] * 5
     assert AutoencoderEmbedder(**SMALL).fit(data).history_["kl_weight"] == [0.0] * SMALL["max_epochs"]
+
+
+def test_sample_without_a_seed_leaves_numpys_global_state_untouched():
+    X = np.random.RandomState(0).normal(size=(40, 6))
+    embedder = BetaVAEEmbedder(n_components=2, hidden_layer_sizes=(8,), max_epochs=1, random_state=0).fit(X)
+    before = np.random.get_state()[1].copy()
+    embedder.sample(3)
+    np.testing.assert_array_equal(np.random.get_state()[1], before)
+
+
+def test_nothing_is_printed_by_default_and_every_epoch_is_logged(data, capsys, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="skvae"):
+        BetaVAEEmbedder(**{**SMALL, "max_epochs": 2}).fit(data)
+    assert capsys.readouterr() == ("", "")
+    epochs = [record.getMessage() for record in caplog.records if record.name == "skvae"]
+    assert len(epochs) == 2 and epochs[1].startswith("Epoch 2/2: loss")
+
+
+def test_a_progress_bar_where_tqdm_renders(data, capsys, monkeypatch):
+    import tqdm  # noqa: F401 -- a test extra: the bar needs it
+
+    import skvae.train.progress
+    monkeypatch.setattr(skvae.train.progress, "_bar_wanted", lambda: True)
+    AutoencoderEmbedder(**{**SMALL, "max_epochs": 3}, verbose=1).fit(data)
+    output = capsys.readouterr()
+    assert "3/3" in output.err and "loss=" in output.err and not output.out

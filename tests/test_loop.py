@@ -117,6 +117,7 @@ def test_warmup_weights_each_epoch_and_continues_from_start_epoch(data):
     np.testing.assert_allclose(first["loss"], np.add(first["reconstruction"], np.multiply(first["kl_weight"], first["kl"])))
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_early_stopping_waits_for_the_warmup(data, monkeypatch):
     # a validation loss that never improves would stop after one epoch, but not during the warm-up
     monkeypatch.setattr(skvae.train.loop, "mean_loss", lambda *args, **kwargs: 1.0)

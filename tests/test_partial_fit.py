@@ -32,6 +32,7 @@ def test_the_first_call_creates_the_model_and_later_calls_continue_it(data):
     assert estimator.transform(data).shape == (80, 2)
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 @pytest.mark.parametrize("cls", ESTIMATORS)
 @pytest.mark.parametrize("sparse", [False, True])
 def test_passes_over_the_same_data_give_the_model_of_fit(cls, sparse, data):
@@ -109,3 +110,26 @@ def test_a_refit_that_fails_keeps_the_fitted_model_and_its_features(data):
         estimator.fit(with_nan)
     np.testing.assert_array_equal(estimator.feature_names_in_, names)
     assert estimator.transform(frame).shape == (len(data), 2)
+
+
+@pytest.mark.parametrize(("name", "value"), [("n_components", 3), ("likelihood", "poisson"), ("batch_norm", True),
+                                             ("hidden_layer_sizes", (16, 4)), ("dropout", 0.3)])
+def test_set_params_that_reshape_the_network_are_refused_by_partial_fit_and_save(name, value, data, tmp_path):
+    estimator = AutoencoderEmbedder(**SMALL).partial_fit(np.abs(data).round())
+    estimator.set_params(**{name: value})
+    with pytest.raises(ValueError, match=f"set_params changed {name}=.*call fit to build a new model"):
+        estimator.partial_fit(np.abs(data).round())
+    with pytest.raises(ValueError, match=f"set_params changed {name}="):
+        estimator.save(tmp_path / "model.pt")
+    assert not (tmp_path / "model.pt").exists() and estimator.n_iter_ == 1
+
+
+def test_a_learning_rate_set_between_calls_applies_from_the_next_call(data):
+    estimator = AutoencoderEmbedder(**SMALL).partial_fit(data)
+    estimator.set_params(learning_rate=0.05)
+    estimator.partial_fit(data)
+    assert estimator._training_state.optimizer.param_groups[0]["lr"] == 0.05
+    frozen = AutoencoderEmbedder(**SMALL).partial_fit(data)
+    weights = {key: value.clone() for key, value in frozen.module_.state_dict().items()}
+    frozen.set_params(learning_rate=1e-12).partial_fit(data)
+    assert all(torch.allclose(weights[key], value, atol=1e-8) for key, value in frozen.module_.state_dict().items())

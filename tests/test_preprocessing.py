@@ -160,6 +160,7 @@ def test_loess_matches_a_pointwise_weighted_polyfit():
     np.testing.assert_allclose(loess(x, y, span=0.4), expected, atol=1e-8)
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_pipeline_from_counts_to_embedding():
     X = sp.csr_matrix(poisson_counts())
     pipeline = make_pipeline(LogNormalizer(), ClippedStandardScaler(), BetaVSCEmbedder(max_epochs=3, random_state=0))
@@ -224,3 +225,8 @@ def test_bad_batches_for_gene_selection_are_clear_errors(batch, message):
     counts = np.random.RandomState(1).poisson(1.0, size=(80, 20))
     with pytest.raises(ValueError, match=message):
         HighlyVariableGenes(n_top_genes=5).fit(counts, batch=batch)
+
+
+def test_a_boolean_number_of_genes_is_refused():
+    with pytest.raises(TypeError, match="a boolean is not a number here"):
+        HighlyVariableGenes(n_top_genes=True).fit(np.ones((5, 3)))

@@ -31,6 +31,7 @@ def test_none_follows_a_joblib_parallel_config():
         assert n_threads == 2 == torch.get_num_threads()
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_fit_transform_and_score_run_with_the_estimators_threads(monkeypatch):
     seen = []
 
@@ -57,6 +58,7 @@ def test_n_jobs_zero_is_refused():
         BetaVAEEmbedder(n_jobs=0).fit(X)
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_results_do_not_depend_on_the_machine_by_default():
     """One thread by default: the same sums in the same order on any CPU, whatever its core count."""
     first = BetaVAEEmbedder(max_epochs=3, random_state=0).fit_transform(X)

@@ -32,24 +32,39 @@ def h5ad(adata, tmp_path):
     return path
 
 
-def test_embed_fits_writes_obsm_and_uns_and_returns_the_estimator(adata, counts, tmp_path):
+def _in_stored_order(adata, codes, key="skvae"):
+    return np.asarray(codes)[:, adata.uns[key]["components_order"]]
+
+
+def test_embed_fits_the_estimator_in_place_writes_obsm_and_uns_and_returns_none(adata, counts, tmp_path):
     estimator = BetaVAEEmbedder(**SMALL, likelihood="nb")
-    assert skvae.tl.embed(adata, estimator, layer="counts") is estimator
-    np.testing.assert_allclose(adata.obsm["X_skvae"], BetaVAEEmbedder(**SMALL, likelihood="nb").fit_transform(counts),
-                               rtol=1e-6)
+    assert skvae.tl.embed(adata, estimator, layer="counts") is None
+    np.testing.assert_allclose(adata.obsm["X_skvae"], _in_stored_order(
+        adata, BetaVAEEmbedder(**SMALL, likelihood="nb").fit_transform(counts)), rtol=1e-6)
     assert list(estimator.feature_names_in_) == list(adata.var_names)
-    record = adata.uns["X_skvae"]
+    record = adata.uns["skvae"]
     assert record["estimator"] == "BetaVAEEmbedder" and record["layer"] == "counts"
     assert len(record["history"]["loss"]) == 4 and record["params"]["likelihood"] == "nb"
     # the record survives an h5ad round trip
     adata.write_h5ad(tmp_path / "out.h5ad")
     back = anndata.read_h5ad(tmp_path / "out.h5ad")
     np.testing.assert_array_equal(back.obsm["X_skvae"], adata.obsm["X_skvae"])
-    assert back.uns["X_skvae"]["params"]["n_components"] == 3 and back.uns["X_skvae"]["params"]["n_jobs"] == "None"
+    assert back.uns["skvae"]["params"]["n_components"] == 3 and back.uns["skvae"]["params"]["n_jobs"] == "None"
+
+
+def test_dimensions_are_stored_most_variable_first_and_copy_leaves_the_input_alone(adata):
+    estimator = BetaVAEEmbedder(**SMALL, likelihood="nb")
+    result = skvae.tl.embed(adata, estimator, layer="counts", copy=True)
+    assert not adata.obsm and "skvae" not in adata.uns
+    variances = result.obsm["X_skvae"].var(axis=0)
+    assert (np.diff(variances) <= 0).all()
+    np.testing.assert_array_equal(result.obsm["X_skvae"], _in_stored_order(
+        result, estimator.transform(adata.layers["counts"]).astype(np.float32)))
 
 
 def test_a_fitted_estimator_transforms_and_checks_the_genes(adata):
-    estimator = skvae.tl.embed(adata, AutoencoderEmbedder(**SMALL), key_added="first")
+    estimator = AutoencoderEmbedder(**SMALL)
+    skvae.tl.embed(adata, estimator, key_added="first")
     skvae.tl.embed(adata, estimator, key_added="again")
     np.testing.assert_array_equal(adata.obsm["again"], adata.obsm["first"])
     with pytest.raises(ValueError, match="genes of adata .* do not match the 60 genes"):
@@ -58,9 +73,11 @@ def test_a_fitted_estimator_transforms_and_checks_the_genes(adata):
 
 def test_highly_variable_flags_select_the_genes(adata):
     adata.var["highly_variable"] = np.arange(60) < 20
-    estimator = skvae.tl.embed(adata, AutoencoderEmbedder(**SMALL))
-    assert estimator.n_features_in_ == 20 and adata.uns["X_skvae"]["use_highly_variable"]
-    assert skvae.tl.embed(adata, AutoencoderEmbedder(**SMALL), use_highly_variable=False).n_features_in_ == 60
+    estimator, every_gene = AutoencoderEmbedder(**SMALL), AutoencoderEmbedder(**SMALL)
+    skvae.tl.embed(adata, estimator)
+    assert estimator.n_features_in_ == 20 and adata.uns["skvae"]["use_highly_variable"]
+    skvae.tl.embed(adata, every_gene, use_highly_variable=False)
+    assert every_gene.n_features_in_ == 60
 
 
 @pytest.mark.parametrize(
@@ -86,18 +103,21 @@ def test_a_pipeline_from_make_count_embedder(adata, tmp_path):
     pipeline = make_count_embedder(n_top_genes=30, max_epochs=3, random_state=0)
     skvae.tl.embed(adata, pipeline, layer="counts")
     assert adata.obsm["X_skvae"].shape == (150, 10) and list(pipeline.feature_names_in_) == list(adata.var_names)
-    assert adata.uns["X_skvae"]["params"]["embedder"]["likelihood"] == "nb"
+    assert adata.uns["skvae"]["params"]["embedder"]["likelihood"] == "nb"
     adata.write_h5ad(tmp_path / "out.h5ad")
 
 
 @pytest.mark.parametrize("layer", [None, "counts"])
 def test_backed_training_reads_from_disk_and_equals_training_in_memory(h5ad, counts, layer):
     backed = anndata.read_h5ad(h5ad, backed="r")
-    estimator = skvae.tl.embed(backed, BetaVAEEmbedder(**SMALL, likelihood="nb"), layer=layer)
+    estimator = BetaVAEEmbedder(**SMALL, likelihood="nb")
+    skvae.tl.embed(backed, estimator, layer=layer)
     in_memory = BetaVAEEmbedder(**SMALL, likelihood="nb").fit(counts)
     for key, value in in_memory.module_.state_dict().items():
         assert np.array_equal(estimator.module_.state_dict()[key], value), key
-    np.testing.assert_allclose(backed.obsm["X_skvae"], in_memory.transform(counts), rtol=1e-6)
+    np.testing.assert_allclose(backed.obsm["X_skvae"], _in_stored_order(backed, in_memory.transform(counts)), rtol=1e-6)
+    with pytest.raises(ValueError, match="copy=True copies adata in memory, but it is backed"):
+        skvae.tl.embed(backed, estimator, layer=layer, copy=True)
 
 
 def test_estimators_fit_and_transform_a_csr_matrix_on_disk(h5ad, counts):
@@ -139,4 +159,67 @@ def test_backed_flags_that_cannot_be_applied_are_an_error(h5ad):
     backed.var["highly_variable"] = np.arange(60) < 20
     with pytest.raises(ValueError, match="genes cannot be selected on the fly"):
         skvae.tl.embed(backed, AutoencoderEmbedder(**SMALL))
-    assert skvae.tl.embed(backed, AutoencoderEmbedder(**SMALL), use_highly_variable=False).n_features_in_ == 60
+    every_gene = AutoencoderEmbedder(**SMALL)
+    skvae.tl.embed(backed, every_gene, use_highly_variable=False)
+    assert every_gene.n_features_in_ == 60
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"key_added": "a/b"}, ValueError, "cannot be written to an h5ad file"),
+        ({"key_added": ""}, ValueError, "cannot be written to an h5ad file"),
+        ({"key_added": b"bytes"}, TypeError, "key_added must be a string"),
+        ({"key_added": 5}, TypeError, "key_added must be a string"),
+        ({"use_highly_variable": "yes"}, TypeError, "use_highly_variable must be True, False or None"),
+    ],
+)
+def test_arguments_are_checked_before_any_training(adata, kwargs, error, message):
+    estimator = AutoencoderEmbedder(**SMALL)
+    with pytest.raises(error, match=message):
+        skvae.tl.embed(adata, estimator, **kwargs)
+    assert not hasattr(estimator, "module_") and not adata.obsm
+
+
+def test_highly_variable_flags_stored_as_strings_are_refused(adata):
+    adata.var["highly_variable"] = np.where(np.arange(60) < 20, "True", "False")
+    with pytest.raises(ValueError, match="not booleans .*select every gene"):
+        skvae.tl.embed(adata, AutoencoderEmbedder(**SMALL))
+
+
+def test_duplicate_gene_names_are_refused(adata):
+    adata.var_names = [f"gene{i % 59}" for i in range(60)]
+    with pytest.raises(ValueError, match=r"duplicates \(e.g. \['gene0'\]\).*var_names_make_unique"):
+        skvae.tl.embed(adata, AutoencoderEmbedder(**SMALL))
+
+
+def test_any_scikit_learn_transformer_embeds_for_comparison(adata):
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import make_pipeline
+
+    skvae.tl.embed(adata, PCA(5), key_added="X_pca5")
+    skvae.tl.embed(adata, make_pipeline(PCA(4)), key_added="X_pipe")
+    assert adata.obsm["X_pca5"].shape == (150, 5) and adata.uns["X_pca5"]["estimator"] == "PCA"
+    assert adata.uns["X_pca5"]["components_order"].tolist() == [0, 1, 2, 3, 4]  # PCA's order already
+    assert adata.obsm["X_pipe"].shape == (150, 4)
+    for estimator in (None, PCA, "pca"):
+        with pytest.raises(TypeError, match="estimator must be a scikit-learn transformer instance"):
+            skvae.tl.embed(adata, estimator)
+
+
+def test_a_backed_layer_that_is_not_raw_counts_is_refused_as_in_memory(adata, tmp_path):
+    path = tmp_path / "lognorm.h5ad"
+    anndata.AnnData(adata.X, var=adata.var).write_h5ad(path)  # log-normalised values in X
+    backed = anndata.read_h5ad(path, backed="r")
+    with pytest.raises(ValueError, match="adata.X does not hold raw counts"):
+        skvae.tl.embed(backed, BetaVAEEmbedder(**SMALL, likelihood="nb"))
+
+
+def test_an_estimator_that_selects_its_genes_gets_every_gene_despite_scanpys_flags(adata):
+    adata.var["highly_variable"] = np.arange(60) < 20
+    pipeline = make_count_embedder(n_top_genes=30, max_epochs=2, random_state=0)
+    skvae.tl.embed(adata, pipeline, layer="counts")
+    assert pipeline.n_features_in_ == 60 and not adata.uns["skvae"]["use_highly_variable"]
+    with pytest.warns(UserWarning, match="selects its genes itself"):
+        skvae.tl.embed(adata, make_count_embedder(n_top_genes=10, max_epochs=2), layer="counts",
+                       use_highly_variable=True)

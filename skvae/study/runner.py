@@ -96,6 +96,9 @@ def _check_models(models):
     unknown = sorted(set(models) - set(MODELS))
     if unknown or not models:
         raise ValueError(f"choose among {', '.join(MODELS)}; got {models!r}")
+    repeated = sorted({model for model in models if models.count(model) > 1})
+    if repeated:
+        raise ValueError(f"each model once: {', '.join(repeated)} is listed more than once in {models!r}")
     return models
 
 
@@ -213,6 +216,9 @@ def run_study(*, epochs=200, models=tuple(MODELS), n_seeds=3, out="skvae-report"
 
 def _check_report_folder(out):
     """``out``, once it is known to be a place a report can go; before any work, so a refusal costs nothing."""
+    if out.name in ("", ".", ".."):
+        raise ValueError(f"The report folder needs a name of its own (got {str(out)!r}): the report replaces the "
+                         "folder as a whole. Choose another --out, such as skvae-report.")
     if out.exists() and not out.is_dir():
         raise ValueError(f"The report folder {out} is a file; choose another --out.")
     if out.is_dir() and any(out.iterdir()) and not (out / "report.md").is_file():

@@ -12,6 +12,7 @@ A new kind of data source is one new subclass of :class:`RowData`.
 """
 
 import copy
+import os
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from sklearn.utils import gen_batches
 
-from .rows import BackedSparseRowSource, batches, make_row_source
+from .rows import BackedSparseRowSource, StoredCSR, batches, make_row_source
 
 # Stored values per block when a matrix on disk is checked: a bounded read, whatever the file's size.
 _VALUE_BLOCK = 2**22
@@ -425,10 +426,55 @@ class BackedRows(RowData):
 
     on_disk = True
 
-    def __init__(self, dataset, rows=None, covariates=None):
+    def __init__(self, dataset, rows=None, covariates=None, stored=None):
         self.rows = np.arange(dataset.shape[0]) if rows is None else np.asarray(rows)
         super().__init__(len(self.rows), dataset.shape[1], dataset.dtype, covariates)
         self.dataset = dataset
+        self._stored = stored
+
+    @property
+    def filename(self):
+        """The file the rows are read from."""
+        return self.dataset.group.file.filename
+
+    def check_layout(self):
+        """Raise a ValueError naming the file and the problem unless the arrays on disk form a valid CSR matrix.
+
+        Checks what reading rows relies on, before any is read: the three arrays exist;
+        ``indptr`` has one entry per row and one more, starts at 0, never decreases and
+        ends at the number of stored values; every column index lies within the stated
+        number of genes. Indices are streamed in blocks.
+        """
+        group, (n_rows, n_genes) = self.dataset.group, self.dataset.shape
+        where = f"{self.filename} ({group.name})"
+        missing = [name for name in ("data", "indices", "indptr") if name not in group]
+        if missing:
+            raise ValueError(f"{where} is not a CSR matrix: it lacks {missing}.")
+        indptr, n_stored = group["indptr"], group["data"].shape[0]
+        if indptr.shape[0] != n_rows + 1:
+            raise ValueError(f"{where}: indptr has {indptr.shape[0]} entries for a stated {n_rows} rows (it needs "
+                             f"{n_rows + 1}): the file is damaged or its shape attribute is wrong.")
+        pointers = np.asarray(indptr[:], dtype=np.int64)
+        if pointers[0] != 0 or (np.diff(pointers) < 0).any() or pointers[-1] != n_stored or \
+                group["indices"].shape[0] != n_stored:
+            raise ValueError(f"{where}: indptr does not run from 0 up to the {n_stored} stored values without "
+                             f"decreasing (or indices and data differ in length): the file is damaged.")
+        for block in self._blocks("indices"):
+            if block.size and (block.min() < 0 or block.max() >= n_genes):
+                raise ValueError(f"{where}: column indices run from {block.min()} to {block.max()}, beyond the "
+                                 f"stated {n_genes} genes: the file is damaged or its shape attribute is wrong.")
+        self._stored = StoredCSR(group, self.dataset.shape)
+        return self
+
+    def fingerprint(self):
+        """Size and modification time of the file: what changes when it is written to.
+
+        Returns
+        -------
+        tuple of int
+        """
+        status = os.stat(self.filename)
+        return status.st_size, status.st_mtime_ns
 
     @property
     def format(self):
@@ -439,7 +485,8 @@ class BackedRows(RowData):
         return self
 
     def take(self, rows):
-        return BackedRows(self.dataset, self.rows[rows], {name: values[rows] for name, values in self.covariates.items()})
+        return BackedRows(self.dataset, self.rows[rows], {name: values[rows] for name, values in self.covariates.items()},
+                          self._stored)
 
     def shard(self, parallel):
         return self if parallel is None else self.take(parallel.shard_of(self.n_rows))
@@ -451,16 +498,24 @@ class BackedRows(RowData):
         -------
         InMemoryRows
         """
-        source = BackedSparseRowSource(self.dataset, rows=self.rows, dtype=self.dtype, device="cpu",
-                                       with_transpose=False)
+        source = BackedSparseRowSource(self.dataset, rows=self.rows, dtype=_readable(self.dtype), device="cpu",
+                                       with_transpose=False, stored=self._stored)
         return InMemoryRows(source.csr(slice(None)), self.covariates)
 
     def source(self, *, algorithm, center, dtype=np.float32, device="cpu", with_transpose=False):
         rows = BackedSparseRowSource(self.dataset, rows=self.rows, dtype=dtype, device=device,
-                                     with_transpose=with_transpose)
+                                     with_transpose=with_transpose, stored=self._stored)
         return MinibatchSource(rows, self.covariates, device)
 
     def value_blocks(self):
-        values = self.dataset.group["data"]
+        yield from self._blocks("data")
+
+    def _blocks(self, name):
+        values = self.dataset.group[name]
         for start in range(0, values.shape[0], _VALUE_BLOCK):
             yield np.asarray(values[start : start + _VALUE_BLOCK])
+
+
+def _readable(dtype):
+    """float32 and float64 stay; other stored types (integers, float16) are read as float64."""
+    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)

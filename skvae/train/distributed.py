@@ -198,6 +198,47 @@ class RankGroup:
         for parameter, chunk in zip(parameters, flat.split([p.numel() for p in parameters]), strict=True):
             parameter.grad = chunk.view_as(parameter)
 
+    def average_buffers(self, module):
+        """Make ``module``'s buffers the same on every rank: floats averaged (batch normalisation's running
+        statistics, each rank's from its part of the minibatches), integers the largest (its batch counts).
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+        """
+        buffers = [buffer for buffer in module.buffers() if buffer.numel()]
+        floats = [buffer for buffer in buffers if buffer.is_floating_point()]
+        if floats:
+            flat = torch.cat([buffer.reshape(-1) for buffer in floats]).to(self.device)
+            dist.all_reduce(flat)
+            flat /= self.world_size
+            for buffer, chunk in zip(floats, flat.split([b.numel() for b in floats]), strict=True):
+                buffer.copy_(chunk.view_as(buffer))
+        for buffer in buffers:
+            if not buffer.is_floating_point():
+                dist.all_reduce(buffer, op=dist.ReduceOp.MAX)
+
+    def raise_if_any_failed(self, error):
+        """Raise on every rank when any rank's ``error`` is not None, so no rank waits in a collective alone.
+
+        A rank raises its own error; the others a ValueError that names the rank that
+        failed and its message.
+
+        Parameters
+        ----------
+        error : Exception or None
+            What this rank raised, or None.
+        """
+        failures = [(rank, message) for rank, message in enumerate(self.gather(None if error is None else
+                                                                               f"{type(error).__name__}: {error}"))
+                    if message is not None]
+        if error is not None:
+            raise error
+        if failures:
+            listing = "; ".join(f"rank {rank}: {message}" for rank, message in failures)
+            raise ValueError(f"Another process of this data-parallel run failed before training ({listing}), so "
+                             "this one stops too.")
+
     def shard_of(self, n_rows):
         """This rank's contiguous block of ``n_rows`` shared rows (ranks' blocks differ by at most 1).
 

@@ -15,6 +15,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from .data import iter_minibatches
+from .progress import EpochProgress
 
 
 def _divergence_error(epoch, what, value):
@@ -73,7 +74,9 @@ class TrainingConfig:
     tol : float, default=1e-4
         Least improvement of the validation loss that counts.
     verbose : int, default=0
-        Print one line per epoch when > 0 (on rank 0 only, in a data-parallel run).
+        Show progress when > 0 (a bar, or one line per epoch; on rank 0 only, in a
+        data-parallel run): :class:`~skvae.train.progress.EpochProgress`. Each
+        epoch's line also goes to the ``"skvae"`` logger at INFO level.
 
     Examples
     --------
@@ -336,7 +339,7 @@ def train(module, train_rows, val_rows=None, *, config, state, device, parallel=
     n_train = train_rows.n_rows if parallel is None else parallel.set_rows(train_rows.n_rows)
     # batch normalisation cannot normalise a single row in training
     fewest_rows = 2 if any(isinstance(layer, torch.nn.BatchNorm1d) for layer in module.modules()) else 1
-    verbose = config.verbose if parallel is None or parallel.rank == 0 else 0
+    progress = EpochProgress(max_epochs, config.verbose if parallel is None or parallel.rank == 0 else 0)
     history = {"loss": [], "reconstruction": [], "kl": [], "kl_weight": []}
     if val_rows is not None:
         history["val_loss"] = []
@@ -344,81 +347,85 @@ def train(module, train_rows, val_rows=None, *, config, state, device, parallel=
     finished_state = None
 
     beta = config.kl_weight
-    for epoch in range(1, max_epochs + 1):
-        start = time.perf_counter()
-        kl_weight = kl_warmup_weight(start_epoch + epoch, beta, config.kl_warmup_epochs)
-        warming_up = kl_weight < beta
-        module.train()
-        sums = torch.zeros(2, device=device)
-        last = None
-        try:
-            for minibatch, global_size in _minibatches(train_rows, batch_size, rng.permutation(n_train), parallel,
-                                                       fewest_rows):
-                optimizer.zero_grad(set_to_none=True)
-                if minibatch is not None:
-                    terms = module.loss(minibatch.x, generator=generator, **minibatch.covariates)
-                    per_cell = terms.total(kl_weight)
-                    loss = per_cell.mean() if parallel is None else per_cell.sum() / global_size
-                    loss.backward()
-                    sums += torch.stack([terms.reconstruction.detach().sum(), terms.kl.detach().sum()])
-                    last = minibatch
-                if parallel is not None:
-                    parallel.sum_gradients(module.parameters())
-                optimizer.step()
-        except KeyboardInterrupt:
-            if finished_state is None:
-                raise
-            warnings.warn(f"Training interrupted during epoch {epoch}: keeping the model of epoch {epoch - 1}.",
-                          UserWarning, stacklevel=2)
-            module.load_state_dict(finished_state)
-            best_state = None
-            break
+    try:
+        for epoch in range(1, max_epochs + 1):
+            start = time.perf_counter()
+            kl_weight = kl_warmup_weight(start_epoch + epoch, beta, config.kl_warmup_epochs)
+            warming_up = kl_weight < beta
+            module.train()
+            sums = torch.zeros(2, device=device)
+            last = None
+            try:
+                for minibatch, global_size in _minibatches(train_rows, batch_size, rng.permutation(n_train), parallel,
+                                                           fewest_rows):
+                    optimizer.zero_grad(set_to_none=True)
+                    if minibatch is not None:
+                        terms = module.loss(minibatch.x, generator=generator, **minibatch.covariates)
+                        per_cell = terms.total(kl_weight)
+                        loss = per_cell.mean() if parallel is None else per_cell.sum() / global_size
+                        loss.backward()
+                        sums += torch.stack([terms.reconstruction.detach().sum(), terms.kl.detach().sum()])
+                        last = minibatch
+                    if parallel is not None:
+                        parallel.sum_gradients(module.parameters())
+                    optimizer.step()
+            except KeyboardInterrupt:
+                if finished_state is None:
+                    raise
+                warnings.warn(f"Training interrupted during epoch {epoch}: keeping the model of epoch {epoch - 1}.",
+                              UserWarning, stacklevel=2)
+                module.load_state_dict(finished_state)
+                best_state = None
+                break
 
-        sums = sums.tolist() if parallel is None else parallel.sum(sums.tolist())
-        reconstruction, kl = (total / n_train for total in sums)
-        loss = reconstruction + kl_weight * kl
-        if not math.isfinite(loss):
-            raise _divergence_error(epoch, "the training loss", loss)
-        # the losses above come from before each step: the last step can still diverge
-        after_step = 0.0 if last is None else _loss_after_step(module, last, kl_weight)
-        if parallel is not None:
-            after_step = parallel.sum([after_step])[0]
-        if not math.isfinite(after_step):
-            raise _divergence_error(epoch, "the loss after the last optimiser step", after_step)
-        history["loss"].append(loss)
-        history["reconstruction"].append(reconstruction)
-        history["kl"].append(kl)
-        history["kl_weight"].append(kl_weight)
-        message = f"Epoch {epoch}/{max_epochs}: loss {loss:.6g}"
-        if beta > 0:  # a model with a KL term
-            message += f" (reconstruction {reconstruction:.6g}, KL {kl:.6g}"
-            message += f", KL weight {kl_weight:.3g})" if warming_up else ")"
+            sums = sums.tolist() if parallel is None else parallel.sum(sums.tolist())
+            reconstruction, kl = (total / n_train for total in sums)
+            loss = reconstruction + kl_weight * kl
+            if not math.isfinite(loss):
+                raise _divergence_error(epoch, "the training loss", loss)
+            # the losses above come from before each step: the last step can still diverge
+            after_step = 0.0 if last is None else _loss_after_step(module, last, kl_weight)
+            if parallel is not None:
+                after_step = parallel.sum([after_step])[0]
+                # batch normalisation's running statistics come from each rank's part of the minibatches
+                # (and from the check above, a forward pass in training mode)
+                parallel.average_buffers(module)
+            if not math.isfinite(after_step):
+                raise _divergence_error(epoch, "the loss after the last optimiser step", after_step)
+            history["loss"].append(loss)
+            history["reconstruction"].append(reconstruction)
+            history["kl"].append(kl)
+            history["kl_weight"].append(kl_weight)
+            message = f"Epoch {epoch}/{max_epochs}: loss {loss:.6g}"
+            if beta > 0:  # a model with a KL term
+                message += f" (reconstruction {reconstruction:.6g}, KL {kl:.6g}"
+                message += f", KL weight {kl_weight:.3g})" if warming_up else ")"
 
-        if val_rows is not None:
-            val_loss = mean_loss(module, val_rows, kl_weight=beta, batch_size=batch_size, parallel=parallel)
-            if not math.isfinite(val_loss):
-                raise _divergence_error(epoch, "the validation loss", val_loss)
-            history["val_loss"].append(val_loss)
-            message += f", validation loss {val_loss:.6g}"
-            epochs_no_improve = 0 if val_loss < best_val - tol or warming_up else epochs_no_improve + 1
-            if val_loss < best_val:
-                best_val, best_state = val_loss, copy.deepcopy(module.state_dict())
-        if verbose > 0:
-            print(f"{message}, {time.perf_counter() - start:.2f} s", flush=True)
-        if val_rows is not None and epochs_no_improve >= config.n_iter_no_change:
-            if verbose > 0:
-                print(f"Validation loss did not improve by {tol} for {config.n_iter_no_change} epochs: stopping.")
-            break
-        # kept so that an interrupted epoch can fall back to it (the size of the weights, once)
-        finished_state = {key: value.detach().clone() for key, value in module.state_dict().items()}
-    else:
-        if val_rows is not None:
-            warnings.warn(
-                f"Early stopping did not stop training within max_epochs={max_epochs}: the validation loss was "
-                f"still improving by more than tol={tol}. Raise max_epochs or tol.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
+            if val_rows is not None:
+                val_loss = mean_loss(module, val_rows, kl_weight=beta, batch_size=batch_size, parallel=parallel)
+                if not math.isfinite(val_loss):
+                    raise _divergence_error(epoch, "the validation loss", val_loss)
+                history["val_loss"].append(val_loss)
+                message += f", validation loss {val_loss:.6g}"
+                epochs_no_improve = 0 if val_loss < best_val - tol or warming_up else epochs_no_improve + 1
+                if val_loss < best_val:
+                    best_val, best_state = val_loss, copy.deepcopy(module.state_dict())
+            progress.epoch(epoch, message, loss=loss, seconds=time.perf_counter() - start)
+            if val_rows is not None and epochs_no_improve >= config.n_iter_no_change:
+                progress.note(f"Validation loss did not improve by {tol} for {config.n_iter_no_change} epochs: stopping.")
+                break
+            # kept so that an interrupted epoch can fall back to it (the size of the weights, once)
+            finished_state = {key: value.detach().clone() for key, value in module.state_dict().items()}
+        else:
+            if val_rows is not None:
+                warnings.warn(
+                    f"Early stopping did not stop training within max_epochs={max_epochs}: the validation loss was "
+                    f"still improving by more than tol={tol}. Raise max_epochs or tol.",
+                    ConvergenceWarning,
+                    stacklevel=2,
+                )
+    finally:
+        progress.close()
 
     if best_state is not None:
         module.load_state_dict(best_state)

@@ -136,11 +136,89 @@ class ShiftedSparseRowSource(_SparseRowSource):
         return _csr_rows(self._values, rows)
 
 
+class StoredCSR:
+    """The three arrays of a CSR matrix in an HDF5 group (a backed AnnData's ``X``), read a few rows at a time.
+
+    ``indptr`` is read into memory once (8 bytes a row); a set of rows is then two
+    reads, one of ``data`` and one of ``indices``, each a single HDF5 selection that
+    unites the rows' runs of stored values. Values are read in the type stored (so
+    float16 and integer files work) and cast after.
+
+    Parameters
+    ----------
+    group : h5py.Group
+        Holding ``data``, ``indices`` and ``indptr``.
+    shape : tuple of int
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import anndata
+    >>> import numpy as np
+    >>> import scipy.sparse as sp
+    >>> from skvae.train.rows import StoredCSR
+    >>> path = tempfile.mkdtemp() + "/cells.h5ad"
+    >>> anndata.AnnData(sp.csr_matrix(np.arange(12.0).reshape(4, 3))).write_h5ad(path)
+    >>> X = anndata.read_h5ad(path, backed="r").X
+    >>> StoredCSR(X.group, X.shape).rows(np.array([1, 3]), np.float32).toarray()
+    array([[ 3.,  4.,  5.],
+           [ 9., 10., 11.]], dtype=float32)
+    """
+
+    def __init__(self, group, shape):
+        self.data, self.indices = group["data"], group["indices"]
+        self.indptr = np.asarray(group["indptr"][:], dtype=np.int64)
+        self.shape, self.filename = tuple(shape), group.file.filename
+
+    def rows(self, rows, dtype):
+        """The rows ``rows`` (ascending, distinct row indices) as a CSR matrix of ``dtype``.
+
+        Parameters
+        ----------
+        rows : ndarray of int
+        dtype : numpy dtype
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix
+        """
+        starts, stops = self.indptr[rows], self.indptr[rows + 1]
+        lengths = stops - starts
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        # consecutive rows have adjacent values: one run each
+        new_run = np.ones(len(rows), dtype=bool)
+        new_run[1:] = starts[1:] != stops[:-1]
+        first = np.flatnonzero(new_run)
+        run_starts, run_stops = starts[first], np.append(stops[first[1:] - 1], stops[-1]) if len(rows) else stops
+        values = _read_runs(self.data, run_starts, run_stops).astype(dtype, copy=False)
+        indices = _read_runs(self.indices, run_starts, run_stops)
+        return sp.csr_matrix((values, indices, indptr), shape=(len(rows), self.shape[1]))
+
+
+def _read_runs(dataset, starts, stops):
+    """The values of ``dataset[start:stop]`` for each run, concatenated, in one read of a united selection."""
+    import h5py  # installed with anndata, the only source of files on disk
+
+    lengths = stops - starts
+    out = np.empty(int(lengths.sum()), dtype=dataset.dtype)
+    if not len(out):
+        return out
+    if len(starts) == 1:
+        return dataset[int(starts[0]) : int(stops[0])]
+    space = dataset.id.get_space()
+    space.select_none()
+    for start, length in zip(starts.tolist(), lengths.tolist(), strict=True):
+        if length:
+            space.select_hyperslab((start,), (length,), op=h5py.h5s.SELECT_OR)
+    dataset.id.read(h5py.h5s.create_simple((len(out),)), space, out)
+    return out
+
+
 class BackedSparseRowSource(_SparseRowSource):
     """Minibatches read from a CSR matrix on disk, such as a backed AnnData's ``X``.
 
-    Only the rows of each minibatch are read, in increasing order (what HDF5 reads
-    fastest), then put back in the order asked for; while a minibatch trains, the
+    Only the rows of each minibatch are read (:class:`StoredCSR`: two reads a
+    minibatch), then put back in the order asked for; while a minibatch trains, the
     next ones are read in a background thread. Memory holds a few minibatches, not
     the matrix.
 
@@ -175,21 +253,25 @@ class BackedSparseRowSource(_SparseRowSource):
             [ 0.,  1.,  2.]])
     """
 
-    def __init__(self, dataset, *, rows=slice(None), dtype, device, with_transpose, read_ahead=2):
+    def __init__(self, dataset, *, rows=slice(None), dtype, device, with_transpose, read_ahead=2, stored=None):
         # the rows are read from disk, one minibatch at a time: there is no matrix in memory to hold
-        self._dataset, self._rows = dataset, np.arange(dataset.shape[0])[rows]
+        self._stored = StoredCSR(dataset.group, dataset.shape) if stored is None else stored
+        self._rows = np.arange(dataset.shape[0])[rows]
         super().__init__(len(self._rows), np.zeros(dataset.shape[1]), dtype=dtype, device=device,
                          with_transpose=with_transpose)
         self._read_ahead = read_ahead
 
     def csr(self, rows):
         wanted = self._rows[rows]
-        if len(wanted) and wanted[-1] - wanted[0] == len(wanted) - 1 and np.all(np.diff(wanted) == 1):
-            block = self._dataset[int(wanted[0]) : int(wanted[-1]) + 1]  # a run of rows: one read
-        else:
-            order = np.argsort(wanted, kind="stable")
-            block = sp.csr_matrix(self._dataset[wanted[order]])[np.argsort(order)]
-        return sp.csr_matrix(block, dtype=self._dtype)
+        distinct, inverse = np.unique(wanted, return_inverse=True)  # ascending: what HDF5 reads in one pass
+        try:
+            block = self._stored.rows(distinct, self._dtype)
+        except (OSError, KeyError, RuntimeError) as exc:
+            raise ValueError(f"Reading rows of {self._stored.filename} failed ({exc}): the file may have been "
+                             "truncated or changed while skvae read it.") from None
+        if not block.has_canonical_format:  # duplicate or unsorted genes in a row: summed, as in memory
+            block.sum_duplicates()
+        return block if np.array_equal(distinct, wanted) else block[inverse]
 
     def batches(self, indices):
         """Yield the minibatch of each of ``indices``, reading ahead in a background thread.
