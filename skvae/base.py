@@ -327,7 +327,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 data = self._validated_rows(X, reset=first, training=True)
                 data = self._with_batch(data, batch, reset=first, required=True)
                 hidden_layer_sizes = self._validated_hidden_layer_sizes()
-            except Exception as exc:  # noqa: BLE001 -- re-raised below, after the ranks agreed
+            except Exception as exc:  # re-raised below, once the ranks agreed
                 if parallel is None:
                     raise
                 error = exc
