@@ -89,6 +89,31 @@ def _a_text_value(X):
     return next((value for value in values if isinstance(value, (str, bytes))), None)
 
 
+def summed_duplicates(X):
+    """``X``, with the entries of a gene stored twice in a row of a CSR matrix summed (the matrix they mean), as a copy.
+
+    Parameters
+    ----------
+    X : ndarray or scipy.sparse CSR matrix
+
+    Returns
+    -------
+    ndarray or scipy.sparse CSR matrix
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> from skvae._validation import summed_duplicates
+    >>> X = sp.csr_matrix(([1.0, 2.0], [0, 0], [0, 2]), shape=(1, 2))
+    >>> summed_duplicates(X).toarray(), summed_duplicates(X).nnz
+    (array([[3., 0.]]), 1)
+    """
+    if sp.issparse(X) and not X.has_canonical_format:
+        X = X.copy()
+        X.sum_duplicates()
+    return X
+
+
 def check_float32_range(values):
     """Raise a ValueError when ``values`` exceed float32's range: training and ``score`` compute in float32.
 

@@ -15,7 +15,6 @@ from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
 from sklearn.utils import check_array, check_random_state
@@ -24,11 +23,11 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._persistence import SAVE_FORMAT, atomic_torch_save, read_save, to_builtins
 from ._threads import limited_threads
-from ._validation import ValueCheck, refuse_boolean_numbers, refuse_foreign_input
+from ._validation import ValueCheck, refuse_boolean_numbers, refuse_foreign_input, summed_duplicates
 from .nn.likelihoods import LIKELIHOODS, make_likelihood
 from .train.data import RowData, iter_minibatches
 from .train.distributed import data_parallel
-from .train.loop import TrainingConfig, TrainingState, mean_loss, train
+from .train.loop import TrainingConfig, TrainingState, epochs_for, mean_loss, train
 from .train.rows import DenseRowSource
 
 # Rows per forward pass at inference: large enough to amortise the per-call overhead,
@@ -57,7 +56,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     encode_batch : bool, default=False
     batch_size : int, default=256
     learning_rate : float, default=1e-3
-    max_epochs : int, default=200
+    max_epochs : int or "auto", default=200
     early_stopping : bool, default=False
     validation_fraction : float, default=0.1
     n_iter_no_change : int, default=10
@@ -95,7 +94,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         "encode_batch": ["boolean"],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
-        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
@@ -355,6 +354,8 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 # a rank splits its rows with its own generator: the shuffling rng stays the same on every rank
                 split_rng = state.rng if parallel is None else np.random.RandomState([seed, parallel.rank])
                 train_data, val_data = train_data.split(self.validation_fraction, split_rng)
+            n_cells = train_data.n_rows if parallel is None else sum(parallel.gather(train_data.n_rows))
+            self._resolve_budget(n_cells, keep=incremental and not first)
             center = not self._models_counts
             algorithm = self.algorithm if first or not incremental else self.algorithm_
             train_rows = train_data.source(algorithm=algorithm, center=center, device=device, with_transpose=True)
@@ -424,12 +425,20 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 stacklevel=5,
             )
 
+    def _resolve_budget(self, n_cells, *, keep):
+        """Record ``max_epochs_``: "auto" follows the number of training cells (:func:`~skvae.train.loop.epochs_for`).
+
+        ``keep``: a partial_fit that continues a model keeps the "auto" budget resolved at its first call.
+        """
+        if not (keep and self.max_epochs == "auto" and hasattr(self, "max_epochs_")):
+            self.max_epochs_ = epochs_for(n_cells) if self.max_epochs == "auto" else self.max_epochs
+
     def _training_config(self, incremental):
         return TrainingConfig(
             kl_weight=self._kl_weight(),
             kl_warmup_epochs=self._kl_warmup_epochs(),
             batch_size=self.batch_size,
-            max_epochs=1 if incremental else self.max_epochs,
+            max_epochs=1 if incremental else self.max_epochs_,
             n_iter_no_change=self.n_iter_no_change,
             tol=self.tol,
             verbose=self.verbose,
@@ -459,7 +468,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         refuse_foreign_input(X)
         dtype = [np.float32, np.float64] if training else [np.float64, np.float32]
         min_rows = 2 if training else 1
-        data = RowData.from_input(X, check_in_memory=lambda X: _summed_duplicates(validate_data(
+        data = RowData.from_input(X, check_in_memory=lambda X: summed_duplicates(validate_data(
             self, X, accept_sparse="csr", dtype=dtype, ensure_min_samples=min_rows, reset=reset)))
         if data.on_disk:
             self._check_file(data, reset=reset, min_rows=min_rows)
@@ -523,7 +532,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """Variational models: count the active latent dimensions of the codes of ``data``'s rows and warn of a collapse."""
 
     # fitted attributes beyond the module and history that save keeps, as lists
-    _saved_attributes = ()
+    _saved_attributes = ("max_epochs_",)
 
     def _set_fitted(self, module, history):
         self.module_ = module.eval()
@@ -734,7 +743,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         estimator.algorithm_ = state.get("algorithm_", estimator.algorithm)
         for name, value in state.get("attributes", {}).items():  # saves from before 0.2 have none
             if name in estimator._saved_attributes:
-                setattr(estimator, name, np.asarray(value))
+                setattr(estimator, name, value if isinstance(value, (int, float)) else np.asarray(value))
         estimator._built_architecture = estimator._architecture()
         return estimator._set_fitted(module, state["history_"])
 
@@ -744,14 +753,6 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         tags.input_tags.positive_only = self.likelihood in LIKELIHOODS and self._models_counts
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
-
-
-def _summed_duplicates(X):
-    """A CSR matrix with a gene stored twice in a row has its entries summed (the matrix they mean), as a copy."""
-    if sp.issparse(X) and not X.has_canonical_format:
-        X = X.copy()
-        X.sum_duplicates()
-    return X
 
 
 def _algorithm_of(source):

@@ -10,7 +10,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.utils import check_random_state, check_scalar
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .base import BaseEmbedder
@@ -87,8 +87,12 @@ _TRAINING_PARAMETERS = """\
     learning_rate : float, default=1e-3
         Adam's step size.
 
-    max_epochs : int, default=200
-        Passes over the training data (fewer with early stopping).
+    max_epochs : int or "auto", default=200
+        Passes over the training data (fewer with early stopping). "auto"
+        follows the data size: 200 up to 20,000 training cells, then as many
+        gradient steps as 20,000 cells x 200 epochs (40 epochs at 100,000
+        cells, 4 at a million; at least 2), as scVI's default shrinks its
+        epochs. The number used is ``max_epochs_``.
 
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the cells and stop when their loss has
@@ -140,12 +144,14 @@ _TRAINING_PARAMETERS = """\
         shows them); nothing is printed by default."""
 
 _WARMUP_PARAMETER = """\
-    kl_warmup_epochs : int, default=0
+    kl_warmup_epochs : int or "auto", default=0
         Epochs over which the KL weight rises linearly from 0 to ``beta``
         (0 in the first epoch, ``beta`` from epoch ``kl_warmup_epochs + 1``). The
         code first learns to reconstruct, then is pulled towards the prior, which
         keeps count models from collapsing. Early stopping waits for the warm-up,
-        and the validation loss always weighs the KL term by ``beta``."""
+        and the validation loss always weighs the KL term by ``beta``. "auto":
+        half of ``max_epochs_``, so the warm-up shrinks with an "auto" budget; the
+        number used is ``kl_warmup_epochs_``."""
 
 _ACTIVITY_ATTRIBUTES = """\
     active_components_ : ndarray of bool of shape (n_components,)
@@ -155,7 +161,10 @@ _ACTIVITY_ATTRIBUTES = """\
         :class:`PosteriorCollapseWarning` when fewer than half are active.
 
     n_active_components_ : int
-        Number of active latent dimensions."""
+        Number of active latent dimensions.
+
+    kl_warmup_epochs_ : int
+        The warm-up ``kl_warmup_epochs`` resolved to (itself when a number)."""
 
 _FITTED_ATTRIBUTES = """\
     module_ : torch.nn.Module
@@ -168,6 +177,9 @@ _FITTED_ATTRIBUTES = """\
 
     n_iter_ : int
         Number of epochs run.
+
+    max_epochs_ : int
+        The epochs ``max_epochs`` resolved to (itself when a number).
     algorithm_ : {"sparse", "dense"}
         The minibatch representation ``algorithm`` resolved to at ``fit``;
         :meth:`score` uses it too.
@@ -244,15 +256,21 @@ class _VariationalEmbedder(BaseEmbedder):
     _parameter_constraints = {
         **BaseEmbedder._parameter_constraints,
         "beta": [Interval(Real, 0, None, closed="left")],
-        "kl_warmup_epochs": [Interval(Integral, 0, None, closed="left")],
+        "kl_warmup_epochs": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
     }
-    _saved_attributes = ("active_components_",)
+    _saved_attributes = (*BaseEmbedder._saved_attributes, "active_components_", "kl_warmup_epochs_")
 
     def _kl_weight(self):
         return self.beta
 
     def _kl_warmup_epochs(self):
-        return self.kl_warmup_epochs
+        return self.kl_warmup_epochs_
+
+    def _resolve_budget(self, n_cells, *, keep):
+        super()._resolve_budget(n_cells, keep=keep)
+        # "auto": the first half of the resolved epochs
+        if not (keep and self.kl_warmup_epochs == "auto" and hasattr(self, "kl_warmup_epochs_")):
+            self.kl_warmup_epochs_ = self.max_epochs_ // 2 if self.kl_warmup_epochs == "auto" else self.kl_warmup_epochs
 
     def _check_active_components(self, data, warn=True):
         # Burda et al.'s activity: the variance across cells of a dimension's posterior mean

@@ -20,8 +20,8 @@ RECOMMENDED_COUNT_SETTINGS = {
     "batch_norm": True,
     "dropout": 0.1,
     "beta": 1.0,
-    "kl_warmup_epochs": 100,
-    "max_epochs": 200,
+    "kl_warmup_epochs": "auto",
+    "max_epochs": "auto",
 }
 #: Genes kept by the selection step of :func:`make_count_embedder`.
 RECOMMENDED_N_TOP_GENES = 2000
@@ -43,7 +43,9 @@ def make_count_embedder(**overrides):
        likelihood and the library size as an offset (``likelihood="nb"``, as
        scVI), 10 latent dimensions, hidden layers (128, 128) with batch
        normalisation and 10 % dropout, beta 1 reached by a linear KL warm-up over
-       100 epochs, 200 epochs in minibatches of 256 cells.
+       the first half of the epochs, in minibatches of 256 cells; 200 epochs up to
+       20,000 cells, then fewer so that the gradient steps stay those of 20,000
+       cells (``max_epochs="auto"``: 40 epochs at 100,000 cells, 4 at a million).
 
     The settings come from ``benchmarks/quality.py`` on two labelled PBMC data
     sets; the user guide gives the figures and the reason for each. They are

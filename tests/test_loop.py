@@ -126,3 +126,35 @@ def test_early_stopping_waits_for_the_warmup(data, monkeypatch):
     # epochs 1-5 warm up (weights below beta=1); epoch 6 is the first at full weight, and it does not improve
     assert estimator.n_iter_ == 6
     assert estimator.history_["kl_weight"] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+
+
+@given(n_cells=st.integers(1, 10**9))
+def test_the_auto_budget_keeps_gradient_steps_of_20000_cells_and_never_grows(n_cells):
+    epochs = skvae.train.loop.epochs_for(n_cells)
+    assert 2 <= epochs <= 200 and epochs >= skvae.train.loop.epochs_for(n_cells + 1)
+    if n_cells <= 20_000:
+        assert epochs == 200
+    elif epochs > 2:
+        assert abs(epochs * n_cells - 200 * 20_000) <= n_cells / 2 + 1  # cells seen: those of 20,000 x 200
+
+
+def test_auto_epochs_and_warmup_are_resolved_from_the_training_cells_recorded_and_saved(data, monkeypatch, tmp_path):
+    monkeypatch.setattr(skvae.train.loop, "AUTO_FULL_CELLS", 16)  # 64 cells: a quarter of the epochs
+    monkeypatch.setattr(skvae.train.loop, "AUTO_EPOCHS", 8)
+    estimator = BetaVAEEmbedder(**SMALL, max_epochs="auto", kl_warmup_epochs="auto").fit(data)
+    assert estimator.max_epochs_ == 2 == estimator.n_iter_ and estimator.kl_warmup_epochs_ == 1
+    held_out = BetaVAEEmbedder(**SMALL, max_epochs="auto", early_stopping=True, validation_fraction=0.5).fit(data)
+    assert held_out.max_epochs_ == 4  # 32 training cells
+    estimator.save(tmp_path / "model.pt")
+    loaded = BetaVAEEmbedder.load(tmp_path / "model.pt")
+    assert loaded.max_epochs_ == 2 and loaded.kl_warmup_epochs_ == 1
+    numbers = BetaVAEEmbedder(**SMALL, max_epochs=3, kl_warmup_epochs=2).fit(data)
+    assert numbers.max_epochs_ == 3 and numbers.kl_warmup_epochs_ == 2
+
+
+def test_partial_fit_keeps_the_auto_warmup_of_its_first_call(data, monkeypatch):
+    monkeypatch.setattr(skvae.train.loop, "AUTO_FULL_CELLS", 16)
+    monkeypatch.setattr(skvae.train.loop, "AUTO_EPOCHS", 16)
+    estimator = BetaVAEEmbedder(**SMALL, beta=2.0, max_epochs="auto", kl_warmup_epochs="auto").partial_fit(data)  # 4
+    estimator.partial_fit(data[:16]).partial_fit(data[:16])  # smaller chunks do not change it
+    assert estimator.kl_warmup_epochs_ == 2 and estimator.history_["kl_weight"] == [0.0, 1.0, 2.0]

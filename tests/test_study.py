@@ -40,6 +40,8 @@ def test_study_command_writes_the_report(tmp_path, capsys):
         assert (tmp_path / figure).stat().st_size > 10_000 and f"({figure})" in report
     assert not (tmp_path / "tsne_3d.png").exists()  # only with --tsne-3d
     assert "filaments" in report and "not a ranking" in report
+    # the report says what training ran with (one thread by default) and which run the figures show
+    assert "training on 1 thread (n_jobs)" in report and "(first run: random_state=0)" in report
     scores = pd.read_csv(tmp_path / "scores.csv")
     assert len(scores) == 10 and scores["ARI"].between(-1, 1).all()
     # PCA's codes separate the tutorial's cell types (they were found from PCA)

@@ -74,7 +74,8 @@ def plot_metrics_heatmap(means, stds=None, *, ax=None, title="Scores (mean ± sd
     means : pandas.DataFrame
         Models in rows, metrics in columns; higher is better.
     stds : pandas.DataFrame, default=None
-        Standard deviations of the same shape, written after the means.
+        Standard deviations of the same shape, written after the means; NaN
+        where the runs do not differ (no ± is written there).
     ax : matplotlib Axes, default=None
     title : str, default="Scores (mean ± sd over seeds)"
 
@@ -86,16 +87,19 @@ def plot_metrics_heatmap(means, stds=None, *, ax=None, title="Scores (mean ± sd
     --------
     >>> import pandas as pd
     >>> from skvae.study.plotting import plot_metrics_heatmap
-    >>> ax = plot_metrics_heatmap(pd.DataFrame({"ARI": [0.5, 0.6]}, index=["PCA", "VSC"]))
-    >>> [t.get_text() for t in ax.texts]
-    ['0.50', '0.60']
+    >>> means = pd.DataFrame({"ARI": [0.5, 0.6]}, index=["PCA", "VSC"])
+    >>> ax = plot_metrics_heatmap(means, pd.DataFrame({"ARI": [float("nan"), 0.02]}, index=["PCA", "VSC"]))
+    >>> [t.get_text().startswith(mean) for t, mean in zip(ax.texts, ["0.50", "0.60"])], ["±" in t.get_text() for t in ax.texts]
+    ([True, True], [False, True])
     """
     ax = _axes(ax)
     image = ax.imshow(means.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(means.shape[1]), means.columns, rotation=30, ha="right")
     ax.set_yticks(range(means.shape[0]), means.index)
     for (i, j), value in np.ndenumerate(means.to_numpy(dtype=float)):
-        text = f"{value:.2f}" if stds is None else f"{value:.2f}\n± {stds.iloc[i, j]:.2f}"
+        spread = np.nan if stds is None else stds.iloc[i, j]
+        # no ± where the runs do not differ (NaN), as in the report's table
+        text = f"{value:.2f}" if np.isnan(spread) else f"{value:.2f}\n± {spread:.2f}"
         ax.text(j, i, text, ha="center", va="center", fontsize="small", color="white" if value < 0.6 else "black")
     ax.figure.colorbar(image, ax=ax, fraction=0.046)
     ax.set_title(title)

@@ -22,6 +22,7 @@ from sklearn.manifold import TSNE
 from sklearn.pipeline import make_pipeline
 from sklearn.utils import check_scalar
 
+from .._threads import limited_threads
 from ..datasets import fetch_pbmc3k
 from ..estimators import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder
 from ..preprocessing import ClippedStandardScaler, LogNormalizer
@@ -203,9 +204,11 @@ def run_study(*, epochs=200, models=tuple(MODELS), n_seeds=3, out="skvae-report"
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     try:
-        figures = _draw_figures(scratch, codes, tsne2d, cell_types, means, stds.fillna(0.0), embedders, models, X,
+        figures = _draw_figures(scratch, codes, tsne2d, cell_types, means, stds, embedders, models, X,
                                 tsne_3d=tsne_3d, say=say)
-        _write_report(scratch, means, stds, seconds, epochs, n_seeds, X.shape, figures)
+        with limited_threads(n_jobs) as n_threads:  # what the training ran with
+            pass
+        _write_report(scratch, means, stds, seconds, epochs, n_seeds, X.shape, figures, n_threads)
         scores.to_csv(scratch / "scores.csv")
         _move_into_place(scratch, out)
     finally:
@@ -251,7 +254,7 @@ def _draw_figures(out, codes, tsne2d, cell_types, means, stds, embedders, models
     figures = {}
     say("Drawing figures: 2-D t-SNE ...", flush=True)
     figure = _tsne_panels(tsne2d, cell_types)
-    figures["2-D t-SNE of each embedding, by cell type"] = _save(figure, out / "tsne_2d.png")
+    figures["2-D t-SNE of each embedding, by cell type (first run: random_state=0)"] = _save(figure, out / "tsne_2d.png")
     if tsne_3d:
         say("Drawing figures: 3-D t-SNE (one more t-SNE per model) ...", flush=True)
         tsne3d = {
@@ -259,7 +262,7 @@ def _draw_figures(out, codes, tsne2d, cell_types, means, stds, embedders, models
             for name, code in codes.items()
         }
         figure = _tsne_panels(tsne3d, cell_types, projection="3d")
-        figures["3-D t-SNE of each embedding, by cell type"] = _save(figure, out / "tsne_3d.png")
+        figures["3-D t-SNE of each embedding, by cell type (first run: random_state=0)"] = _save(figure, out / "tsne_3d.png")
 
     say("Drawing figures: scores, training losses, VSC spikes ...", flush=True)
     figure = plt.figure(figsize=(9, 1.2 + 0.8 * len(means)), layout="constrained")
@@ -274,7 +277,7 @@ def _draw_figures(out, codes, tsne2d, cell_types, means, stds, embedders, models
         for ax, (name, estimator) in zip(axes[0], trained.items()):
             plot_training_history({name: estimator.history_}, ax=ax)
             beta = estimator.get_params().get("beta")
-            ax.set_title(name if beta is None else f"{name} (reconstruction + {beta:g} KL)")
+            ax.set_title(name if beta is None else f"{name}\n(reconstruction + {beta:g} KL)")
             ax.get_legend().remove()
         figures["Training loss per cell, one panel per model (first run)"] = _save(figure, out / "training_loss.png")
 
@@ -291,7 +294,7 @@ def _save(figure, path):
     return path.name
 
 
-def _write_report(out, means, stds, seconds, epochs, n_seeds, shape, figures):
+def _write_report(out, means, stds, seconds, epochs, n_seeds, shape, figures, n_threads):
     table = means.map(lambda v: f"{v:.3f}") + stds.map(lambda v: "" if pd.isna(v) else f" ± {v:.3f}")
     table["training time (s)"] = [f"{np.mean(seconds[name]):.1f}" for name in table.index]
     original = pd.DataFrame(ORIGINAL, index=["ARI", "NMI"]).T
@@ -356,8 +359,8 @@ def _write_report(out, means, stds, seconds, epochs, n_seeds, shape, figures):
         "## Environment",
         "",
         (
-            f"- machine: {platform.machine()}, {platform.system()}, {torch.get_num_threads()} torch threads, "
-            f"device {'cuda' if torch.cuda.is_available() else 'cpu'}"
+            f"- machine: {platform.machine()}, {platform.system()}, {os.cpu_count()} cores, training on "
+            f"{n_threads} thread{'s' if n_threads > 1 else ''} (n_jobs), device {'cuda' if torch.cuda.is_available() else 'cpu'}"
         ),
         *[f"- {p} {version(p)}" for p in packages],
         "",

@@ -206,6 +206,37 @@ class TrainingState:
 
 
 
+# The "auto" training budget: every cell this many times up to AUTO_FULL_CELLS cells; beyond, as many gradient steps.
+AUTO_EPOCHS = 200
+AUTO_FULL_CELLS = 20_000
+
+
+def epochs_for(n_cells):
+    """The number of epochs ``max_epochs="auto"`` resolves to for ``n_cells`` training cells.
+
+    ``AUTO_EPOCHS`` (200) up to ``AUTO_FULL_CELLS`` (20,000) cells, the budget at which
+    skvae's recommendation was measured; beyond, fewer, so that the number of
+    gradient steps (cells seen) stays that of 20,000 cells x 200 epochs: 40 epochs at
+    100,000 cells, 4 at a million, and never fewer than 2. scVI's default shrinks its
+    epochs the same way (``min(round(20000 / n_cells * 400), 400)``).
+
+    Parameters
+    ----------
+    n_cells : int
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> from skvae.train.loop import epochs_for
+    >>> [epochs_for(n) for n in (2_638, 20_000, 100_000, 1_000_000, 10**8)]
+    [200, 200, 40, 4, 2]
+    """
+    return int(min(AUTO_EPOCHS, max(2, round(AUTO_EPOCHS * AUTO_FULL_CELLS / max(n_cells, 1)))))
+
+
 def kl_warmup_weight(epoch, beta, warmup_epochs):
     """Weight of the KL term in an epoch of a linear warm-up.
 
