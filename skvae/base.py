@@ -35,6 +35,9 @@ from .train.rows import DenseRowSource
 _INFERENCE_BATCH_SIZE = 2048
 # |log theta| of the NB dispersions beyond which a loaded save is damaged: exp(50) is a Poisson, exp(-50) nothing
 _LOG_DISPERSION_LIMIT = 50.0
+# Consecutive rows shuffled together when training from disk ("auto"): a file stores values in chunks of
+# tens of thousands, so a row read alone costs a whole chunk; 16 rows share their chunks.
+DISK_SHUFFLE_BLOCK = 16
 # old parameter name -> new one, for saves written before a rename
 _RENAMED_PARAMETERS = {"prior_sparsity": "prior_activity"}
 
@@ -55,6 +58,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     dropout : float, default=0.0
     encode_batch : bool, default=False
     batch_size : int, default=256
+    shuffle_block_size : int or "auto", default="auto"
     learning_rate : float, default=1e-3
     max_epochs : int or "auto", default=200
     early_stopping : bool, default=False
@@ -93,6 +97,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "encode_batch": ["boolean"],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "shuffle_block_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "max_epochs": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "early_stopping": ["boolean"],
@@ -116,6 +121,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         dropout=0.0,
         encode_batch=False,
         batch_size=256,
+        shuffle_block_size="auto",
         learning_rate=1e-3,
         max_epochs=200,
         early_stopping=False,
@@ -135,6 +141,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.dropout = dropout
         self.encode_batch = encode_batch
         self.batch_size = batch_size
+        self.shuffle_block_size = shuffle_block_size
         self.learning_rate = learning_rate
         self.max_epochs = max_epochs
         self.early_stopping = early_stopping
@@ -356,6 +363,9 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 train_data, val_data = train_data.split(self.validation_fraction, split_rng)
             n_cells = train_data.n_rows if parallel is None else sum(parallel.gather(train_data.n_rows))
             self._resolve_budget(n_cells, keep=incremental and not first)
+            self.shuffle_block_size_ = (
+                (DISK_SHUFFLE_BLOCK if data.on_disk else 1) if self.shuffle_block_size == "auto" else self.shuffle_block_size
+            )
             center = not self._models_counts
             algorithm = self.algorithm if first or not incremental else self.algorithm_
             train_rows = train_data.source(algorithm=algorithm, center=center, device=device, with_transpose=True)
@@ -438,6 +448,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             kl_weight=self._kl_weight(),
             kl_warmup_epochs=self._kl_warmup_epochs(),
             batch_size=self.batch_size,
+            shuffle_block_size=self.shuffle_block_size_,
             max_epochs=1 if incremental else self.max_epochs_,
             n_iter_no_change=self.n_iter_no_change,
             tol=self.tol,

@@ -84,6 +84,17 @@ _TRAINING_PARAMETERS = """\
         Cells per minibatch; in a data-parallel run (``torchrun``, see the
         "Scaling up" guide), per minibatch of all processes together.
 
+    shuffle_block_size : int or "auto", default="auto"
+        Rows shuffled together. Each epoch visits the rows in a random order of
+        blocks of this many consecutive rows (the last block may be shorter),
+        and minibatches take whole blocks in turn. 1 shuffles single cells. A
+        larger block reads a file on disk in a few long runs instead of one per
+        cell (HDF5 reads values in chunks of thousands, so a single row costs a
+        whole chunk), at the price of minibatches of neighbouring rows: when a
+        file is sorted, e.g. by sample, each minibatch draws from fewer places.
+        "auto": 1 for data in memory, 16 for a file on disk. The size used is
+        ``shuffle_block_size_``.
+
     learning_rate : float, default=1e-3
         Adam's step size.
 
@@ -180,6 +191,9 @@ _FITTED_ATTRIBUTES = """\
 
     max_epochs_ : int
         The epochs ``max_epochs`` resolved to (itself when a number).
+
+    shuffle_block_size_ : int
+        The block ``shuffle_block_size`` resolved to at the last fit.
     algorithm_ : {"sparse", "dense"}
         The minibatch representation ``algorithm`` resolved to at ``fit``;
         :meth:`score` uses it too.
@@ -381,6 +395,7 @@ class BetaVAEEmbedder(_VariationalEmbedder):
         beta=1.0,
         kl_warmup_epochs=0,
         batch_size=256,
+        shuffle_block_size="auto",
         learning_rate=1e-3,
         max_epochs=200,
         early_stopping=False,
@@ -401,6 +416,7 @@ class BetaVAEEmbedder(_VariationalEmbedder):
             dropout=dropout,
             encode_batch=encode_batch,
             batch_size=batch_size,
+            shuffle_block_size=shuffle_block_size,
             learning_rate=learning_rate,
             max_epochs=max_epochs,
             early_stopping=early_stopping,
@@ -499,6 +515,7 @@ class BetaVSCEmbedder(_VariationalEmbedder):
         spike_sharpness=50.0,
         kl_warmup_epochs=0,
         batch_size=256,
+        shuffle_block_size="auto",
         learning_rate=1e-3,
         max_epochs=200,
         early_stopping=False,
@@ -519,6 +536,7 @@ class BetaVSCEmbedder(_VariationalEmbedder):
             dropout=dropout,
             encode_batch=encode_batch,
             batch_size=batch_size,
+            shuffle_block_size=shuffle_block_size,
             learning_rate=learning_rate,
             max_epochs=max_epochs,
             early_stopping=early_stopping,

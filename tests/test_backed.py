@@ -11,7 +11,8 @@ import scipy.sparse as sp
 import skvae.base
 from skvae import AutoencoderEmbedder, BetaVAEEmbedder
 
-SMALL = dict(n_components=2, hidden_layer_sizes=(8,), batch_size=16, max_epochs=2, random_state=0)
+# one shuffling for data in memory and on disk (where "auto" shuffles blocks of rows): the same minibatches
+SMALL = dict(n_components=2, hidden_layer_sizes=(8,), batch_size=16, max_epochs=2, random_state=0, shuffle_block_size=16)
 
 
 @pytest.fixture(scope="module")

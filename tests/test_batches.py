@@ -170,7 +170,7 @@ def test_a_backed_file_with_batches_trains_as_in_memory(data, tmp_path):
     X, _, batch = data
     anndata.AnnData(sp.csr_matrix(X)).write_h5ad(tmp_path / "cells.h5ad")
     backed = anndata.read_h5ad(tmp_path / "cells.h5ad", backed="r").X
-    params = {**SMALL, "early_stopping": True, "n_iter_no_change": 1}
+    params = {**SMALL, "early_stopping": True, "n_iter_no_change": 1, "shuffle_block_size": 16}
     from_disk = BetaVAEEmbedder(**params).fit(backed, batch=batch)
     in_memory = BetaVAEEmbedder(**params).fit(sp.csr_matrix(X), batch=batch)
     np.testing.assert_array_equal(from_disk.transform(X), in_memory.transform(X))

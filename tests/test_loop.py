@@ -158,3 +158,32 @@ def test_partial_fit_keeps_the_auto_warmup_of_its_first_call(data, monkeypatch):
     estimator = BetaVAEEmbedder(**SMALL, beta=2.0, max_epochs="auto", kl_warmup_epochs="auto").partial_fit(data)  # 4
     estimator.partial_fit(data[:16]).partial_fit(data[:16])  # smaller chunks do not change it
     assert estimator.kl_warmup_epochs_ == 2 and estimator.history_["kl_weight"] == [0.0, 1.0, 2.0]
+
+
+@given(n_rows=st.integers(1, 300), block=st.integers(1, 40), seed=st.integers(0, 2**31 - 1))
+def test_an_epoch_visits_every_row_once_in_shuffled_blocks_of_consecutive_rows(n_rows, block, seed):
+    order = skvae.train.loop.epoch_order(np.random.RandomState(seed), n_rows, block)
+    assert sorted(order.tolist()) == list(range(n_rows))
+    starts = [i for i in range(n_rows) if order[i] % block == 0]
+    assert len(starts) == -(-n_rows // block)  # every block once, each starting at a multiple of the block size
+    for start in starts:
+        run = order[start:start + min(block, n_rows - order[start])]
+        np.testing.assert_array_equal(run, np.arange(order[start], order[start] + len(run)))
+    if block == 1:
+        np.testing.assert_array_equal(order, np.random.RandomState(seed).permutation(n_rows))
+
+
+def test_a_backed_file_trains_in_blocks_by_default_and_as_in_memory_with_the_same_order(tmp_path):
+    import anndata
+    import scipy.sparse as sp
+
+    counts = np.random.RandomState(0).poisson(1.0, size=(64, 12)).astype(np.float32)
+    anndata.AnnData(sp.csr_matrix(counts)).write_h5ad(tmp_path / "cells.h5ad")
+    backed = anndata.read_h5ad(tmp_path / "cells.h5ad", backed="r").X
+    from_disk = BetaVAEEmbedder(**SMALL, likelihood="nb", max_epochs=2).fit(backed)
+    assert from_disk.shuffle_block_size_ == 16
+    in_memory = BetaVAEEmbedder(**SMALL, likelihood="nb", max_epochs=2).fit(counts)
+    assert in_memory.shuffle_block_size_ == 1
+    # the same rows in the same order (the sparse path, as from disk): the same model
+    same_order = BetaVAEEmbedder(**SMALL, likelihood="nb", max_epochs=2, shuffle_block_size=16).fit(sp.csr_matrix(counts))
+    np.testing.assert_array_equal(from_disk.transform(counts), same_order.transform(counts))

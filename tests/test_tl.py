@@ -9,7 +9,9 @@ from skvae import AutoencoderEmbedder, BetaVAEEmbedder, make_count_embedder
 
 anndata = pytest.importorskip("anndata")
 
-SMALL = dict(n_components=3, hidden_layer_sizes=(16, 8), batch_size=32, max_epochs=4, random_state=0)
+# one shuffling for data in memory and on disk (where "auto" shuffles blocks of rows): the same minibatches
+SMALL = dict(n_components=3, hidden_layer_sizes=(16, 8), batch_size=32, max_epochs=4, random_state=0,
+             shuffle_block_size=16)
 
 
 @pytest.fixture(scope="module")

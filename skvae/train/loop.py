@@ -11,6 +11,7 @@ import time
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
@@ -68,6 +69,8 @@ class TrainingConfig:
         by ``kl_weight``, and early stopping waits for the warm-up to end.
     batch_size : int, default=256
         Rows per minibatch (of all ranks together in a data-parallel run).
+    shuffle_block_size : int, default=1
+        Consecutive rows shuffled together (:func:`epoch_order`).
     max_epochs : int, default=200
     n_iter_no_change : int, default=10
         Epochs without an improvement of the validation loss before stopping.
@@ -88,6 +91,7 @@ class TrainingConfig:
     kl_weight: float = 0.0
     kl_warmup_epochs: int = 0
     batch_size: int = 256
+    shuffle_block_size: int = 1
     max_epochs: int = 200
     n_iter_no_change: int = 10
     tol: float = 1e-4
@@ -235,6 +239,35 @@ def epochs_for(n_cells):
     [200, 200, 40, 4, 2]
     """
     return int(min(AUTO_EPOCHS, max(2, round(AUTO_EPOCHS * AUTO_FULL_CELLS / max(n_cells, 1)))))
+
+
+def epoch_order(rng, n_rows, block_size=1):
+    """The order in which an epoch visits ``n_rows`` rows: a random order of blocks of consecutive rows.
+
+    Blocks of ``block_size`` rows (the last one may be shorter) are shuffled, and
+    each keeps its rows in order. ``block_size=1`` is ``rng.permutation(n_rows)``.
+
+    Parameters
+    ----------
+    rng : numpy.random.RandomState
+    n_rows, block_size : int
+
+    Returns
+    -------
+    ndarray of int of shape (n_rows,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae.train.loop import epoch_order
+    >>> epoch_order(np.random.RandomState(0), 7, 3).tolist()
+    [6, 3, 4, 5, 0, 1, 2]
+    """
+    if block_size <= 1:
+        return rng.permutation(n_rows)
+    starts = rng.permutation(np.arange(0, n_rows, block_size))
+    order = (starts[:, None] + np.arange(block_size)).ravel()
+    return order[order < n_rows]  # the last block is shorter
 
 
 def kl_warmup_weight(epoch, beta, warmup_epochs):
@@ -387,7 +420,7 @@ def train(module, train_rows, val_rows=None, *, config, state, device, parallel=
             sums = torch.zeros(2, device=device)
             last = None
             try:
-                for minibatch, global_size in _minibatches(train_rows, batch_size, rng.permutation(n_train), parallel,
+                for minibatch, global_size in _minibatches(train_rows, batch_size, epoch_order(rng, n_train, config.shuffle_block_size), parallel,
                                                            fewest_rows):
                     optimizer.zero_grad(set_to_none=True)
                     if minibatch is not None:
