@@ -7,7 +7,8 @@ MODE "batches": as "train", with each cell's batch (both ranks hold both batches
 MODE "batch-mismatch": rank 1 holds a batch rank 0 does not, and each rank writes the error it got;
 MODE "batchnorm": as "train", with batch normalisation (its running statistics must agree too);
 MODE "invalid": rank 1's rows hold a NaN; it catches its error and stays alive, as in a notebook, and each
-rank writes the error it got (none waits in a collective).
+rank writes the error it got (none waits in a collective);
+MODE "dead": rank 1 dies during training (its process ends); rank 0 writes the error it got.
 """
 
 import os
@@ -43,10 +44,23 @@ def main(out, mode):
         shard = shard.copy()
         shard[0, 0] = np.nan
     params = {**PARAMS, "batch_norm": True} if mode == "batchnorm" else PARAMS
+    if mode == "dead" and rank == 1:
+        import skvae.train.loop
+
+        original = skvae.train.loop.kl_warmup_weight
+
+        def die_in_the_second_epoch(epoch, *args):
+            if epoch == 2:
+                os._exit(3)  # as a killed process: no exception, no clean-up
+            return original(epoch, *args)
+
+        skvae.train.loop.kl_warmup_weight = die_in_the_second_epoch
     try:
         estimator = AutoencoderEmbedder(**params).fit(shard, batch=batch)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:
         Path(out, f"error{rank}.txt").write_text(str(exc))
+        if mode == "dead":
+            os._exit(0)  # the group cannot be closed cleanly without its dead peer
         return
     torch.save({"state": estimator.module_.state_dict(), "loss": estimator.history_["loss"]}, Path(out, f"rank{rank}.pt"))
 

@@ -7,6 +7,8 @@ import h5py
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import skvae.base
 from skvae import AutoencoderEmbedder, BetaVAEEmbedder
@@ -112,3 +114,26 @@ def test_a_gaussian_model_given_raw_counts_on_disk_warns_as_in_memory(counts, tm
     X = _write(tmp_path / "raw.h5ad", counts)
     with pytest.warns(UserWarning, match="looks like raw counts"):
         AutoencoderEmbedder(**SMALL).fit(X)
+
+
+@pytest.fixture(scope="module")
+def stored_file(tmp_path_factory):
+    rng = np.random.RandomState(3)
+    X = sp.random(300, 25, density=0.15, format="csr", random_state=rng, dtype=np.float64)
+    X.data = np.round(X.data * 10)
+    path = tmp_path_factory.mktemp("stored") / "rows.h5ad"
+    anndata.AnnData(X).write_h5ad(path)
+    return X, anndata.read_h5ad(path, backed="r").X
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), size=st.integers(0, 300), block=st.sampled_from([1, 3, 16]))
+def test_rows_read_from_disk_equal_the_rows_in_memory_in_any_order(stored_file, seed, size, block):
+    from skvae.train.loop import epoch_order
+    from skvae.train.rows import BackedSparseRowSource
+
+    X, on_disk = stored_file
+    wanted = epoch_order(np.random.RandomState(seed), 300, block)[:size]
+    source = BackedSparseRowSource(on_disk, dtype=np.float64, device="cpu", with_transpose=False)
+    read = source.csr(wanted)
+    assert (read != X[wanted]).nnz == 0 and read.shape == (size, 25)

@@ -23,12 +23,13 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def _torchrun(out, mode):
+def _torchrun(out, mode, *, succeeds=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                f"--master_port={_free_port()}", str(WORKER), str(out), mode]
     result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert (result.returncode == 0) == succeeds, result.stderr[-3000:]
+    return result
 
 
 def test_two_ranks_end_identical_and_match_one_process_on_the_global_batch(tmp_path):
@@ -87,3 +88,10 @@ def test_a_rank_that_fails_validation_and_stays_alive_stops_the_others_with_its_
     message = (tmp_path / "error0.txt").read_text()
     assert "Another process of this data-parallel run failed before training (rank 1: ValueError: " in message
     assert "NaN" in message
+
+
+def test_a_rank_that_dies_during_training_gets_a_message_that_says_so_on_the_others(tmp_path):
+    result = _torchrun(tmp_path, "dead", succeeds=False)  # torchrun reports the dead rank's exit code
+    message = (tmp_path / "error0.txt").read_text()
+    assert message.startswith("Rank 0: another process of this data-parallel run stopped"), message
+    assert "torchrun prints each rank's error" in message and "exitcode" in result.stderr.lower()

@@ -9,6 +9,7 @@ to the order of floating-point sums. Ranks start from the same weights and take 
 same steps, so they end with the same weights.
 """
 
+import contextlib
 import os
 
 import numpy as np
@@ -97,7 +98,8 @@ class RankGroup:
         list
         """
         values = [None] * self.world_size
-        dist.all_gather_object(values, value)
+        with _peers_alive():
+            dist.all_gather_object(values, value)
         return values
 
     def check_same(self, what, value):
@@ -181,7 +183,8 @@ class RankGroup:
         list of float
         """
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
+        with _peers_alive():
+            dist.all_reduce(tensor)
         return tensor.tolist()
 
     def sum_gradients(self, parameters):
@@ -194,7 +197,8 @@ class RankGroup:
         parameters = [p for p in parameters if p.requires_grad]
         grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in parameters]
         flat = torch.cat([grad.reshape(-1) for grad in grads])
-        dist.all_reduce(flat)
+        with _peers_alive():
+            dist.all_reduce(flat)
         for parameter, chunk in zip(parameters, flat.split([p.numel() for p in parameters]), strict=True):
             parameter.grad = chunk.view_as(parameter)
 
@@ -210,13 +214,15 @@ class RankGroup:
         floats = [buffer for buffer in buffers if buffer.is_floating_point()]
         if floats:
             flat = torch.cat([buffer.reshape(-1) for buffer in floats]).to(self.device)
-            dist.all_reduce(flat)
+            with _peers_alive():
+                dist.all_reduce(flat)
             flat /= self.world_size
             for buffer, chunk in zip(floats, flat.split([b.numel() for b in floats]), strict=True):
                 buffer.copy_(chunk.view_as(buffer))
         for buffer in buffers:
             if not buffer.is_floating_point():
-                dist.all_reduce(buffer, op=dist.ReduceOp.MAX)
+                with _peers_alive():
+                    dist.all_reduce(buffer, op=dist.ReduceOp.MAX)
 
     def raise_if_any_failed(self, error):
         """Raise on every rank when any rank's ``error`` is not None, so no rank waits in a collective alone.
@@ -252,3 +258,20 @@ class RankGroup:
         """
         bounds = np.linspace(0, n_rows, self.world_size + 1).round().astype(int)
         return slice(int(bounds[self.rank]), int(bounds[self.rank + 1]))
+
+
+@contextlib.contextmanager
+def _peers_alive():
+    """A collective whose peer process died says so, instead of gloo's or NCCL's transport message."""
+    try:
+        yield
+    except (RuntimeError, dist.DistBackendError) as exc:
+        if not any(sign in str(exc) for sign in ("Connection closed", "Connection reset", "closed by peer", "Broken pipe",
+                                                  "NCCL", "timed out", "Timeout")):
+            raise
+        rank = dist.get_rank() if dist.is_initialized() else "?"
+        raise RuntimeError(
+            f"Rank {rank}: another process of this data-parallel run stopped while the ranks were exchanging "
+            f"results ({str(exc).splitlines()[0]}). Its own output says why: torchrun prints each rank's error, "
+            "and names the rank that failed first."
+        ) from exc
