@@ -137,3 +137,12 @@ def test_rows_read_from_disk_equal_the_rows_in_memory_in_any_order(stored_file, 
     source = BackedSparseRowSource(on_disk, dtype=np.float64, device="cpu", with_transpose=False)
     read = source.csr(wanted)
     assert (read != X[wanted]).nnz == 0 and read.shape == (size, 25)
+
+
+def test_a_file_truncated_after_it_was_opened_is_a_value_error_naming_it(counts, tmp_path):
+    path = tmp_path / "truncated.h5ad"
+    X = _write(path, sp.csr_matrix(np.tile(counts.toarray(), (50, 1))))  # large enough to lose its arrays
+    os.truncate(path, path.stat().st_size // 3)
+    # HDF5 fails to read, or reads zeros where the arrays were cut: either way a ValueError naming the file
+    with pytest.raises(ValueError, match=r"truncated.h5ad.*(damaged|truncated)"):
+        BetaVAEEmbedder(**SMALL, likelihood="nb").fit(X)

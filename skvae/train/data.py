@@ -11,6 +11,7 @@ integer codes) travel with every split, shard and minibatch.
 A new kind of data source is one new subclass of :class:`RowData`.
 """
 
+import contextlib
 import copy
 import os
 import sys
@@ -445,6 +446,11 @@ class BackedRows(RowData):
         ends at the number of stored values; every column index lies within the stated
         number of genes. Indices are streamed in blocks.
         """
+        with self._reading():
+            self._check_layout()
+        return self
+
+    def _check_layout(self):
         group, (n_rows, n_genes) = self.dataset.group, self.dataset.shape
         where = f"{self.filename} ({group.name})"
         missing = [name for name in ("data", "indices", "indptr") if name not in group]
@@ -464,7 +470,6 @@ class BackedRows(RowData):
                 raise ValueError(f"{where}: column indices run from {block.min()} to {block.max()}, beyond the "
                                  f"stated {n_genes} genes: the file is damaged or its shape attribute is wrong.")
         self._stored = StoredCSR(group, self.dataset.shape)
-        return self
 
     def fingerprint(self):
         """Size and modification time of the file: what changes when it is written to.
@@ -511,9 +516,19 @@ class BackedRows(RowData):
         yield from self._blocks("data")
 
     def _blocks(self, name):
-        values = self.dataset.group[name]
-        for start in range(0, values.shape[0], _VALUE_BLOCK):
-            yield np.asarray(values[start : start + _VALUE_BLOCK])
+        with self._reading():
+            values = self.dataset.group[name]
+            for start in range(0, values.shape[0], _VALUE_BLOCK):
+                yield np.asarray(values[start : start + _VALUE_BLOCK])
+
+    @contextlib.contextmanager
+    def _reading(self):
+        """HDF5's errors for a file damaged or truncated after it was opened, as a ValueError naming it."""
+        try:
+            yield
+        except (OSError, KeyError, RuntimeError) as exc:
+            raise ValueError(f"Reading {self.filename} failed ({exc}): the file may be damaged, or have been "
+                             "truncated or changed after it was opened.") from None
 
 
 def _readable(dtype):
