@@ -70,8 +70,8 @@ def refuse_foreign_input(X):
                          "X.astype(pd.SparseDtype(float, 0)), or pass a scipy sparse matrix.")
     text = _a_text_value(X)
     if text is not None:
-        raise TypeError(f"X holds text, such as {text!r}: pass numbers. If the text is numbers on purpose, convert "
-                        "it first, e.g. X.astype(float).")
+        raise ValueError(f"X holds text, such as {text!r}, and skvae could not convert text to numbers reliably: pass "
+                         "numbers. If the text is numbers on purpose, convert it first, e.g. X.astype(float).")
 
 
 def _a_text_value(X):

@@ -270,7 +270,7 @@ def test_ragged_hidden_layer_sizes_get_the_estimators_message(data):
                                [["1.0", "2.0"], ["3.0", "4.0"]],
                                pd.DataFrame({"a": ["1.0", "2"], "b": [1.0, 2.0]})])
 def test_text_is_refused_even_when_it_reads_as_numbers(X):
-    with pytest.raises(TypeError, match="X holds text, such as '1.0'"):
+    with pytest.raises(ValueError, match="X holds text, such as '1.0'"):
         AutoencoderEmbedder(**SMALL).fit(X)
 
 
