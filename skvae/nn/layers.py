@@ -1,7 +1,6 @@
 """Pure torch building blocks shared by every model: layer stacks, encoder, decoder."""
 
 import math
-from collections.abc import Mapping
 from itertools import pairwise
 
 import torch
@@ -251,8 +250,8 @@ def batch_offsets(n_batches, width):
     return offsets
 
 
-class DecoderOutputs(Mapping):
-    """The decoder heads' outputs by name, each computed when first read.
+class DecoderOutputs:
+    """The decoder heads' outputs by name, each computed when first read (a read-only mapping).
 
     A likelihood reads the outputs it needs (``outputs["scale"]``). One that fuses the
     last layer into its loss, such as the Gaussian's exact sparse squared error, reads

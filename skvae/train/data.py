@@ -410,6 +410,9 @@ class BackedRows(RowData):
     rows : ndarray of int, default=None
         The rows of ``dataset`` these are, in order; all of them when None.
     covariates : dict of str to array-like of shape (len(rows),), default=None
+    stored : skvae.train.rows.StoredCSR, default=None
+        The file's arrays, once :meth:`check_layout` has checked them (shared by
+        the rows taken from these).
 
     Examples
     --------
@@ -445,6 +448,11 @@ class BackedRows(RowData):
         ``indptr`` has one entry per row and one more, starts at 0, never decreases and
         ends at the number of stored values; every column index lies within the stated
         number of genes. Indices are streamed in blocks.
+
+        Returns
+        -------
+        BackedRows
+            These rows, now reading through the checked arrays.
         """
         with self._reading():
             self._check_layout()

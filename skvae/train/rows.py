@@ -236,6 +236,9 @@ class BackedSparseRowSource(_SparseRowSource):
         Keep each minibatch's transpose, for gradients.
     read_ahead : int, default=2
         Minibatches read ahead of the one in use.
+    stored : StoredCSR, default=None
+        The file's arrays, when already opened and checked; read from ``dataset``
+        when None.
 
     Examples
     --------
