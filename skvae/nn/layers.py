@@ -287,3 +287,30 @@ class DecoderOutputs:
 
     def __len__(self):
         return len(self.heads)
+
+    def keys(self):
+        """The heads' names.
+
+        Returns
+        -------
+        list of str
+        """
+        return list(self.heads)
+
+    def values(self):
+        """Every head's output, in the heads' order (each computed if not yet).
+
+        Returns
+        -------
+        list of torch.Tensor
+        """
+        return [self[name] for name in self.heads]
+
+    def items(self):
+        """``(name, output)`` of every head.
+
+        Returns
+        -------
+        list of tuple of (str, torch.Tensor)
+        """
+        return list(zip(self.keys(), self.values(), strict=True))
