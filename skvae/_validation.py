@@ -114,6 +114,40 @@ def summed_duplicates(X):
     return X
 
 
+def batch_labels(batch, n_rows, *, one_for_all=False):
+    """``batch`` as a 1-D object array of one label per row; a ValueError for any other shape or a missing label.
+
+    Parameters
+    ----------
+    batch : label or array-like of shape (n_rows,)
+    n_rows : int
+    one_for_all : bool, default=False
+        Take a single label for every row.
+
+    Returns
+    -------
+    ndarray of object of shape (n_rows,)
+
+    Examples
+    --------
+    >>> from skvae._validation import batch_labels
+    >>> batch_labels(["a", "b", "a"], 3).tolist(), batch_labels("a", 2, one_for_all=True).tolist()
+    (['a', 'b', 'a'], ['a', 'a'])
+    """
+    if one_for_all and np.ndim(batch) == 0:
+        batch = [batch] * n_rows
+    labels = np.asarray(batch, dtype=object)
+    if labels.ndim != 1:
+        raise ValueError(f"batch must be one label per cell (1-D), got an array of shape {labels.shape}.")
+    if len(labels) != n_rows:
+        raise ValueError(f"batch has {len(labels)} labels for {n_rows} cells of X: pass {n_rows} labels, one per cell.")
+    missing = pd.isna(labels)
+    if missing.any():
+        raise ValueError(f"batch has {int(missing.sum())} missing labels (None or NaN), e.g. at cell "
+                         f"{int(np.flatnonzero(missing)[0])}: give every cell a batch.")
+    return labels
+
+
 def check_float32_range(values):
     """Raise a ValueError when ``values`` exceed float32's range: training and ``score`` compute in float32.
 

@@ -23,7 +23,13 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._persistence import SAVE_FORMAT, atomic_torch_save, read_save, to_builtins
 from ._threads import limited_threads
-from ._validation import ValueCheck, refuse_boolean_numbers, refuse_foreign_input, summed_duplicates
+from ._validation import (
+    ValueCheck,
+    batch_labels,
+    refuse_boolean_numbers,
+    refuse_foreign_input,
+    summed_duplicates,
+)
 from .nn.likelihoods import LIKELIHOODS, make_likelihood
 from .train.data import RowData, iter_minibatches
 from .train.distributed import data_parallel
@@ -518,7 +524,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """
         name = type(self).__name__
         if reset:
-            labels = None if batch is None else _batch_labels(batch, data.n_rows)
+            labels = None if batch is None else batch_labels(batch, data.n_rows)
             self.batch_categories_ = None if labels is None else _categories(labels)
         categories = getattr(self, "batch_categories_", None)
         if categories is None:
@@ -531,7 +537,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 raise ValueError(f"This {name} was fitted with batches ({len(categories)}: "
                                  f"{_listing(categories)}): pass each cell's batch= as well.")
             return data
-        labels = _batch_labels(batch, data.n_rows, one_for_all=one_for_all)
+        labels = batch_labels(batch, data.n_rows, one_for_all=one_for_all)
         codes = pd.Categorical(labels, categories=categories).codes
         if (codes < 0).any():
             unseen = pd.unique(labels[codes < 0])
@@ -787,22 +793,6 @@ def _set_torch_rng_state(states, device):
     torch.set_rng_state(cpu)
     if cuda is not None and device.type == "cuda":
         torch.cuda.set_rng_state(cuda, device)
-
-
-def _batch_labels(batch, n_rows, *, one_for_all=False):
-    """``batch`` as a 1-D object array of one label per row, with no missing label."""
-    if one_for_all and np.ndim(batch) == 0:
-        batch = [batch] * n_rows
-    labels = np.asarray(batch, dtype=object)
-    if labels.ndim != 1:
-        raise ValueError(f"batch must be one label per cell (1-D), got an array of shape {labels.shape}.")
-    if len(labels) != n_rows:
-        raise ValueError(f"batch has {len(labels)} labels for {n_rows} cells of X: pass one per cell.")
-    missing = pd.isna(labels)
-    if missing.any():
-        raise ValueError(f"batch has {int(missing.sum())} missing labels (None or NaN), e.g. at cell "
-                         f"{int(np.flatnonzero(missing)[0])}: give every cell a batch.")
-    return labels
 
 
 def _categories(labels):

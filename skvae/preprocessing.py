@@ -19,7 +19,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.sparsefuncs import mean_variance_axis
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
-from ._validation import is_integer_valued, refuse_boolean_numbers
+from ._validation import batch_labels, is_integer_valued, refuse_boolean_numbers
 from .loess import loess
 
 # Rows per block when a dense transform computes in float64: a bounded temporary, whatever the size of X.
@@ -49,12 +49,7 @@ def _validated_counts(X, gene_names=None):
 
 def _batch_groups(batch, n_cells):
     """The rows of each batch, for per-batch statistics; each batch needs 2 cells for a variance."""
-    labels = np.asarray(batch, dtype=object)
-    if labels.ndim != 1 or len(labels) != n_cells:
-        raise ValueError(f"batch must hold one label per cell: {n_cells} labels, got shape {labels.shape}.")
-    if pd.isna(labels).any():
-        raise ValueError("batch has missing labels (None or NaN): give every cell a batch.")
-    codes, categories = pd.factorize(labels)
+    codes, categories = pd.factorize(batch_labels(batch, n_cells))
     groups = [np.flatnonzero(codes == code) for code in range(len(categories))]
     small = [repr(category) for category, rows in zip(categories, groups, strict=True) if len(rows) < 2]
     if small:

@@ -477,7 +477,7 @@ class BackedRows(RowData):
             if block.size and (block.min() < 0 or block.max() >= n_genes):
                 raise ValueError(f"{where}: column indices run from {block.min()} to {block.max()}, beyond the "
                                  f"stated {n_genes} genes: the file is damaged or its shape attribute is wrong.")
-        self._stored = StoredCSR(group, self.dataset.shape)
+        self._stored = StoredCSR(group, self.dataset.shape, pointers)
 
     def fingerprint(self):
         """Size and modification time of the file: what changes when it is written to.

@@ -149,6 +149,8 @@ class StoredCSR:
     group : h5py.Group
         Holding ``data``, ``indices`` and ``indptr``.
     shape : tuple of int
+    indptr : ndarray of int, default=None
+        The group's ``indptr`` when already read (it is read here otherwise).
 
     Examples
     --------
@@ -165,9 +167,9 @@ class StoredCSR:
            [ 9., 10., 11.]], dtype=float32)
     """
 
-    def __init__(self, group, shape):
+    def __init__(self, group, shape, indptr=None):
         self.data, self.indices = group["data"], group["indices"]
-        self.indptr = np.asarray(group["indptr"][:], dtype=np.int64)
+        self.indptr = np.asarray(group["indptr"][:] if indptr is None else indptr, dtype=np.int64)
         self.shape, self.filename = tuple(shape), group.file.filename
 
     def rows(self, rows, dtype):
