@@ -117,7 +117,8 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
         data = RowData.from_input(X)
     var_names = np.asarray(adata.var_names if genes is None else adata.var_names[genes], dtype=object)
     _refuse_duplicate_names(var_names)
-    likelihood = getattr(_final_step(estimator), "likelihood", None)
+    final = _final_step(estimator)
+    likelihood = getattr(final, "likelihood", None)
     if isinstance(likelihood, str) and likelihood in LIKELIHOODS and LIKELIHOODS[likelihood].counts:
         _require_raw_counts(data, layer, likelihood)
     batch = _batch(adata, batch_key)
@@ -127,8 +128,9 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
         if _is_fitted(estimator):
             _check_genes(estimator, var_names, X.shape[1])
-            # a Pipeline takes no batch in transform unless metadata routing is on: only the embedder is given it
-            codes = estimator.transform(X, **({} if batch is None or hasattr(estimator, "steps") else {"batch": batch}))
+            # a Pipeline takes no batch in transform unless metadata routing is on: only an estimator that reads it
+            reads_batch = batch is not None and not hasattr(estimator, "steps") and _takes_batch(estimator.transform)
+            codes = estimator.transform(X, **({"batch": batch} if reads_batch else {}))
         else:
             codes = estimator.fit_transform(X, **batch_param)
             first = estimator.steps[0][1] if hasattr(estimator, "steps") else estimator
@@ -146,7 +148,7 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
         "obsm_key": obsm_key,
         "components_order": order,
         "history": {key: np.asarray(values, dtype=np.float64)
-                    for key, values in getattr(_final_step(estimator), "history_", {}).items()},
+                    for key, values in getattr(final, "history_", {}).items()},
     }
     return adata if copy else None
 
@@ -163,9 +165,18 @@ def _batch(adata, batch_key):
 def _batch_fit_params(estimator, batch):
     """``fit`` keywords that give ``batch`` to the estimator, or to each step of a Pipeline whose ``fit`` takes it."""
     if not hasattr(estimator, "steps"):
-        return {"batch": batch}
-    return {f"{name}__batch": batch for name, step in estimator.steps
-            if step not in (None, "passthrough") and "batch" in inspect.signature(step.fit).parameters}
+        params = {"batch": batch} if _takes_batch(estimator.fit) else {}
+    else:
+        params = {f"{name}__batch": batch for name, step in estimator.steps
+                  if step not in (None, "passthrough") and _takes_batch(step.fit)}
+    if not params:
+        raise ValueError(f"batch_key was given, but {type(estimator).__name__} takes no batch: use a skvae estimator "
+                         "(or a Pipeline with one) to integrate batches, or leave batch_key out.")
+    return params
+
+
+def _takes_batch(method):
+    return "batch" in inspect.signature(method).parameters
 
 
 def _import_anndata():

@@ -207,6 +207,10 @@ def test_any_scikit_learn_transformer_embeds_for_comparison(adata):
     for estimator in (None, PCA, "pca"):
         with pytest.raises(TypeError, match="estimator must be a scikit-learn transformer instance"):
             skvae.tl.embed(adata, estimator)
+    adata.obs["sample"] = np.arange(150) % 2
+    with pytest.raises(ValueError, match="batch_key was given, but PCA takes no batch"):
+        skvae.tl.embed(adata, PCA(5), batch_key="sample", key_added="X_pca_batch")
+    assert "X_pca_batch" not in adata.obsm
 
 
 def test_a_backed_layer_that_is_not_raw_counts_is_refused_as_in_memory(adata, tmp_path):
