@@ -29,6 +29,7 @@ Usage: python benchmarks/integration.py [--data-home ../shared/data] [--datasets
 """
 
 import argparse
+import itertools
 import os
 import platform
 import time
@@ -112,6 +113,33 @@ def timed(fit):
     return np.asarray(codes, dtype=np.float32), time.perf_counter() - start
 
 
+#: ``--sweep``: the batch-aware recipe with one setting changed at a time (the evidence for its defaults)
+SWEEP = {
+    "recipe": {},
+    "encode_batch=True": {"encode_batch": True},
+    "beta=2": {"beta": 2.0},
+    "hidden (128,)": {"hidden_layer_sizes": (128,)},
+    "warm-up all epochs": {"kl_warmup_epochs": 200, "max_epochs": 200},
+    "400 epochs, warm-up 400": {"kl_warmup_epochs": 400, "max_epochs": 400},
+    "dispersion=gene-batch": {"dispersion": "gene-batch"},
+    "batch_adversary=1": {"batch_adversary": 1.0},
+    "batch_adversary=10": {"batch_adversary": 10.0},
+    "hidden (128,), batch_adversary=1": {"hidden_layer_sizes": (128,), "batch_adversary": 1.0},
+    "hidden (128,), batch_adversary=10": {"hidden_layer_sizes": (128,), "batch_adversary": 10.0},
+}
+
+
+def sweep(counts, batch, seeds, names):
+    """Yield (row name, codes, fit seconds) of the batch-aware recipe with each ``SWEEP`` change, per seed."""
+    for name in names:
+        for seed in seeds:
+            recipe = make_count_embedder(**{"random_state": seed, "n_jobs": THREADS, **SWEEP[name]})
+            # an encoder that reads the batch needs it in transform as well
+            read = {"batch": batch} if recipe["embedder"].encode_batch else {}
+            yield (f"{name}, seed {seed}", *timed(lambda r=recipe, read=read: r["embedder"].transform(
+                r.fit(counts, genes__batch=batch, embedder__batch=batch)["genes"].transform(counts), **read)))
+
+
 def embeddings(counts, batch, rows, epochs):
     """Yield (row name, codes, fit seconds); the PCA is yielded first (scib-metrics compares with it)."""
     genes = HighlyVariableGenes(min(2000, counts.shape[1])).fit(counts, batch=batch)
@@ -182,6 +210,9 @@ def main():
     parser.add_argument("--epochs", type=int, default=200, help="epochs of every skvae model")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"which rows, of {', '.join(ROWS)} (PCA always)")
     parser.add_argument("--out", default=None, help="also write the tables as CSV here")
+    parser.add_argument("--sweep", default=None,
+                        help=f"instead of the rows: PCA and these changes to the batch-aware recipe, of {', '.join(SWEEP)}")
+    parser.add_argument("--seeds", default="0", help="random_state of each --sweep fit, comma-separated")
     args = parser.parse_args()
     rows = set(args.rows.split(","))
     print(f"skvae {skvae.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
@@ -192,7 +223,13 @@ def main():
         print(f"\n== {dataset}: {counts.shape[0]} cells x {counts.shape[1]} genes, batches "
               f"{dict(zip(*np.unique(batch, return_counts=True), strict=True))}", flush=True)
         codes, seconds = {}, {}
-        for name, values, fit_seconds in embeddings(counts, batch, rows, args.epochs):
+        if args.sweep:
+            pca = next(embeddings(counts, batch, (), args.epochs))
+            runs = itertools.chain([pca], sweep(counts, batch, [int(seed) for seed in args.seeds.split(",")],
+                                                  args.sweep.split(";")))
+        else:
+            runs = embeddings(counts, batch, rows, args.epochs)
+        for name, values, fit_seconds in runs:
             codes[name], seconds[name] = values, fit_seconds
             print(f"  {name}: {values.shape[1]} dimensions, fit {fit_seconds:.1f} s", flush=True)
         table = scib_table(codes, batch, labels)

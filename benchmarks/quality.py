@@ -24,10 +24,12 @@ then KMeans with one cluster per label; mean over ``--seeds`` seeds), silhouette
 Every neural model trains with random_state=0 and every core; fits run one at a time.
 
 Usage: python benchmarks/quality.py [--data-home ../shared/data] [--datasets pbmc3k,pbmc_facs]
-                                    [--seeds 3] [--epochs 200] [--no-scvi] [--rows pca,gaussian,counts,recommended,scvi]
+                                    [--seeds 3] [--epochs 200] [--rows pca,gaussian,counts,recommended,scvi]
+                                    [--variants '[{"hidden_layer_sizes": [128]}]']
 """
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -119,7 +121,7 @@ def scvi_codes(counts, epochs=None):
     return model.get_latent_representation(), seconds, seconds / n_epochs, scvi.__version__
 
 
-def embeddings(counts, rows, epochs):
+def embeddings(counts, rows, epochs, variants=()):
     """Yield (row name, codes, fit seconds, seconds per epoch) for the rows asked for."""
     genes = HighlyVariableGenes(2000).fit(counts)
     selected = genes.transform(counts)
@@ -144,6 +146,10 @@ def embeddings(counts, rows, epochs):
                 yield (f"{name} {likelihood} (recommended settings)", *fit_timed(model(**settings, **common), selected))
     if "recommended" in rows:
         yield ("make_count_embedder()", *fit_timed(make_count_embedder(**common, max_epochs=epochs), counts))
+        for overrides in variants:
+            name = ", ".join(f"{key}={value!r}" for key, value in overrides.items())
+            yield (f"make_count_embedder({name})",
+                   *fit_timed(make_count_embedder(**{**common, "max_epochs": epochs, **overrides}), counts))
     if "scvi" in rows:
         result = scvi_codes(selected)
         if result is None:
@@ -161,8 +167,13 @@ def main():
     parser.add_argument("--epochs", type=int, default=200, help="epochs of every skvae model")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"which rows, of {', '.join(ROWS)}")
     parser.add_argument("--out", default=None, help="also write the table as CSV here")
+    parser.add_argument("--variants", default="[]",
+                        help='with the recommended row: also the recipe with these overrides, a JSON list of objects, '
+                             'e.g. \'[{"hidden_layer_sizes": [128]}]\' (lists become tuples)')
     args = parser.parse_args()
     rows = set(args.rows.split(","))
+    variants = [{key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items()}
+                for overrides in json.loads(args.variants)]
     print(f"skvae {skvae.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores; t-SNE + KMeans seeds 0..{args.seeds - 1}")
     tables = []
@@ -172,7 +183,7 @@ def main():
             continue
         counts, labels = loaded
         print(f"\n== {dataset}: {counts.shape[0]} cells x {counts.shape[1]} genes (2,000 highly variable used)", flush=True)
-        for row, codes, seconds, per_epoch in embeddings(counts, rows, args.epochs):
+        for row, codes, seconds, per_epoch in embeddings(counts, rows, args.epochs, variants):
             for labelling, scores in score(codes, labels, range(args.seeds)).items():
                 tables.append({"data": dataset, "labels": labelling, "method": row, **scores,
                                "fit s": seconds, "s/epoch": per_epoch})

@@ -18,8 +18,13 @@
    (gloo, 1 thread each, each holding half of the cells): final training loss, 15-NN
    accuracy of the codes against the cell types, and throughput (cells x epochs / s).
 
-Usage: python benchmarks/scale.py [--part disk,torchrun] [--workdir /tmp/skvae-scale] [--cells 1000000]
-                                  [--epochs 100]
+3. ``--part convergence`` (not run by default; needs the file of part 1): the same model in
+   memory with 1 % of the cells held out, trained for ``--multiples`` times the auto budget's
+   epochs (KL warm-up over the first half, as "auto"): the held-out loss (minus the ELBO per
+   cell, KL weight 1) after every epoch, to see whether the auto budget has converged.
+
+Usage: python benchmarks/scale.py [--part disk,torchrun,convergence] [--workdir /tmp/skvae-scale]
+                                  [--cells 1000000] [--epochs 100] [--multiples 1,2]
 """
 
 import argparse
@@ -90,6 +95,37 @@ def child_disk(path, mode):
                       "epochs": estimator.max_epochs_, "s/epoch": fit_seconds / estimator.n_iter_,
                       "peak MiB": peak_memory_mib(), "loss": estimator.history_["loss"][-1],
                       "codes": list(codes.shape)}))
+
+
+def child_convergence(path, multiple):
+    """The recommendation in memory with ``multiple`` times the auto budget's epochs, 1 % of the cells held out."""
+    import anndata
+
+    from skvae.train.loop import epochs_for
+
+    X = anndata.read_h5ad(path).X
+    held_out = 0.01
+    epochs = epochs_for(round(X.shape[0] * (1 - held_out))) * int(multiple)
+    # early stopping only for its held-out loss each epoch: it never stops before max_epochs here
+    estimator = count_model(n_jobs=-1, max_epochs=epochs, early_stopping=True, validation_fraction=held_out,
+                            n_iter_no_change=10**6)
+    start = time.perf_counter()
+    estimator.fit(X)
+    print(json.dumps({"multiple": int(multiple), "epochs": estimator.n_iter_, "warm-up": estimator.kl_warmup_epochs_,
+                      "fit s": time.perf_counter() - start, "val_loss": estimator.history_["val_loss"]}))
+
+
+def part_convergence(workdir, n_cells, multiples):
+    path = Path(workdir) / f"synthetic_{n_cells}x2000.h5ad"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run --part disk first, which writes it")
+    for multiple in multiples:  # one at a time: never two trainings at once
+        output = subprocess.run([sys.executable, str(HERE), "--child-convergence", str(path), str(multiple)],
+                                capture_output=True, text=True, check=True).stdout
+        result = json.loads(output.strip().splitlines()[-1])
+        curve = ", ".join(f"{value:.2f}" for value in result["val_loss"])
+        print(f"{result['multiple']} x the auto budget: {result['epochs']} epochs (KL warm-up {result['warm-up']}), "
+              f"fit {result['fit s'] / 60:.1f} min; held-out loss (-ELBO per cell) by epoch: {curve}", flush=True)
 
 
 def child_scanpy(path):
@@ -219,13 +255,17 @@ def main():
     parser.add_argument("--workdir", default="/tmp/skvae-scale")
     parser.add_argument("--cells", type=int, default=1_000_000)
     parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--multiples", default="1,2", help="--part convergence: multiples of the auto budget")
     parser.add_argument("--child-disk", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child-convergence", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--child-torchrun", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--child-scanpy", help=argparse.SUPPRESS)
     parser.add_argument("--child-scvi", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_disk:
         return child_disk(*args.child_disk)
+    if args.child_convergence:
+        return child_convergence(*args.child_convergence)
     if args.child_scanpy:
         return child_scanpy(args.child_scanpy)
     if args.child_scvi:
@@ -240,6 +280,8 @@ def main():
         part_disk(args.workdir, args.cells)
     if "torchrun" in parts:
         part_torchrun(args.workdir, args.epochs)
+    if "convergence" in parts:
+        part_convergence(args.workdir, args.cells, [int(value) for value in args.multiples.split(",")])
 
 
 if __name__ == "__main__":

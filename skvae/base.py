@@ -63,6 +63,8 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     batch_norm : bool, default=False
     dropout : float, default=0.0
     encode_batch : bool, default=False
+    dispersion : {"gene", "gene-batch"}, default="gene"
+    batch_adversary : float, default=0.0
     batch_size : int, default=256
     shuffle_block_size : int or "auto", default="auto"
     learning_rate : float, default=1e-3
@@ -102,6 +104,8 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         "batch_norm": ["boolean"],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "encode_batch": ["boolean"],
+        "dispersion": [StrOptions({"gene", "gene-batch"})],
+        "batch_adversary": [Interval(Real, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "shuffle_block_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
@@ -126,6 +130,8 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         batch_norm=False,
         dropout=0.0,
         encode_batch=False,
+        dispersion="gene",
+        batch_adversary=0.0,
         batch_size=256,
         shuffle_block_size="auto",
         learning_rate=1e-3,
@@ -146,6 +152,8 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.batch_norm = batch_norm
         self.dropout = dropout
         self.encode_batch = encode_batch
+        self.dispersion = dispersion
+        self.batch_adversary = batch_adversary
         self.batch_size = batch_size
         self.shuffle_block_size = shuffle_block_size
         self.learning_rate = learning_rate
@@ -165,15 +173,18 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """Return a fresh, randomly initialised model of :mod:`skvae.nn.models`.
 
         ``options`` are the model's keyword arguments that every estimator sets the
-        same way: ``likelihood``, ``batch_norm``, ``dropout``, ``n_batches`` and
-        ``encode_batch``.
+        same way: ``likelihood``, ``batch_norm``, ``dropout``, ``n_batches``,
+        ``encode_batch`` and ``batch_adversary``.
         """
 
     def _make_module(self, n_features, hidden_layer_sizes):
         categories = getattr(self, "batch_categories_", None)
-        return self._build_module(n_features, hidden_layer_sizes, likelihood=make_likelihood(self.likelihood, n_features),
-                                  batch_norm=self.batch_norm, dropout=self.dropout,
-                                  n_batches=0 if categories is None else len(categories), encode_batch=self.encode_batch)
+        n_batches = 0 if categories is None else len(categories)
+        likelihood = make_likelihood(self.likelihood, n_features,
+                                     dispersion_batches=n_batches if self.dispersion == "gene-batch" else 0)
+        return self._build_module(n_features, hidden_layer_sizes, likelihood=likelihood, batch_norm=self.batch_norm,
+                                  dropout=self.dropout, n_batches=n_batches, encode_batch=self.encode_batch,
+                                  batch_adversary=self.batch_adversary)
 
     @property
     def _models_counts(self):
@@ -198,7 +209,8 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """The parameters that shape the torch module: fixed once it is built."""
         return {"n_components": self.n_components, "hidden_layer_sizes": self._validated_hidden_layer_sizes(),
                 "likelihood": self.likelihood, "batch_norm": self.batch_norm, "dropout": self.dropout,
-                "encode_batch": self.encode_batch}
+                "encode_batch": self.encode_batch, "dispersion": self.dispersion,
+                "batch_adversary": self.batch_adversary}
 
     def _check_architecture(self, doing):
         """Refuse to continue or save a model whose shaping parameters were changed by set_params since it was built."""

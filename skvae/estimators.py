@@ -77,7 +77,25 @@ _SHARED_PARAMETERS = """\
         its batch, :meth:`transform` needs no batch, and cells of batches never
         seen in ``fit`` embed onto the fitted model as they are (query mapping).
         With ``encode_batch=True``, :meth:`transform` needs each cell's batch,
-        from those seen in ``fit``."""
+        from those seen in ``fit``.
+
+    dispersion : {"gene", "gene-batch"}, default="gene"
+        The negative binomial's dispersion ("nb" and "zinb"): one per gene, or,
+        with batches, one per gene and batch (scVI's options of the same names),
+        for batches whose technologies differ in noise as well as in mean.
+        Without batches it is one per gene either way; the other likelihoods
+        have no dispersion and ignore it. On sparse input "gene-batch" trains
+        about twice as slowly (the fused sparse likelihood takes one dispersion
+        per gene).
+
+    batch_adversary : float, default=0.0
+        With two or more batches, the weight of an adversarial batch classifier:
+        a small network learns to tell each cell's batch from its code, and the
+        encoder learns to defeat it (a reversed gradient, as in domain-adversarial
+        training), which mixes the batches in the code beyond what conditioning
+        the decoder does. The training loss gains the classifier's cross-entropy
+        times this weight. 0 (the default) leaves it out; the user guide's
+        "Integrating batches" section measures it."""
 
 _TRAINING_PARAMETERS = """\
     batch_size : int, default=256
@@ -392,6 +410,8 @@ class BetaVAEEmbedder(_VariationalEmbedder):
         batch_norm=False,
         dropout=0.0,
         encode_batch=False,
+        dispersion="gene",
+        batch_adversary=0.0,
         beta=1.0,
         kl_warmup_epochs=0,
         batch_size=256,
@@ -415,6 +435,8 @@ class BetaVAEEmbedder(_VariationalEmbedder):
             batch_norm=batch_norm,
             dropout=dropout,
             encode_batch=encode_batch,
+            dispersion=dispersion,
+            batch_adversary=batch_adversary,
             batch_size=batch_size,
             shuffle_block_size=shuffle_block_size,
             learning_rate=learning_rate,
@@ -510,6 +532,8 @@ class BetaVSCEmbedder(_VariationalEmbedder):
         batch_norm=False,
         dropout=0.0,
         encode_batch=False,
+        dispersion="gene",
+        batch_adversary=0.0,
         beta=1.0,
         prior_activity=0.5,
         spike_sharpness=50.0,
@@ -535,6 +559,8 @@ class BetaVSCEmbedder(_VariationalEmbedder):
             batch_norm=batch_norm,
             dropout=dropout,
             encode_batch=encode_batch,
+            dispersion=dispersion,
+            batch_adversary=batch_adversary,
             batch_size=batch_size,
             shuffle_block_size=shuffle_block_size,
             learning_rate=learning_rate,

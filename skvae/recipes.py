@@ -16,12 +16,13 @@ from .preprocessing import HighlyVariableGenes
 RECOMMENDED_COUNT_SETTINGS = {
     "likelihood": "nb",
     "n_components": 10,
-    "hidden_layer_sizes": (128, 128),
+    "hidden_layer_sizes": (128,),
     "batch_norm": True,
     "dropout": 0.1,
     "beta": 1.0,
     "kl_warmup_epochs": "auto",
     "max_epochs": "auto",
+    "batch_adversary": 10.0,
 }
 #: Genes kept by the selection step of :func:`make_count_embedder`.
 RECOMMENDED_N_TOP_GENES = 2000
@@ -41,21 +42,26 @@ def make_count_embedder(**overrides):
        2,000 most variable genes by Seurat's vst method, computed on the counts;
     2. ``"embedder"``: a :class:`~skvae.BetaVAEEmbedder` with a negative binomial
        likelihood and the library size as an offset (``likelihood="nb"``, as
-       scVI), 10 latent dimensions, hidden layers (128, 128) with batch
-       normalisation and 10 % dropout, beta 1 reached by a linear KL warm-up over
-       the first half of the epochs, in minibatches of 256 cells; 200 epochs up to
-       20,000 cells, then fewer so that the gradient steps stay those of 20,000
-       cells (``max_epochs="auto"``: 40 epochs at 100,000 cells, 4 at a million).
+       scVI), 10 latent dimensions, one hidden layer of 128 units (scVI's
+       network) with batch normalisation and 10 % dropout, beta 1 reached by a
+       linear KL warm-up over the first half of the epochs, in minibatches of 256
+       cells; 200 epochs up to 20,000 cells, then fewer so that the gradient steps
+       stay those of 20,000 cells (``max_epochs="auto"``: 40 epochs at 100,000
+       cells, 4 at a million).
 
     The settings come from ``benchmarks/quality.py`` on two labelled PBMC data
-    sets; the user guide gives the figures and the reason for each. They are
-    fixed, not tuned per data set.
+    sets and, for batches, ``benchmarks/integration.py``; the user guide gives
+    the figures and the reason for each. They are fixed, not tuned per data set.
 
     To integrate batches, give both steps each cell's batch:
     ``fit(counts, genes__batch=batch, embedder__batch=batch)`` (or
     ``skvae.tl.embed(adata, make_count_embedder(), layer="counts", batch_key=...)``):
-    the genes are then ranked within each batch, and the decoder is conditioned
-    on the batch.
+    the genes are then ranked within each batch, the decoder is conditioned on
+    the batch, and an adversarial batch classifier (``batch_adversary=10``)
+    keeps the batch out of the codes. Without batches the classifier does not
+    exist, and with batches that hold cell types of their own, lower
+    ``batch_adversary`` if those types merge into others (the user guide says
+    how to check).
 
     Parameters
     ----------

@@ -144,7 +144,7 @@ def test_cells_of_a_new_batch_embed_without_retraining_unless_the_encoder_reads_
 
 def test_save_and_load_keep_the_batches(data, tmp_path):
     X, _, batch = data
-    fitted = BetaVSCEmbedder(**SMALL, encode_batch=True).fit(X, batch=batch)
+    fitted = BetaVSCEmbedder(**SMALL, encode_batch=True, batch_adversary=1.0).fit(X, batch=batch)
     fitted.save(tmp_path / "model.pt")
     loaded = BetaVSCEmbedder.load(tmp_path / "model.pt")
     assert loaded.batch_categories_.tolist() == ["a", "b"]
@@ -154,6 +154,74 @@ def test_save_and_load_keep_the_batches(data, tmp_path):
     plain = BetaVAEEmbedder(**SMALL).fit(X)
     plain.save(tmp_path / "plain.pt")
     assert BetaVAEEmbedder.load(tmp_path / "plain.pt").batch_categories_ is None
+
+
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")
+def test_a_dispersion_per_gene_and_batch_learns_each_batchs_noise():
+    # batch "a" Poisson (theta -> infinity), batch "b" negative binomial with theta 1: same means
+    rng = np.random.RandomState(0)
+    n, n_genes = 800, 40
+    types, batch = rng.randint(2, size=n), rng.randint(2, size=n)
+    mean = rng.gamma(2.0, 2.0, size=(2, n_genes))[types]
+    X = np.where(batch[:, None] == 0, rng.poisson(mean), rng.poisson(rng.gamma(1.0, mean))).astype(float)
+    params = dict(SMALL, max_epochs=40, dispersion="gene-batch")
+    fitted = BetaVAEEmbedder(**params).fit(sp.csr_matrix(X), batch=np.array(["a", "b"])[batch])
+    log_theta = fitted.module_.likelihood.log_theta.detach().numpy()
+    assert log_theta.shape == (2, n_genes)
+    assert np.median(log_theta[0] - log_theta[1]) > 0.5  # the Poisson batch is the less dispersed
+    per_gene = BetaVAEEmbedder(**{**params, "dispersion": "gene"}).fit(X, batch=np.array(["a", "b"])[batch])
+    assert per_gene.module_.likelihood.log_theta.shape == (n_genes,)
+    # without batches there is one dispersion per gene either way
+    assert BetaVAEEmbedder(**params).fit(X).module_.likelihood.log_theta.shape == (n_genes,)
+
+
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")
+def test_an_adversarial_batch_classifier_mixes_the_batches_further():
+    X, types, batch = _two_batches(n=1500, n_genes=200)
+    params = dict(n_components=8, hidden_layer_sizes=(64, 32), likelihood="nb", batch_norm=True, max_epochs=30,
+                  random_state=0)
+    conditioned = BetaVAEEmbedder(**params).fit_transform(X, batch=batch)
+    adversarial = BetaVAEEmbedder(**params, batch_adversary=1.0).fit_transform(X, batch=batch)
+    assert _same_label_share(adversarial, batch) < _same_label_share(conditioned, batch) - 0.02
+    assert _same_label_share(adversarial, types) > 0.97
+
+
+def test_the_adversary_trains_only_with_batches_and_leaves_the_score_alone(data):
+    X, _, batch = data
+    fitted = BetaVSCEmbedder(**SMALL, batch_adversary=1.0).fit(X, batch=batch)
+    module = fitted.module_
+    assert isinstance(module.adversary, torch.nn.Module)
+    x, codes = torch.as_tensor(X[:8], dtype=torch.float32), torch.as_tensor([0, 1] * 4)
+    module.train()
+    assert module.loss(x, codes).adversarial.shape == (8,)
+    module.eval()
+    assert module.loss(x, codes).adversarial is None  # score and the validation loss are the ELBO alone
+    # the same estimator without batches, or with one, has nothing to tell apart
+    assert not hasattr(BetaVSCEmbedder(**SMALL, batch_adversary=1.0).fit(X).module_, "adversary")
+    assert not hasattr(BetaVSCEmbedder(**SMALL, batch_adversary=1.0).fit(X, batch=["a"] * len(X)).module_, "adversary")
+    with pytest.raises(ValueError, match="batch_adversary"):
+        BetaVAEEmbedder(batch_adversary=-1.0).fit(X)
+
+
+def test_the_reversed_gradient_is_minus_the_gradient():
+    from skvae.nn.models import _ReversedGradient
+
+    x = torch.randn(5, requires_grad=True)
+    (_ReversedGradient.apply(x) * torch.arange(5.0)).sum().backward()
+    torch.testing.assert_close(x.grad, -torch.arange(5.0))
+
+
+def test_a_dispersion_per_gene_and_batch_is_saved_and_fixed_once_built(data, tmp_path):
+    X, _, batch = data
+    fitted = BetaVAEEmbedder(**SMALL, dispersion="gene-batch").fit(X, batch=batch)
+    fitted.save(tmp_path / "model.pt")
+    loaded = BetaVAEEmbedder.load(tmp_path / "model.pt")
+    assert loaded.dispersion == "gene-batch"
+    assert loaded.score(X, batch=batch) == fitted.score(X, batch=batch)
+    with pytest.raises(ValueError, match="dispersion='gene'"):
+        fitted.set_params(dispersion="gene").partial_fit(X, batch=batch)
+    with pytest.raises(ValueError, match="dispersion"):
+        BetaVAEEmbedder(dispersion="gene batch").fit(X)
 
 
 def test_batch_labels_that_cannot_be_saved_are_refused_at_save_time(data, tmp_path):

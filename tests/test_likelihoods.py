@@ -193,3 +193,31 @@ def test_registry_names_every_likelihood_once():
     assert LIKELIHOODS == {"gaussian": Gaussian, "poisson": Poisson, "nb": NegativeBinomial,
                            "zinb": ZeroInflatedNegativeBinomial}
     assert [cls.counts for cls in LIKELIHOODS.values()] == [False, True, True, True]
+
+
+@settings(max_examples=30)
+@pytest.mark.parametrize("cls", [NegativeBinomial, ZeroInflatedNegativeBinomial])
+@given(problem=count_problems(), n_batches=st.integers(1, 3))
+def test_a_dispersion_per_batch_is_each_rows_batchs_per_gene_dispersion(cls, problem, n_batches):
+    X, seed = problem
+    torch.manual_seed(seed)
+    likelihood = cls(X.shape[1], n_batches).double()
+    with torch.no_grad():
+        likelihood.log_theta.normal_()
+    heads = nn.ModuleDict({name: nn.Linear(4, X.shape[1]) for name in cls.heads}).double()
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(X.shape[0], 4, dtype=torch.float64, generator=generator)
+    batch = torch.randint(n_batches, (X.shape[0],), generator=generator)
+    dense = torch.from_numpy(X.toarray())
+    nll = likelihood.negative_log_likelihood(DecoderOutputs(hidden, heads, batch), dense)
+    sparse_rows = ShiftedSparseRows.from_scipy(X, np.zeros(X.shape[1]), dtype=np.float64)
+    torch.testing.assert_close(likelihood.negative_log_likelihood(DecoderOutputs(hidden, heads, batch), sparse_rows), nll)
+    per_gene = cls(X.shape[1]).double()
+    for b in range(n_batches):
+        rows = batch == b
+        with torch.no_grad():
+            per_gene.log_theta.copy_(likelihood.log_theta[b])
+        expected = per_gene.negative_log_likelihood(DecoderOutputs(hidden[rows], heads), dense[rows])
+        torch.testing.assert_close(nll[rows], expected)
+    with pytest.raises(ValueError, match="batch"):
+        likelihood.negative_log_likelihood(DecoderOutputs(hidden, heads), dense)

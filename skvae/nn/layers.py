@@ -223,7 +223,7 @@ class Decoder(nn.Module):
             h = layer(h)
             if isinstance(layer, nn.Linear):
                 h = h + next(offsets)(batch)
-        return DecoderOutputs(h, self.heads)
+        return DecoderOutputs(h, self.heads, batch)
 
 
 def batch_offsets(n_batches, width):
@@ -263,6 +263,8 @@ class DecoderOutputs:
         The decoder's last hidden layer.
     heads : torch.nn.ModuleDict
         The output layers, by name.
+    batch : torch.Tensor of shape (n_rows,), int64, default=None
+        The rows' batches, for a likelihood with parameters per batch.
 
     Examples
     --------
@@ -273,8 +275,8 @@ class DecoderOutputs:
     (['mean'], torch.Size([2, 4]))
     """
 
-    def __init__(self, hidden, heads):
-        self.hidden, self.heads = hidden, heads
+    def __init__(self, hidden, heads, batch=None):
+        self.hidden, self.heads, self.batch = hidden, heads, batch
         self._computed = {}
 
     def __getitem__(self, name):

@@ -423,7 +423,7 @@ class Poisson(CountLikelihood):
 
 
 class NegativeBinomial(CountLikelihood):
-    """Negative binomial counts with mean ``l * rho`` and a learned per-gene dispersion.
+    """Negative binomial counts with mean ``l * rho`` and a learned dispersion per gene (or per gene and batch).
 
     With inverse dispersion ``theta`` the variance is ``mu + mu^2 / theta``
     (scVI's parameterisation); ``log theta`` starts at 0.
@@ -432,10 +432,13 @@ class NegativeBinomial(CountLikelihood):
     ----------
     n_features : int
         Number of genes.
+    n_batches : int, default=0
+        When > 0, a dispersion per gene and batch (scVI's ``dispersion="gene-batch"``):
+        the decoder's outputs then carry each row's batch (``outputs.batch``).
 
     Attributes
     ----------
-    log_theta : torch.nn.Parameter of shape (n_features,)
+    log_theta : torch.nn.Parameter of shape (n_features,), or (n_batches, n_features)
 
     Examples
     --------
@@ -446,9 +449,18 @@ class NegativeBinomial(CountLikelihood):
     tensor([-0.6931])
     """
 
-    def __init__(self, n_features):
+    def __init__(self, n_features, n_batches=0):
         super().__init__(n_features)
-        self.log_theta = nn.Parameter(torch.zeros(n_features))
+        self.log_theta = nn.Parameter(torch.zeros((n_batches, n_features) if n_batches else n_features))
+
+    def _log_theta(self, outputs, at):
+        """``log theta`` of every row and gene (or of the entries ``at``), broadcastable as ``distribution`` says."""
+        if self.log_theta.dim() == 1:
+            return self.log_theta if at is None else self.log_theta[at[1]]
+        batch = getattr(outputs, "batch", None)
+        if batch is None:
+            raise ValueError("a dispersion per gene and batch needs each row's batch (outputs.batch)")
+        return self.log_theta[batch] if at is None else self.log_theta[batch[at[0]], at[1]]
 
     def distribution(self, outputs, offset, at=None):
         """Parameters of the per-gene distributions: ``log_mu`` and ``log_theta``.
@@ -463,8 +475,7 @@ class NegativeBinomial(CountLikelihood):
         -------
         dict of str to torch.Tensor
         """
-        log_theta = self.log_theta if at is None else self.log_theta[at[1]]
-        return {**super().distribution(outputs, offset, at), "log_theta": log_theta}
+        return {**super().distribution(outputs, offset, at), "log_theta": self._log_theta(outputs, at)}
 
     def log_prob(self, x, *, log_mu, log_theta):
         """Elementwise ``log NB(x | mean exp(log_mu), inverse dispersion exp(log_theta))``.
@@ -499,6 +510,8 @@ class NegativeBinomial(CountLikelihood):
         -------
         torch.Tensor of shape (n_rows,)
         """
+        if self.log_theta.dim() > 1:  # the fused computation takes one dispersion per gene
+            return super().sparse_negative_log_likelihood(outputs, log_library, rows, columns, counts)
         return _NegativeBinomialSparseNLL.apply(outputs["scale"], log_library, self.log_theta, rows, columns, counts)
 
 
@@ -511,10 +524,12 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
     ----------
     n_features : int
         Number of genes.
+    n_batches : int, default=0
+        When > 0, a dispersion per gene and batch, as :class:`NegativeBinomial`.
 
     Attributes
     ----------
-    log_theta : torch.nn.Parameter of shape (n_features,)
+    log_theta : torch.nn.Parameter of shape (n_features,), or (n_batches, n_features)
 
     Examples
     --------
@@ -645,7 +660,7 @@ LIKELIHOODS = {
 """The likelihoods by the name the estimators' ``likelihood`` parameter takes."""
 
 
-def make_likelihood(name, n_features):
+def make_likelihood(name, n_features, *, dispersion_batches=0):
     """A new likelihood of ``LIKELIHOODS[name]`` for ``n_features`` genes.
 
     Parameters
@@ -653,6 +668,9 @@ def make_likelihood(name, n_features):
     name : {"gaussian", "poisson", "nb", "zinb"}
     n_features : int
         Number of genes: count likelihoods have per-gene parameters.
+    dispersion_batches : int, default=0
+        When > 0, "nb" and "zinb" learn a dispersion per gene and batch, for this
+        many batches; the other likelihoods have no dispersion and ignore it.
 
     Returns
     -------
@@ -665,4 +683,6 @@ def make_likelihood(name, n_features):
     torch.Size([5])
     """
     likelihood = LIKELIHOODS[name]
+    if issubclass(likelihood, NegativeBinomial):
+        return likelihood(n_features, dispersion_batches)
     return likelihood(n_features) if likelihood.counts else likelihood()

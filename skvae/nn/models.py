@@ -7,7 +7,9 @@ build them, and :mod:`skvae.train.loop` trains them.
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.autograd import Function
 
 from .kl import gaussian_kl, spike_and_slab_kl
 from .layers import Decoder, Encoder
@@ -16,11 +18,13 @@ from .likelihoods import Gaussian
 # Spike probabilities are kept inside (eps, 1 - eps) so the KL's logarithms
 # and their gradients stay finite.
 _SPIKE_EPS = 1e-6
+# Hidden width of the adversarial batch classifier (two layers), as scVI's classifiers
+_ADVERSARY_WIDTH = 32
 
 
 @dataclass
 class LossTerms:
-    """Per-cell loss terms; the training objective is ``reconstruction + beta * kl``.
+    """Per-cell loss terms; the training objective is ``reconstruction + beta * kl`` (+ ``adversarial``).
 
     Parameters
     ----------
@@ -30,6 +34,10 @@ class LossTerms:
     kl : torch.Tensor of shape (n_samples,)
         KL divergence of each cell's posterior from the prior (zeros for a plain
         autoencoder).
+    adversarial : torch.Tensor of shape (n_samples,), default=None
+        The weighted cross-entropy of the adversarial batch classifier, in training
+        with ``batch_adversary`` only: the classifier descends it, and through the
+        reversed gradient the encoder ascends it.
 
     Examples
     --------
@@ -42,9 +50,10 @@ class LossTerms:
 
     reconstruction: torch.Tensor
     kl: torch.Tensor
+    adversarial: torch.Tensor | None = None
 
     def total(self, kl_weight):
-        """The per-cell objective ``reconstruction + kl_weight * kl``.
+        """The per-cell objective ``reconstruction + kl_weight * kl``, plus ``adversarial`` when there is one.
 
         Parameters
         ----------
@@ -54,7 +63,20 @@ class LossTerms:
         -------
         torch.Tensor of shape (n_samples,)
         """
-        return self.reconstruction + kl_weight * self.kl
+        total = self.reconstruction + kl_weight * self.kl
+        return total if self.adversarial is None else total + self.adversarial
+
+
+class _ReversedGradient(Function):
+    """The identity forward; minus the gradient backward (Ganin & Lempitsky, 2015)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return -grad_output
 
 
 class _LatentModel(nn.Module):
@@ -63,7 +85,7 @@ class _LatentModel(nn.Module):
     branches = ()
 
     def __init__(self, n_features, n_components, hidden_layer_sizes, *, likelihood=None, batch_norm=False, dropout=0.0,
-                 n_batches=0, encode_batch=False):
+                 n_batches=0, encode_batch=False, batch_adversary=0.0):
         super().__init__()
         options = {"batch_norm": batch_norm, "dropout": dropout}
         self.n_components = n_components
@@ -73,6 +95,12 @@ class _LatentModel(nn.Module):
         self.likelihood = Gaussian() if likelihood is None else likelihood
         self.decoder = Decoder(n_components, hidden_layer_sizes, n_features, self.likelihood.heads, **options,
                                n_batches=n_batches)
+        # a classifier of the batch from the code, which the encoder learns to defeat: only where batches differ
+        self.batch_adversary = float(batch_adversary) if n_batches > 1 else 0.0
+        if self.batch_adversary:
+            self.adversary = nn.Sequential(nn.Linear(n_components, _ADVERSARY_WIDTH), nn.ReLU(),
+                                           nn.Linear(_ADVERSARY_WIDTH, _ADVERSARY_WIDTH), nn.ReLU(),
+                                           nn.Linear(_ADVERSARY_WIDTH, n_batches))
 
     def posterior(self, x, batch=None):
         """Posterior parameters of each cell.
@@ -143,7 +171,12 @@ class _LatentModel(nn.Module):
         q = self.posterior(x, batch)
         z = self._mean_code(q) if deterministic else self._sample_code(q, generator)
         reconstruction = self.likelihood.negative_log_likelihood(self.decoder(z, batch), x)
-        return LossTerms(reconstruction, self._kl(q))
+        adversarial = None
+        if self.batch_adversary and self.training and batch is not None:
+            # the embedding itself (the posterior mean) is what should not tell the batches apart
+            logits = self.adversary(_ReversedGradient.apply(self._mean_code(q)))
+            adversarial = self.batch_adversary * F.cross_entropy(logits, batch, reduction="none")
+        return LossTerms(reconstruction, self._kl(q), adversarial)
 
 
 class Autoencoder(_LatentModel):
@@ -170,6 +203,11 @@ class Autoencoder(_LatentModel):
     encode_batch : bool, default=False
         The encoder takes the batch too (with ``n_batches`` > 0); by default it sees
         the expression only, so cells of a batch never seen embed as they are.
+    batch_adversary : float, default=0.0
+        With ``n_batches`` > 1 and a weight > 0: a small classifier learns to tell
+        each cell's batch from its code (the posterior mean), and the encoder learns
+        to defeat it through a reversed gradient; the loss in training gains the
+        classifier's cross-entropy times this weight (``LossTerms.adversarial``).
 
     Examples
     --------
@@ -207,7 +245,7 @@ class VariationalAutoencoder(_LatentModel):
     likelihood : torch.nn.Module, default=None
         A likelihood of :mod:`skvae.nn.likelihoods` for ``n_features`` genes;
         None means :class:`~skvae.nn.likelihoods.Gaussian`.
-    batch_norm, dropout, n_batches, encode_batch
+    batch_norm, dropout, n_batches, encode_batch, batch_adversary
         As for :class:`Autoencoder`.
 
     Examples
@@ -259,8 +297,8 @@ class SparseCodingVAE(_LatentModel):
     sharpness : float
         Sharpness ``c`` of the sigmoid that relaxes the spike selection.
     **options
-        ``likelihood``, ``batch_norm``, ``dropout``, ``n_batches`` and
-        ``encode_batch``, as for :class:`VariationalAutoencoder`.
+        ``likelihood``, ``batch_norm``, ``dropout``, ``n_batches``,
+        ``encode_batch`` and ``batch_adversary``, as for :class:`VariationalAutoencoder`.
 
     Examples
     --------
