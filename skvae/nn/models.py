@@ -18,7 +18,7 @@ from .likelihoods import Gaussian
 # Spike probabilities are kept inside (eps, 1 - eps) so the KL's logarithms
 # and their gradients stay finite.
 _SPIKE_EPS = 1e-6
-# Hidden width of the adversarial batch classifier (two layers), as scVI's classifiers
+# Hidden width of the adversarial batch classifier (two layers), as scvi-tools' adversarial classifier
 _ADVERSARY_WIDTH = 32
 
 
