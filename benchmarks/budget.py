@@ -32,32 +32,22 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+from quality import load
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 import skvae
 from skvae import make_count_embedder
-from skvae.datasets import read_10x_mtx
-from skvae.preprocessing import filter_cells_genes
 from skvae.study.evaluation import latent_scores
 from skvae.train.loop import AUTO_EPOCHS, AUTO_FULL_CELLS, epochs_for
 
 BATCH_SIZE = 256  # the recommendation's minibatch
 
 
-def load_facs(data_home):
-    """pbmc_facs after the Seurat tutorial's QC: counts (CSR) and its two label sets."""
-    folder = Path(data_home) / "pbmc_facs"
-    data = read_10x_mtx(folder)
-    kept = filter_cells_genes(data.data, data.feature_names)
-    labels = pd.read_csv(folder / "celltypes.csv", index_col=0).reindex(np.asarray(data.obs_names)[kept.cell_mask])
-    counts = data.data[kept.cell_mask][:, kept.gene_mask].tocsr().astype(np.int64)
-    return counts, {column: labels[column].to_numpy() for column in ("subpop", "celltype")}
-
-
 def replicate(counts, copies, keep=0.9, seed=0):
     """The cells and ``copies - 1`` binomially thinned copies of them, stacked (the originals first)."""
     rng = np.random.RandomState(seed)
+    counts = counts.tocsr().astype(np.int64)
     parts = [counts]
     for _ in range(copies - 1):
         thinned = counts.copy()
@@ -99,7 +89,10 @@ def main():
     seeds = [int(seed) for seed in args.seeds.split(",")]
     print(f"skvae {skvae.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores; auto budget: {AUTO_EPOCHS} epochs up to {AUTO_FULL_CELLS} cells, then their steps")
-    counts, labels = load_facs(args.data_home)
+    loaded = load("pbmc_facs", args.data_home)  # QC'd counts; labels "celltype" and "subpop"
+    if loaded is None:
+        raise SystemExit("budget.py needs pbmc_facs in the data folder (--data-home or SKVAE_DATA)")
+    counts, labels = loaded
     n_original = counts.shape[0]
     large = replicate(counts, args.copies)
     # the recipe trains on all the cells it is given (no validation split), so the steps per epoch are these
