@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SAVE_FORMAT = "skvae-estimator-v1"
-_FIELDS = {
-    "format": str,
+# v2: the checksum covers every field (v1's covered the weights only); v1 files still load
+SAVE_FORMAT = "skvae-estimator-v2"
+_READABLE_FORMATS = ("skvae-estimator-v1", SAVE_FORMAT)
+# the fields of one estimator's state, in a save of its own or as a step of a pipeline's
+ESTIMATOR_FIELDS = {
     "estimator": str,
     "params": dict,
     "state_dict": dict,
@@ -40,23 +42,71 @@ def to_builtins(value, name):
 
 
 def weights_checksum(state_dict):
-    """SHA-256 of the weights' names, shapes, types and bytes: a flipped bit anywhere changes it."""
+    """SHA-256 of the weights' names, shapes, types and bytes: a flipped bit anywhere changes it (v1 saves)."""
     digest = hashlib.sha256()
     for key in sorted(state_dict):
-        value = state_dict[key].detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{key}:{tuple(state_dict[key].shape)}:{value.dtype};".encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        _feed_tensor(digest, key, state_dict[key])
     return digest.hexdigest()
 
 
+def content_checksum(state):
+    """SHA-256 of every field of a save but the checksum itself: weights, parameters, names, categories, history.
+
+    Parameters
+    ----------
+    state : dict
+        Of builtins, lists, dicts and tensors, as written by :func:`atomic_torch_save`.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> from skvae._persistence import content_checksum
+    >>> content_checksum({"a": [1, "b"]}) == content_checksum({"a": [1, "b"]}) != content_checksum({"a": ["b", 1]})
+    True
+    """
+    digest = hashlib.sha256()
+    _feed(digest, {key: value for key, value in state.items() if key != "checksum"})
+    return digest.hexdigest()
+
+
+def _feed(digest, value):
+    """Write ``value`` into ``digest`` with its type and length, so different values never feed the same bytes."""
+    if isinstance(value, dict):
+        digest.update(f"dict{len(value)}(".encode())
+        for key in sorted(value, key=repr):
+            _feed(digest, key)
+            _feed(digest, value[key])
+        digest.update(b")")
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__}{len(value)}(".encode())
+        for item in value:
+            _feed(digest, item)
+        digest.update(b")")
+    elif isinstance(value, torch.Tensor):
+        _feed_tensor(digest, "", value)
+    else:
+        text = repr(value)
+        digest.update(f"{type(value).__name__}{len(text)}:{text};".encode())
+
+
+def _feed_tensor(digest, key, tensor):
+    value = tensor.detach().cpu().contiguous().reshape(-1)
+    digest.update(f"{key}:{tuple(tensor.shape)}:{value.dtype};".encode())
+    digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+
+
 def atomic_torch_save(state, path):
-    """``torch.save`` to a temporary file beside ``path``, then move it into place, with the weights' checksum.
+    """``torch.save`` to a temporary file beside ``path``, then move it into place, with its checksum.
 
     A failure at any point (a full disk, a kill) leaves the previous file, or none. A
     ``path`` that is a symbolic link is written through: its target is replaced and the
     link kept.
     """
-    state = {**state, "checksum": weights_checksum(state["state_dict"])}
+    state = {**state, "format": SAVE_FORMAT}
+    state["checksum"] = content_checksum(state)
     path = Path(os.path.realpath(path))
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
@@ -70,9 +120,10 @@ def atomic_torch_save(state, path):
         raise
 
 
-def read_save(path):
-    """The dictionary written by :func:`atomic_torch_save`, its fields and types checked.
+def read_save(path, fields=None):
+    """The dictionary written by :func:`atomic_torch_save`, its checksum and fields checked.
 
+    ``fields`` maps the fields it must have to their types (default: an estimator's).
     Raises ValueError naming ``path`` for anything that is not an intact skvae save;
     a missing file stays a FileNotFoundError.
     """
@@ -82,15 +133,24 @@ def read_save(path):
         raise
     except Exception as exc:  # noqa: BLE001 -- torch.load raises many kinds for foreign or truncated files
         raise ValueError(f"{path} is not a skvae save (or it is damaged): {type(exc).__name__}: {exc}") from None
-    if not isinstance(state, dict) or state.get("format") != SAVE_FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in _READABLE_FORMATS:
         raise ValueError(f"{path} is not a skvae save (or it is damaged): no {SAVE_FORMAT!r} header.")
-    for field, kind in _FIELDS.items():
+    if state["format"] == SAVE_FORMAT:
+        if state.get("checksum") != content_checksum(state):
+            raise ValueError(f"{path} is damaged: its contents do not match the checksum written with them.")
+    check_fields(state, ESTIMATOR_FIELDS if fields is None else fields, path)
+    # v1: the checksum covered the weights (saves from before checksums have none)
+    if state["format"] != SAVE_FORMAT and "checksum" in state and state["checksum"] != weights_checksum(state["state_dict"]):
+        raise ValueError(f"{path} is damaged: its weights do not match the checksum written with them.")
+    return state
+
+
+def check_fields(state, fields, path):
+    """A ValueError naming ``path`` unless ``state`` has each of ``fields`` with its type (weights: tensors)."""
+    for field, kind in fields.items():
         if not isinstance(state.get(field), kind):  # the file is wrong, not an argument: a ValueError
             message = f"{path} is not a skvae save (or it is damaged): field {field!r} is missing or malformed."
             raise ValueError(message)  # noqa: TRY004
-    if not all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state["state_dict"].items()):
+    if "state_dict" in fields and not all(isinstance(key, str) and isinstance(value, torch.Tensor)
+                                          for key, value in state["state_dict"].items()):
         raise ValueError(f"{path} is not a skvae save (or it is damaged): its weights are not all tensors.")
-    # saves from before checksums have none
-    if "checksum" in state and state["checksum"] != weights_checksum(state["state_dict"]):
-        raise ValueError(f"{path} is damaged: its weights do not match the checksum written with them.")
-    return state

@@ -6,6 +6,7 @@ messages either way.
 """
 
 import warnings
+from collections.abc import Hashable
 
 import numpy as np
 import pandas as pd
@@ -134,9 +135,14 @@ def batch_labels(batch, n_rows, *, one_for_all=False):
     >>> batch_labels(["a", "b", "a"], 3).tolist(), batch_labels("a", 2, one_for_all=True).tolist()
     (['a', 'b', 'a'], ['a', 'a'])
     """
-    if one_for_all and np.ndim(batch) == 0:
-        batch = [batch] * n_rows
-    labels = np.asarray(batch, dtype=object)
+    if isinstance(batch, np.ndarray) and batch.ndim == 0:
+        batch = batch.item()  # a 0-d array is its one label
+    if one_for_all and (np.ndim(batch) == 0 or isinstance(batch, tuple)):
+        _refuse_foreign_labels([batch])
+        labels = np.empty(n_rows, dtype=object)
+        labels[:] = [batch] * n_rows if isinstance(batch, tuple) else batch
+    else:
+        labels = np.asarray(batch, dtype=object)
     if labels.ndim != 1:
         raise ValueError(f"batch must be one label per cell (1-D), got an array of shape {labels.shape}.")
     if len(labels) != n_rows:
@@ -145,7 +151,20 @@ def batch_labels(batch, n_rows, *, one_for_all=False):
     if missing.any():
         raise ValueError(f"batch has {int(missing.sum())} missing labels (None or NaN), e.g. at cell "
                          f"{int(np.flatnonzero(missing)[0])}: give every cell a batch.")
+    _refuse_foreign_labels(labels)
     return labels
+
+
+def _refuse_foreign_labels(labels):
+    """A TypeError for a batch label that is a container (tuple, list, array, dict) or cannot be hashed."""
+    if pd.api.types.infer_dtype(labels, skipna=True) in ("string", "integer", "floating", "boolean", "bytes",
+                                                         "mixed-integer-float", "decimal", "date", "datetime"):
+        return
+    foreign = next((label for label in labels if isinstance(label, (tuple, list, set, frozenset, dict, np.ndarray))
+                    or not isinstance(label, Hashable)), None)
+    if foreign is not None:
+        raise TypeError(f"batch labels must be single values (strings, numbers), got a {type(foreign).__name__}: "
+                        f"{foreign!r}. Join labels of several parts into one string first, e.g. 'donor1|10x'.")
 
 
 def check_float32_range(values):

@@ -21,7 +21,7 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._persistence import SAVE_FORMAT, atomic_torch_save, read_save, to_builtins
+from ._persistence import ESTIMATOR_FIELDS, atomic_torch_save, check_fields, read_save, to_builtins
 from ._threads import limited_threads
 from ._validation import (
     ValueCheck,
@@ -223,6 +223,11 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             raise ValueError(f"set_params changed {listing} after the model was built, which the fitted network "
                              f"cannot follow, so {type(self).__name__} cannot {doing}: set them back, or call fit to "
                              "build a new model.")
+
+    def _check_fitted(self, doing):
+        """Refuse a model that is not fitted, or whose shaping parameters set_params changed since it was built."""
+        check_is_fitted(self)
+        self._check_architecture(doing)
 
     def _validated_hidden_layer_sizes(self):
         sizes = self.hidden_layer_sizes
@@ -432,15 +437,23 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             raise
 
     def _refuse_networks_beyond_memory(self, n_features, hidden_layer_sizes):
-        """A ValueError, before anything is allocated, for a network whose genes-wide layers exceed the memory."""
+        """A ValueError, before anything is allocated, for a network whose genes-wide tables exceed the memory."""
         n_heads = len(LIKELIHOODS[self.likelihood].heads)
-        # the input layer, the output heads, and Adam's two moments and the gradient of each
-        needed = 4 * 4 * n_features * hidden_layer_sizes[0] * (1 + n_heads)
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+        categories = getattr(self, "batch_categories_", None)
+        n_batches = 0 if categories is None else len(categories)
+        # per weight: itself, its gradient and Adam's two moments, in float32
+        weights = n_features * hidden_layer_sizes[0] * (1 + n_heads)  # the input layer and the output heads
+        # one-hot batches into every decoder layer (and the encoder's first), a dispersion per gene and batch
+        weights += n_batches * (sum(hidden_layer_sizes) + hidden_layer_sizes[0] * self.encode_batch)
+        weights += n_batches * n_features * (self.dispersion == "gene-batch")
+        needed = 4 * 4 * weights
+        memory = _physical_memory()
         if memory and needed > memory:
-            raise ValueError(f"X has {n_features} features: the network's layers over them would take "
-                             f"{needed / 2**30:.3g} GiB, more than this machine's {memory / 2**30:.3g} GiB. Select "
-                             "genes first (e.g. HighlyVariableGenes), or check the matrix's shape.")
+            what = f"X has {n_features} features" + (f" and batch {n_batches} categories" if n_batches else "")
+            raise ValueError(f"{what}: the network's layers over them would take {needed / 2**30:.3g} GiB, more than "
+                             f"this machine's {memory / 2**30:.3g} GiB. Select genes first (e.g. HighlyVariableGenes), "
+                             "check the matrix's shape" + (", and check that batch holds batches (samples, donors), "
+                                                           "not one label per cell" if n_batches else "") + ".")
 
     def _warn_if_code_wider_than(self, last_hidden):
         if self.n_components > last_hidden:
@@ -561,7 +574,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """Variational models: count the active latent dimensions of the codes of ``data``'s rows and warn of a collapse."""
 
     # fitted attributes beyond the module and history that save keeps, as lists
-    _saved_attributes = ("max_epochs_",)
+    _saved_attributes = ("max_epochs_", "shuffle_block_size_")
 
     def _set_fitted(self, module, history):
         self.module_ = module.eval()
@@ -587,7 +600,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
     def _fitted_rows(self, X, batch):
         """The rows of ``X`` for a fitted model's encoder: its features, in float32 or float64, with batches if it reads them."""
-        check_is_fitted(self)
+        self._check_fitted("embed cells")
         data = self._validated_rows(X, reset=False, training=False)
         if not (self.encode_batch and getattr(self, "batch_categories_", None) is not None):
             return data  # the encoder sees expression only: codes do not depend on the batch
@@ -633,7 +646,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             times 1e4 (the scale of :class:`~skvae.preprocessing.LogNormalizer`
             before its log).
         """
-        check_is_fitted(self)
+        self._check_fitted("decode codes")
         X = check_array(X, dtype=[np.float64, np.float32])
         if X.shape[1] != self.n_components:
             raise ValueError(f"X has {X.shape[1]} columns, but {type(self).__name__} decodes codes of {self.n_components}.")
@@ -664,7 +677,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         -------
         score : float
         """
-        check_is_fitted(self)
+        self._check_fitted("score cells")
         # the loss is computed in float32, as in training
         data = self._validated_rows(X, reset=False, training=False, float32_range=True)
         data = self._with_batch(data, batch, reset=False, required=True)
@@ -690,29 +703,29 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         path : str or path-like
             Destination file.
         """
-        check_is_fitted(self)
-        self._check_architecture("save it")
+        self._check_fitted("save it")
+        atomic_torch_save(self._saved_state(), path)
+
+    def _saved_state(self):
+        """Parameters, weights and fitted attributes as builtins and tensors: what :meth:`save` writes."""
         params = self.get_params()
         params["device"] = str(params["device"])
         if not isinstance(params["random_state"], Integral):
             params["random_state"] = None
         params = {name: to_builtins(value, name) for name, value in params.items()}
         feature_names = getattr(self, "feature_names_in_", None)
-        atomic_torch_save(
-            {
-                "format": SAVE_FORMAT,
-                "estimator": type(self).__name__,
-                "params": params,
-                "state_dict": self.module_.state_dict(),
-                "n_features_in_": int(self.n_features_in_),
-                "feature_names_in_": None if feature_names is None else [str(name) for name in feature_names],
-                "history_": {key: [float(v) for v in values] for key, values in self.history_.items()},
-                "algorithm_": self.algorithm_,
-                "batch_categories_": _saved_categories(getattr(self, "batch_categories_", None)),
-                "attributes": {name: np.asarray(getattr(self, name)).tolist() for name in self._saved_attributes},
-            },
-            path,
-        )
+        return {
+            "estimator": type(self).__name__,
+            "params": params,
+            "state_dict": self.module_.state_dict(),
+            "n_features_in_": int(self.n_features_in_),
+            "feature_names_in_": None if feature_names is None else [str(name) for name in feature_names],
+            "history_": {key: [float(v) for v in values] for key, values in self.history_.items()},
+            "algorithm_": self.algorithm_,
+            "batch_categories_": _saved_categories(getattr(self, "batch_categories_", None)),
+            "attributes": {name: np.asarray(getattr(self, name)).tolist() for name in self._saved_attributes
+                           if hasattr(self, name)},
+        }
 
     @classmethod
     def load(cls, path):
@@ -732,6 +745,12 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         if state["estimator"] != cls.__name__:
             raise ValueError(f"{path} holds {state['estimator']}, not {cls.__name__}: load it with "
                              f"{state['estimator']}.load.")
+        return cls._from_saved_state(state, path)
+
+    @classmethod
+    def _from_saved_state(cls, state, path):
+        """The fitted estimator of :meth:`_saved_state`'s dictionary, every field checked; ``path`` names the file."""
+        check_fields(state, ESTIMATOR_FIELDS, path)
         # parameters renamed since (the old name in a save still loads)
         params = {_RENAMED_PARAMETERS.get(name, name): value for name, value in state["params"].items()}
         try:
@@ -741,8 +760,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path} is not a skvae save (or it is damaged): its parameters are invalid: {exc}") from None
         n_features = state["n_features_in_"]
-        categories = state.get("batch_categories_")  # saves from before batches have none
-        estimator.batch_categories_ = None if categories is None else np.asarray(categories, dtype=object)
+        estimator.batch_categories_ = _loaded_categories(state.get("batch_categories_"), path)
         # saves from before the decoder had named heads call its one output "decoder.output"
         weights = {key.replace("decoder.output.", "decoder.heads.mean.", 1): value for key, value in state["state_dict"].items()}
         # the stated sizes are checked against the stored tensors on the meta device, before any memory is taken
@@ -784,6 +802,11 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         return tags
 
 
+def _physical_memory():
+    """This machine's memory in bytes, or None where the system does not say."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+
+
 def _algorithm_of(source):
     return "dense" if isinstance(source.rows, DenseRowSource) else "sparse"
 
@@ -820,6 +843,20 @@ def _categories(labels):
 def _listing(values, most=5):
     values = list(values)
     return ", ".join(map(repr, values[:most])) + (f" and {len(values) - most} more" if len(values) > most else "")
+
+
+def _loaded_categories(categories, path):
+    """The batch categories of a save (None in saves from before batches), checked: distinct strings or numbers."""
+    if categories is None:
+        return None
+    if not isinstance(categories, list) or len(categories) < 1 or not all(
+            isinstance(value, (str, int, float, bool)) and value == value for value in categories):
+        raise ValueError(f"{path} is damaged: its batch categories are not a list of strings and numbers.")
+    loaded = np.empty(len(categories), dtype=object)
+    loaded[:] = categories
+    if pd.Index(loaded).has_duplicates:
+        raise ValueError(f"{path} is damaged: its batch categories repeat a label ({_listing(categories)}).")
+    return loaded
 
 
 def _saved_categories(categories):

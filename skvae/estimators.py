@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state, check_scalar
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
 
 from .base import BaseEmbedder
 from .nn.models import Autoencoder, SparseCodingVAE, VariationalAutoencoder
@@ -342,7 +341,7 @@ class _VariationalEmbedder(BaseEmbedder):
         X : ndarray of shape (n_samples, n_features), dtype float32
             Decoded means of the drawn codes.
         """
-        check_is_fitted(self)
+        self._check_fitted("sample")
         check_scalar(n_samples, "n_samples", Integral, min_val=1)
         # None draws fresh entropy rather than from numpy's global RandomState, which stays untouched
         rng = np.random.RandomState() if random_state is None else check_random_state(random_state)

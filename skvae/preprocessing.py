@@ -19,8 +19,10 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.sparsefuncs import mean_variance_axis
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
+from ._persistence import to_builtins
 from ._validation import batch_labels, is_integer_valued, refuse_boolean_numbers
 from .loess import loess
+from .pipeline import loaded_attributes, saved_attributes
 
 # Rows per block when a dense transform computes in float64: a bounded temporary, whatever the size of X.
 _ROWS_PER_BLOCK = 4096
@@ -480,6 +482,37 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
     def _get_support_mask(self):
         check_is_fitted(self)
         return self.support_
+
+    # what a save keeps (skvae.pipeline.EmbeddingPipeline.save)
+    _fitted_attributes = ("support_", "means_", "variances_", "variances_norm_", "n_batches_selected_",
+                          "n_features_in_", "feature_names_in_")
+
+    def _saved_state(self):
+        """Parameters and fitted attributes as builtins, for :meth:`skvae.pipeline.EmbeddingPipeline.save`."""
+        check_is_fitted(self)
+        return {"estimator": type(self).__name__, "params": {name: to_builtins(value, name) for name, value in
+                                                             self.get_params().items()},
+                "attributes": saved_attributes(self, self._fitted_attributes)}
+
+    @classmethod
+    def _from_saved_state(cls, state, path):
+        """The fitted selection of :meth:`_saved_state`'s dictionary, checked against itself."""
+        try:
+            selection = cls(**state["params"])
+            selection._validate_params()
+            attributes = loaded_attributes(state["attributes"], path)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path} is damaged: its gene selection does not load: {exc}") from None
+        n_features = attributes.get("n_features_in_")
+        support = attributes.get("support_")
+        names = attributes.get("feature_names_in_")
+        if not (isinstance(n_features, int) and isinstance(support, np.ndarray) and support.dtype == bool
+                and support.shape == (n_features,) and (names is None or names.shape == (n_features,))):
+            raise ValueError(f"{path} is damaged: its gene selection's mask does not match its genes.")
+        for name, value in attributes.items():
+            if not (name == "feature_names_in_" and value is None):  # fitted without names: none to restore
+                setattr(selection, name, value)
+        return selection
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -7,9 +7,8 @@ measures them against PCA and scVI.
 
 import inspect
 
-from sklearn.pipeline import Pipeline
-
 from .estimators import BetaVAEEmbedder
+from .pipeline import EmbeddingPipeline, flat_steps
 from .preprocessing import HighlyVariableGenes
 
 #: The embedder's settings in :func:`make_count_embedder`.
@@ -29,8 +28,9 @@ RECOMMENDED_N_TOP_GENES = 2000
 
 
 def _final_step(estimator):
-    """The estimator itself, or the last step of a Pipeline such as :func:`make_count_embedder`'s."""
-    return estimator[-1] if hasattr(estimator, "steps") else estimator
+    """The estimator itself, or the last step of a Pipeline such as :func:`make_count_embedder`'s (None if none)."""
+    steps = flat_steps(estimator)
+    return steps[-1] if steps else None
 
 
 def make_count_embedder(**overrides):
@@ -108,7 +108,7 @@ def make_count_embedder(**overrides):
             f"BetaVAEEmbedder ({', '.join(sorted(allowed - {'n_top_genes'}))})."
         )
     n_top_genes = overrides.pop("n_top_genes", RECOMMENDED_N_TOP_GENES)
-    return Pipeline(
+    return EmbeddingPipeline(
         [
             ("genes", HighlyVariableGenes(n_top_genes=n_top_genes)),
             ("embedder", BetaVAEEmbedder(**{**RECOMMENDED_COUNT_SETTINGS, **overrides})),

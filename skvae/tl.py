@@ -5,7 +5,6 @@ imported when a function here is called, never by ``import skvae``.
 """
 
 import importlib
-import inspect
 import warnings
 
 import numpy as np
@@ -16,7 +15,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._validation import is_integer_valued
 from .nn.likelihoods import LIKELIHOODS
-from .recipes import _final_step
+from .pipeline import fit_transform_steps, flat_steps, transform_steps
+from .pipeline import takes_batch as _takes_batch
 from .train.data import RowData
 
 
@@ -26,13 +26,14 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
     Fits ``estimator`` on the chosen matrix and embeds it, or, when ``estimator``
     is already fitted, embeds it only. The codes go to ``adata.obsm["X_skvae"]``,
     the estimator's parameters and training history to ``adata.uns["skvae"]``, as
-    ``scanpy.tl.pca`` writes ``obsm["X_pca"]`` and ``uns["pca"]``. The code's
-    dimensions are stored in order of decreasing variance across the cells (the
-    informative ones first, as principal components are), so
-    ``scanpy.pp.neighbors(adata, use_rep="X_skvae", n_pcs=k)`` keeps the ``k``
-    most informative; ``uns["skvae"]["components_order"]`` says which column of
-    the estimator's ``transform`` each one is. The estimator passed in is fitted
-    in place: the caller holds it.
+    ``scanpy.tl.pca`` writes ``obsm["X_pca"]`` and ``uns["pca"]``. The codes are
+    exactly those of the estimator's ``transform``, column for column, so codes
+    written by any call (the training cells, a query embedded later, a saved and
+    loaded copy of the model) are interchangeable: they go into one neighbour
+    graph, a label-transfer classifier or ``inverse_transform`` as they are.
+    ``uns["skvae"]["variance"]`` holds each column's variance over these cells.
+    The estimator passed in is fitted in place: the caller holds it, and needs it
+    to embed more cells or to decode (:func:`decode`).
 
     Parameters
     ----------
@@ -50,9 +51,11 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
         Column of ``adata.obs`` with each cell's batch (sample, donor,
         technology): the model is fitted conditioned on it, which integrates the
         batches (see the estimators' ``batch``); in a Pipeline, every step whose
-        ``fit`` takes a ``batch`` gets it (:func:`skvae.make_count_embedder`'s gene
-        selection ranks genes within each batch). Read once, also for a backed
-        object. None: no batches.
+        ``fit`` (or, when fitted, ``transform``) takes a ``batch`` gets it
+        (:func:`skvae.make_count_embedder`'s gene selection ranks genes within
+        each batch), without scikit-learn's metadata routing. Read once, also for
+        a backed object. None: no batches. A fitted estimator must have been
+        fitted with batches.
     use_highly_variable : bool, default=None
         Embed only the genes flagged in ``adata.var["highly_variable"]`` (by
         ``scanpy.pp.highly_variable_genes``). None: use them when that column
@@ -74,15 +77,19 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
     adata : anndata.AnnData or None
         The modified copy with ``copy=True``, else None. The estimator passed in
         is fitted: when fitted here, its (first step's) ``feature_names_in_``
-        holds the genes' names, which a later call on another AnnData object
-        checks.
+        holds the genes' names. A later call with the fitted estimator takes
+        those genes from ``adata`` by name, in the estimator's order (another
+        AnnData may hold more genes, in any order; ``use_highly_variable`` is
+        then not used).
 
     Raises
     ------
     ValueError
-        A missing layer or ``highly_variable`` column; genes that do not match
-        those the estimator was fitted on; a layer that is not raw counts (negative
-        or non-integer values) for a count likelihood.
+        A missing layer or ``highly_variable`` column; genes the fitted estimator
+        knows that ``adata`` lacks; a layer that is not raw counts (negative or
+        non-integer values) for a count likelihood; a backed matrix with a step
+        that needs it in memory (a gene selection); a ``batch_key`` that no step
+        reads.
     TypeError
         ``adata`` is not an AnnData object.
 
@@ -117,48 +124,108 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
                              "(copy=False), or load it first with adata.to_memory().")
         adata = adata.copy()
     obsm_key, uns_key = ("X_skvae", "skvae") if key_added is None else (key_added, key_added)
+    steps = flat_steps(estimator)
+    if not steps:
+        raise TypeError(f"estimator {estimator!r} has no step that embeds: every step is None or 'passthrough'.")
+    final = steps[-1]
+    fitted = _is_fitted(final)
     X = _matrix(adata, layer)
     data = RowData.from_input(X)
-    genes = _gene_mask(adata, use_highly_variable, backed=data.on_disk, selects_genes=_selects_genes(estimator))
+    known_genes = getattr(steps[0], "feature_names_in_", None) if fitted else None
+    if data.on_disk:
+        _refuse_steps_off_disk(steps)
+    if known_genes is not None:
+        # a fitted model that knows its genes takes them from adata by name, in its order
+        genes = _genes_by_name(adata.var_names, known_genes, backed=data.on_disk)
+    else:
+        genes = _gene_mask(adata, use_highly_variable, backed=data.on_disk, selects_genes=_selects_genes(estimator))
     if genes is not None:
         X = X[:, genes]
         data = RowData.from_input(X)
     var_names = np.asarray(adata.var_names if genes is None else adata.var_names[genes], dtype=object)
     _refuse_duplicate_names(var_names)
-    final = _final_step(estimator)
     likelihood = getattr(final, "likelihood", None)
     if isinstance(likelihood, str) and likelihood in LIKELIHOODS and LIKELIHOODS[likelihood].counts:
         _require_raw_counts(data, layer, likelihood)
     batch = _batch(adata, batch_key)
-    batch_param = {} if batch is None else _batch_fit_params(estimator, batch)
+    if batch is not None:
+        _check_batch_is_read(steps, fitted)
     with warnings.catch_warnings():
         # the estimator knows the genes' names, the matrix passed to it carries none
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
-        if _is_fitted(estimator):
-            _check_genes(estimator, var_names, X.shape[1])
-            # a Pipeline takes no batch in transform unless metadata routing is on: only an estimator that reads it
-            reads_batch = batch is not None and not hasattr(estimator, "steps") and _takes_batch(estimator.transform)
-            codes = estimator.transform(X, **({"batch": batch} if reads_batch else {}))
+        if fitted:
+            codes = transform_steps(steps, X, batch)
         else:
-            codes = estimator.fit_transform(X, **batch_param)
-            first = estimator.steps[0][1] if hasattr(estimator, "steps") else estimator
-            first.feature_names_in_ = var_names
+            codes = fit_transform_steps(steps, X, batch)
+            steps[0].feature_names_in_ = var_names
     codes = np.asarray(codes, dtype=np.float32)
-    order = np.argsort(-codes.var(axis=0), kind="stable")
-    adata.obsm[obsm_key] = codes[:, order]
+    # the columns are transform's, in its order: codes from any call, copy or process are interchangeable
+    adata.obsm[obsm_key] = codes
     adata.uns[uns_key] = {
         "estimator": type(estimator).__name__,
         "params": _storable(estimator.get_params(deep=False) if not hasattr(estimator, "steps") else
-                            {name: step.get_params(deep=False) for name, step in estimator.steps}),
+                            {name: _step_params(step) for name, step in estimator.steps}),
         "layer": "X" if layer is None else layer,
         "batch_key": "None" if batch_key is None else batch_key,
-        "use_highly_variable": genes is not None,
+        "use_highly_variable": genes is not None and known_genes is None,
         "obsm_key": obsm_key,
-        "components_order": order,
+        "variance": codes.var(axis=0).astype(np.float64),
         "history": {key: np.asarray(values, dtype=np.float64)
                     for key, values in getattr(final, "history_", {}).items()},
     }
     return adata if copy else None
+
+
+def _step_params(step):
+    return step.get_params(deep=False) if hasattr(step, "get_params") else {"step": "None" if step is None else step}
+
+
+def _refuse_steps_off_disk(steps):
+    """A ValueError for a step that cannot read a matrix on disk (everything but skvae's embedders)."""
+    from .base import BaseEmbedder
+
+    foreign = [step for step in steps if not isinstance(step, BaseEmbedder)]
+    if foreign:
+        name = type(foreign[0]).__name__
+        raise ValueError(
+            f"The matrix is on disk (backed), which skvae's embedders read a few rows at a time, but {name} needs it "
+            "in memory. Select genes first and write them to their own file, e.g. "
+            "adata[:, adata.var.highly_variable].copy(filename='hvg.h5ad') after scanpy.pp.highly_variable_genes, "
+            "then embed that file with the embedder alone (e.g. make_count_embedder()['embedder'])."
+        )
+
+
+def _check_batch_is_read(steps, fitted):
+    """A ValueError for a batch_key that no step would read: the batches would silently not be integrated."""
+    if fitted:
+        if not any(getattr(step, "batch_categories_", None) is not None for step in steps):
+            raise ValueError(f"batch_key was given, but {type(steps[-1]).__name__} was fitted without batches, so it "
+                             "cannot integrate them: embed without batch_key, or fit a new (unfitted) estimator "
+                             "with batch_key.")
+    elif not any(_takes_batch(step.fit) for step in steps):
+        raise ValueError(f"batch_key was given, but {type(steps[-1]).__name__} takes no batch: use a skvae estimator "
+                         "(or a Pipeline with one) to integrate batches, or leave batch_key out.")
+
+
+def _genes_by_name(var_names, known, *, backed):
+    """Positions in ``var_names`` of the genes a fitted model knows, in its order (None: already so)."""
+    var_names = pd.Index(var_names)
+    known = pd.Index(np.asarray(known, dtype=object))
+    if var_names.equals(known):
+        return None
+    if var_names.has_duplicates:
+        _refuse_duplicate_names(var_names)
+    positions = var_names.get_indexer(known)
+    missing = known[positions < 0]
+    if len(missing):
+        raise ValueError(f"adata lacks {len(missing)} of the {len(known)} genes the estimator was fitted on, e.g. "
+                         f"{missing[:5].tolist()}: embed data that measures them (the same gene names, e.g. "
+                         "Ensembl ids or symbols throughout).")
+    if backed:
+        raise ValueError("adata's genes are those the estimator was fitted on, but in another order or among others, "
+                         "and a backed file cannot be reordered on the fly: write adata[:, estimator genes] to a file "
+                         "of its own first.")
+    return positions
 
 
 def _batch(adata, batch_key):
@@ -168,23 +235,6 @@ def _batch(adata, batch_key):
         raise ValueError(f"adata.obs has no column {batch_key!r} for batch_key; its columns are "
                          f"{list(adata.obs.columns)}.")
     return adata.obs[batch_key].to_numpy()
-
-
-def _batch_fit_params(estimator, batch):
-    """``fit`` keywords that give ``batch`` to the estimator, or to each step of a Pipeline whose ``fit`` takes it."""
-    if not hasattr(estimator, "steps"):
-        params = {"batch": batch} if _takes_batch(estimator.fit) else {}
-    else:
-        params = {f"{name}__batch": batch for name, step in estimator.steps
-                  if step not in (None, "passthrough") and _takes_batch(step.fit)}
-    if not params:
-        raise ValueError(f"batch_key was given, but {type(estimator).__name__} takes no batch: use a skvae estimator "
-                         "(or a Pipeline with one) to integrate batches, or leave batch_key out.")
-    return params
-
-
-def _takes_batch(method):
-    return "batch" in inspect.signature(method).parameters
 
 
 def _import_anndata():
@@ -213,8 +263,7 @@ def _matrix(adata, layer):
 
 
 def _selects_genes(estimator):
-    steps = [step for _, step in estimator.steps] if hasattr(estimator, "steps") else [estimator]
-    return any(isinstance(step, SelectorMixin) for step in steps)
+    return any(isinstance(step, SelectorMixin) for step in flat_steps(estimator))
 
 
 def _gene_mask(adata, use_highly_variable, *, backed, selects_genes):
@@ -286,20 +335,6 @@ def _is_fitted(estimator):
     return True
 
 
-def _check_genes(estimator, var_names, n_genes):
-    expected = getattr(estimator, "feature_names_in_", None)
-    if expected is None:
-        return  # the estimator checks the number of genes itself
-    if len(expected) != n_genes or not np.array_equal(np.asarray(expected, dtype=object), var_names):
-        present = set(var_names)
-        missing = [name for name in expected if name not in present][:5]
-        raise ValueError(
-            f"The genes of adata ({n_genes}) do not match the {len(expected)} genes the estimator was fitted on, "
-            f"in the same order" + (f"; missing, e.g.: {missing}" if missing else "") + ". Subset and order adata "
-            "like the training data: adata[:, estimator.feature_names_in_]."
-        )
-
-
 def _storable(params):
     """Parameters as values an h5ad file stores: None and objects as strings, sequences as arrays."""
     stored = {}
@@ -313,3 +348,94 @@ def _storable(params):
         else:
             stored[name] = "None" if value is None else repr(value)
     return stored
+
+
+def decode(adata, estimator, *, batch=None, obsm_key="X_skvae"):
+    """Decode the codes in ``adata.obsm`` into expression: batch-corrected with ``batch``, scanpy-style.
+
+    Decoding every cell as measured in one batch removes the batch effect from
+    the expression itself (scVI's ``transform_batch``): the result is a new
+    AnnData of the genes the model reconstructs (for
+    :func:`skvae.make_count_embedder`, the selected ones), with ``adata``'s cells,
+    ``obs`` and ``obsm`` (so ``scanpy.pl.umap(decoded, color="CD14")`` plots it
+    on the same embedding).
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Cells whose codes :func:`embed` wrote with ``estimator`` (in any call,
+        by this estimator or a saved copy of it).
+    estimator : fitted estimator or Pipeline
+        The model that wrote the codes.
+    batch : label or array-like of shape (n_cells,), default=None
+        The batch to decode as: one label for every cell (corrected expression)
+        or one per cell (e.g. ``adata.obs["sample"]``: each cell in its own batch,
+        the model's reconstruction). Required for a model fitted with batches,
+        ignored otherwise.
+    obsm_key : str, default="X_skvae"
+        Where the codes are (``embed``'s ``key_added``).
+
+    Returns
+    -------
+    decoded : anndata.AnnData of shape (n_cells, n_genes_modelled)
+        ``X`` holds the decoded expression, float32: for count likelihoods the
+        expected expression per 10,000 counts (normalised, before a log), for the
+        Gaussian likelihood the (scaled) values it was fitted on. ``var_names``
+        are the modelled genes' names; ``uns["skvae_decode"]`` records the batch.
+
+    Raises
+    ------
+    ValueError
+        No codes under ``obsm_key``, codes of another width, a batch the model
+        does not know or none for a model fitted with batches.
+
+    Examples
+    --------
+    >>> import anndata
+    >>> import numpy as np
+    >>> import skvae
+    >>> rng = np.random.RandomState(0)
+    >>> counts = rng.poisson(rng.gamma(0.3, 2.0, size=(3, 300))[rng.randint(3, size=200)]).astype(np.float32)
+    >>> adata = anndata.AnnData(counts, obs={"sample": np.repeat(["a", "b"], 100)})
+    >>> adata.var_names = [f"g{i}" for i in range(300)]
+    >>> model = skvae.make_count_embedder(n_top_genes=50, max_epochs=3, random_state=0)
+    >>> skvae.tl.embed(adata, model, batch_key="sample")
+    >>> corrected = skvae.tl.decode(adata, model, batch="a")
+    >>> corrected.shape, list(corrected.var_names) == list(model[:-1].get_feature_names_out())
+    ((200, 50), True)
+    """
+    anndata = _import_anndata()
+    if not isinstance(adata, anndata.AnnData):
+        raise TypeError(f"adata must be an anndata.AnnData object, not {type(adata).__name__}.")
+    steps = flat_steps(estimator)
+    if not steps or not _is_fitted(steps[-1]):
+        raise ValueError("decode needs the fitted estimator that wrote the codes (fit it with skvae.tl.embed first).")
+    final = steps[-1]
+    if not isinstance(obsm_key, str) or obsm_key not in adata.obsm:
+        raise ValueError(f"adata.obsm has no codes under {obsm_key!r} (it has {sorted(adata.obsm.keys())}): run "
+                         "skvae.tl.embed first, or pass obsm_key= (embed's key_added).")
+    codes = np.asarray(adata.obsm[obsm_key])
+    if isinstance(batch, pd.Series):
+        batch = batch.to_numpy()
+    if getattr(final, "batch_categories_", None) is None:
+        batch = None  # the decoder reads no batch
+    expression = final.inverse_transform(codes, **({"batch": batch} if _takes_batch(final.inverse_transform) else {}))
+    names = _modelled_genes(steps, expression.shape[1])
+    decoded = anndata.AnnData(np.asarray(expression, dtype=np.float32), obs=adata.obs.copy(),
+                              var=pd.DataFrame(index=pd.Index(names, dtype=str)))
+    for key, value in adata.obsm.items():
+        decoded.obsm[key] = value
+    decoded.uns["skvae_decode"] = {"obsm_key": obsm_key,
+                                   "batch": "None" if batch is None else (str(batch) if np.ndim(batch) == 0
+                                                                          else "per cell")}
+    return decoded
+
+
+def _modelled_genes(steps, n_genes):
+    """The names of the genes the final step reconstructs: the first step's genes through the steps before it."""
+    names = getattr(steps[0], "feature_names_in_", None)
+    if names is None:
+        return [f"gene{i}" for i in range(n_genes)]
+    for step in steps[:-1]:
+        names = step.get_feature_names_out(names)
+    return [str(name) for name in names]

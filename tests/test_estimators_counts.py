@@ -149,6 +149,7 @@ def test_saves_from_before_the_decoder_heads_still_load(counts, tmp_path):
     state["state_dict"] = {k.replace("decoder.heads.mean.", "decoder.output."): v for k, v in state["state_dict"].items()}
     state["params"].pop("likelihood")
     state.pop("checksum")  # saves that old had no checksum either
+    state["format"] = "skvae-estimator-v1"
     torch.save(state, path)
     np.testing.assert_array_equal(AutoencoderEmbedder.load(path).transform(np.log1p(counts)),
                                   embedder.transform(np.log1p(counts)))

@@ -19,10 +19,13 @@ from .data import iter_minibatches
 from .progress import EpochProgress
 
 
-def _divergence_error(epoch, what, value):
+def _divergence_error(epoch, what, value, module):
+    adversary = getattr(module, "batch_adversary", 0.0)
+    causes = (f"a batch classifier's weight batch_adversary={adversary:g} too large for this data (the recommended "
+              "embedder uses 10; lower it), " if adversary else "")
     return ValueError(
-        f"Training diverged at epoch {epoch}: {what} became {value}. Likely causes: a learning_rate too large "
-        "for this data, or unscaled input with very large values (scale it, e.g. log-normalise and "
+        f"Training diverged at epoch {epoch}: {what} became {value}. Likely causes: {causes}a learning_rate too "
+        "large for this data, or unscaled input with very large values (scale it, e.g. log-normalise and "
         "standardise, or lower learning_rate)."
     )
 
@@ -446,7 +449,7 @@ def train(module, train_rows, val_rows=None, *, config, state, device, parallel=
             reconstruction, kl = (total / n_train for total in sums)
             loss = reconstruction + kl_weight * kl
             if not math.isfinite(loss):
-                raise _divergence_error(epoch, "the training loss", loss)
+                raise _divergence_error(epoch, "the training loss", loss, module)
             # the losses above come from before each step: the last step can still diverge
             after_step = 0.0 if last is None else _loss_after_step(module, last, kl_weight)
             if parallel is not None:
@@ -455,7 +458,7 @@ def train(module, train_rows, val_rows=None, *, config, state, device, parallel=
                 # (and from the check above, a forward pass in training mode)
                 parallel.average_buffers(module)
             if not math.isfinite(after_step):
-                raise _divergence_error(epoch, "the loss after the last optimiser step", after_step)
+                raise _divergence_error(epoch, "the loss after the last optimiser step", after_step, module)
             history["loss"].append(loss)
             history["reconstruction"].append(reconstruction)
             history["kl"].append(kl)
@@ -468,7 +471,7 @@ def train(module, train_rows, val_rows=None, *, config, state, device, parallel=
             if val_rows is not None:
                 val_loss = mean_loss(module, val_rows, kl_weight=beta, batch_size=batch_size, parallel=parallel)
                 if not math.isfinite(val_loss):
-                    raise _divergence_error(epoch, "the validation loss", val_loss)
+                    raise _divergence_error(epoch, "the validation loss", val_loss, module)
                 history["val_loss"].append(val_loss)
                 message += f", validation loss {val_loss:.6g}"
                 epochs_no_improve = 0 if val_loss < best_val - tol or warming_up else epochs_no_improve + 1
