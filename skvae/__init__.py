@@ -2,6 +2,7 @@
 
 from . import tl
 from .estimators import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder, PosteriorCollapseWarning
+from .pipeline import EmbeddingPipeline
 from .recipes import make_count_embedder
 
 __version__ = "0.1.0"
@@ -10,6 +11,7 @@ __all__ = [
     "AutoencoderEmbedder",
     "BetaVAEEmbedder",
     "BetaVSCEmbedder",
+    "EmbeddingPipeline",
     "PosteriorCollapseWarning",
     "__version__",
     "make_count_embedder",

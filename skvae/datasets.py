@@ -71,7 +71,7 @@ def _open_binary(path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def read_10x_mtx(path):
+def read_10x_mtx(path, *, as_anndata=False):
     """Read a 10x Genomics matrix folder as cells x genes counts.
 
     Both layouts are understood: Cell Ranger 1-2 (``matrix.mtx``, ``genes.tsv``,
@@ -82,13 +82,19 @@ def read_10x_mtx(path):
     ----------
     path : str or path-like
         The folder.
+    as_anndata : bool, default=False
+        Return an ``anndata.AnnData`` (needs the ``anndata`` extra), as
+        ``scanpy.read_10x_mtx`` would: the counts in ``X`` and in
+        ``layers["counts"]``, gene symbols (made unique) as ``var_names``, Ensembl
+        ids in ``var["gene_ids"]``, barcodes as ``obs_names``.
 
     Returns
     -------
-    data : :class:`~sklearn.utils.Bunch`
+    data : :class:`~sklearn.utils.Bunch` or anndata.AnnData
         ``data``: scipy.sparse CSR float32 matrix of shape (n_cells, n_genes);
         ``feature_names``: gene symbols made unique as scanpy does (the second
         ``X`` becomes ``X-1``); ``gene_ids``: Ensembl ids; ``obs_names``: barcodes.
+        With ``as_anndata=True``, the AnnData described above.
 
     Examples
     --------
@@ -97,7 +103,11 @@ def read_10x_mtx(path):
     >>> counts = read_10x_mtx(get_data_home() / "pbmc3k")
     >>> counts.data.shape, counts.feature_names[:3].tolist()
     ((2700, 32738), ['MIR1302-10', 'FAM138A', 'OR4F5'])
+    >>> read_10x_mtx(get_data_home() / "pbmc3k", as_anndata=True).var["gene_ids"].iloc[0]
+    'ENSG00000243485'
     """
+    if not isinstance(as_anndata, (bool, np.bool_)):
+        raise TypeError(f"as_anndata must be True or False, not {as_anndata!r}.")
     folder = Path(path)
     matrix = _find(folder, "matrix.mtx")
     genes = _find(folder, "features.tsv", "genes.tsv")
@@ -106,7 +116,16 @@ def read_10x_mtx(path):
                                         ("barcodes.tsv", barcodes)] if found is None]
     if missing:
         raise FileNotFoundError(f"{folder} is not a 10x matrix folder: no {', '.join(missing)}.")
-    return _read_10x_files(matrix, genes, barcodes)
+    data = _read_10x_files(matrix, genes, barcodes)
+    if not as_anndata:
+        return data
+    from .tl import _import_anndata
+
+    adata = _import_anndata().AnnData(data.data, layers={"counts": data.data.copy()})
+    adata.obs_names = data.obs_names.astype(str)
+    adata.var_names = data.feature_names.astype(str)
+    adata.var["gene_ids"] = data.gene_ids.astype(str)
+    return adata
 
 
 def _read_10x_files(matrix, genes, barcodes):

@@ -1,7 +1,7 @@
 """A Pipeline that carries each cell's batch to the steps that read it, and saves itself without pickle.
 
 :class:`EmbeddingPipeline` is what :func:`skvae.make_count_embedder` returns. The
-functions :func:`fit_transform_steps` and :func:`transform_steps` are the walk over a
+functions :func:`_fit_transform_steps` and :func:`_transform_steps` are the walk over a
 Pipeline's steps that it and :func:`skvae.tl.embed` share: every step whose method takes a
 ``batch`` gets it, under scikit-learn's metadata routing or without it.
 """
@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._persistence import atomic_torch_save, read_save, to_builtins
 
 
-def flat_steps(estimator):
+def _flat_steps(estimator):
     """The estimators a Pipeline (nested ones too) applies, in order, without ``None`` and ``"passthrough"``.
 
     Parameters
@@ -32,24 +32,24 @@ def flat_steps(estimator):
     >>> from sklearn.decomposition import PCA
     >>> from sklearn.preprocessing import StandardScaler
     >>> nested = Pipeline([("none", "passthrough"), ("inner", make_pipeline(StandardScaler(), PCA()))])
-    >>> [type(step).__name__ for step in flat_steps(nested)]
+    >>> [type(step).__name__ for step in _flat_steps(nested)]
     ['StandardScaler', 'PCA']
     """
     if not hasattr(estimator, "steps"):
         return [] if estimator is None or (isinstance(estimator, str) and estimator == "passthrough") else [estimator]
-    return [step for _, inner in estimator.steps for step in flat_steps(inner)]
+    return [step for _, inner in estimator.steps for step in _flat_steps(inner)]
 
 
-def takes_batch(method):
+def _takes_batch(method):
     """Whether ``method`` (an estimator's fit, transform, ...) has a ``batch`` parameter."""
     return method is not None and "batch" in inspect.signature(method).parameters
 
 
 def _batch_for(method, batch):
-    return {"batch": batch} if batch is not None and takes_batch(method) else {}
+    return {"batch": batch} if batch is not None and _takes_batch(method) else {}
 
 
-def fit_transform_steps(steps, X, batch=None, params=None):
+def _fit_transform_steps(steps, X, batch=None, params=None):
     """Fit each step on the output of the one before, and return the last one's output.
 
     Each step whose ``fit`` takes a ``batch`` is given ``batch``; the others are fitted on
@@ -59,7 +59,7 @@ def fit_transform_steps(steps, X, batch=None, params=None):
     Parameters
     ----------
     steps : list of estimators
-        From :func:`flat_steps`.
+        From :func:`_flat_steps`.
     X : matrix
     batch : array-like of shape (n_samples,), default=None
     params : list of dict, default=None
@@ -75,7 +75,7 @@ def fit_transform_steps(steps, X, batch=None, params=None):
     return X
 
 
-def transform_steps(steps, X, batch=None, *, method="transform"):
+def _transform_steps(steps, X, batch=None, *, method="transform"):
     """Apply each fitted step's ``method`` in turn (``"inverse_transform"``: in reverse order), with ``batch`` where taken."""
     for step in steps if method == "transform" else steps[::-1]:
         call = getattr(step, method)
@@ -103,7 +103,14 @@ class EmbeddingPipeline(Pipeline):
         As :class:`~sklearn.pipeline.Pipeline`'s. For :meth:`save`, skvae's
         estimators and :class:`~skvae.preprocessing.HighlyVariableGenes`.
     transform_input, memory, verbose
-        As :class:`~sklearn.pipeline.Pipeline`'s.
+        As :class:`~sklearn.pipeline.Pipeline`'s. ``fit`` fits the steps one after
+        the other itself, so ``memory`` caches nothing and ``transform_input`` is
+        not used.
+
+    Attributes
+    ----------
+    named_steps : :class:`~sklearn.utils.Bunch`
+        The steps by name, as :class:`~sklearn.pipeline.Pipeline`'s.
 
     Examples
     --------
@@ -172,13 +179,13 @@ class EmbeddingPipeline(Pipeline):
             by_step.setdefault(name, {})[parameter] = value
         steps, extra = [], []
         for name, outer in self.steps:
-            inner = flat_steps(outer)
+            inner = _flat_steps(outer)
             if name in by_step and len(inner) != 1:
                 raise TypeError(f"{type(self).__name__}.fit cannot pass {sorted(by_step[name])} to step {name!r}, "
                                 "which is a Pipeline or passthrough: pass batch= instead.")
             steps += inner
             extra += [by_step.get(name, {})] * len(inner)
-        return fit_transform_steps(steps, X, batch, extra)
+        return _fit_transform_steps(steps, X, batch, extra)
 
     def transform(self, X, *, batch=None):
         """Apply every step's ``transform``, giving ``batch`` to each that takes it.
@@ -192,7 +199,7 @@ class EmbeddingPipeline(Pipeline):
         -------
         X_new : ndarray of shape (n_samples, n_components)
         """
-        return transform_steps(flat_steps(self), X, batch)
+        return _transform_steps(_flat_steps(self), X, batch)
 
     def inverse_transform(self, X, *, batch=None):
         """Decode codes back through every step, last first, giving ``batch`` to each that takes it.
@@ -213,7 +220,7 @@ class EmbeddingPipeline(Pipeline):
         -------
         X_original : ndarray of shape (n_samples, n_features)
         """
-        return transform_steps(flat_steps(self), X, batch, method="inverse_transform")
+        return _transform_steps(_flat_steps(self), X, batch, method="inverse_transform")
 
     def score(self, X, y=None, *, batch=None):
         """The last step's ``score`` of the other steps' output: for skvae's embedders, minus the loss per cell.
@@ -228,9 +235,9 @@ class EmbeddingPipeline(Pipeline):
         -------
         score : float
         """
-        steps = flat_steps(self)
+        steps = _flat_steps(self)
         final = steps[-1]
-        return final.score(transform_steps(steps[:-1], X, batch), **_batch_for(final.score, batch))
+        return final.score(_transform_steps(steps[:-1], X, batch), **_batch_for(final.score, batch))
 
     def save(self, path):
         """Save the fitted pipeline to ``path``: each step's parameters and fitted state, in one file.
@@ -283,7 +290,7 @@ class EmbeddingPipeline(Pipeline):
         return cls(steps)
 
 
-def saved_attributes(estimator, names):
+def _saved_attributes(estimator, names):
     """Fitted attributes as builtins for a save: arrays as lists with their dtype."""
     saved = {}
     for name in names:
@@ -296,8 +303,8 @@ def saved_attributes(estimator, names):
     return saved
 
 
-def loaded_attributes(saved, path):
-    """The fitted attributes of :func:`saved_attributes`, arrays rebuilt with their dtype."""
+def _loaded_attributes(saved, path):
+    """The fitted attributes of :func:`_saved_attributes`, arrays rebuilt with their dtype."""
     loaded = {}
     for name, value in saved.items():
         if isinstance(value, dict):

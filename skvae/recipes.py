@@ -8,7 +8,7 @@ measures them against PCA and scVI.
 import inspect
 
 from .estimators import BetaVAEEmbedder
-from .pipeline import EmbeddingPipeline, flat_steps
+from .pipeline import EmbeddingPipeline, _flat_steps
 from .preprocessing import HighlyVariableGenes
 
 #: The embedder's settings in :func:`make_count_embedder`.
@@ -29,21 +29,25 @@ RECOMMENDED_N_TOP_GENES = 2000
 
 def _final_step(estimator):
     """The estimator itself, or the last step of a Pipeline such as :func:`make_count_embedder`'s (None if none)."""
-    steps = flat_steps(estimator)
+    steps = _flat_steps(estimator)
     return steps[-1] if steps else None
 
 
 def make_count_embedder(**overrides):
     """skvae's recommended embedder for raw UMI counts, unfitted.
 
-    A :class:`~sklearn.pipeline.Pipeline` of two steps:
+    An :class:`~skvae.EmbeddingPipeline` (a scikit-learn Pipeline whose methods
+    take ``batch=``, and that saves itself without pickle) of two steps:
 
     1. ``"genes"``: :class:`~skvae.preprocessing.HighlyVariableGenes` keeps the
        2,000 most variable genes by Seurat's vst method, computed on the counts;
     2. ``"embedder"``: a :class:`~skvae.BetaVAEEmbedder` with a negative binomial
        likelihood and the library size as an offset (``likelihood="nb"``, as
-       scVI), 10 latent dimensions, one hidden layer of 128 units (scVI's
-       network) with batch normalisation and 10 % dropout, beta 1 reached by a
+       scVI), 10 latent dimensions, ``hidden_layer_sizes=(128,)``: the encoder
+       maps the genes linearly to 128 units and those linearly to the means and
+       variances of the code (no non-linearity between genes and codes, unlike
+       scVI's encoder); the decoder maps the code to 128 units with batch
+       normalisation, a ReLU and 10 % dropout, then to the genes; beta 1 reached by a
        linear KL warm-up over the first half of the epochs, in minibatches of 256
        cells; 200 epochs up to 20,000 cells, then fewer so that the gradient steps
        stay those of 20,000 cells (``max_epochs="auto"``: 40 epochs at 100,000
@@ -54,7 +58,7 @@ def make_count_embedder(**overrides):
     the figures and the reason for each. They are fixed, not tuned per data set.
 
     To integrate batches, give both steps each cell's batch:
-    ``fit(counts, genes__batch=batch, embedder__batch=batch)`` (or
+    ``fit(counts, batch=batch)`` (or
     ``skvae.tl.embed(adata, make_count_embedder(), layer="counts", batch_key=...)``):
     the genes are then ranked within each batch, the decoder is conditioned on
     the batch, and an adversarial batch classifier (``batch_adversary=10``)
@@ -72,7 +76,7 @@ def make_count_embedder(**overrides):
 
     Returns
     -------
-    pipeline : sklearn.pipeline.Pipeline
+    pipeline : EmbeddingPipeline
         Takes raw counts of QC'd cells, cells x all genes, dense or sparse; its
         ``fit_transform`` returns the codes, of shape (n_cells, 10). The fitted
         embedder is ``pipeline["embedder"]``, the selected genes

@@ -15,8 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._validation import is_integer_valued
 from .nn.likelihoods import LIKELIHOODS
-from .pipeline import fit_transform_steps, flat_steps, transform_steps
-from .pipeline import takes_batch as _takes_batch
+from .pipeline import _fit_transform_steps, _flat_steps, _takes_batch, _transform_steps
 from .train.data import RowData
 
 
@@ -124,7 +123,7 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
                              "(copy=False), or load it first with adata.to_memory().")
         adata = adata.copy()
     obsm_key, uns_key = ("X_skvae", "skvae") if key_added is None else (key_added, key_added)
-    steps = flat_steps(estimator)
+    steps = _flat_steps(estimator)
     if not steps:
         raise TypeError(f"estimator {estimator!r} has no step that embeds: every step is None or 'passthrough'.")
     final = steps[-1]
@@ -154,9 +153,9 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
         # the estimator knows the genes' names, the matrix passed to it carries none
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
         if fitted:
-            codes = transform_steps(steps, X, batch)
+            codes = _transform_steps(steps, X, batch)
         else:
-            codes = fit_transform_steps(steps, X, batch)
+            codes = _fit_transform_steps(steps, X, batch)
             steps[0].feature_names_in_ = var_names
     codes = np.asarray(codes, dtype=np.float32)
     # the columns are transform's, in its order: codes from any call, copy or process are interchangeable
@@ -263,7 +262,7 @@ def _matrix(adata, layer):
 
 
 def _selects_genes(estimator):
-    return any(isinstance(step, SelectorMixin) for step in flat_steps(estimator))
+    return any(isinstance(step, SelectorMixin) for step in _flat_steps(estimator))
 
 
 def _gene_mask(adata, use_highly_variable, *, backed, selects_genes):
@@ -407,7 +406,7 @@ def decode(adata, estimator, *, batch=None, obsm_key="X_skvae"):
     anndata = _import_anndata()
     if not isinstance(adata, anndata.AnnData):
         raise TypeError(f"adata must be an anndata.AnnData object, not {type(adata).__name__}.")
-    steps = flat_steps(estimator)
+    steps = _flat_steps(estimator)
     if not steps or not _is_fitted(steps[-1]):
         raise ValueError("decode needs the fitted estimator that wrote the codes (fit it with skvae.tl.embed first).")
     final = steps[-1]
