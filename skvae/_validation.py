@@ -236,7 +236,8 @@ class ValueCheck:
             check_float32_range(values)
         if self.counts:
             check_non_negative(values, self.whom)
-            if values.size and values.max() > MAX_COUNT:
+            # compared as float64: a float16 block's maximum cannot hold 2**31
+            if values.size and float(values.max()) > MAX_COUNT:
                 raise ValueError(f"X has a count of {values.max():.3g}, but {self.whom}: UMI counts of one gene in "
                                  f"one cell stay far below {MAX_COUNT:.3g}. Pass the raw counts (not scaled values).")
         if values.size:

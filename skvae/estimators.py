@@ -312,8 +312,9 @@ class _VariationalEmbedder(BaseEmbedder):
                 f"Posterior collapse: {self.n_active_components_} of the {self.n_components} latent dimensions are active (their "
                 f"posterior mean varies across cells with variance above {ACTIVITY_THRESHOLD}; the largest is "
                 f"{activity.max():.2g}), so the codes carry little of the data. The KL term, weighted by "
-                f"beta={self.beta}, won over the reconstruction: lower beta, or warm the KL weight up from 0 "
-                f"over more epochs (kl_warmup_epochs={self.kl_warmup_epochs}).",
+                f"beta={self.beta}, won over the reconstruction in {self.n_iter_} epochs: lower beta, train for "
+                f"more epochs, or warm the KL weight up from 0 over more of them (kl_warmup_epochs='auto' warms "
+                f"up over the first half; this fit's warm-up was {self.kl_warmup_epochs_} epochs).",
                 PosteriorCollapseWarning,
                 stacklevel=4,
             )

@@ -320,7 +320,7 @@ def _write_report(out, means, stds, seconds, epochs, n_seeds, shape, figures, n_
             "k-NN (k = 15) accuracy."
         ),
         "",
-        f"## Scores (mean ± sd over {n_seeds} runs)",
+        f"## Scores (mean ± sd over {n_seeds} runs)" if n_seeds > 1 else "## Scores (one run: no spread measured)",
         "",
         _markdown(table),
         "",
