@@ -270,7 +270,8 @@ def _docstring(template):
     --------
     >>> import numpy as np
     >>> from skvae import AutoencoderEmbedder
-    >>> X = np.random.RandomState(0).normal(size=(100, 20))
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.normal(size=(100, 2)) @ rng.normal(size=(2, 20)) * 3 + rng.normal(size=(100, 20))  # 2 directions
     >>> embedder = AutoencoderEmbedder(n_components=2, max_epochs=5, random_state=0)
     >>> embedder.fit_transform(X).shape
     (100, 2)
@@ -392,7 +393,8 @@ class _VariationalEmbedder(BaseEmbedder):
     --------
     >>> import numpy as np
     >>> from skvae import BetaVAEEmbedder
-    >>> X = np.random.RandomState(0).normal(size=(100, 20))
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.normal(size=(100, 2)) @ rng.normal(size=(2, 20)) * 3 + rng.normal(size=(100, 20))  # 2 directions
     >>> embedder = BetaVAEEmbedder(n_components=2, beta=2.0, max_epochs=5, random_state=0)
     >>> embedder.fit_transform(X).shape
     (100, 2)
@@ -507,8 +509,9 @@ class BetaVAEEmbedder(_VariationalEmbedder):
     --------
     >>> import numpy as np
     >>> from skvae import BetaVSCEmbedder
-    >>> X = np.random.RandomState(0).normal(size=(100, 20))
-    >>> embedder = BetaVSCEmbedder(n_components=4, beta=2.0, max_epochs=5, random_state=0)
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.normal(size=(100, 2)) @ rng.normal(size=(2, 20)) * 3 + rng.normal(size=(100, 20))  # 2 directions
+    >>> embedder = BetaVSCEmbedder(n_components=4, beta=2.0, max_epochs=20, random_state=0)
     >>> embedder.fit_transform(X).shape
     (100, 4)
     >>> gamma = embedder.spike_probabilities(X)

@@ -122,7 +122,7 @@ class EmbeddingPipeline(Pipeline):
     >>> counts = rng.poisson(rng.gamma(0.3, 2.0, size=(3, 300))[rng.randint(3, size=200)]).astype(float)
     >>> batch = np.repeat(["a", "b"], 100)
     >>> pipe = EmbeddingPipeline([("genes", HighlyVariableGenes(n_top_genes=100)),
-    ...                           ("embedder", BetaVAEEmbedder(n_components=4, likelihood="nb", max_epochs=3,
+    ...                           ("embedder", BetaVAEEmbedder(n_components=4, likelihood="nb", max_epochs=20,
     ...                                                        random_state=0))])
     >>> pipe.fit_transform(counts, batch=batch).shape
     (200, 4)
