@@ -279,9 +279,8 @@ class EmbeddingPipeline(Pipeline):
         if state["estimator"] != cls.__name__:
             raise ValueError(f"{path} holds a {state['estimator']}, not an {cls.__name__}: load it with "
                              f"{state['estimator']}.load.")
-        known = {name: getattr(module, name) for module in (estimators, preprocessing)
-                 for name in ("AutoencoderEmbedder", "BetaVAEEmbedder", "BetaVSCEmbedder", "HighlyVariableGenes")
-                 if hasattr(module, name)}
+        known = {cls.__name__: cls for cls in (estimators.AutoencoderEmbedder, estimators.BetaVAEEmbedder,
+                                               estimators.BetaVSCEmbedder, preprocessing.HighlyVariableGenes)}
         steps = []
         for step in state["steps"]:
             if not (isinstance(step, dict) and isinstance(step.get("name"), str) and step.get("estimator") in known):

@@ -113,9 +113,7 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
     >>> adata.obsm["X_skvae"].shape, adata.uns["skvae"]["params"]["likelihood"]
     ((200, 4), 'nb')
     """
-    anndata = _import_anndata()
-    if not isinstance(adata, anndata.AnnData):
-        raise TypeError(f"adata must be an anndata.AnnData object, not {type(adata).__name__}.")
+    anndata = _require_anndata(adata)
     _check_arguments(estimator, key_added, use_highly_variable)
     if copy:
         if adata.isbacked:
@@ -234,6 +232,14 @@ def _batch(adata, batch_key):
         raise ValueError(f"adata.obs has no column {batch_key!r} for batch_key; its columns are "
                          f"{list(adata.obs.columns)}.")
     return adata.obs[batch_key].to_numpy()
+
+
+def _require_anndata(adata):
+    """The anndata module, once ``adata`` is checked to be one of its AnnData objects (a TypeError otherwise)."""
+    anndata = _import_anndata()
+    if not isinstance(adata, anndata.AnnData):
+        raise TypeError(f"adata must be an anndata.AnnData object, not {type(adata).__name__}.")
+    return anndata
 
 
 def _import_anndata():
@@ -403,9 +409,7 @@ def decode(adata, estimator, *, batch=None, obsm_key="X_skvae"):
     >>> corrected.shape, list(corrected.var_names) == list(model[:-1].get_feature_names_out())
     ((200, 50), True)
     """
-    anndata = _import_anndata()
-    if not isinstance(adata, anndata.AnnData):
-        raise TypeError(f"adata must be an anndata.AnnData object, not {type(adata).__name__}.")
+    anndata = _require_anndata(adata)
     steps = _flat_steps(estimator)
     if not steps or not _is_fitted(steps[-1]):
         raise ValueError("decode needs the fitted estimator that wrote the codes (fit it with skvae.tl.embed first).")
