@@ -113,7 +113,7 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
     >>> adata.obsm["X_skvae"].shape, adata.uns["skvae"]["params"]["likelihood"]
     ((200, 4), 'nb')
     """
-    anndata = _require_anndata(adata)
+    _require_anndata(adata)
     _check_arguments(estimator, key_added, use_highly_variable)
     if copy:
         if adata.isbacked:
