@@ -79,7 +79,11 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
         holds the genes' names. A later call with the fitted estimator takes
         those genes from ``adata`` by name, in the estimator's order (another
         AnnData may hold more genes, in any order; ``use_highly_variable`` is
-        then not used).
+        then not used). Called directly, the estimator checks the genes'
+        names of a DataFrame (``adata.to_df()``) and, as every scikit-learn
+        estimator fitted with names does, warns that a bare matrix's columns
+        cannot be checked: the warning is kept on purpose, since a matrix
+        with its genes in another order gives wrong codes without an error.
 
     Raises
     ------

@@ -49,6 +49,7 @@ def _write(path, counts, **changes):
         (lambda c: {"indptr": c.indptr[:-1]}, "indptr has 40 entries"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:X looks like raw counts")  # count-like data, not what is tested
 def test_a_damaged_csr_layout_is_a_value_error_naming_the_file(change, message, counts, tmp_path):
     X = _write(tmp_path / "damaged.h5ad", counts, **change(counts))
     with pytest.raises(ValueError, match=message) as error:
@@ -92,6 +93,7 @@ def test_duplicate_entries_mean_their_sum_in_memory_and_on_disk(counts, tmp_path
     np.testing.assert_array_equal(BetaVAEEmbedder(**SMALL, likelihood="nb").fit(X).transform(X), expected)
 
 
+@pytest.mark.filterwarnings("ignore:X looks like raw counts")  # count-like data, not what is tested
 def test_a_file_written_to_during_training_is_an_error_and_the_model_is_not_kept(counts, tmp_path, monkeypatch):
     path = tmp_path / "changing.h5ad"
     X = _write(path, counts)

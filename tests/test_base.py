@@ -52,6 +52,7 @@ def test_grid_search_best_estimator_with_a_logspace_grid_saves(data, tmp_path):
     assert BetaVAEEmbedder.load(tmp_path / "best.pt").beta == search.best_params_["beta"]
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_a_parameter_that_cannot_be_saved_is_refused_at_save_time(data, tmp_path):
     embedder = BetaVAEEmbedder(**SMALL).fit(data)
     embedder.beta = object()
@@ -129,6 +130,7 @@ def test_crafted_dispersions_beyond_any_trained_value_are_refused(tmp_path):
         BetaVAEEmbedder.load(path)
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_saving_through_a_symbolic_link_replaces_its_target_and_keeps_the_link(fitted, data, tmp_path):
     target, link = tmp_path / "target.pt", tmp_path / "link.pt"
     fitted.save(target)
@@ -280,6 +282,7 @@ def test_a_pandas_sparse_frame_that_leaves_out_nan_is_a_clear_error():
         AutoencoderEmbedder(**SMALL).fit(frame)
 
 
+@pytest.mark.filterwarnings("ignore:X looks like raw counts")  # count-like data, not what is tested
 def test_a_matrix_wider_than_memory_allows_is_refused_before_allocating():
     X = sp.csr_matrix(([1.0, 2.0], ([0, 1], [3, 2**40 - 1])), shape=(2, 2**40))
     with pytest.raises(ValueError, match=r"1099511627776 features: the network's layers over them would take"):

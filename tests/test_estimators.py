@@ -36,6 +36,7 @@ def fitted(request, data):
     return request.param(**SMALL).fit(data)
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_fitted_attributes(fitted, data):
     assert fitted.n_features_in_ == data.shape[1]
     assert fitted.n_iter_ == SMALL["max_epochs"] == len(fitted.history_["loss"])
@@ -84,6 +85,7 @@ def test_score_is_reconstruction_plus_unit_weighted_kl_whatever_beta(cls, data):
     np.testing.assert_allclose(fitted.score(data), -(squared_error + kl).mean(), rtol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_same_random_state_same_embedding_and_global_rngs_untouched(data):
     np_state, torch_state = np.random.get_state()[1].copy(), torch.get_rng_state().clone()
     first = BetaVSCEmbedder(**SMALL).fit_transform(data)
@@ -175,6 +177,7 @@ def test_load_refuses_another_class_and_foreign_files(tmp_path, data):
         AutoencoderEmbedder.load(tmp_path / "other.pt")
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
 def test_feature_names_and_pandas_output(data):
     genes = [f"gene{i}" for i in range(data.shape[1])]
     embedder = BetaVAEEmbedder(**{**SMALL, "max_epochs": 2}).set_output(transform="pandas")

@@ -138,6 +138,8 @@ def test_the_auto_budget_keeps_gradient_steps_of_20000_cells_and_never_grows(n_c
         assert abs(epochs * n_cells - 200 * 20_000) <= n_cells / 2 + 1  # cells seen: those of 20,000 x 200
 
 
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # tiny fits: nothing to encode
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # a few epochs on purpose
 def test_auto_epochs_and_warmup_are_resolved_from_the_training_cells_recorded_and_saved(data, monkeypatch, tmp_path):
     monkeypatch.setattr(skvae.train.loop, "AUTO_FULL_CELLS", 16)  # 64 cells: a quarter of the epochs
     monkeypatch.setattr(skvae.train.loop, "AUTO_EPOCHS", 8)

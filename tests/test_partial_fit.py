@@ -112,6 +112,7 @@ def test_a_refit_that_fails_keeps_the_fitted_model_and_its_features(data):
     assert estimator.transform(frame).shape == (len(data), 2)
 
 
+@pytest.mark.filterwarnings("ignore:X looks like raw counts")  # count-like data, not what is tested
 @pytest.mark.parametrize(("name", "value"), [("n_components", 3), ("likelihood", "poisson"), ("batch_norm", True),
                                              ("hidden_layer_sizes", (16, 4)), ("dropout", 0.3)])
 def test_set_params_that_reshape_the_network_are_refused_by_partial_fit_and_save(name, value, data, tmp_path):

@@ -54,7 +54,9 @@ def test_the_codes_are_transforms_columns_and_copy_leaves_the_input_alone(adata)
     estimator = BetaVAEEmbedder(**SMALL, likelihood="nb")
     result = skvae.tl.embed(adata, estimator, layer="counts", copy=True)
     assert not adata.obsm and "skvae" not in adata.uns
-    codes = estimator.transform(adata.layers["counts"]).astype(np.float32)
+    # tl.embed named the model's genes: scikit-learn's check warns that an unnamed matrix cannot be checked
+    with pytest.warns(UserWarning, match="X does not have valid feature names, but BetaVAEEmbedder was fitted"):
+        codes = estimator.transform(adata.layers["counts"]).astype(np.float32)
     np.testing.assert_array_equal(result.obsm["X_skvae"], codes)
     np.testing.assert_allclose(result.uns["skvae"]["variance"], codes.var(axis=0), rtol=1e-5)
 
@@ -123,6 +125,8 @@ def test_backed_training_reads_from_disk_and_equals_training_in_memory(h5ad, cou
         skvae.tl.embed(backed, estimator, layer=layer, copy=True)
 
 
+@pytest.mark.filterwarnings("ignore:X looks like raw counts")  # count-like data, not what is tested
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # a few epochs on purpose
 def test_estimators_fit_and_transform_a_csr_matrix_on_disk(h5ad, counts):
     on_disk = anndata.read_h5ad(h5ad, backed="r").X
     for early_stopping in (False, True):
@@ -133,6 +137,7 @@ def test_estimators_fit_and_transform_a_csr_matrix_on_disk(h5ad, counts):
     assert AutoencoderEmbedder(**SMALL).partial_fit(on_disk).n_iter_ == 1
 
 
+@pytest.mark.filterwarnings("ignore:X looks like raw counts")  # count-like data, not what is tested
 def test_a_backed_file_with_bad_values_or_layout_is_refused(tmp_path, counts):
     negative = counts.copy()
     negative.data[0] = -1.0
@@ -157,6 +162,7 @@ def test_a_backed_file_with_bad_values_or_layout_is_refused(tmp_path, counts):
                                                                                      backed="r").X)
 
 
+@pytest.mark.filterwarnings("ignore:X looks like raw counts")  # count-like data, not what is tested
 def test_backed_flags_that_cannot_be_applied_are_an_error(h5ad):
     backed = anndata.read_h5ad(h5ad, backed="r")
     backed.var["highly_variable"] = np.arange(60) < 20
