@@ -59,6 +59,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     ----------
     n_components : int, default=6
     hidden_layer_sizes : array-like of int, default=(128, 32, 16)
+    input_activation : bool, default=False
     likelihood : {"gaussian", "poisson", "nb", "zinb"}, default="gaussian"
     batch_norm : bool, default=False
     dropout : float, default=0.0
@@ -100,6 +101,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     _parameter_constraints = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "hidden_layer_sizes": ["array-like"],
+        "input_activation": ["boolean"],
         "likelihood": [StrOptions(set(LIKELIHOODS))],
         "batch_norm": ["boolean"],
         "dropout": [Interval(Real, 0, 1, closed="left")],
@@ -126,6 +128,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         n_components=6,
         *,
         hidden_layer_sizes=(128, 32, 16),
+        input_activation=False,
         likelihood="gaussian",
         batch_norm=False,
         dropout=0.0,
@@ -148,6 +151,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     ):
         self.n_components = n_components
         self.hidden_layer_sizes = hidden_layer_sizes
+        self.input_activation = input_activation
         self.likelihood = likelihood
         self.batch_norm = batch_norm
         self.dropout = dropout
@@ -173,7 +177,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """Return a fresh, randomly initialised model of :mod:`skvae.nn.models`.
 
         ``options`` are the model's keyword arguments that every estimator sets the
-        same way: ``likelihood``, ``batch_norm``, ``dropout``, ``n_batches``,
+        same way: ``likelihood``, ``input_activation``, ``batch_norm``, ``dropout``, ``n_batches``,
         ``encode_batch`` and ``batch_adversary``.
         """
 
@@ -182,7 +186,8 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         n_batches = 0 if categories is None else len(categories)
         likelihood = make_likelihood(self.likelihood, n_features,
                                      dispersion_batches=n_batches if self.dispersion == "gene-batch" else 0)
-        return self._build_module(n_features, hidden_layer_sizes, likelihood=likelihood, batch_norm=self.batch_norm,
+        return self._build_module(n_features, hidden_layer_sizes, likelihood=likelihood,
+                                  input_activation=self.input_activation, batch_norm=self.batch_norm,
                                   dropout=self.dropout, n_batches=n_batches, encode_batch=self.encode_batch,
                                   batch_adversary=self.batch_adversary)
 
@@ -208,7 +213,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def _architecture(self):
         """The parameters that shape the torch module: fixed once it is built."""
         return {"n_components": self.n_components, "hidden_layer_sizes": self._validated_hidden_layer_sizes(),
-                "likelihood": self.likelihood, "batch_norm": self.batch_norm, "dropout": self.dropout,
+                "input_activation": self.input_activation, "likelihood": self.likelihood, "batch_norm": self.batch_norm, "dropout": self.dropout,
                 "encode_batch": self.encode_batch, "dispersion": self.dispersion,
                 "batch_adversary": self.batch_adversary}
 

@@ -47,8 +47,18 @@ _SHARED_PARAMETERS = """\
 
     hidden_layer_sizes : array-like of int, default=(128, 32, 16)
         Widths of the encoder's hidden layers, input side first; the decoder uses
-        them in reverse. The encoder's first layer is linear with no activation,
-        every other hidden layer is followed by a ReLU; the decoder ends linear.
+        them in reverse. The encoder's first layer is linear with no activation
+        (unless ``input_activation``), every other hidden layer is followed by a
+        ReLU; the decoder ends linear.
+
+    input_activation : bool, default=False
+        Treat the encoder's first layer as every other hidden layer: batch
+        normalisation (with ``batch_norm``), a ReLU and dropout (with
+        ``dropout``) after it. With ``hidden_layer_sizes=(128,)`` the encoder is
+        then scVI's: genes -> 128 -> normalisation -> ReLU -> dropout -> the
+        code's heads. The default keeps the original study's network, whose
+        first layer is linear: with a single hidden layer, its encoder is a
+        linear map of the genes.
     likelihood : {"gaussian", "poisson", "nb", "zinb"}, default="gaussian"
         The reconstruction term. "gaussian": the summed squared error of the
         input itself, for log-normalised and scaled expression (the original
@@ -63,8 +73,9 @@ _SHARED_PARAMETERS = """\
         (proportions times 1e4).
 
     batch_norm : bool, default=False
-        Batch normalisation between each hidden linear layer (but the encoder's
-        input layer) and its ReLU, as in scVI. Helps count models train.
+        Batch normalisation between each hidden linear layer and its ReLU (the
+        encoder's input layer only with ``input_activation``), as in scVI. Helps
+        count models train.
 
     dropout : float, default=0.0
         Share of the hidden units' outputs dropped in training (scVI: 0.1).
@@ -88,13 +99,19 @@ _SHARED_PARAMETERS = """\
         per gene).
 
     batch_adversary : float, default=0.0
-        With two or more batches, the weight of an adversarial batch classifier:
-        a small network learns to tell each cell's batch from its code, and the
-        encoder learns to defeat it (a reversed gradient, as in domain-adversarial
-        training), which mixes the batches in the code beyond what conditioning
-        the decoder does. The training loss gains the classifier's cross-entropy
-        times this weight. 0 (the default) leaves it out; the user guide's
-        "Integrating batches" section measures it."""
+        With two or more batches, the strength of an adversarial batch
+        classifier: a small network learns to tell each cell's batch from its
+        code, and the encoder learns to defeat it (a reversed gradient, as in
+        domain-adversarial training), which mixes the batches in the code beyond
+        what conditioning the decoder does. Only cells whose neighbourhood is
+        already shared with other batches are pushed (their 5 nearest codes in
+        the minibatch hold other batches), so a cell type of one batch alone is
+        left where it is. The reversed gradient is this weight times the size of
+        the reconstruction's gradient at the code, so the same value means the
+        same strength whatever the depth and number of genes: 0.3 (the
+        recommendation's) pushes with under a third of the reconstruction's
+        pull. 0 (the default) leaves it out; the user guide's "Integrating
+        batches" section measures it."""
 
 _TRAINING_PARAMETERS = """\
     batch_size : int, default=256
@@ -408,6 +425,7 @@ class BetaVAEEmbedder(_VariationalEmbedder):
         n_components=6,
         *,
         hidden_layer_sizes=(128, 32, 16),
+        input_activation=False,
         likelihood="gaussian",
         batch_norm=False,
         dropout=0.0,
@@ -433,6 +451,7 @@ class BetaVAEEmbedder(_VariationalEmbedder):
         super().__init__(
             n_components,
             hidden_layer_sizes=hidden_layer_sizes,
+            input_activation=input_activation,
             likelihood=likelihood,
             batch_norm=batch_norm,
             dropout=dropout,
@@ -531,6 +550,7 @@ class BetaVSCEmbedder(_VariationalEmbedder):
         n_components=6,
         *,
         hidden_layer_sizes=(128, 32, 16),
+        input_activation=False,
         likelihood="gaussian",
         batch_norm=False,
         dropout=0.0,
@@ -558,6 +578,7 @@ class BetaVSCEmbedder(_VariationalEmbedder):
         super().__init__(
             n_components,
             hidden_layer_sizes=hidden_layer_sizes,
+            input_activation=input_activation,
             likelihood=likelihood,
             batch_norm=batch_norm,
             dropout=dropout,

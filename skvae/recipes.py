@@ -16,12 +16,13 @@ RECOMMENDED_COUNT_SETTINGS = {
     "likelihood": "nb",
     "n_components": 10,
     "hidden_layer_sizes": (128,),
+    "input_activation": True,
     "batch_norm": True,
     "dropout": 0.1,
     "beta": 1.0,
     "kl_warmup_epochs": "auto",
     "max_epochs": "auto",
-    "batch_adversary": 10.0,
+    "batch_adversary": 0.3,
 }
 #: Genes kept by the selection step of :func:`make_count_embedder`.
 RECOMMENDED_N_TOP_GENES = 2000
@@ -43,11 +44,11 @@ def make_count_embedder(**overrides):
        2,000 most variable genes by Seurat's vst method, computed on the counts;
     2. ``"embedder"``: a :class:`~skvae.BetaVAEEmbedder` with a negative binomial
        likelihood and the library size as an offset (``likelihood="nb"``, as
-       scVI), 10 latent dimensions, ``hidden_layer_sizes=(128,)``: the encoder
-       maps the genes linearly to 128 units and those linearly to the means and
-       variances of the code (no non-linearity between genes and codes, unlike
-       scVI's encoder); the decoder maps the code to 128 units with batch
-       normalisation, a ReLU and 10 % dropout, then to the genes; beta 1 reached by a
+       scVI), 10 latent dimensions, scVI's network: the encoder maps the genes
+       to 128 units with batch normalisation, a ReLU and 10 % dropout, then to
+       the means and variances of the code (``hidden_layer_sizes=(128,)``,
+       ``input_activation=True``); the decoder maps the code to 128 units with
+       batch normalisation, a ReLU and 10 % dropout, then to the genes; beta 1 reached by a
        linear KL warm-up over the first half of the epochs, in minibatches of 256
        cells; 200 epochs up to 20,000 cells, then fewer so that the gradient steps
        stay those of 20,000 cells (``max_epochs="auto"``: 40 epochs at 100,000
@@ -61,11 +62,11 @@ def make_count_embedder(**overrides):
     ``fit(counts, batch=batch)`` (or
     ``skvae.tl.embed(adata, make_count_embedder(), layer="counts", batch_key=...)``):
     the genes are then ranked within each batch, the decoder is conditioned on
-    the batch, and an adversarial batch classifier (``batch_adversary=10``)
-    keeps the batch out of the codes. Without batches the classifier does not
-    exist, and with batches that hold cell types of their own, lower
-    ``batch_adversary`` if those types merge into others (the user guide says
-    how to check).
+    the batch, and an adversarial batch classifier (``batch_adversary=0.3``)
+    mixes the batches further where their neighbourhoods are shared, leaving
+    cell types of one batch alone where they are. Without batches the
+    classifier does not exist; ``batch_adversary=0`` keeps the decoder's
+    conditioning alone (the user guide says what each does).
 
     Parameters
     ----------

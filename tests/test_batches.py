@@ -177,12 +177,13 @@ def test_a_dispersion_per_gene_and_batch_learns_each_batchs_noise():
 
 @pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")
 def test_an_adversarial_batch_classifier_mixes_the_batches_further():
-    X, types, batch = _two_batches(n=1500, n_genes=200)
-    params = dict(n_components=8, hidden_layer_sizes=(64, 32), likelihood="nb", batch_norm=True, max_epochs=30,
-                  random_state=0)
+    # a batch effect that conditioning the decoder mixes in part (the adversary aligns shared neighbourhoods only)
+    X, types, batch = _two_batches(n=1500, n_genes=200, effect_sd=0.3)
+    params = dict(n_components=8, hidden_layer_sizes=(64,), input_activation=True, likelihood="nb", batch_norm=True,
+                  max_epochs=60, random_state=0)
     conditioned = BetaVAEEmbedder(**params).fit_transform(X, batch=batch)
-    adversarial = BetaVAEEmbedder(**params, batch_adversary=1.0).fit_transform(X, batch=batch)
-    assert _same_label_share(adversarial, batch) < _same_label_share(conditioned, batch) - 0.02
+    adversarial = BetaVAEEmbedder(**params, batch_adversary=0.3).fit_transform(X, batch=batch)
+    assert _same_label_share(adversarial, batch) < _same_label_share(conditioned, batch) - 0.05
     assert _same_label_share(adversarial, types) > 0.97
 
 

@@ -68,3 +68,30 @@ def test_encoder_merge_holds_with_batch_norm_in_eval_mode(sparse):
     # in eval mode each row's code depends on that row only
     with torch.no_grad():
         torch.testing.assert_close(encoder(torch.from_numpy(block[:1].toarray()))["mu"], expected[:1])
+
+
+def _is_linear(function, x):
+    """Whether ``function`` is affine on these rows: f(x + y) - f(y) == f(x) - f(0), with y the rows reversed."""
+    zero = torch.zeros_like(x[:1])
+    return torch.allclose(function(x + x.flip(0)) - function(x.flip(0)), function(x) - function(zero), atol=1e-9)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_the_input_activation_makes_a_one_layer_encoder_scvis(sparse):
+    torch.manual_seed(0)
+    encoder = Encoder(30, (16,), 3, ["mu", "logvar"], batch_norm=True, dropout=0.1, input_activation=True).double()
+    assert [type(layer).__name__ for layer in encoder.input_activation] == ["BatchNorm1d", "ReLU", "Dropout"]
+    assert [type(layer).__name__ for layer in encoder.branches["mu"]] == ["Linear"]
+    block = sp.random(40, 30, density=0.3, format="csr", random_state=0)
+    dense = torch.from_numpy(block.toarray())
+    x = ShiftedSparseRows.from_scipy(block, np.zeros(30), dtype=np.float64) if sparse else dense
+    encoder.train()
+    encoder(x)  # moves the running statistics off their initial values
+    encoder.eval()
+    with torch.no_grad():
+        # the inference shortcut of a linear input layer is not taken: both paths agree, sparse or dense
+        torch.testing.assert_close(encoder(x)["mu"], encoder(dense)["mu"])
+        assert not _is_linear(lambda rows: encoder(rows)["mu"], dense)
+        # the study's network (no input activation) with one hidden layer is a linear map of the genes
+        linear = Encoder(30, (16,), 3, ["mu"]).double().eval()
+        assert linear.input_activation is None and _is_linear(lambda rows: linear(rows)["mu"], dense)

@@ -55,3 +55,14 @@ def test_it_clones_pickles_and_embeds_raw_counts(counts):
 def test_it_fits_in_a_pipeline_with_tsne(counts):
     pipeline = Pipeline([("embed", make_count_embedder(**QUICK)), ("tsne", TSNE(perplexity=10, random_state=0))])
     assert pipeline.fit_transform(counts.toarray()).shape == (120, 2)
+
+
+def test_the_recipes_encoder_is_not_linear_in_the_genes(counts):
+    """genes -> 128 -> batch norm -> ReLU -> dropout -> the code's heads, as the docstring says (scVI's encoder)."""
+    pipeline = make_count_embedder(**QUICK).fit(counts)
+    encoder = pipeline["embedder"].module_.encoder
+    assert encoder.input_layer.weight.shape == (40, 128)
+    assert [type(layer).__name__ for layer in encoder.input_activation] == ["BatchNorm1d", "ReLU", "Dropout"]
+    assert encoder.input_activation[2].p == 0.1
+    assert all([type(layer).__name__ for layer in branch] == ["Linear"] for branch in encoder.branches.values())
+    assert "linearly" not in make_count_embedder.__doc__

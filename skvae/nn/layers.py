@@ -41,12 +41,38 @@ def linear_stack(sizes, *, batch_norm=False, dropout=0.0):
     layers = []
     for n_in, n_out in pairwise(sizes):
         layers.append(nn.Linear(n_in, n_out))
-        if batch_norm:
-            # scVI's settings: statistics that move slowly and a small epsilon
-            layers.append(nn.BatchNorm1d(n_out, momentum=0.01, eps=1e-3))
-        layers.append(nn.ReLU())
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+        layers.extend(activation(n_out, batch_norm=batch_norm, dropout=dropout))
+    return nn.Sequential(*layers)
+
+
+def activation(width, *, batch_norm=False, dropout=0.0):
+    """What follows a hidden linear layer: batch normalisation if asked, a ReLU, dropout if asked.
+
+    Parameters
+    ----------
+    width : int
+        The linear layer's output width.
+    batch_norm : bool, default=False
+        With scVI's settings: statistics that move slowly and a small epsilon.
+    dropout : float, default=0.0
+
+    Returns
+    -------
+    torch.nn.Sequential
+
+    Examples
+    --------
+    >>> from skvae.nn.layers import activation
+    >>> activation(3, dropout=0.1)
+    Sequential(
+      (0): ReLU()
+      (1): Dropout(p=0.1, inplace=False)
+    )
+    """
+    layers = [nn.BatchNorm1d(width, momentum=0.01, eps=1e-3)] if batch_norm else []
+    layers.append(nn.ReLU())
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 
@@ -108,9 +134,12 @@ def input_product(x, weight, bias):
 class Encoder(nn.Module):
     """An input layer and a shared trunk, then one branch per posterior parameter.
 
-    The input layer is linear with no activation; the trunk holds the following
-    hidden layers but the last, each with a ReLU. Each branch holds its own copy of
-    the last hidden layer (with a ReLU) and a linear output of width ``n_outputs``.
+    The input layer is linear with no activation (the original study's network)
+    unless ``input_activation``; the trunk holds the following hidden layers but
+    the last, each with a ReLU. Each branch holds its own copy of the last hidden
+    layer (with a ReLU) and a linear output of width ``n_outputs``. With one
+    hidden layer there is no trunk and each branch is its linear output: with
+    ``input_activation`` that is scVI's encoder, without it a linear map.
 
     Parameters
     ----------
@@ -123,7 +152,11 @@ class Encoder(nn.Module):
     branches : sequence of str
         Names of the branches, e.g. ``("mu", "logvar")``.
     batch_norm, dropout
-        As in :func:`linear_stack`, for every hidden layer but the input layer.
+        As in :func:`linear_stack`, for every hidden layer but the input layer
+        (which has them too with ``input_activation``).
+    input_activation : bool, default=False
+        Follow the input layer with :func:`activation` (batch normalisation and
+        dropout as for the other layers), as every other hidden layer.
     n_batches : int, default=0
         When > 0, the input layer also takes each row's batch (an integer in
         ``[0, n_batches)``): a learned offset per batch, the same as a linear layer on
@@ -139,12 +172,14 @@ class Encoder(nn.Module):
     """
 
     def __init__(self, n_features, hidden_layer_sizes, n_outputs, branches, *, batch_norm=False, dropout=0.0,
-                 n_batches=0):
+                 n_batches=0, input_activation=False):
         super().__init__()
         options = {"batch_norm": batch_norm, "dropout": dropout}
         self.input_layer = InputLinear(n_features, hidden_layer_sizes[0])
         if n_batches:
             self.batch_offsets = batch_offsets(n_batches, hidden_layer_sizes[0])
+        # None (the study's linear input layer) or the activation after it
+        self.input_activation = activation(hidden_layer_sizes[0], **options) if input_activation else None
         self.trunk = linear_stack(hidden_layer_sizes[:-1], **options)
         branch_sizes = hidden_layer_sizes[-2:]
         self.branches = nn.ModuleDict(
@@ -160,8 +195,9 @@ class Encoder(nn.Module):
         ``x`` is a dense tensor or :class:`skvae.nn.sparse.ShiftedSparseRows`; ``batch``
         the rows' batches (an encoder built with ``n_batches``) or None.
         """
-        if batch is not None:
-            h = self.trunk(self.input_layer(x) + self.batch_offsets(batch))
+        if batch is not None or self.input_activation is not None:
+            h = self.input_layer(x) if batch is None else self.input_layer(x) + self.batch_offsets(batch)
+            h = self.trunk(h if self.input_activation is None else self.input_activation(h))
         elif self.training or torch.is_grad_enabled() or not len(self.trunk):
             h = self.trunk(self.input_layer(x))
         else:

@@ -4,6 +4,7 @@ These modules know nothing of scikit-learn: the estimators in :mod:`skvae.estima
 build them, and :mod:`skvae.train.loop` trains them.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,48 @@ from .likelihoods import Gaussian
 _SPIKE_EPS = 1e-6
 # Hidden width of the adversarial batch classifier (two layers), as scvi-tools' adversarial classifier
 _ADVERSARY_WIDTH = 32
+# Neighbours in the minibatch that decide whether a cell's neighbourhood is shared with other batches
+_SHARED_NEIGHBOURS = 5
+
+
+def shared_weight(codes, batch, k=_SHARED_NEIGHBOURS):
+    """How far each cell's neighbourhood in the minibatch is shared with other batches, in [0, 1].
+
+    The share of a cell's ``k`` nearest codes (among the minibatch's others) from another batch, over the share
+    expected if the batches mixed perfectly (the other batches' share of the minibatch), capped at 1: 0 for a cell
+    whose neighbours all come from its own batch (a population of its batch alone, or one not yet mixed), 1 for one
+    in a well mixed neighbourhood.
+
+    Parameters
+    ----------
+    codes : torch.Tensor of shape (n_samples, n_components)
+    batch : torch.Tensor of shape (n_samples,), int64
+    k : int, default=5
+
+    Returns
+    -------
+    torch.Tensor of shape (n_samples,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.models import shared_weight
+    >>> codes = torch.tensor([[0.0], [0.1], [0.2], [0.3], [5.0], [5.1]])
+    >>> batch = torch.tensor([0, 1, 0, 1, 0, 0])  # the last two: a population of batch 0 alone
+    >>> shared_weight(codes, batch, k=1)
+    tensor([1., 1., 1., 1., 0., 0.])
+    """
+    n = codes.shape[0]
+    k = min(k, n - 1)
+    if k < 1:
+        return codes.new_zeros(n)
+    distances = torch.cdist(codes, codes)
+    distances.fill_diagonal_(float("inf"))
+    neighbours = distances.topk(k, largest=False).indices
+    other = (batch[neighbours] != batch[:, None]).float().mean(dim=1)
+    own = (batch[:, None] == batch[None, :]).float().sum(dim=1) - 1
+    expected = 1.0 - own / (n - 1)
+    return torch.where(expected > 0, (other / expected.clamp_min(1e-12)).clamp(max=1.0), torch.zeros_like(other))
 
 
 @dataclass
@@ -35,9 +78,12 @@ class LossTerms:
         KL divergence of each cell's posterior from the prior (zeros for a plain
         autoencoder).
     adversarial : torch.Tensor of shape (n_samples,), default=None
-        The weighted cross-entropy of the adversarial batch classifier, in training
-        with ``batch_adversary`` only: the classifier descends it, and through the
-        reversed gradient the encoder ascends it.
+        The adversarial batch classifier's cross-entropy, each cell's weighted by
+        how far its neighbourhood is shared with other batches
+        (:func:`shared_weight`), in training with ``batch_adversary`` only: the
+        classifier descends it, and the encoder ascends it through a reversed
+        gradient scaled by ``batch_adversary`` times the size of the
+        reconstruction's gradient at the code.
 
     Examples
     --------
@@ -68,15 +114,16 @@ class LossTerms:
 
 
 class _ReversedGradient(Function):
-    """The identity forward; minus the gradient backward (Ganin & Lempitsky, 2015)."""
+    """The identity forward; minus the gradient times ``scale`` backward (Ganin & Lempitsky, 2015)."""
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, scale):
+        ctx.scale = scale
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad_output):
-        return -grad_output
+        return -ctx.scale * grad_output, None
 
 
 class _LatentModel(nn.Module):
@@ -84,19 +131,23 @@ class _LatentModel(nn.Module):
 
     branches = ()
 
-    def __init__(self, n_features, n_components, hidden_layer_sizes, *, likelihood=None, batch_norm=False, dropout=0.0,
-                 n_batches=0, encode_batch=False, batch_adversary=0.0):
+    def __init__(self, n_features, n_components, hidden_layer_sizes, *, likelihood=None, input_activation=False,
+                 batch_norm=False, dropout=0.0, n_batches=0, encode_batch=False, batch_adversary=0.0):
         super().__init__()
         options = {"batch_norm": batch_norm, "dropout": dropout}
         self.n_components = n_components
         self.n_batches, self.encode_batch = n_batches, bool(encode_batch and n_batches)
         self.encoder = Encoder(n_features, hidden_layer_sizes, n_components, self.branches, **options,
-                               n_batches=n_batches if self.encode_batch else 0)
+                               n_batches=n_batches if self.encode_batch else 0, input_activation=input_activation)
         self.likelihood = Gaussian() if likelihood is None else likelihood
         self.decoder = Decoder(n_components, hidden_layer_sizes, n_features, self.likelihood.heads, **options,
                                n_batches=n_batches)
         # a classifier of the batch from the code, which the encoder learns to defeat: only where batches differ
         self.batch_adversary = float(batch_adversary) if n_batches > 1 else 0.0
+        # the size of the reconstruction's gradient per cell at the code, a running mean over training steps
+        # (None before the first): it scales the reversed gradient, so that batch_adversary weighs it against
+        # the reconstruction whatever the depth and number of genes
+        self.reconstruction_gradient = None
         if self.batch_adversary:
             self.adversary = nn.Sequential(nn.Linear(n_components, _ADVERSARY_WIDTH), nn.ReLU(),
                                            nn.Linear(_ADVERSARY_WIDTH, _ADVERSARY_WIDTH), nn.ReLU(),
@@ -170,13 +221,28 @@ class _LatentModel(nn.Module):
         """
         q = self.posterior(x, batch)
         z = self._mean_code(q) if deterministic else self._sample_code(q, generator)
-        reconstruction = self.likelihood.negative_log_likelihood(self.decoder(z, batch), x)
         adversarial = None
         if self.batch_adversary and self.training and batch is not None:
-            # the embedding itself (the posterior mean) is what should not tell the batches apart
-            logits = self.adversary(_ReversedGradient.apply(self._mean_code(q)))
-            adversarial = self.batch_adversary * F.cross_entropy(logits, batch, reduction="none")
+            z = z.view_as(z)  # a node of its own, whose gradient is the reconstruction's alone
+            if z.requires_grad:
+                z.register_hook(self._measure_reconstruction_gradient)
+            # the embedding itself (the posterior mean) is what should not tell the batches apart, where its
+            # neighbourhood is shared: a population of one batch alone is left where it is
+            code = self._mean_code(q)
+            scale = self.batch_adversary * (self.reconstruction_gradient or 0.0)
+            logits = self.adversary(_ReversedGradient.apply(code, scale))
+            adversarial = F.cross_entropy(logits, batch, reduction="none") * shared_weight(code.detach(), batch)
+        reconstruction = self.likelihood.negative_log_likelihood(self.decoder(z, batch), x)
         return LossTerms(reconstruction, self._kl(q), adversarial)
+
+    def _measure_reconstruction_gradient(self, grad):
+        # per cell: the loss is a mean over the minibatch's cells (of every process in a data-parallel run, each
+        # with an equal share), so each row's gradient is 1/n of the cell's own
+        processes = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        size = float(grad.detach().norm(dim=1).pow(2).mean().sqrt()) * grad.shape[0] * processes
+        if math.isfinite(size):
+            previous = self.reconstruction_gradient
+            self.reconstruction_gradient = size if previous is None else 0.9 * previous + 0.1 * size
 
 
 class Autoencoder(_LatentModel):
@@ -193,6 +259,9 @@ class Autoencoder(_LatentModel):
     likelihood : torch.nn.Module, default=None
         A likelihood of :mod:`skvae.nn.likelihoods` for ``n_features`` genes;
         None means :class:`~skvae.nn.likelihoods.Gaussian`.
+    input_activation : bool, default=False
+        Follow the encoder's input layer with the hidden layers' activation (see
+        :class:`~skvae.nn.layers.Encoder`); by default it is linear.
     batch_norm : bool, default=False
         Batch normalisation in the hidden layers (see :func:`~skvae.nn.layers.linear_stack`).
     dropout : float, default=0.0
@@ -206,8 +275,11 @@ class Autoencoder(_LatentModel):
     batch_adversary : float, default=0.0
         With ``n_batches`` > 1 and a weight > 0: a small classifier learns to tell
         each cell's batch from its code (the posterior mean), and the encoder learns
-        to defeat it through a reversed gradient; the loss in training gains the
-        classifier's cross-entropy times this weight (``LossTerms.adversarial``).
+        to defeat it through a reversed gradient, where the cell's neighbourhood in
+        the minibatch is shared with other batches (``LossTerms.adversarial``). The
+        reversed gradient is this weight times the size of the reconstruction's
+        gradient per cell at the code (a running mean, ``reconstruction_gradient``),
+        so the weight means the same at any depth and number of genes.
 
     Examples
     --------
@@ -245,7 +317,7 @@ class VariationalAutoencoder(_LatentModel):
     likelihood : torch.nn.Module, default=None
         A likelihood of :mod:`skvae.nn.likelihoods` for ``n_features`` genes;
         None means :class:`~skvae.nn.likelihoods.Gaussian`.
-    batch_norm, dropout, n_batches, encode_batch, batch_adversary
+    input_activation, batch_norm, dropout, n_batches, encode_batch, batch_adversary
         As for :class:`Autoencoder`.
 
     Examples
@@ -297,7 +369,7 @@ class SparseCodingVAE(_LatentModel):
     sharpness : float
         Sharpness ``c`` of the sigmoid that relaxes the spike selection.
     **options
-        ``likelihood``, ``batch_norm``, ``dropout``, ``n_batches``,
+        ``likelihood``, ``input_activation``, ``batch_norm``, ``dropout``, ``n_batches``,
         ``encode_batch`` and ``batch_adversary``, as for :class:`VariationalAutoencoder`.
 
     Examples

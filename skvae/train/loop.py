@@ -21,8 +21,8 @@ from .progress import EpochProgress
 
 def _divergence_error(epoch, what, value, module):
     adversary = getattr(module, "batch_adversary", 0.0)
-    causes = (f"a batch classifier's weight batch_adversary={adversary:g} too large for this data (the recommended "
-              "embedder uses 10; lower it), " if adversary else "")
+    causes = (f"a batch classifier's weight batch_adversary={adversary:g} too large (the recommended embedder uses "
+              "0.3; lower it), " if adversary else "")
     return ValueError(
         f"Training diverged at epoch {epoch}: {what} became {value}. Likely causes: {causes}a learning_rate too "
         "large for this data, or unscaled input with very large values (scale it, e.g. log-normalise and "

@@ -1,0 +1,113 @@
+"""The batch adversary: what it pushes, how hard, and what it must leave alone (the calibration checks, small)."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.neighbors import NearestNeighbors
+
+from skvae import BetaVAEEmbedder
+from skvae.nn.likelihoods import make_likelihood
+from skvae.nn.models import Autoencoder, _ReversedGradient, shared_weight
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(2, 40), st.integers(1, 4), st.integers(1, 8), st.integers(0, 10_000))
+def test_shared_weight_lies_in_0_1_and_is_0_for_a_batch_alone(n, n_batches, k, seed):
+    generator = torch.Generator().manual_seed(seed)
+    codes = torch.randn(n, 3, generator=generator)
+    batch = torch.randint(n_batches, (n,), generator=generator)
+    weight = shared_weight(codes, batch, k)
+    assert weight.shape == (n,) and bool(((weight >= 0) & (weight <= 1)).all())
+    assert not shared_weight(codes, torch.zeros(n, dtype=torch.long), k).any()
+    # the cells' order does not matter
+    order = torch.randperm(n, generator=generator)
+    torch.testing.assert_close(shared_weight(codes[order], batch[order], k), weight[order])
+
+
+def test_shared_weight_is_1_where_batches_interleave_and_0_for_a_population_of_one_batch():
+    line = torch.arange(40, dtype=torch.float32)[:, None]
+    interleaved = torch.arange(40) % 2
+    # each cell's nearest neighbour is of the other batch: more than the 20/39 of perfect mixing
+    assert shared_weight(line, interleaved, k=1).min() == 1.0
+    apart = torch.cat([line, line + 100.0])
+    batch = torch.cat([torch.zeros(40, dtype=torch.long), torch.ones(40, dtype=torch.long)])
+    assert not shared_weight(apart, batch, k=5).any()
+
+
+def test_the_reversed_gradient_is_minus_its_scale_times_the_gradient():
+    x = torch.randn(4, 3, requires_grad=True)
+    upstream = torch.randn(4, 3)
+    _ReversedGradient.apply(x, 2.5).backward(upstream)
+    torch.testing.assert_close(x.grad, -2.5 * upstream)
+
+
+def test_the_reconstruction_gradient_is_measured_per_cell_at_the_code():
+    torch.manual_seed(0)
+    module = Autoencoder(20, 3, (16,), likelihood=make_likelihood("nb", 20), n_batches=2, batch_adversary=0.3)
+    x = torch.poisson(torch.rand(32, 20) * 4)
+    batch = torch.arange(32) % 2
+    module.train()
+    assert module.reconstruction_gradient is None
+    module.loss(x, batch).total(1.0).mean().backward()
+    # the same, by hand: each cell's reconstruction gradient at its code, then their root mean square
+    code = module.posterior(x)["code"].detach().requires_grad_()
+    nll = module.likelihood.negative_log_likelihood(module.decoder(code, batch), x)
+    (per_cell,) = torch.autograd.grad(nll.sum(), code)
+    assert module.reconstruction_gradient == pytest.approx(float(per_cell.norm(dim=1).pow(2).mean().sqrt()), rel=1e-4)
+    # outside training the adversary and the measurement are off
+    module.eval()
+    assert module.loss(x, batch).adversarial is None
+
+
+def _same_label_share(codes, labels, cells, k=15):
+    neighbours = NearestNeighbors(n_neighbors=k + 1).fit(codes).kneighbors(codes, return_distance=False)[:, 1:]
+    return (labels[neighbours[cells]] == labels[cells, None]).mean()
+
+
+def _counts(types, batch, effect, seed=0, n_genes=150):
+    """Poisson counts of cell types; type 3 (if any) is type 2 with a tenth of the genes 4x up; batch 1 thinned."""
+    rng = np.random.RandomState(seed)
+    profiles = rng.gamma(0.5, 2.0, size=(4, n_genes))
+    profiles[3] = profiles[2] * np.where(rng.rand(n_genes) < 0.1, 4.0, 1.0)
+    factors = np.vstack([np.ones(n_genes), np.exp(-np.abs(rng.normal(0, effect, size=n_genes)))])
+    return rng.poisson(profiles[types] * factors[batch] * 3).astype(float)
+
+
+PARAMS = dict(n_components=8, hidden_layer_sizes=(64,), input_activation=True, likelihood="nb", batch_norm=True,
+              max_epochs=60, random_state=0)
+
+
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")
+def test_a_population_of_one_batch_keeps_its_neighbours_under_the_adversary():
+    """Composition shift, small: type 3 (close to type 2) in batch b only, a batch effect on b: it stays as pure as
+    without batches. An adversary that pushes every cell (``shared_weight`` replaced by ones) folds it into type 2
+    here, and fails this test."""
+    rng = np.random.RandomState(1)
+    types = rng.randint(4, size=1200)
+    batch = np.where(types == 3, 1, rng.randint(2, size=1200))
+    X = _counts(types, batch, effect=0.7, seed=1)
+    alone = types == 3
+    without = BetaVAEEmbedder(**PARAMS).fit_transform(X)
+    labels = np.array(["a", "b"])[batch]
+    with_adversary = BetaVAEEmbedder(**PARAMS, batch_adversary=0.3).fit_transform(X, batch=labels)
+    assert _same_label_share(with_adversary, types, alone) >= _same_label_share(without, types, alone) - 0.02
+    # and the shared types mix: fewer of their neighbours from their own batch than without batches
+    shared = ~alone
+    assert _same_label_share(with_adversary, batch, shared) < _same_label_share(without, batch, shared) - 0.05
+
+
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")
+def test_batches_without_an_effect_change_the_labels_neighbours_no_more_than_a_seed_does():
+    """Null batches, small: a random split of one sample changes the 15-NN label share by no more than a new seed."""
+    rng = np.random.RandomState(2)
+    types = rng.randint(4, size=1000)
+    X = _counts(types, np.zeros(1000, dtype=int), effect=0.0)
+    every = np.ones(1000, dtype=bool)
+    seed_0 = _same_label_share(BetaVAEEmbedder(**PARAMS).fit_transform(X), types, every)
+    seed_1 = _same_label_share(BetaVAEEmbedder(**{**PARAMS, "random_state": 1}).fit_transform(X), types, every)
+    split = np.array(["a", "b"])[rng.randint(2, size=1000)]
+    with_batches = _same_label_share(BetaVAEEmbedder(**PARAMS, batch_adversary=0.3).fit_transform(X, batch=split),
+                                     types, every)
+    assert abs(with_batches - seed_0) <= max(abs(seed_1 - seed_0), 0.01)
