@@ -213,9 +213,9 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def _architecture(self):
         """The parameters that shape the torch module: fixed once it is built."""
         return {"n_components": self.n_components, "hidden_layer_sizes": self._validated_hidden_layer_sizes(),
-                "input_activation": self.input_activation, "likelihood": self.likelihood, "batch_norm": self.batch_norm, "dropout": self.dropout,
-                "encode_batch": self.encode_batch, "dispersion": self.dispersion,
-                "batch_adversary": self.batch_adversary}
+                "input_activation": self.input_activation, "likelihood": self.likelihood,
+                "batch_norm": self.batch_norm, "dropout": self.dropout, "encode_batch": self.encode_batch,
+                "dispersion": self.dispersion, "batch_adversary": self.batch_adversary}
 
     def _check_architecture(self, doing):
         """Refuse to continue or save a model whose shaping parameters were changed by set_params since it was built."""

@@ -204,14 +204,6 @@ def test_the_adversary_trains_only_with_batches_and_leaves_the_score_alone(data)
         BetaVAEEmbedder(batch_adversary=-1.0).fit(X)
 
 
-def test_the_reversed_gradient_is_minus_the_gradient():
-    from skvae.nn.models import _ReversedGradient
-
-    x = torch.randn(5, requires_grad=True)
-    (_ReversedGradient.apply(x) * torch.arange(5.0)).sum().backward()
-    torch.testing.assert_close(x.grad, -torch.arange(5.0))
-
-
 def test_a_dispersion_per_gene_and_batch_is_saved_and_fixed_once_built(data, tmp_path):
     X, _, batch = data
     fitted = BetaVAEEmbedder(**SMALL, dispersion="gene-batch").fit(X, batch=batch)

@@ -172,7 +172,7 @@ class Encoder(nn.Module):
     """
 
     def __init__(self, n_features, hidden_layer_sizes, n_outputs, branches, *, batch_norm=False, dropout=0.0,
-                 n_batches=0, input_activation=False):
+                 input_activation=False, n_batches=0):
         super().__init__()
         options = {"batch_norm": batch_norm, "dropout": dropout}
         self.input_layer = InputLinear(n_features, hidden_layer_sizes[0])
