@@ -154,3 +154,30 @@ def check_fields(state, fields, path):
     if "state_dict" in fields and not all(isinstance(key, str) and isinstance(value, torch.Tensor)
                                           for key, value in state["state_dict"].items()):
         raise ValueError(f"{path} is not a skvae save (or it is damaged): its weights are not all tensors.")
+
+
+def attributes_to_builtins(estimator, names):
+    """Fitted attributes as builtins for a save: arrays as lists with their dtype."""
+    saved = {}
+    for name in names:
+        value = getattr(estimator, name, None)
+        if isinstance(value, np.ndarray):
+            saved[name] = {"dtype": value.dtype.str if value.dtype.kind != "O" else "object",
+                           "values": to_builtins(value.tolist(), name)}
+        else:
+            saved[name] = to_builtins(value, name)
+    return saved
+
+
+def attributes_from_builtins(saved, path):
+    """The fitted attributes of :func:`attributes_to_builtins`, arrays rebuilt with their dtype."""
+    loaded = {}
+    for name, value in saved.items():
+        if isinstance(value, dict):
+            try:
+                loaded[name] = np.asarray(value["values"], dtype=object if value["dtype"] == "object" else value["dtype"])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{path} is damaged: its attribute {name!r} is malformed.") from None
+        else:
+            loaded[name] = value
+    return loaded

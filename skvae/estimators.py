@@ -108,9 +108,8 @@ _SHARED_PARAMETERS = """\
         the minibatch hold other batches), so a cell type of one batch alone is
         left where it is. The reversed gradient is this weight times the size of
         the reconstruction's gradient at the code, so the same value means the
-        same strength whatever the depth and number of genes: 0.3 (the
-        recommendation's) pushes with under a third of the reconstruction's
-        pull. 0 (the default) leaves it out; the user guide's "Integrating
+        same strength whatever the depth and number of genes (the recommendation
+        uses 0.3). 0 (the default) leaves it out; the user guide's "Integrating
         batches" section measures it."""
 
 _TRAINING_PARAMETERS = """\

@@ -8,11 +8,10 @@ Pipeline's steps that it and :func:`skvae.tl.embed` share: every step whose meth
 
 import inspect
 
-import numpy as np
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-from ._persistence import atomic_torch_save, read_save, to_builtins
+from ._persistence import atomic_torch_save, read_save
 
 
 def _flat_steps(estimator):
@@ -288,29 +287,3 @@ class EmbeddingPipeline(Pipeline):
             steps.append((step["name"], known[step["estimator"]]._from_saved_state(step, path)))
         return cls(steps)
 
-
-def _saved_attributes(estimator, names):
-    """Fitted attributes as builtins for a save: arrays as lists with their dtype."""
-    saved = {}
-    for name in names:
-        value = getattr(estimator, name, None)
-        if isinstance(value, np.ndarray):
-            saved[name] = {"dtype": value.dtype.str if value.dtype.kind != "O" else "object",
-                           "values": to_builtins(value.tolist(), name)}
-        else:
-            saved[name] = to_builtins(value, name)
-    return saved
-
-
-def _loaded_attributes(saved, path):
-    """The fitted attributes of :func:`_saved_attributes`, arrays rebuilt with their dtype."""
-    loaded = {}
-    for name, value in saved.items():
-        if isinstance(value, dict):
-            try:
-                loaded[name] = np.asarray(value["values"], dtype=object if value["dtype"] == "object" else value["dtype"])
-            except (KeyError, TypeError, ValueError):
-                raise ValueError(f"{path} is damaged: its attribute {name!r} is malformed.") from None
-        else:
-            loaded[name] = value
-    return loaded

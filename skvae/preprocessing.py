@@ -19,10 +19,9 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.sparsefuncs import mean_variance_axis
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
-from ._persistence import to_builtins
+from ._persistence import attributes_from_builtins, attributes_to_builtins, to_builtins
 from ._validation import batch_labels, is_integer_valued, refuse_boolean_numbers
 from .loess import loess
-from .pipeline import _loaded_attributes, _saved_attributes
 
 # Rows per block when a dense transform computes in float64: a bounded temporary, whatever the size of X.
 _ROWS_PER_BLOCK = 4096
@@ -492,7 +491,7 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
         check_is_fitted(self)
         return {"estimator": type(self).__name__, "params": {name: to_builtins(value, name) for name, value in
                                                              self.get_params().items()},
-                "attributes": _saved_attributes(self, self._fitted_attributes)}
+                "attributes": attributes_to_builtins(self, self._fitted_attributes)}
 
     @classmethod
     def _from_saved_state(cls, state, path):
@@ -500,7 +499,7 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
         try:
             selection = cls(**state["params"])
             selection._validate_params()
-            attributes = _loaded_attributes(state["attributes"], path)
+            attributes = attributes_from_builtins(state["attributes"], path)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path} is damaged: its gene selection does not load: {exc}") from None
         n_features = attributes.get("n_features_in_")

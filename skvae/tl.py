@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._validation import is_integer_valued
 from .nn.likelihoods import LIKELIHOODS
-from .pipeline import _fit_transform_steps, _flat_steps, _takes_batch, _transform_steps
+from .pipeline import _batch_for, _fit_transform_steps, _flat_steps, _takes_batch, _transform_steps
 from .train.data import RowData
 
 
@@ -426,7 +426,7 @@ def decode(adata, estimator, *, batch=None, obsm_key="X_skvae"):
         batch = batch.to_numpy()
     if getattr(final, "batch_categories_", None) is None:
         batch = None  # the decoder reads no batch
-    expression = final.inverse_transform(codes, **({"batch": batch} if _takes_batch(final.inverse_transform) else {}))
+    expression = final.inverse_transform(codes, **_batch_for(final.inverse_transform, batch))
     names = _modelled_genes(steps, expression.shape[1])
     decoded = anndata.AnnData(np.asarray(expression, dtype=np.float32), obs=adata.obs.copy(),
                               var=pd.DataFrame(index=pd.Index(names, dtype=str)))

@@ -174,6 +174,18 @@ def test_read_10x_mtx_both_layouts(tmp_path, layout):
     assert counts.obs_names.tolist() == ["c1", "c2"]
 
 
+def test_read_10x_mtx_as_anndata_names_its_genes_and_keeps_the_counts(tmp_path):
+    pytest.importorskip("anndata")
+    write_folder(tmp_path / "v1", "".join(f"ENSG{i}\t{s}\n" for i, s in enumerate("ABA")), "c1\nc2\n", MATRIX,
+                 compress=False)
+    adata = read_10x_mtx(tmp_path / "v1", as_anndata=True)
+    assert list(adata.var_names) == ["A", "B", "A-1"] and list(adata.var["gene_ids"]) == ["ENSG0", "ENSG1", "ENSG2"]
+    assert list(adata.obs_names) == ["c1", "c2"]
+    np.testing.assert_array_equal(adata.layers["counts"].toarray(), [[5, 0, 1], [0, 7, 0]])
+    with pytest.raises(TypeError, match="as_anndata must be True or False, not 'yes'"):
+        read_10x_mtx(tmp_path / "v1", as_anndata="yes")
+
+
 def test_read_10x_mtx_reports_missing_and_inconsistent_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="no matrix.mtx, features.tsv or genes.tsv, barcodes.tsv"):
         read_10x_mtx(tmp_path)

@@ -195,18 +195,21 @@ class Encoder(nn.Module):
         ``x`` is a dense tensor or :class:`skvae.nn.sparse.ShiftedSparseRows`; ``batch``
         the rows' batches (an encoder built with ``n_batches``) or None.
         """
-        if batch is not None or self.input_activation is not None:
-            h = self.input_layer(x) if batch is None else self.input_layer(x) + self.batch_offsets(batch)
-            h = self.trunk(h if self.input_activation is None else self.input_activation(h))
-        elif self.training or torch.is_grad_enabled() or not len(self.trunk):
-            h = self.trunk(self.input_layer(x))
-        else:
+        linear_input = batch is None and self.input_activation is None
+        if linear_input and len(self.trunk) and not (self.training or torch.is_grad_enabled()):
             # The input layer has no activation, so at inference it merges with the next linear
             # layer: one genes x 32 product instead of genes x 128 then 128 x 32.
             following = self.trunk[0]
             weight = self.input_layer.weight @ following.weight.T
             bias = torch.addmv(following.bias, following.weight, self.input_layer.bias)
             h = self.trunk[1:](input_product(x, weight, bias))
+        else:
+            h = self.input_layer(x)
+            if batch is not None:
+                h = h + self.batch_offsets(batch)
+            if self.input_activation is not None:
+                h = self.input_activation(h)
+            h = self.trunk(h)
         return {name: branch(h) for name, branch in self.branches.items()}
 
 

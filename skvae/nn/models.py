@@ -60,7 +60,7 @@ def shared_weight(codes, batch, k=_SHARED_NEIGHBOURS):
     distances.fill_diagonal_(float("inf"))
     neighbours = distances.topk(k, largest=False).indices
     other = (batch[neighbours] != batch[:, None]).float().mean(dim=1)
-    own = (batch[:, None] == batch[None, :]).float().sum(dim=1) - 1
+    own = torch.bincount(batch)[batch].float() - 1  # the cell's batch in the minibatch, but itself
     expected = 1.0 - own / (n - 1)
     return torch.where(expected > 0, (other / expected.clamp_min(1e-12)).clamp(max=1.0), torch.zeros_like(other))
 
