@@ -40,12 +40,14 @@ def scaled_data():
     return (logged - logged.mean(0)) / np.maximum(logged.std(0), 1e-8)
 
 
-def fingerprint(estimator, X):
+def fingerprint(estimator, X, batch=None):
     digest = hashlib.sha256()
-    codes = estimator.transform(X)
+    per_cell = {} if batch is None else {"batch": batch}
+    codes = estimator.transform(X, **per_cell)
     digest.update(np.ascontiguousarray(codes).tobytes())
-    digest.update(np.ascontiguousarray(estimator.inverse_transform(codes[:10])).tobytes())
-    digest.update(repr(estimator.score(X)).encode())
+    digest.update(np.ascontiguousarray(estimator.inverse_transform(codes[:10], **(
+        {} if batch is None else {"batch": batch[:10]}))).tobytes())
+    digest.update(repr(estimator.score(X, **per_cell)).encode())
     digest.update(json.dumps(estimator.history_, sort_keys=True).encode())
     for name in ("active_components_",):
         if hasattr(estimator, name):
@@ -84,6 +86,20 @@ def in_process_cases(folder):
             for _ in range(2):
                 estimator.partial_fit(X)
             results[f"{model}/nb/partial_fit {source}"] = fingerprint(estimator, counts)
+        # one batch column: decoder conditioning, the gated adversary, per-batch dispersion, an encoder that reads it
+        batch = np.array(["b", "a", "c"])[np.arange(len(counts)) % 3]
+        for name, options in (("batch", {}), ("batch, adversary", {"batch_adversary": 0.3}),
+                              ("batch, gene-batch, encode_batch", {"dispersion": "gene-batch", "encode_batch": True,
+                                                                   "batch_adversary": 1.0})):
+            estimator = cls(**SMALL, likelihood="nb", **variational, **options).fit(counts, batch=batch)
+            results[f"{model}/nb/{name}"] = fingerprint(estimator, counts, batch)
+        estimator = cls(**SMALL, likelihood="nb", batch_adversary=0.3, **variational)
+        for _ in range(2):
+            estimator.partial_fit(backed, batch=batch)
+        results[f"{model}/nb/batch, partial_fit backed"] = fingerprint(estimator, counts, batch)
+        estimator = cls(**{**SMALL, "hidden_layer_sizes": (16,)}, batch_adversary=0.3, input_activation=True).fit(
+            scaled, batch=batch)
+        results[f"{model}/gaussian/batch, recipe encoder"] = fingerprint(estimator, scaled, batch)
     return results
 
 
@@ -105,6 +121,10 @@ out["torchrun/ae/gaussian/memory"] = fingerprint(est, np.log1p(counts))
 est = BetaVAEEmbedder(**SMALL, likelihood="nb", early_stopping=True, n_iter_no_change=1).fit(
     anndata.read_h5ad({path!r}, backed="r").X)
 out["torchrun/vae/nb/backed"] = fingerprint(est, counts)
+batch = np.array(["b", "a", "c"])[np.arange(len(counts)) % 3]
+est = BetaVAEEmbedder(**SMALL, likelihood="nb", batch_adversary=0.3, dispersion="gene-batch").fit(
+    shard, batch=batch[:70] if rank == 0 else batch[70:])
+out["torchrun/vae/nb/batch, adversary"] = fingerprint(est, counts, batch)
 if rank == 0:
     with open({result!r}, "w") as f:
         json.dump(out, f)

@@ -181,3 +181,110 @@ def attributes_from_builtins(saved, path):
         else:
             loaded[name] = value
     return loaded
+
+
+# old parameter name -> new one, for saves written before a rename
+_RENAMED_PARAMETERS = {"prior_sparsity": "prior_activity"}
+
+
+def embedder_state(estimator):
+    """A fitted embedder's parameters, weights and fitted attributes as builtins and tensors: what ``save`` writes.
+
+    Parameters
+    ----------
+    estimator : skvae.base.BaseEmbedder
+        Fitted.
+
+    Returns
+    -------
+    dict
+    """
+    params = estimator.get_params()
+    params["device"] = str(params["device"])
+    if not isinstance(params["random_state"], Integral):
+        params["random_state"] = None
+    params = {name: to_builtins(value, name) for name, value in params.items()}
+    feature_names = getattr(estimator, "feature_names_in_", None)
+    covariates = getattr(estimator, "covariates_", None)
+    state = {
+        "estimator": type(estimator).__name__,
+        "params": params,
+        "state_dict": estimator.module_.state_dict(),
+        "n_features_in_": int(estimator.n_features_in_),
+        "feature_names_in_": None if feature_names is None else [str(name) for name in feature_names],
+        "history_": {key: [float(v) for v in values] for key, values in estimator.history_.items()},
+        "algorithm_": estimator.algorithm_,
+        "attributes": {name: np.asarray(getattr(estimator, name)).tolist() for name in estimator._saved_attributes
+                       if hasattr(estimator, name)},
+    }
+    if covariates is None or covariates.names == [None]:
+        # one unnamed covariate: the field every version reads
+        state["batch_categories_"] = None if covariates is None else covariates.to_saved()[0]["categories"]
+    else:
+        state["covariates"] = covariates.to_saved()
+    return state
+
+
+def embedder_from_state(cls, state, path):
+    """The fitted embedder of :func:`embedder_state`'s dictionary, every field checked; ``path`` names the file.
+
+    The stated sizes are checked against the stored tensors on the meta device before
+    any memory is taken; the module's own load hooks rename old keys and check values.
+
+    Parameters
+    ----------
+    cls : type
+        A subclass of :class:`skvae.base.BaseEmbedder`.
+    state : dict
+    path : str or path-like
+
+    Returns
+    -------
+    skvae.base.BaseEmbedder
+    """
+    from ._covariates import Covariates
+    from .nn.models import renamed_keys
+
+    check_fields(state, ESTIMATOR_FIELDS, path)
+    params = {_RENAMED_PARAMETERS.get(name, name): value for name, value in state["params"].items()}
+    try:
+        estimator = cls(**params)
+        estimator._validate_params()
+        hidden_layer_sizes = estimator._validated_hidden_layer_sizes()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path} is not a skvae save (or it is damaged): its parameters are invalid: {exc}") from None
+    n_features = state["n_features_in_"]
+    if "covariates" in state:
+        estimator._set_covariates(Covariates.from_saved(state["covariates"], path))
+    else:
+        categories = state.get("batch_categories_")
+        estimator._set_covariates(None if categories is None else
+                                  Covariates.from_saved([{"name": None, "categories": categories}], path))
+    weights = renamed_keys(state["state_dict"])
+    with torch.device("meta"):
+        module = estimator._make_module(n_features, hidden_layer_sizes)
+    expected = module.state_dict()
+    if {key: tuple(value.shape) for key, value in expected.items()} != {key: tuple(value.shape)
+                                                                        for key, value in weights.items()}:
+        raise ValueError(f"{path} is not a skvae save (or it is damaged): its weights do not match its parameters.")
+    # batch normalisation counts its batches in an integer buffer; everything else is a float
+    if not all(torch.isfinite(value).all() for value in weights.values()) or any(
+            weights[key].is_floating_point() != value.is_floating_point() for key, value in expected.items()):
+        raise ValueError(f"{path} is damaged: its weights are not all finite numbers.")
+    module = module.to_empty(device="cpu")
+    try:
+        module.load_state_dict(weights)
+    except ValueError as exc:  # a load hook's check of the values
+        raise ValueError(f"{path} is damaged: {exc}.") from None
+    estimator.n_features_in_ = n_features
+    names = state["feature_names_in_"]
+    if names is not None:
+        if len(names) != n_features:
+            raise ValueError(f"{path} is damaged: {len(names)} feature names for {n_features} features.")
+        estimator.feature_names_in_ = np.asarray(names, dtype=object)
+    estimator.algorithm_ = state.get("algorithm_", estimator.algorithm)
+    for name, value in state.get("attributes", {}).items():  # saves from before 0.2 have none
+        if name in estimator._saved_attributes:
+            setattr(estimator, name, value if isinstance(value, (int, float)) else np.asarray(value))
+    estimator._built_architecture = estimator._architecture()
+    return estimator._set_fitted(module, state["history_"])

@@ -5,13 +5,14 @@ disk block by block (:meth:`skvae.train.data.RowData.value_blocks`), with the sa
 messages either way.
 """
 
+import os
 import warnings
 from collections.abc import Hashable
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from sklearn.utils.validation import check_non_negative
+from sklearn.utils.validation import check_non_negative, validate_data
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # No UMI count of one gene in one cell comes near this; below it, a cell's total stays far inside float32.
@@ -297,3 +298,94 @@ def refuse_boolean_numbers(estimator):
                 "boolean" not in constraints:
             raise TypeError(f"{type(estimator).__name__}({name}={value!r}): a boolean is not a number here; pass a "
                             "number.")
+
+
+def validated_rows(estimator, X, *, reset, training, counts, whom, float32_range=None):
+    """``X`` checked and decided once, as a :class:`~skvae.train.data.RowData`: the estimator's one call to its data.
+
+    In memory, scikit-learn's ``validate_data`` (which records or checks
+    ``n_features_in_`` and ``feature_names_in_``); on disk, the file's own checks
+    (:meth:`~skvae.train.data.BackedRows.check_file`). Then the values, with the same
+    rules either way (:class:`ValueCheck`). For training (``training=True``) at least 2
+    rows, values within float32's range, and rows in memory cast to float32; for a
+    fitted model, the features it was fitted on, in float32 or float64.
+
+    Parameters
+    ----------
+    estimator : sklearn.base.BaseEstimator
+    X : array-like, sparse matrix or anndata.abc.CSRDataset
+    reset : bool
+        Record the features (a new model) rather than check them.
+    training : bool
+    counts : bool
+        The model reads raw counts.
+    whom : str
+        Who refuses negative counts, for the message.
+    float32_range : bool, default=None
+        Refuse values beyond float32's range; None: when training or on disk.
+
+    Returns
+    -------
+    skvae.train.data.RowData
+    """
+    from .train.data import RowData
+
+    refuse_foreign_input(X)
+    dtype = [np.float32, np.float64] if training else [np.float64, np.float32]
+    min_rows = 2 if training else 1
+    data = RowData.from_input(X, check_in_memory=lambda X: summed_duplicates(validate_data(
+        estimator, X, accept_sparse="csr", dtype=dtype, ensure_min_samples=min_rows, reset=reset)))
+    if data.on_disk:
+        data.check_file(n_features=None if reset else estimator.n_features_in_, min_rows=min_rows,
+                        reader=type(estimator).__name__)
+        if reset:
+            estimator.n_features_in_ = data.n_features
+            if hasattr(estimator, "feature_names_in_"):
+                del estimator.feature_names_in_
+    check = ValueCheck(counts=counts, whom=whom, check_finite=data.on_disk,
+                       float32_range=training or data.on_disk if float32_range is None else float32_range)
+    for values in data.value_blocks():
+        check.update(values)
+    check.finish(stacklevel=5)
+    return data.astype(np.float32) if training else data
+
+
+def check_network_fits_memory(n_features, hidden_layer_sizes, *, n_heads, n_categories=(), encode_batch=False,
+                              dispersion_categories=0):
+    """A ValueError, before anything is allocated, for a network whose genes-wide tables exceed this machine's memory.
+
+    Parameters
+    ----------
+    n_features : int
+    hidden_layer_sizes : tuple of int
+    n_heads : int
+        The decoder's output layers (the likelihood's heads).
+    n_categories : tuple of int, default=()
+        The categories of each covariate.
+    encode_batch : bool, default=False
+    dispersion_categories : int, default=0
+
+    Examples
+    --------
+    >>> from skvae._validation import check_network_fits_memory
+    >>> check_network_fits_memory(2000, (128,), n_heads=1)  # a few MB: no error
+    """
+    n_batches = sum(n_categories)
+    # per weight: itself, its gradient and Adam's two moments, in float32
+    weights = n_features * hidden_layer_sizes[0] * (1 + n_heads)  # the input layer and the output heads
+    # one-hot covariates into every decoder layer (and the encoder's first), a dispersion per gene and category
+    weights += n_batches * (sum(hidden_layer_sizes) + hidden_layer_sizes[0] * encode_batch)
+    weights += dispersion_categories * n_features
+    needed = 4 * 4 * weights
+    memory = _physical_memory()
+    if memory and needed > memory:
+        what = f"X has {n_features} features" + (f" and batch {n_batches} categories" if n_batches else "")
+        raise ValueError(f"{what}: the network's layers over them would take {needed / 2**30:.3g} GiB, more than "
+                         f"this machine's {memory / 2**30:.3g} GiB. Select genes first (e.g. HighlyVariableGenes), "
+                         "check the matrix's shape" + (", and check that batch holds batches (samples, donors), "
+                                                       "not one label per cell" if n_batches else "") + ".")
+
+
+def _physical_memory():
+    """This machine's memory in bytes, or None where the system does not say."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None

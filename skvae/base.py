@@ -1,9 +1,12 @@
-"""The base estimator shared by every skvae embedder.
+"""The base estimator shared by every skvae embedder: the scikit-learn face of the models.
 
-It owns what the models have in common: parameters and their constraints, input
-validation, seeding, the call to the training loop, transform / inverse_transform /
-score, scikit-learn tags, feature names and saving. A subclass adds only the torch
-module it trains (``_build_module``) and, for variational models, the KL weight.
+It owns the parameters and their constraints and the shape of every method: ``fit``
+and ``partial_fit`` check their input once (:func:`~skvae._validation.validated_rows`,
+the covariates of :mod:`skvae._covariates`) and hand it to a
+:class:`~skvae.train.session.TrainingSession`; ``transform`` / ``inverse_transform`` /
+``score`` map rows through the fitted module; ``save`` / ``load`` go through
+:mod:`skvae._persistence`. A subclass adds only the torch module it trains
+(``_build_module``) and, for variational models, the KL weight.
 """
 
 import contextlib
@@ -14,38 +17,27 @@ from abc import ABCMeta, abstractmethod
 from numbers import Integral, Real
 
 import numpy as np
-import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
-from sklearn.utils import check_array, check_random_state
+from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
-from ._persistence import ESTIMATOR_FIELDS, atomic_torch_save, check_fields, read_save, to_builtins
+from ._covariates import Covariates
+from ._persistence import atomic_torch_save, embedder_from_state, embedder_state, read_save
 from ._threads import limited_threads
-from ._validation import (
-    ValueCheck,
-    batch_labels,
-    refuse_boolean_numbers,
-    refuse_foreign_input,
-    summed_duplicates,
-)
+from ._validation import check_network_fits_memory, refuse_boolean_numbers, validated_rows
 from .nn.likelihoods import LIKELIHOODS, make_likelihood
 from .train.data import RowData, iter_minibatches
-from .train.distributed import data_parallel
-from .train.loop import TrainingConfig, TrainingState, epochs_for, mean_loss, train
-from .train.rows import DenseRowSource
+from .train.loop import TrainingConfig, epochs_for, mean_loss
+from .train.session import TrainingSession
 
 # Rows per forward pass at inference: large enough to amortise the per-call overhead,
 # small enough that a dense block of 10^4-10^5 genes stays well under a GB.
 _INFERENCE_BATCH_SIZE = 2048
-# |log theta| of the NB dispersions beyond which a loaded save is damaged: exp(50) is a Poisson, exp(-50) nothing
-_LOG_DISPERSION_LIMIT = 50.0
 # Consecutive rows shuffled together when training from disk ("auto"): a file stores values in chunks of
 # tens of thousands, so a row read alone costs a whole chunk; 16 rows share their chunks.
 DISK_SHUFFLE_BLOCK = 16
-# old parameter name -> new one, for saves written before a rename
-_RENAMED_PARAMETERS = {"prior_sparsity": "prior_activity"}
 
 
 class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator, metaclass=ABCMeta):
@@ -177,19 +169,16 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """Return a fresh, randomly initialised model of :mod:`skvae.nn.models`.
 
         ``options`` are the model's keyword arguments that every estimator sets the
-        same way: ``likelihood``, ``input_activation``, ``batch_norm``, ``dropout``, ``n_batches``,
+        same way: ``likelihood``, ``input_activation``, ``batch_norm``, ``dropout``, ``n_categories``,
         ``encode_batch`` and ``batch_adversary``.
         """
 
     def _make_module(self, n_features, hidden_layer_sizes):
-        categories = getattr(self, "batch_categories_", None)
-        n_batches = 0 if categories is None else len(categories)
-        likelihood = make_likelihood(self.likelihood, n_features,
-                                     dispersion_batches=n_batches if self.dispersion == "gene-batch" else 0)
+        likelihood = make_likelihood(self.likelihood, n_features, dispersion_categories=self._dispersion_categories())
         return self._build_module(n_features, hidden_layer_sizes, likelihood=likelihood,
                                   input_activation=self.input_activation, batch_norm=self.batch_norm,
-                                  dropout=self.dropout, n_batches=n_batches, encode_batch=self.encode_batch,
-                                  batch_adversary=self.batch_adversary)
+                                  dropout=self.dropout, n_categories=self._n_categories(),
+                                  encode_batch=self.encode_batch, batch_adversary=self.batch_adversary)
 
     @property
     def _models_counts(self):
@@ -353,74 +342,54 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """
         with self._unchanged_on_failure(incremental):
             first = not (incremental and hasattr(self, "module_"))
-            device = self._training_device()
-            parallel = data_parallel(device)
-            # every rank validates before any collective, and all stop if one fails: none waits alone
-            error = None
-            try:
-                data = self._validated_rows(X, reset=first, training=True)
-                data = self._with_batch(data, batch, reset=first, required=True)
-                hidden_layer_sizes = self._validated_hidden_layer_sizes()
-            except Exception as exc:  # re-raised below, once the ranks agreed
-                if parallel is None:
-                    raise
-                error = exc
-            if parallel is not None:
-                parallel.raise_if_any_failed(error)
-            if first:
-                self._refuse_networks_beyond_memory(data.n_features, hidden_layer_sizes)
-                self._warn_if_code_wider_than(hidden_layer_sizes[-1])
-            if not first:
-                self._check_architecture("continue it with partial_fit")
+            session = TrainingSession(self._training_device())
+            data, sizes = session.agree(lambda: self._training_data(X, batch, first))
             state = None if first else getattr(self, "_training_state", None)
             if state is not None:
-                state.set_learning_rate(self.learning_rate)  # a learning rate set since applies from now on
-            if state is None:  # a new model, or one loaded from a file: a new optimiser, shuffling and noise
-                rng, seed = self._seeds(parallel)
-                with torch.random.fork_rng(devices=_cuda_indices(device)):
-                    torch.manual_seed(seed)  # the initialisation and dropout draw from a local seed
-                    module = self._make_module(data.n_features, hidden_layer_sizes) if first else self.module_
-                    torch_rng = _torch_rng_state(device)
-                state = TrainingState(module, device=device, seed=seed, rng=rng, learning_rate=self.learning_rate,
-                                      torch_rng=torch_rng)
-            module = self.module_ if not first else module
-            train_data, val_data = data.shard(parallel), None
-            if self.early_stopping and not incremental:
-                # a rank splits its rows with its own generator: the shuffling rng stays the same on every rank
-                split_rng = state.rng if parallel is None else np.random.RandomState([seed, parallel.rank])
-                train_data, val_data = train_data.split(self.validation_fraction, split_rng)
-            n_cells = train_data.n_rows if parallel is None else sum(parallel.gather(train_data.n_rows))
-            self._resolve_budget(n_cells, keep=incremental and not first)
-            self.shuffle_block_size_ = (
-                (DISK_SHUFFLE_BLOCK if data.on_disk else 1) if self.shuffle_block_size == "auto" else self.shuffle_block_size
-            )
-            center = not self._models_counts
-            algorithm = self.algorithm if first or not incremental else self.algorithm_
-            train_rows = train_data.source(algorithm=algorithm, center=center, device=device, with_transpose=True)
-            # the validation rows take the representation "auto" chose for the training rows
-            algorithm = _algorithm_of(train_rows)
-            val_rows = None if val_data is None else val_data.source(algorithm=algorithm, center=center, device=device)
-            fingerprint = data.fingerprint() if data.on_disk else None
-            module.to(device)
-            state.train_on(device)
-            with torch.random.fork_rng(devices=_cuda_indices(device)):
-                _set_torch_rng_state(state.torch_rng, device)
-                history = train(module, train_rows, val_rows, config=self._training_config(incremental), state=state,
-                                device=device, parallel=parallel, start_epoch=0 if first or not incremental else self.n_iter_)
-                state.torch_rng = _torch_rng_state(device)
-            state.to(torch.device("cpu"))
-            if fingerprint is not None and data.fingerprint() != fingerprint:
-                raise ValueError(f"{data.filename} was modified while skvae trained on it: the model saw a mix of "
-                                 "old and new values, so it is not kept. Train on a file nothing writes to.")
+                session.resume(state, learning_rate=self.learning_rate)
+                module = self.module_
+            else:  # a new model, or one loaded from a file: a new optimiser, shuffling and noise
+                module = session.begin(lambda: self._make_module(data.n_features, sizes) if first else self.module_,
+                                       random_state=self.random_state, learning_rate=self.learning_rate,
+                                       same=self._same_on_every_rank)
+            train_data, val_data = session.split(data, self.validation_fraction if self.early_stopping and not
+                                                 incremental else None)
+            self._resolve_budget(session.count(train_data), keep=incremental and not first)
+            self.shuffle_block_size_ = ((DISK_SHUFFLE_BLOCK if data.on_disk else 1) if self.shuffle_block_size == "auto"
+                                        else self.shuffle_block_size)
+            history, self.algorithm_ = session.train(
+                module, train_data, val_data, config=self._training_config(incremental),
+                algorithm=self.algorithm if first or not incremental else self.algorithm_,
+                center=not self._models_counts, start_epoch=0 if first or not incremental else self.n_iter_)
             if incremental and not first:
                 history = {key: self.history_.get(key, []) + values for key, values in history.items()}
-            self._set_fitted(module.cpu(), history)
+            self._set_fitted(module, history)
             self._built_architecture = self._architecture()
-            self.algorithm_ = algorithm
-            # what partial_fit needs to continue as more epochs of this fit would
-            self._training_state = state
+            self._training_state = session.state  # what partial_fit needs to continue as more epochs of this fit would
             self._check_active_components(data, warn=not incremental)
         return self
+
+    def _training_data(self, X, batch, first):
+        """The checked rows with their covariates, and the hidden layer sizes; a new model's network checked too."""
+        data = self._with_covariates(self._rows(X, reset=first, training=True), batch, reset=first, required=True)
+        sizes = self._validated_hidden_layer_sizes()
+        if first:
+            n_categories = self._n_categories()
+            check_network_fits_memory(data.n_features, sizes, n_heads=len(LIKELIHOODS[self.likelihood].heads),
+                                      n_categories=n_categories, encode_batch=self.encode_batch,
+                                      dispersion_categories=self._dispersion_categories())
+            self._warn_if_code_wider_than(sizes[-1])
+        else:
+            self._check_architecture("continue it with partial_fit")
+        return data, sizes
+
+    def _same_on_every_rank(self):
+        covariates = getattr(self, "covariates_", None)
+        return {"the estimator": repr(self), "the number of features": self.n_features_in_,
+                "the feature names": getattr(self, "feature_names_in_", np.array([])).tolist(),
+                "the batch categories": None if covariates is None else (
+                    covariates.columns[0].categories.tolist() if len(covariates.columns) == 1 else
+                    {column.name: column.categories.tolist() for column in covariates.columns})}
 
     @contextlib.contextmanager
     def _unchanged_on_failure(self, incremental):
@@ -441,25 +410,6 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 state.restore(training)
             raise
 
-    def _refuse_networks_beyond_memory(self, n_features, hidden_layer_sizes):
-        """A ValueError, before anything is allocated, for a network whose genes-wide tables exceed the memory."""
-        n_heads = len(LIKELIHOODS[self.likelihood].heads)
-        categories = getattr(self, "batch_categories_", None)
-        n_batches = 0 if categories is None else len(categories)
-        # per weight: itself, its gradient and Adam's two moments, in float32
-        weights = n_features * hidden_layer_sizes[0] * (1 + n_heads)  # the input layer and the output heads
-        # one-hot batches into every decoder layer (and the encoder's first), a dispersion per gene and batch
-        weights += n_batches * (sum(hidden_layer_sizes) + hidden_layer_sizes[0] * self.encode_batch)
-        weights += n_batches * n_features * (self.dispersion == "gene-batch")
-        needed = 4 * 4 * weights
-        memory = _physical_memory()
-        if memory and needed > memory:
-            what = f"X has {n_features} features" + (f" and batch {n_batches} categories" if n_batches else "")
-            raise ValueError(f"{what}: the network's layers over them would take {needed / 2**30:.3g} GiB, more than "
-                             f"this machine's {memory / 2**30:.3g} GiB. Select genes first (e.g. HighlyVariableGenes), "
-                             "check the matrix's shape" + (", and check that batch holds batches (samples, donors), "
-                                                           "not one label per cell" if n_batches else "") + ".")
-
     def _warn_if_code_wider_than(self, last_hidden):
         if self.n_components > last_hidden:
             widened = tuple(max(size, self.n_components) for size in self._validated_hidden_layer_sizes())
@@ -468,7 +418,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 f"the code is computed from, and decoded through, {last_hidden} units, so it carries at "
                 f"most that many independent directions. Widen the network, e.g. hidden_layer_sizes={widened}.",
                 UserWarning,
-                stacklevel=5,
+                stacklevel=8,
             )
 
     def _resolve_budget(self, n_cells, *, keep):
@@ -491,89 +441,46 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             verbose=self.verbose,
         )
 
-    def _seeds(self, parallel):
-        """The RandomState that shuffles (the same on every rank) and the integer seed of torch's draws."""
-        # None draws fresh entropy rather than from numpy's global RandomState, which stays untouched
-        rng = np.random.RandomState() if self.random_state is None else check_random_state(self.random_state)
-        if parallel is not None:
-            parallel.check_same("the estimator", repr(self))
-            parallel.check_same("the number of features", self.n_features_in_)
-            parallel.check_same("the feature names", getattr(self, "feature_names_in_", np.array([])).tolist())
-            categories = getattr(self, "batch_categories_", None)
-            parallel.check_same("the batch categories", None if categories is None else categories.tolist())
-            if self.random_state is None:
-                rng = np.random.RandomState(parallel.broadcast_seed(rng.randint(np.iinfo(np.int32).max)))
-        return rng, rng.randint(np.iinfo(np.int32).max)
+    def _rows(self, X, *, reset, training, float32_range=None):
+        """``X`` checked, as a :class:`~skvae.train.data.RowData` (:func:`~skvae._validation.validated_rows`)."""
+        return validated_rows(self, X, reset=reset, training=training, counts=self._models_counts, whom=self._whom(),
+                              float32_range=float32_range)
 
-    def _validated_rows(self, X, *, reset, training, float32_range=None):
-        """``X`` checked and decided once, as a :class:`~skvae.train.data.RowData`.
+    def _set_covariates(self, covariates):
+        """Record the covariates of ``batch=`` (a :class:`~skvae._covariates.Covariates`, or None)."""
+        self.covariates_ = covariates
+        self.batch_categories_ = None if covariates is None else covariates.categories
 
-        For training (``training=True``) at least 2 rows, values within float32's range,
-        and rows in memory cast to float32; for a fitted model, the features it was fitted
-        on, in float32 or float64. The values get the same checks in memory and on disk.
-        """
-        refuse_foreign_input(X)
-        dtype = [np.float32, np.float64] if training else [np.float64, np.float32]
-        min_rows = 2 if training else 1
-        data = RowData.from_input(X, check_in_memory=lambda X: summed_duplicates(validate_data(
-            self, X, accept_sparse="csr", dtype=dtype, ensure_min_samples=min_rows, reset=reset)))
-        if data.on_disk:
-            self._check_file(data, reset=reset, min_rows=min_rows)
-        check = ValueCheck(counts=self._models_counts, whom=self._whom(), check_finite=data.on_disk,
-                           float32_range=training or data.on_disk if float32_range is None else float32_range)
-        for values in data.value_blocks():
-            check.update(values)
-        check.finish(stacklevel=4)
-        return data.astype(np.float32) if training else data
+    def _n_categories(self):
+        covariates = getattr(self, "covariates_", None)
+        return () if covariates is None else covariates.n_categories
 
-    def _check_file(self, data, *, reset, min_rows):
-        """What ``validate_data`` checks in memory, for a matrix on disk: layout, features, rows."""
-        if data.format != "csr":
-            raise TypeError(f"X is a {data.format.upper()} matrix on disk: skvae reads cells (rows), which a CSC file "
-                            "stores scattered. Write the matrix as CSR (cells x genes), e.g. adata.X = "
-                            "adata.X.tocsr() before adata.write_h5ad.")
-        if data.n_features < 1:
-            raise ValueError(f"{data.filename} holds a matrix of 0 genes: there is nothing to embed.")
-        data.check_layout()
-        if reset:
-            self.n_features_in_ = data.n_features
-            if hasattr(self, "feature_names_in_"):
-                del self.feature_names_in_
-        elif data.n_features != self.n_features_in_:
-            raise ValueError(f"X has {data.n_features} features, but {type(self).__name__} is expecting "
-                             f"{self.n_features_in_} features as input.")
-        if data.n_rows < min_rows:
-            raise ValueError(f"Found array with {data.n_rows} sample(s) while a minimum of {min_rows} is required.")
+    def _dispersion_categories(self):
+        n_categories = self._n_categories()
+        return n_categories[0] if n_categories and self.dispersion == "gene-batch" else 0
 
-    def _with_batch(self, data, batch, *, reset, required, one_for_all=False):
-        """``data`` with each row's batch as a covariate: its index into ``batch_categories_``.
+    def _with_covariates(self, data, batch, *, reset, required, one_for_all=False):
+        """``data`` with each row's category codes of ``batch`` (n_rows x n_covariates) as the model's covariates.
 
-        ``reset`` records the categories of ``batch`` (None: no batches). Otherwise the
+        ``reset`` records the covariates of ``batch`` (None: no batches). Otherwise the
         labels must be among those recorded, and must be given (``required``) to a model
-        fitted with batches; ``one_for_all`` takes a single label for every row.
+        fitted with batches; ``one_for_all`` takes a single label (or one per column) for every row.
         """
-        name = type(self).__name__
         if reset:
-            labels = None if batch is None else batch_labels(batch, data.n_rows)
-            self.batch_categories_ = None if labels is None else _categories(labels)
-        categories = getattr(self, "batch_categories_", None)
-        if categories is None:
+            self._set_covariates(Covariates.from_batch(batch, data.n_rows))
+        covariates = getattr(self, "covariates_", None)
+        name = type(self).__name__
+        if covariates is None:
             if batch is not None:
                 raise ValueError(f"batch was passed, but this {name} was fitted without batches: fit it with "
                                  "batch=... to condition it on them, or leave batch out.")
             return data
         if batch is None:
             if required:
-                raise ValueError(f"This {name} was fitted with batches ({len(categories)}: "
-                                 f"{_listing(categories)}): pass each cell's batch= as well.")
+                raise ValueError(f"This {name} was fitted with batches ({covariates.describe()}): pass each cell's "
+                                 "batch= as well.")
             return data
-        labels = batch_labels(batch, data.n_rows, one_for_all=one_for_all)
-        codes = pd.Categorical(labels, categories=categories).codes
-        if (codes < 0).any():
-            unseen = pd.unique(labels[codes < 0])
-            raise ValueError(f"batch has categories not seen in fit: {_listing(unseen)}; the model knows "
-                             f"{_listing(categories)}.")
-        return data.with_covariates({"batch": codes.astype(np.int64)})
+        return data.with_covariates({"covariates": covariates.encode(batch, data.n_rows, one_for_all=one_for_all)})
 
     def _check_active_components(self, data, warn=True):
         """Variational models: count the active latent dimensions of the codes of ``data``'s rows and warn of a collapse."""
@@ -606,10 +513,10 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def _fitted_rows(self, X, batch):
         """The rows of ``X`` for a fitted model's encoder: its features, in float32 or float64, with batches if it reads them."""
         self._check_fitted("embed cells")
-        data = self._validated_rows(X, reset=False, training=False)
-        if not (self.encode_batch and getattr(self, "batch_categories_", None) is not None):
+        data = self._rows(X, reset=False, training=False)
+        if not (self.encode_batch and getattr(self, "covariates_", None) is not None):
             return data  # the encoder sees expression only: codes do not depend on the batch
-        return self._with_batch(data, batch, reset=False, required=True)
+        return self._with_covariates(data, batch, reset=False, required=True)
 
     def transform(self, X, *, batch=None):
         """Embed ``X``: the deterministic latent code of each cell.
@@ -655,7 +562,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         X = check_array(X, dtype=[np.float64, np.float32])
         if X.shape[1] != self.n_components:
             raise ValueError(f"X has {X.shape[1]} columns, but {type(self).__name__} decodes codes of {self.n_components}.")
-        codes = self._with_batch(RowData.from_input(X), batch, reset=False, required=True, one_for_all=True)
+        codes = self._with_covariates(RowData.from_input(X), batch, reset=False, required=True, one_for_all=True)
         return self._map_rows("decode", codes)
 
     def score(self, X, y=None, *, batch=None):
@@ -684,8 +591,8 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """
         self._check_fitted("score cells")
         # the loss is computed in float32, as in training
-        data = self._validated_rows(X, reset=False, training=False, float32_range=True)
-        data = self._with_batch(data, batch, reset=False, required=True)
+        data = self._rows(X, reset=False, training=False, float32_range=True)
+        data = self._with_covariates(data, batch, reset=False, required=True)
         rows = data.source(algorithm=self.algorithm_, center=not self._models_counts)
         with limited_threads(self.n_jobs):
             return -mean_loss(self.module_, rows, kl_weight=1.0, batch_size=_INFERENCE_BATCH_SIZE)
@@ -712,25 +619,8 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         atomic_torch_save(self._saved_state(), path)
 
     def _saved_state(self):
-        """Parameters, weights and fitted attributes as builtins and tensors: what :meth:`save` writes."""
-        params = self.get_params()
-        params["device"] = str(params["device"])
-        if not isinstance(params["random_state"], Integral):
-            params["random_state"] = None
-        params = {name: to_builtins(value, name) for name, value in params.items()}
-        feature_names = getattr(self, "feature_names_in_", None)
-        return {
-            "estimator": type(self).__name__,
-            "params": params,
-            "state_dict": self.module_.state_dict(),
-            "n_features_in_": int(self.n_features_in_),
-            "feature_names_in_": None if feature_names is None else [str(name) for name in feature_names],
-            "history_": {key: [float(v) for v in values] for key, values in self.history_.items()},
-            "algorithm_": self.algorithm_,
-            "batch_categories_": _saved_categories(getattr(self, "batch_categories_", None)),
-            "attributes": {name: np.asarray(getattr(self, name)).tolist() for name in self._saved_attributes
-                           if hasattr(self, name)},
-        }
+        """What :meth:`save` writes (:func:`~skvae._persistence.embedder_state`), also as a pipeline's step."""
+        return embedder_state(self)
 
     @classmethod
     def load(cls, path):
@@ -755,49 +645,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     @classmethod
     def _from_saved_state(cls, state, path):
         """The fitted estimator of :meth:`_saved_state`'s dictionary, every field checked; ``path`` names the file."""
-        check_fields(state, ESTIMATOR_FIELDS, path)
-        # parameters renamed since (the old name in a save still loads)
-        params = {_RENAMED_PARAMETERS.get(name, name): value for name, value in state["params"].items()}
-        try:
-            estimator = cls(**params)
-            estimator._validate_params()
-            hidden_layer_sizes = estimator._validated_hidden_layer_sizes()
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path} is not a skvae save (or it is damaged): its parameters are invalid: {exc}") from None
-        n_features = state["n_features_in_"]
-        estimator.batch_categories_ = _loaded_categories(state.get("batch_categories_"), path)
-        # saves from before the decoder had named heads call its one output "decoder.output"
-        weights = {key.replace("decoder.output.", "decoder.heads.mean.", 1): value for key, value in state["state_dict"].items()}
-        # the stated sizes are checked against the stored tensors on the meta device, before any memory is taken
-        with torch.device("meta"):
-            module = estimator._make_module(n_features, hidden_layer_sizes)
-        expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
-        if expected != {key: tuple(value.shape) for key, value in weights.items()}:
-            raise ValueError(f"{path} is not a skvae save (or it is damaged): its weights do not match its parameters.")
-        # batch normalisation counts its batches in an integer buffer; everything else is a float
-        if not all(torch.isfinite(value).all() for value in weights.values()) or any(
-            value.is_floating_point() != expected.is_floating_point()
-            for value, expected in zip(weights.values(), module.state_dict().values(), strict=True)
-        ):
-            raise ValueError(f"{path} is damaged: its weights are not all finite numbers.")
-        dispersion = weights.get("likelihood.log_theta")
-        if dispersion is not None and dispersion.abs().max() > _LOG_DISPERSION_LIMIT:
-            raise ValueError(f"{path} is damaged: its log dispersions reach {dispersion.abs().max():.3g}, beyond "
-                             f"+-{_LOG_DISPERSION_LIMIT:g}, which training never gives.")
-        module = module.to_empty(device="cpu")
-        module.load_state_dict(weights)
-        estimator.n_features_in_ = n_features
-        names = state["feature_names_in_"]
-        if names is not None:
-            if len(names) != n_features:
-                raise ValueError(f"{path} is damaged: {len(names)} feature names for {n_features} features.")
-            estimator.feature_names_in_ = np.asarray(names, dtype=object)
-        estimator.algorithm_ = state.get("algorithm_", estimator.algorithm)
-        for name, value in state.get("attributes", {}).items():  # saves from before 0.2 have none
-            if name in estimator._saved_attributes:
-                setattr(estimator, name, value if isinstance(value, (int, float)) else np.asarray(value))
-        estimator._built_architecture = estimator._architecture()
-        return estimator._set_fitted(module, state["history_"])
+        return embedder_from_state(cls, state, path)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -805,71 +653,3 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         tags.input_tags.positive_only = self.likelihood in LIKELIHOODS and self._models_counts
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
-
-
-def _physical_memory():
-    """This machine's memory in bytes, or None where the system does not say."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
-
-
-def _algorithm_of(source):
-    return "dense" if isinstance(source.rows, DenseRowSource) else "sparse"
-
-
-def _cuda_indices(device):
-    """The CUDA device whose random generator training draws from, as ``fork_rng`` takes it."""
-    if device.type != "cuda":
-        return []
-    return [torch.cuda.current_device() if device.index is None else device.index]
-
-
-def _torch_rng_state(device):
-    """torch's global random states that training draws from (dropout): the CPU's, and the GPU's on CUDA."""
-    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-
-
-def _set_torch_rng_state(states, device):
-    cpu, cuda = states
-    torch.set_rng_state(cpu)
-    if cuda is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(cuda, device)
-
-
-def _categories(labels):
-    """The distinct labels, sorted (in order of appearance where they cannot be compared)."""
-    distinct = pd.unique(labels)
-    try:
-        distinct = sorted(distinct)
-    except TypeError:
-        distinct = list(distinct)
-    return np.asarray(distinct, dtype=object)
-
-
-def _listing(values, most=5):
-    values = list(values)
-    return ", ".join(map(repr, values[:most])) + (f" and {len(values) - most} more" if len(values) > most else "")
-
-
-def _loaded_categories(categories, path):
-    """The batch categories of a save (None in saves from before batches), checked: distinct strings or numbers."""
-    if categories is None:
-        return None
-    if not isinstance(categories, list) or len(categories) < 1 or not all(
-            isinstance(value, (str, int, float, bool)) and value == value for value in categories):
-        raise ValueError(f"{path} is damaged: its batch categories are not a list of strings and numbers.")
-    loaded = np.empty(len(categories), dtype=object)
-    loaded[:] = categories
-    if pd.Index(loaded).has_duplicates:
-        raise ValueError(f"{path} is damaged: its batch categories repeat a label ({_listing(categories)}).")
-    return loaded
-
-
-def _saved_categories(categories):
-    """Batch categories as Python numbers and strings, which a weights-only load reads; None stays None."""
-    if categories is None:
-        return None
-    saved = [value.item() if isinstance(value, np.generic) else value for value in categories]
-    if not all(isinstance(value, (str, int, float, bool)) for value in saved):
-        raise ValueError(f"The batch categories {_listing(categories)} cannot be saved: save needs strings or "
-                         "numbers as batch labels.")
-    return saved

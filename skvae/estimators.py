@@ -366,7 +366,7 @@ class _VariationalEmbedder(BaseEmbedder):
         generator = torch.Generator().manual_seed(rng.randint(np.iinfo(np.int32).max))
         with torch.no_grad():
             codes = RowData.from_input(self.module_.sample_prior(n_samples, generator).numpy())
-        return self._map_rows("decode", self._with_batch(codes, batch, reset=False, required=True, one_for_all=True))
+        return self._map_rows("decode", self._with_covariates(codes, batch, reset=False, required=True, one_for_all=True))
 
 
 @_docstring(
@@ -612,8 +612,8 @@ class BetaVSCEmbedder(_VariationalEmbedder):
             n_features,
             self.n_components,
             hidden_layer_sizes,
-            prior_spike=self.prior_activity,
-            sharpness=self.spike_sharpness,
+            prior_activity=self.prior_activity,
+            spike_sharpness=self.spike_sharpness,
             **options,
         )
 

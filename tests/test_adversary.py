@@ -45,9 +45,10 @@ def test_the_reversed_gradient_is_minus_its_scale_times_the_gradient():
 
 def test_the_reconstruction_gradient_is_measured_per_cell_at_the_code():
     torch.manual_seed(0)
-    module = Autoencoder(20, 3, (16,), likelihood=make_likelihood("nb", 20), n_batches=2, batch_adversary=0.3)
+    module = Autoencoder(20, 3, (16,), likelihood=make_likelihood("nb", 20), n_categories=(2,),
+                         batch_adversary=0.3)
     x = torch.poisson(torch.rand(32, 20) * 4)
-    batch = torch.arange(32) % 2
+    batch = (torch.arange(32) % 2)[:, None]
     module.train()
     assert module.reconstruction_gradient is None
     module.loss(x, batch).total(1.0).mean().backward()

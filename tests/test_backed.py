@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import skvae.base
+import skvae.train.session
 from skvae import AutoencoderEmbedder, BetaVAEEmbedder
 
 # one shuffling for data in memory and on disk (where "auto" shuffles blocks of rows): the same minibatches
@@ -97,7 +98,7 @@ def test_duplicate_entries_mean_their_sum_in_memory_and_on_disk(counts, tmp_path
 def test_a_file_written_to_during_training_is_an_error_and_the_model_is_not_kept(counts, tmp_path, monkeypatch):
     path = tmp_path / "changing.h5ad"
     X = _write(path, counts)
-    original = skvae.base.train
+    original = skvae.train.session.train
 
     def train_while_the_file_changes(*args, **kwargs):
         history = original(*args, **kwargs)
@@ -105,7 +106,7 @@ def test_a_file_written_to_during_training_is_an_error_and_the_model_is_not_kept
         os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))  # as a write would
         return history
 
-    monkeypatch.setattr(skvae.base, "train", train_while_the_file_changes)
+    monkeypatch.setattr(skvae.train.session, "train", train_while_the_file_changes)
     estimator = AutoencoderEmbedder(**SMALL)
     with pytest.raises(ValueError, match="changing.h5ad was modified while skvae trained on it"):
         estimator.fit(X)

@@ -192,7 +192,7 @@ def test_the_adversary_trains_only_with_batches_and_leaves_the_score_alone(data)
     fitted = BetaVSCEmbedder(**SMALL, batch_adversary=1.0).fit(X, batch=batch)
     module = fitted.module_
     assert isinstance(module.adversary, torch.nn.Module)
-    x, codes = torch.as_tensor(X[:8], dtype=torch.float32), torch.as_tensor([0, 1] * 4)
+    x, codes = torch.as_tensor(X[:8], dtype=torch.float32), torch.as_tensor([[0], [1]] * 4)
     module.train()
     assert module.loss(x, codes).adversarial.shape == (8,)
     module.eval()
@@ -284,12 +284,12 @@ def test_tl_embed_reads_the_batch_key_and_records_it(data):
         skvae.tl.embed(adata, BetaVAEEmbedder(**SMALL), layer="counts", batch_key="donor")
 
 
-def test_torch_modules_take_the_batch_as_integer_codes():
+def test_torch_modules_take_the_covariates_as_integer_codes():
     from skvae.nn.models import VariationalAutoencoder
 
-    module = VariationalAutoencoder(10, 2, (8, 4), n_batches=3)
-    x, batch = torch.rand(5, 10), torch.tensor([0, 1, 2, 1, 0])
-    assert module.loss(x, batch, generator=torch.Generator().manual_seed(0)).total(1.0).shape == (5,)
-    # the offsets start at 0: a new model decodes every batch alike until it learns otherwise
+    module = VariationalAutoencoder(10, 2, (8, 4), n_categories=(3, 2))
+    x, covariates = torch.rand(5, 10), torch.tensor([[0, 1], [1, 0], [2, 1], [1, 1], [0, 0]])
+    assert module.loss(x, covariates, generator=torch.Generator().manual_seed(0)).total(1.0).shape == (5,)
+    # the offsets start at 0: a new model decodes every category alike until it learns otherwise
     z = torch.randn(5, 2)
-    torch.testing.assert_close(module.decode(z, batch), module.decode(z, torch.zeros(5, dtype=torch.long)))
+    torch.testing.assert_close(module.decode(z, covariates), module.decode(z, torch.zeros(5, 2, dtype=torch.long)))

@@ -63,7 +63,7 @@ def test_a_single_process_trains_without_a_process_group(monkeypatch):
 def test_two_ranks_with_batches_end_identical_and_disagreeing_categories_are_one_clear_error(tmp_path):
     _torchrun(tmp_path, "batches")
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
-    assert any("batch_offsets" in key for key in ranks[0]["state"])
+    assert any("covariate_offsets" in key for key in ranks[0]["state"])
     for key, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][key]), key
     mismatch = tmp_path / "mismatch"

@@ -55,15 +55,15 @@ def test_bernoulli_kl_handles_certain_outcomes():
 
 
 @given(posteriors(), probabilities)
-def test_spike_and_slab_kl_is_non_negative(posterior, prior_spike):
-    kl = spike_and_slab_kl(*posterior, prior_spike)
+def test_spike_and_slab_kl_is_non_negative(posterior, prior_activity):
+    kl = spike_and_slab_kl(*posterior, prior_activity)
     assert kl.shape == (posterior[0].shape[0],)
     assert (kl >= -1e-12).all()
 
 
 @given(shapes, probabilities)
-def test_spike_and_slab_kl_is_zero_when_posterior_equals_prior(shape, prior_spike):
-    kl = spike_and_slab_kl(torch.zeros(shape), torch.zeros(shape), torch.full(shape, prior_spike), prior_spike)
+def test_spike_and_slab_kl_is_zero_when_posterior_equals_prior(shape, prior_activity):
+    kl = spike_and_slab_kl(torch.zeros(shape), torch.zeros(shape), torch.full(shape, prior_activity), prior_activity)
     torch.testing.assert_close(kl, torch.zeros(shape[0]), atol=1e-6, rtol=0)
 
 
@@ -75,11 +75,11 @@ def test_spike_and_slab_kl_reduces_to_gaussian_kl_when_always_active(posterior):
 
 
 @given(posteriors(), probabilities)
-def test_spike_and_slab_kl_decomposes_into_slab_and_selection(posterior, prior_spike):
+def test_spike_and_slab_kl_decomposes_into_slab_and_selection(posterior, prior_activity):
     mu, logvar, spike = posterior
     slab = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0))
-    selection = kl_divergence(Bernoulli(probs=spike), Bernoulli(probs=torch.tensor(prior_spike, dtype=spike.dtype)))
-    torch.testing.assert_close(spike_and_slab_kl(mu, logvar, spike, prior_spike), (spike * slab + selection).sum(-1))
+    selection = kl_divergence(Bernoulli(probs=spike), Bernoulli(probs=torch.tensor(prior_activity, dtype=spike.dtype)))
+    torch.testing.assert_close(spike_and_slab_kl(mu, logvar, spike, prior_activity), (spike * slab + selection).sum(-1))
 
 
 @settings(max_examples=50)

@@ -208,10 +208,12 @@ def test_a_dispersion_per_batch_is_each_rows_batchs_per_gene_dispersion(cls, pro
     generator = torch.Generator().manual_seed(seed)
     hidden = torch.randn(X.shape[0], 4, dtype=torch.float64, generator=generator)
     batch = torch.randint(n_batches, (X.shape[0],), generator=generator)
+    # the dispersion follows the first covariate; a second one is read by the decoder only
+    covariates = torch.stack([batch, torch.zeros_like(batch)], dim=1)
     dense = torch.from_numpy(X.toarray())
-    nll = likelihood.negative_log_likelihood(DecoderOutputs(hidden, heads, batch), dense)
+    nll = likelihood.negative_log_likelihood(DecoderOutputs(hidden, heads, covariates), dense)
     sparse_rows = ShiftedSparseRows.from_scipy(X, np.zeros(X.shape[1]), dtype=np.float64)
-    torch.testing.assert_close(likelihood.negative_log_likelihood(DecoderOutputs(hidden, heads, batch), sparse_rows), nll)
+    torch.testing.assert_close(likelihood.negative_log_likelihood(DecoderOutputs(hidden, heads, covariates), sparse_rows), nll)
     per_gene = cls(X.shape[1]).double()
     for b in range(n_batches):
         rows = batch == b
@@ -219,5 +221,5 @@ def test_a_dispersion_per_batch_is_each_rows_batchs_per_gene_dispersion(cls, pro
             per_gene.log_theta.copy_(likelihood.log_theta[b])
         expected = per_gene.negative_log_likelihood(DecoderOutputs(hidden[rows], heads), dense[rows])
         torch.testing.assert_close(nll[rows], expected)
-    with pytest.raises(ValueError, match="batch"):
+    with pytest.raises(ValueError, match="covariates"):
         likelihood.negative_log_likelihood(DecoderOutputs(hidden, heads), dense)

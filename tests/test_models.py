@@ -11,7 +11,7 @@ N_FEATURES, N_COMPONENTS, HIDDEN = 30, 4, (16, 8, 6)
 
 def build(kind):
     if kind is SparseCodingVAE:
-        return kind(N_FEATURES, N_COMPONENTS, HIDDEN, prior_spike=0.3, sharpness=50.0)
+        return kind(N_FEATURES, N_COMPONENTS, HIDDEN, prior_activity=0.3, spike_sharpness=50.0)
     return kind(N_FEATURES, N_COMPONENTS, HIDDEN)
 
 
@@ -96,7 +96,7 @@ def test_sparse_coding_prior_has_the_prior_share_of_active_dimensions():
 
 
 def test_sparse_coding_sharp_selection_keeps_a_dimension_with_its_spike_probability(x):
-    module = SparseCodingVAE(N_FEATURES, N_COMPONENTS, HIDDEN, prior_spike=0.5, sharpness=1e6)
+    module = SparseCodingVAE(N_FEATURES, N_COMPONENTS, HIDDEN, prior_activity=0.5, spike_sharpness=1e6)
     with torch.no_grad():
         q = module.posterior(x[:1].expand(20_000, -1))
         z = module._sample_code(q, torch.Generator().manual_seed(0))

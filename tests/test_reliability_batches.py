@@ -77,7 +77,7 @@ def test_tl_embed_refuses_a_batch_key_for_a_model_fitted_without_batches(data):
 def test_the_memory_guard_counts_a_dispersion_per_gene_and_batch(data, monkeypatch):
     X, _ = data
     cell_ids = np.arange(len(X)).astype(str)  # a batch column that holds cell ids
-    monkeypatch.setattr("skvae.base._physical_memory", lambda: 100 * 1024)
+    monkeypatch.setattr("skvae._validation._physical_memory", lambda: 100 * 1024)
     fitting = BetaVAEEmbedder(**SMALL, dispersion="gene-batch")
     with pytest.raises(ValueError, match="batch 120 categories.*not one label per cell"):
         fitting.fit(X, batch=cell_ids)

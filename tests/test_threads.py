@@ -7,6 +7,7 @@ import torch
 from threadpoolctl import threadpool_info
 
 import skvae.base
+import skvae.train.session
 from skvae import BetaVAEEmbedder, BetaVSCEmbedder
 from skvae._threads import limited_threads
 
@@ -36,8 +37,9 @@ def test_fit_transform_and_score_run_with_the_estimators_threads(monkeypatch):
     seen = []
 
     def record(name):
-        original = getattr(skvae.base, name)
-        monkeypatch.setattr(skvae.base, name, lambda *a, **k: (seen.append((name, torch.get_num_threads())), original(*a, **k))[1])
+        where = skvae.train.session if name == "train" else skvae.base
+        original = getattr(where, name)
+        monkeypatch.setattr(where, name, lambda *a, **k: (seen.append((name, torch.get_num_threads())), original(*a, **k))[1])
 
     for name in ("train", "iter_minibatches", "mean_loss"):  # training, transform's batches, score's loss
         record(name)

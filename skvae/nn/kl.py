@@ -68,14 +68,14 @@ def bernoulli_kl(p, prior_p):
     )
 
 
-def spike_and_slab_kl(mu, logvar, spike, prior_spike):
+def spike_and_slab_kl(mu, logvar, spike, prior_activity):
     """KL divergence of a spike-and-slab posterior from a spike-and-slab prior.
 
     Posterior per dimension: with probability ``spike`` a draw from the slab
     ``N(mu, exp(logvar))``, else exactly 0. Prior: slab ``N(0, 1)`` with
-    probability ``prior_spike``, else 0. Following Tonolini et al. (2020), the
+    probability ``prior_activity``, else 0. Following Tonolini et al. (2020), the
     divergence is ``spike * KL(slab || N(0, 1)) + KL(Bernoulli(spike) ||
-    Bernoulli(prior_spike))``, summed over dimensions.
+    Bernoulli(prior_activity))``, summed over dimensions.
 
     Parameters
     ----------
@@ -83,7 +83,7 @@ def spike_and_slab_kl(mu, logvar, spike, prior_spike):
         Slab mean and log-variance.
     spike : torch.Tensor of shape (n_samples, n_components)
         Posterior probability that each dimension is active, in [0, 1].
-    prior_spike : float
+    prior_activity : float
         Prior probability that a dimension is active, in [0, 1].
 
     Returns
@@ -104,4 +104,4 @@ def spike_and_slab_kl(mu, logvar, spike, prior_spike):
     UAI 2020, PMLR 115:690-700.
     """
     slab_kl = _gaussian_kl_per_dimension(mu, logvar)
-    return (spike * slab_kl + bernoulli_kl(spike, prior_spike)).sum(dim=-1)
+    return (spike * slab_kl + bernoulli_kl(spike, prior_activity)).sum(dim=-1)

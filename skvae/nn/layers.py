@@ -1,7 +1,7 @@
 """Pure torch building blocks shared by every model: layer stacks, encoder, decoder."""
 
 import math
-from itertools import pairwise
+from itertools import accumulate, pairwise
 
 import torch
 from torch import nn
@@ -157,10 +157,9 @@ class Encoder(nn.Module):
     input_activation : bool, default=False
         Follow the input layer with :func:`activation` (batch normalisation and
         dropout as for the other layers), as every other hidden layer.
-    n_batches : int, default=0
-        When > 0, the input layer also takes each row's batch (an integer in
-        ``[0, n_batches)``): a learned offset per batch, the same as a linear layer on
-        the concatenated one-hot batch, starting at 0.
+    n_categories : sequence of int, default=()
+        The number of categories of each categorical covariate the input layer
+        also takes (:class:`CovariateOffsets`); empty: none.
 
     Examples
     --------
@@ -172,12 +171,12 @@ class Encoder(nn.Module):
     """
 
     def __init__(self, n_features, hidden_layer_sizes, n_outputs, branches, *, batch_norm=False, dropout=0.0,
-                 input_activation=False, n_batches=0):
+                 input_activation=False, n_categories=()):
         super().__init__()
         options = {"batch_norm": batch_norm, "dropout": dropout}
         self.input_layer = InputLinear(n_features, hidden_layer_sizes[0])
-        if n_batches:
-            self.batch_offsets = batch_offsets(n_batches, hidden_layer_sizes[0])
+        if n_categories:
+            self.covariate_offsets = CovariateOffsets(n_categories, hidden_layer_sizes[0])
         # None (the study's linear input layer) or the activation after it
         self.input_activation = activation(hidden_layer_sizes[0], **options) if input_activation else None
         self.trunk = linear_stack(hidden_layer_sizes[:-1], **options)
@@ -189,13 +188,14 @@ class Encoder(nn.Module):
             }
         )
 
-    def forward(self, x, batch=None):
+    def forward(self, x, covariates=None):
         """Return a dict mapping each branch name to its output tensor.
 
-        ``x`` is a dense tensor or :class:`skvae.nn.sparse.ShiftedSparseRows`; ``batch``
-        the rows' batches (an encoder built with ``n_batches``) or None.
+        ``x`` is a dense tensor or :class:`skvae.nn.sparse.ShiftedSparseRows`;
+        ``covariates`` the rows' category codes, of shape (n_rows, n_covariates)
+        (an encoder built with ``n_categories``), or None.
         """
-        linear_input = batch is None and self.input_activation is None
+        linear_input = covariates is None and self.input_activation is None
         if linear_input and len(self.trunk) and not (self.training or torch.is_grad_enabled()):
             # The input layer has no activation, so at inference it merges with the next linear
             # layer: one genes x 32 product instead of genes x 128 then 128 x 32.
@@ -205,8 +205,8 @@ class Encoder(nn.Module):
             h = self.trunk[1:](input_product(x, weight, bias))
         else:
             h = self.input_layer(x)
-            if batch is not None:
-                h = h + self.batch_offsets(batch)
+            if covariates is not None:
+                h = h + self.covariate_offsets(covariates)
             if self.input_activation is not None:
                 h = self.input_activation(h)
             h = self.trunk(h)
@@ -228,11 +228,10 @@ class Decoder(nn.Module):
         Names of the outputs, e.g. ``("scale", "dropout")``; a likelihood says which it reads.
     batch_norm, dropout
         As in :func:`linear_stack`, for every hidden layer.
-    n_batches : int, default=0
-        When > 0, every hidden layer also takes each row's batch (an integer in
-        ``[0, n_batches)``), as scVI injects covariates into every decoder layer: a
-        learned offset per batch after each linear layer, the same as a linear layer
-        on the concatenated one-hot batch, starting at 0.
+    n_categories : sequence of int, default=()
+        The number of categories of each categorical covariate that every hidden
+        layer also takes, as scVI injects covariates into every decoder layer: a
+        :class:`CovariateOffsets` after each linear layer. Empty: none.
 
     Examples
     --------
@@ -243,50 +242,71 @@ class Decoder(nn.Module):
     """
 
     def __init__(self, n_components, hidden_layer_sizes, n_features, heads=("mean",), *, batch_norm=False, dropout=0.0,
-                 n_batches=0):
+                 n_categories=()):
         super().__init__()
         self.hidden = linear_stack([n_components, *reversed(hidden_layer_sizes)], batch_norm=batch_norm, dropout=dropout)
         self.heads = nn.ModuleDict({name: nn.Linear(hidden_layer_sizes[0], n_features) for name in heads})
-        if n_batches:
-            self.batch_offsets = nn.ModuleList(
-                [batch_offsets(n_batches, layer.out_features) for layer in self.hidden if isinstance(layer, nn.Linear)]
+        if n_categories:
+            self.covariate_offsets = nn.ModuleList(
+                [CovariateOffsets(n_categories, layer.out_features) for layer in self.hidden if isinstance(layer, nn.Linear)]
             )
 
-    def forward(self, z, batch=None):
-        """Return the heads' outputs by name (:class:`DecoderOutputs`), for the rows' ``batch`` when built with batches."""
-        if batch is None:
+    def forward(self, z, covariates=None):
+        """Return the heads' outputs by name (:class:`DecoderOutputs`), for the rows' ``covariates`` when built with them."""
+        if covariates is None:
             return DecoderOutputs(self.hidden(z), self.heads)
-        offsets = iter(self.batch_offsets)
+        offsets = iter(self.covariate_offsets)
         h = z
         for layer in self.hidden:
             h = layer(h)
             if isinstance(layer, nn.Linear):
-                h = h + next(offsets)(batch)
-        return DecoderOutputs(h, self.heads, batch)
+                h = h + next(offsets)(covariates)
+        return DecoderOutputs(h, self.heads, covariates)
 
 
-def batch_offsets(n_batches, width):
-    """A learned offset of ``width`` per batch, 0 at first: a linear layer's part for a one-hot batch.
+class CovariateOffsets(nn.Embedding):
+    """A learned offset of ``width`` per category of each categorical covariate, summed over the covariates.
+
+    The same as a linear layer's part for the concatenated one-hot covariates
+    (scVI's ``categorical_covariate_keys``); every offset starts at 0.
 
     Parameters
     ----------
-    n_batches, width : int
-
-    Returns
-    -------
-    torch.nn.Embedding
+    n_categories : sequence of int
+        The number of categories of each covariate.
+    width : int
 
     Examples
     --------
     >>> import torch
-    >>> from skvae.nn.layers import batch_offsets
-    >>> batch_offsets(3, 2)(torch.tensor([0, 2]))
-    tensor([[0., 0.],
-            [0., 0.]], grad_fn=<EmbeddingBackward0>)
+    >>> from skvae.nn.layers import CovariateOffsets
+    >>> offsets = CovariateOffsets((3, 2), 4)
+    >>> offsets.weight.shape, offsets(torch.tensor([[0, 1], [2, 0]])).shape
+    (torch.Size([5, 4]), torch.Size([2, 4]))
     """
-    offsets = nn.Embedding(n_batches, width)
-    nn.init.zeros_(offsets.weight)
-    return offsets
+
+    def __init__(self, n_categories, width):
+        self.n_categories = tuple(int(n) for n in n_categories)
+        super().__init__(sum(self.n_categories), width)
+        nn.init.zeros_(self.weight)
+        # each covariate's first row in the one table
+        self.starts = tuple(accumulate(self.n_categories[:-1], initial=0))
+
+    def forward(self, covariates):
+        """The summed offsets of each row's categories.
+
+        Parameters
+        ----------
+        covariates : torch.Tensor of shape (n_rows, n_covariates), int64
+            Each row's category of each covariate, from 0.
+
+        Returns
+        -------
+        torch.Tensor of shape (n_rows, width)
+        """
+        if len(self.starts) > 1:
+            covariates = covariates + torch.as_tensor(self.starts, device=covariates.device)
+        return super().forward(covariates).sum(dim=1)
 
 
 class DecoderOutputs:
@@ -302,8 +322,8 @@ class DecoderOutputs:
         The decoder's last hidden layer.
     heads : torch.nn.ModuleDict
         The output layers, by name.
-    batch : torch.Tensor of shape (n_rows,), int64, default=None
-        The rows' batches, for a likelihood with parameters per batch.
+    covariates : torch.Tensor of shape (n_rows, n_covariates), int64, default=None
+        The rows' category codes, for a likelihood with parameters per category.
 
     Examples
     --------
@@ -314,8 +334,8 @@ class DecoderOutputs:
     (['mean'], torch.Size([2, 4]))
     """
 
-    def __init__(self, hidden, heads, batch=None):
-        self.hidden, self.heads, self.batch = hidden, heads, batch
+    def __init__(self, hidden, heads, covariates=None):
+        self.hidden, self.heads, self.covariates = hidden, heads, covariates
         self._computed = {}
 
     def __getitem__(self, name):

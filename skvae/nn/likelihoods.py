@@ -33,6 +33,8 @@ from .sparse import ShiftedSparseRows
 # Counts per cell of the normalised scale: the encoder's input and inverse_transform's output
 # are on the scale of LogNormalizer (x / total * 1e4) before and after its log.
 NORMALIZED_TOTAL = 1e4
+# |log theta| of the NB dispersions beyond which loaded weights are damaged: exp(50) is a Poisson, exp(-50) nothing
+LOG_DISPERSION_LIMIT = 50.0
 
 
 def squared_error(reconstruction, target):
@@ -432,13 +434,14 @@ class NegativeBinomial(CountLikelihood):
     ----------
     n_features : int
         Number of genes.
-    n_batches : int, default=0
-        When > 0, a dispersion per gene and batch (scVI's ``dispersion="gene-batch"``):
-        the decoder's outputs then carry each row's batch (``outputs.batch``).
+    dispersion_categories : int, default=0
+        When > 0, a dispersion per gene and category of the first covariate
+        (scVI's ``dispersion="gene-batch"``): the decoder's outputs then carry each
+        row's covariates (``outputs.covariates``).
 
     Attributes
     ----------
-    log_theta : torch.nn.Parameter of shape (n_features,), or (n_batches, n_features)
+    log_theta : torch.nn.Parameter of shape (n_features,), or (dispersion_categories, n_features)
 
     Examples
     --------
@@ -449,18 +452,21 @@ class NegativeBinomial(CountLikelihood):
     tensor([-0.6931])
     """
 
-    def __init__(self, n_features, n_batches=0):
+    def __init__(self, n_features, dispersion_categories=0):
         super().__init__(n_features)
-        self.log_theta = nn.Parameter(torch.zeros((n_batches, n_features) if n_batches else n_features))
+        self.log_theta = nn.Parameter(torch.zeros((dispersion_categories, n_features) if dispersion_categories
+                                                  else n_features))
+        self.register_load_state_dict_pre_hook(_check_loaded_dispersion)
 
     def _log_theta(self, outputs, at):
         """``log theta`` of every row and gene (or of the entries ``at``), broadcastable as ``distribution`` says."""
         if self.log_theta.dim() == 1:
             return self.log_theta if at is None else self.log_theta[at[1]]
-        batch = getattr(outputs, "batch", None)
-        if batch is None:
-            raise ValueError("a dispersion per gene and batch needs each row's batch (outputs.batch)")
-        return self.log_theta[batch] if at is None else self.log_theta[batch[at[0]], at[1]]
+        covariates = getattr(outputs, "covariates", None)
+        if covariates is None:
+            raise ValueError("a dispersion per gene and category needs each row's covariates (outputs.covariates)")
+        category = covariates[:, 0]
+        return self.log_theta[category] if at is None else self.log_theta[category[at[0]], at[1]]
 
     def distribution(self, outputs, offset, at=None):
         """Parameters of the per-gene distributions: ``log_mu`` and ``log_theta``.
@@ -524,12 +530,13 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
     ----------
     n_features : int
         Number of genes.
-    n_batches : int, default=0
-        When > 0, a dispersion per gene and batch, as :class:`NegativeBinomial`.
+    dispersion_categories : int, default=0
+        When > 0, a dispersion per gene and category of the first covariate, as
+        :class:`NegativeBinomial`.
 
     Attributes
     ----------
-    log_theta : torch.nn.Parameter of shape (n_features,), or (n_batches, n_features)
+    log_theta : torch.nn.Parameter of shape (n_features,), or (dispersion_categories, n_features)
 
     Examples
     --------
@@ -660,7 +667,15 @@ LIKELIHOODS = {
 """The likelihoods by the name the estimators' ``likelihood`` parameter takes."""
 
 
-def make_likelihood(name, n_features, *, dispersion_batches=0):
+def _check_loaded_dispersion(module, state_dict, prefix, *args):
+    """Refuse saved dispersions beyond what training gives: damage, not a model."""
+    log_theta = state_dict.get(prefix + "log_theta")
+    if log_theta is not None and log_theta.numel() and log_theta.abs().max() > LOG_DISPERSION_LIMIT:
+        raise ValueError(f"its log dispersions reach {log_theta.abs().max():.3g}, beyond +-{LOG_DISPERSION_LIMIT:g}, "
+                         "which training never gives")
+
+
+def make_likelihood(name, n_features, *, dispersion_categories=0):
     """A new likelihood of ``LIKELIHOODS[name]`` for ``n_features`` genes.
 
     Parameters
@@ -668,9 +683,10 @@ def make_likelihood(name, n_features, *, dispersion_batches=0):
     name : {"gaussian", "poisson", "nb", "zinb"}
     n_features : int
         Number of genes: count likelihoods have per-gene parameters.
-    dispersion_batches : int, default=0
-        When > 0, "nb" and "zinb" learn a dispersion per gene and batch, for this
-        many batches; the other likelihoods have no dispersion and ignore it.
+    dispersion_categories : int, default=0
+        When > 0, "nb" and "zinb" learn a dispersion per gene and category of the
+        first covariate, for this many categories; the other likelihoods have no
+        dispersion and ignore it.
 
     Returns
     -------
@@ -684,5 +700,5 @@ def make_likelihood(name, n_features, *, dispersion_batches=0):
     """
     likelihood = LIKELIHOODS[name]
     if issubclass(likelihood, NegativeBinomial):
-        return likelihood(n_features, dispersion_batches)
+        return likelihood(n_features, dispersion_categories)
     return likelihood(n_features) if likelihood.counts else likelihood()

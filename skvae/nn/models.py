@@ -25,23 +25,25 @@ _ADVERSARY_WIDTH = 32
 _SHARED_NEIGHBOURS = 5
 
 
-def shared_weight(codes, batch, k=_SHARED_NEIGHBOURS):
-    """How far each cell's neighbourhood in the minibatch is shared with other batches, in [0, 1].
+def shared_weight(codes, labels, k=_SHARED_NEIGHBOURS):
+    """How far each cell's neighbourhood in the minibatch is shared with other categories (batches), in [0, 1].
 
-    The share of a cell's ``k`` nearest codes (among the minibatch's others) from another batch, over the share
-    expected if the batches mixed perfectly (the other batches' share of the minibatch), capped at 1: 0 for a cell
-    whose neighbours all come from its own batch (a population of its batch alone, or one not yet mixed), 1 for one
-    in a well mixed neighbourhood.
+    The share of a cell's ``k`` nearest codes (among the minibatch's others) from another category, over the share
+    expected if the categories mixed perfectly (the other categories' share of the minibatch), capped at 1: 0 for a
+    cell whose neighbours all come from its own category (a population of its batch alone, or one not yet mixed), 1
+    for one in a well mixed neighbourhood.
 
     Parameters
     ----------
     codes : torch.Tensor of shape (n_samples, n_components)
-    batch : torch.Tensor of shape (n_samples,), int64
+    labels : torch.Tensor of shape (n_samples,) or (n_samples, n_covariates), int64
+        Each cell's category (of each covariate, one column each).
     k : int, default=5
 
     Returns
     -------
-    torch.Tensor of shape (n_samples,)
+    torch.Tensor of the shape of ``labels``
+        The weight of each cell (for each covariate).
 
     Examples
     --------
@@ -55,12 +57,20 @@ def shared_weight(codes, batch, k=_SHARED_NEIGHBOURS):
     n = codes.shape[0]
     k = min(k, n - 1)
     if k < 1:
-        return codes.new_zeros(n)
+        return torch.zeros(labels.shape, dtype=codes.dtype, device=codes.device)
     distances = torch.cdist(codes, codes)
     distances.fill_diagonal_(float("inf"))
     neighbours = distances.topk(k, largest=False).indices
-    other = (batch[neighbours] != batch[:, None]).float().mean(dim=1)
-    own = torch.bincount(batch)[batch].float() - 1  # the cell's batch in the minibatch, but itself
+    if labels.dim() == 2:
+        return torch.stack([_shared(neighbours, column) for column in labels.unbind(dim=1)], dim=1)
+    return _shared(neighbours, labels)
+
+
+def _shared(neighbours, labels):
+    """:func:`shared_weight` of one covariate's ``labels``, given each cell's ``neighbours`` (indices, n x k)."""
+    n = labels.shape[0]
+    other = (labels[neighbours] != labels[:, None]).float().mean(dim=1)
+    own = torch.bincount(labels)[labels].float() - 1  # the cell's category in the minibatch, but itself
     expected = 1.0 - own / (n - 1)
     return torch.where(expected > 0, (other / expected.clamp_min(1e-12)).clamp(max=1.0), torch.zeros_like(other))
 
@@ -130,20 +140,26 @@ class _LatentModel(nn.Module):
     """Encoder with named branches, decoder, likelihood, and the loss template shared by all models."""
 
     branches = ()
+    # which covariates the adversary learns to tell from the code: "all" (one head each) or "first"
+    adversary_covariates = "all"
 
     def __init__(self, n_features, n_components, hidden_layer_sizes, *, likelihood=None, input_activation=False,
-                 batch_norm=False, dropout=0.0, n_batches=0, encode_batch=False, batch_adversary=0.0):
+                 batch_norm=False, dropout=0.0, n_categories=(), encode_batch=False, batch_adversary=0.0):
         super().__init__()
         options = {"batch_norm": batch_norm, "dropout": dropout}
         self.n_components = n_components
-        self.n_batches, self.encode_batch = n_batches, bool(encode_batch and n_batches)
+        self.n_categories = tuple(int(n) for n in n_categories)
+        self.encode_batch = bool(encode_batch and self.n_categories)
         self.encoder = Encoder(n_features, hidden_layer_sizes, n_components, self.branches, **options,
-                               n_batches=n_batches if self.encode_batch else 0, input_activation=input_activation)
+                               n_categories=self.n_categories if self.encode_batch else (),
+                               input_activation=input_activation)
         self.likelihood = Gaussian() if likelihood is None else likelihood
         self.decoder = Decoder(n_components, hidden_layer_sizes, n_features, self.likelihood.heads, **options,
-                               n_batches=n_batches)
-        # a classifier of the batch from the code, which the encoder learns to defeat: only where batches differ
-        self.batch_adversary = float(batch_adversary) if n_batches > 1 else 0.0
+                               n_categories=self.n_categories)
+        # a classifier of the covariates from the code, which the encoder learns to defeat: only where categories differ
+        told = self.n_categories[:1] if self.adversary_covariates == "first" else self.n_categories
+        self._told = len(told)
+        self.batch_adversary = float(batch_adversary) if any(n > 1 for n in told) else 0.0
         # the size of the reconstruction's gradient per cell at the code, a running mean over training steps
         # (None before the first): it scales the reversed gradient, so that batch_adversary weighs it against
         # the reconstruction whatever the depth and number of genes
@@ -151,16 +167,17 @@ class _LatentModel(nn.Module):
         if self.batch_adversary:
             self.adversary = nn.Sequential(nn.Linear(n_components, _ADVERSARY_WIDTH), nn.ReLU(),
                                            nn.Linear(_ADVERSARY_WIDTH, _ADVERSARY_WIDTH), nn.ReLU(),
-                                           nn.Linear(_ADVERSARY_WIDTH, n_batches))
+                                           nn.Linear(_ADVERSARY_WIDTH, sum(told)))
+        self.register_load_state_dict_pre_hook(_renamed_keys_hook)
 
-    def posterior(self, x, batch=None):
+    def posterior(self, x, covariates=None):
         """Posterior parameters of each cell.
 
         Parameters
         ----------
         x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
-        batch : torch.Tensor of shape (n_samples,), int64, default=None
-            Each cell's batch; read only by an encoder that takes it (``encode_batch``).
+        covariates : torch.Tensor of shape (n_samples, n_covariates), int64, default=None
+            Each cell's category of each covariate; read only by an encoder that takes them (``encode_batch``).
 
         Returns
         -------
@@ -168,16 +185,16 @@ class _LatentModel(nn.Module):
             One entry per encoder branch: ``"code"``; ``"mu"`` and ``"logvar"``; for
             the sparse coding model also ``"spike"`` (probabilities).
         """
-        return self.encoder(self.likelihood.encoder_input(x), batch if self.encode_batch else None)
+        return self.encoder(self.likelihood.encoder_input(x), covariates if self.encode_batch else None)
 
-    def decode(self, z, batch=None):
+    def decode(self, z, covariates=None):
         """Expression decoded from latent codes: the likelihood's mean.
 
         Parameters
         ----------
         z : torch.Tensor of shape (n_samples, n_components)
-        batch : torch.Tensor of shape (n_samples,), int64, default=None
-            The batch to decode each code as measured in (a model built with ``n_batches``).
+        covariates : torch.Tensor of shape (n_samples, n_covariates), int64, default=None
+            The categories to decode each code as measured in (a model built with ``n_categories``).
 
         Returns
         -------
@@ -185,31 +202,31 @@ class _LatentModel(nn.Module):
             The reconstruction (Gaussian) or normalised expression, proportions
             times 1e4 (count likelihoods).
         """
-        return self.likelihood.mean(self.decoder(z, batch))
+        return self.likelihood.mean(self.decoder(z, covariates))
 
-    def embed(self, x, batch=None):
+    def embed(self, x, covariates=None):
         """Deterministic latent code of each cell (the posterior mean).
 
         Parameters
         ----------
         x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
-        batch : torch.Tensor of shape (n_samples,), int64, default=None
-            Each cell's batch; read only by an encoder that takes it.
+        covariates : torch.Tensor of shape (n_samples, n_covariates), int64, default=None
+            Each cell's categories; read only by an encoder that takes them.
 
         Returns
         -------
         torch.Tensor of shape (n_samples, n_components)
         """
-        return self._mean_code(self.posterior(x, batch))
+        return self._mean_code(self.posterior(x, covariates))
 
-    def loss(self, x, batch=None, *, generator=None, deterministic=False):
+    def loss(self, x, covariates=None, *, generator=None, deterministic=False):
         """Per-cell loss terms of a minibatch.
 
         Parameters
         ----------
         x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
-        batch : torch.Tensor of shape (n_samples,), int64, default=None
-            Each cell's batch, for a model built with ``n_batches``.
+        covariates : torch.Tensor of shape (n_samples, n_covariates), int64, default=None
+            Each cell's categories, for a model built with ``n_categories``.
         generator : torch.Generator, default=None
             Source of the reparameterisation noise.
         deterministic : bool, default=False
@@ -219,21 +236,31 @@ class _LatentModel(nn.Module):
         -------
         LossTerms
         """
-        q = self.posterior(x, batch)
+        q = self.posterior(x, covariates)
         z = self._mean_code(q) if deterministic else self._sample_code(q, generator)
         adversarial = None
-        if self.batch_adversary and self.training and batch is not None:
+        if self.batch_adversary and self.training and covariates is not None:
             z = z.view_as(z)  # a node of its own, whose gradient is the reconstruction's alone
             if z.requires_grad:
                 z.register_hook(self._measure_reconstruction_gradient)
-            # the embedding itself (the posterior mean) is what should not tell the batches apart, where its
+            # the embedding itself (the posterior mean) is what should not tell the categories apart, where its
             # neighbourhood is shared: a population of one batch alone is left where it is
             code = self._mean_code(q)
             scale = self.batch_adversary * (self.reconstruction_gradient or 0.0)
             logits = self.adversary(_ReversedGradient.apply(code, scale))
-            adversarial = F.cross_entropy(logits, batch, reduction="none") * shared_weight(code.detach(), batch)
-        reconstruction = self.likelihood.negative_log_likelihood(self.decoder(z, batch), x)
+            adversarial = self._adversarial(logits, covariates[:, :self._told], code.detach())
+        reconstruction = self.likelihood.negative_log_likelihood(self.decoder(z, covariates), x)
         return LossTerms(reconstruction, self._kl(q), adversarial)
+
+    def _adversarial(self, logits, labels, code):
+        """Each cell's cross-entropy of the adversary's guess of each covariate, weighted by :func:`shared_weight`."""
+        weights = shared_weight(code, labels)
+        if labels.shape[1] == 1:
+            return F.cross_entropy(logits, labels[:, 0], reduction="none") * weights[:, 0]
+        losses = [F.cross_entropy(part, column, reduction="none")
+                  for part, column in zip(logits.split(self.n_categories[:self._told], dim=1), labels.unbind(dim=1),
+                                          strict=True)]
+        return (torch.stack(losses, dim=1) * weights).sum(dim=1)
 
     def _measure_reconstruction_gradient(self, grad):
         # per cell: the loss is a mean over the minibatch's cells (of every process in a data-parallel run, each
@@ -243,6 +270,48 @@ class _LatentModel(nn.Module):
         if math.isfinite(size):
             previous = self.reconstruction_gradient
             self.reconstruction_gradient = size if previous is None else 0.9 * previous + 0.1 * size
+
+
+# saved weights' keys renamed since, old prefix -> new (saves from before still load)
+_RENAMED_KEYS = {"decoder.output.": "decoder.heads.mean.", "encoder.batch_offsets.": "encoder.covariate_offsets.",
+                 "decoder.batch_offsets.": "decoder.covariate_offsets."}
+
+
+def renamed_keys(state_dict, prefix=""):
+    """``state_dict`` with the keys of older versions of the models renamed to today's.
+
+    Parameters
+    ----------
+    state_dict : dict of str to torch.Tensor
+    prefix : str, default=""
+        The model's prefix in ``state_dict`` (when it is a part of a larger module).
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.models import renamed_keys
+    >>> list(renamed_keys({"decoder.batch_offsets.0.weight": torch.zeros(2, 3)}))
+    ['decoder.covariate_offsets.0.weight']
+    """
+    renamed = {}
+    for key, value in state_dict.items():
+        for old, new in _RENAMED_KEYS.items():
+            if key.startswith(prefix + old):
+                key = prefix + new + key[len(prefix + old):]
+                break
+        renamed[key] = value
+    return renamed
+
+
+def _renamed_keys_hook(module, state_dict, prefix, *args):
+    renamed = renamed_keys(state_dict, prefix)
+    if list(renamed) != list(state_dict):
+        state_dict.clear()
+        state_dict.update(renamed)
 
 
 class Autoencoder(_LatentModel):
@@ -266,17 +335,21 @@ class Autoencoder(_LatentModel):
         Batch normalisation in the hidden layers (see :func:`~skvae.nn.layers.linear_stack`).
     dropout : float, default=0.0
         Dropout after the hidden layers' ReLUs.
-    n_batches : int, default=0
-        Condition on each cell's batch (one of ``n_batches``): the decoder takes it
-        in every hidden layer, so the code need not carry it.
+    n_categories : sequence of int, default=()
+        Condition on each cell's categorical covariates (its batch: sample, donor,
+        technology; one entry per covariate, its number of categories): the decoder
+        takes them in every hidden layer, so the code need not carry them. The
+        methods take them as ``covariates``, an int64 tensor of shape (n_samples,
+        n_covariates).
     encode_batch : bool, default=False
-        The encoder takes the batch too (with ``n_batches`` > 0); by default it sees
-        the expression only, so cells of a batch never seen embed as they are.
+        The encoder takes the covariates too (with ``n_categories``); by default it
+        sees the expression only, so cells of a batch never seen embed as they are.
     batch_adversary : float, default=0.0
-        With ``n_batches`` > 1 and a weight > 0: a small classifier learns to tell
-        each cell's batch from its code (the posterior mean), and the encoder learns
-        to defeat it through a reversed gradient, where the cell's neighbourhood in
-        the minibatch is shared with other batches (``LossTerms.adversarial``). The
+        With a covariate of more than one category and a weight > 0: a small
+        classifier learns to tell each cell's category of every covariate from its
+        code (the posterior mean), and the encoder learns to defeat it through a
+        reversed gradient, where the cell's neighbourhood in the minibatch is shared
+        with other categories (``LossTerms.adversarial``). The
         reversed gradient is this weight times the size of the reconstruction's
         gradient per cell at the code (a running mean, ``reconstruction_gradient``),
         so the weight means the same at any depth and number of genes.
@@ -317,7 +390,7 @@ class VariationalAutoencoder(_LatentModel):
     likelihood : torch.nn.Module, default=None
         A likelihood of :mod:`skvae.nn.likelihoods` for ``n_features`` genes;
         None means :class:`~skvae.nn.likelihoods.Gaussian`.
-    input_activation, batch_norm, dropout, n_batches, encode_batch, batch_adversary
+    input_activation, batch_norm, dropout, n_categories, encode_batch, batch_adversary
         As for :class:`Autoencoder`.
 
     Examples
@@ -364,63 +437,63 @@ class SparseCodingVAE(_LatentModel):
     ----------
     n_features, n_components, hidden_layer_sizes
         As for :class:`VariationalAutoencoder`.
-    prior_spike : float
+    prior_activity : float
         Prior probability that a latent dimension is active.
-    sharpness : float
+    spike_sharpness : float
         Sharpness ``c`` of the sigmoid that relaxes the spike selection.
     **options
-        ``likelihood``, ``input_activation``, ``batch_norm``, ``dropout``, ``n_batches``,
+        ``likelihood``, ``input_activation``, ``batch_norm``, ``dropout``, ``n_categories``,
         ``encode_batch`` and ``batch_adversary``, as for :class:`VariationalAutoencoder`.
 
     Examples
     --------
     >>> import torch
     >>> from skvae.nn.models import SparseCodingVAE
-    >>> module = SparseCodingVAE(50, 3, (16, 8), prior_spike=0.5, sharpness=50.0)
+    >>> module = SparseCodingVAE(50, 3, (16, 8), prior_activity=0.5, spike_sharpness=50.0)
     >>> module.spike_probability(torch.randn(4, 50)).shape
     torch.Size([4, 3])
     """
 
     branches = ("mu", "logvar", "logspike")
 
-    def __init__(self, n_features, n_components, hidden_layer_sizes, *, prior_spike, sharpness, **options):
+    def __init__(self, n_features, n_components, hidden_layer_sizes, *, prior_activity, spike_sharpness, **options):
         super().__init__(n_features, n_components, hidden_layer_sizes, **options)
-        self.prior_spike = prior_spike
-        self.sharpness = sharpness
+        self.prior_activity = prior_activity
+        self.spike_sharpness = spike_sharpness
 
-    def posterior(self, x, batch=None):
+    def posterior(self, x, covariates=None):
         """Posterior parameters of each cell: slab ``"mu"``, ``"logvar"`` and ``"spike"`` probability.
 
         Parameters
         ----------
         x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
-        batch : torch.Tensor of shape (n_samples,), int64, default=None
-            Each cell's batch; read only by an encoder that takes it.
+        covariates : torch.Tensor of shape (n_samples, n_covariates), int64, default=None
+            Each cell's categories; read only by an encoder that takes them.
 
         Returns
         -------
         dict of str to torch.Tensor of shape (n_samples, n_components)
         """
-        q = super().posterior(x, batch)
+        q = super().posterior(x, covariates)
         # log spike probability must be <= 0
         logspike = -torch.relu(-q.pop("logspike"))
         q["spike"] = logspike.exp().clamp(_SPIKE_EPS, 1.0 - _SPIKE_EPS)
         return q
 
-    def spike_probability(self, x, batch=None):
+    def spike_probability(self, x, covariates=None):
         """Posterior probability that each latent dimension is active.
 
         Parameters
         ----------
         x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
-        batch : torch.Tensor of shape (n_samples,), int64, default=None
-            Each cell's batch; read only by an encoder that takes it.
+        covariates : torch.Tensor of shape (n_samples, n_covariates), int64, default=None
+            Each cell's categories; read only by an encoder that takes them.
 
         Returns
         -------
         torch.Tensor of shape (n_samples, n_components)
         """
-        return self.posterior(x, batch)["spike"]
+        return self.posterior(x, covariates)["spike"]
 
     def _mean_code(self, q):
         return q["spike"] * q["mu"]
@@ -429,11 +502,11 @@ class SparseCodingVAE(_LatentModel):
         mu = q["mu"]
         noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         eta = torch.rand(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        selection = torch.sigmoid(self.sharpness * (eta + q["spike"] - 1.0))
+        selection = torch.sigmoid(self.spike_sharpness * (eta + q["spike"] - 1.0))
         return selection * (mu + noise * (0.5 * q["logvar"]).exp())
 
     def _kl(self, q):
-        return spike_and_slab_kl(q["mu"], q["logvar"], q["spike"], self.prior_spike)
+        return spike_and_slab_kl(q["mu"], q["logvar"], q["spike"], self.prior_activity)
 
     def sample_prior(self, n_samples, generator=None):
         """Draw latent codes from the spike-and-slab prior.
@@ -448,5 +521,5 @@ class SparseCodingVAE(_LatentModel):
         torch.Tensor of shape (n_samples, n_components)
         """
         shape = (n_samples, self.n_components)
-        active = torch.rand(shape, generator=generator) < self.prior_spike
+        active = torch.rand(shape, generator=generator) < self.prior_activity
         return active * torch.randn(shape, generator=generator)

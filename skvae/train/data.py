@@ -436,6 +436,30 @@ class BackedRows(RowData):
         self.dataset = dataset
         self._stored = stored
 
+    def check_file(self, *, n_features=None, min_rows=1, reader="the model"):
+        """What scikit-learn's checks are to a matrix in memory, for this one on disk: layout, features, rows.
+
+        Parameters
+        ----------
+        n_features : int, default=None
+            The features a fitted model expects (None: any).
+        min_rows : int, default=1
+        reader : str, default="the model"
+            Who expects ``n_features``, for the message.
+        """
+        if self.format != "csr":
+            raise TypeError(f"X is a {self.format.upper()} matrix on disk: skvae reads cells (rows), which a CSC file "
+                            "stores scattered. Write the matrix as CSR (cells x genes), e.g. adata.X = "
+                            "adata.X.tocsr() before adata.write_h5ad.")
+        if self.n_features < 1:
+            raise ValueError(f"{self.filename} holds a matrix of 0 genes: there is nothing to embed.")
+        self.check_layout()
+        if n_features is not None and self.n_features != n_features:
+            raise ValueError(f"X has {self.n_features} features, but {reader} is expecting {n_features} features as "
+                             "input.")
+        if self.n_rows < min_rows:
+            raise ValueError(f"Found array with {self.n_rows} sample(s) while a minimum of {min_rows} is required.")
+
     @property
     def filename(self):
         """The file the rows are read from."""

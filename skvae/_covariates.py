@@ -1,0 +1,326 @@
+"""The cells' categorical covariates (``batch=``): each an object that holds its categories, encodes, saves and loads.
+
+An estimator's ``batch=`` is one label per cell (one covariate: sample, donor or
+technology) or, for several at once, a DataFrame or dict of named columns (e.g.
+``adata.obs[["sample", "technology"]]``, as scVI's ``batch_key`` plus
+``categorical_covariate_keys``). :class:`Covariates` turns it into what the models
+read, an int64 array of shape (n_cells, n_covariates) of category codes, and back
+into what a save holds.
+"""
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from ._validation import batch_labels
+
+
+class CategoricalCovariate:
+    """One categorical covariate: its name and its categories, in the order the model codes them.
+
+    Parameters
+    ----------
+    name : str or None
+        The column it came from (None: ``batch=`` was one unnamed label per cell).
+    categories : array-like
+        Its distinct labels (strings or numbers), each category's code its position.
+
+    Examples
+    --------
+    >>> from skvae._covariates import CategoricalCovariate
+    >>> donor = CategoricalCovariate.from_labels("donor", ["d2", "d1", "d2"])
+    >>> donor.categories.tolist(), donor.encode(["d2", "d1"]).tolist()
+    (['d1', 'd2'], [1, 0])
+    """
+
+    def __init__(self, name, categories):
+        self.name = name
+        self.categories = np.asarray(categories, dtype=object)
+
+    @classmethod
+    def from_labels(cls, name, labels):
+        """The covariate of these labels: their distinct values, sorted (in order of appearance where they cannot be).
+
+        Parameters
+        ----------
+        name : str or None
+        labels : array-like of shape (n_cells,)
+
+        Returns
+        -------
+        CategoricalCovariate
+        """
+        distinct = pd.unique(np.asarray(labels, dtype=object))
+        try:
+            distinct = sorted(distinct)
+        except TypeError:
+            distinct = list(distinct)
+        categories = np.empty(len(distinct), dtype=object)
+        categories[:] = distinct
+        return cls(name, categories)
+
+    def __len__(self):
+        return len(self.categories)
+
+    @property
+    def what(self):
+        """How messages name it: ``batch`` or ``batch['donor']``."""
+        return "batch" if self.name is None else f"batch[{self.name!r}]"
+
+    def encode(self, labels):
+        """Each label's category code; a ValueError naming labels that are not among the categories.
+
+        Parameters
+        ----------
+        labels : array-like of shape (n_cells,)
+
+        Returns
+        -------
+        ndarray of int64 of shape (n_cells,)
+        """
+        labels = np.asarray(labels, dtype=object)
+        codes = pd.Categorical(labels, categories=self.categories).codes
+        if (codes < 0).any():
+            unseen = pd.unique(labels[codes < 0])
+            raise ValueError(f"{self.what} has categories not seen in fit: {listing(unseen)}; the model knows "
+                             f"{listing(self.categories)}.")
+        return codes.astype(np.int64)
+
+    def to_saved(self):
+        """Name and categories as Python strings and numbers, which a weights-only load reads.
+
+        Returns
+        -------
+        dict
+        """
+        saved = [value.item() if isinstance(value, np.generic) else value for value in self.categories]
+        if not all(isinstance(value, (str, int, float, bool)) for value in saved):
+            raise ValueError(f"The batch categories {listing(self.categories)} cannot be saved: save needs strings "
+                             "or numbers as batch labels.")
+        return {"name": self.name, "categories": saved}
+
+    @classmethod
+    def from_saved(cls, saved, path):
+        """The covariate of :meth:`to_saved`'s dictionary, checked: a name, distinct strings or numbers.
+
+        Parameters
+        ----------
+        saved : dict
+        path : str or path-like
+            The file, for messages.
+
+        Returns
+        -------
+        CategoricalCovariate
+        """
+        name, categories = saved.get("name") if isinstance(saved, dict) else None, (
+            saved.get("categories") if isinstance(saved, dict) else None)
+        if not (name is None or isinstance(name, str)):
+            raise ValueError(f"{path} is damaged: a batch column's name is not a string.")
+        if not isinstance(categories, list) or len(categories) < 1 or not all(
+                isinstance(value, (str, int, float, bool)) and value == value for value in categories):
+            raise ValueError(f"{path} is damaged: its batch categories are not a list of strings and numbers.")
+        loaded = np.empty(len(categories), dtype=object)
+        loaded[:] = categories
+        if pd.Index(loaded).has_duplicates:
+            raise ValueError(f"{path} is damaged: its batch categories repeat a label ({listing(categories)}).")
+        return cls(name, loaded)
+
+
+class Covariates:
+    """The categorical covariates a model was fitted with: one unnamed (``batch=`` labels) or several named columns.
+
+    Parameters
+    ----------
+    columns : list of CategoricalCovariate
+        One per covariate, in the order of their code columns; every name None
+        (one column) or a distinct string.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from skvae._covariates import Covariates
+    >>> obs = pd.DataFrame({"sample": ["s1", "s2", "s3"], "technology": ["10x", "10x", "smart"]})
+    >>> covariates = Covariates.from_batch(obs, 3)
+    >>> covariates.n_categories, covariates.encode(obs.iloc[::-1], 3).tolist()
+    ((3, 2), [[2, 1], [1, 0], [0, 0]])
+    """
+
+    def __init__(self, columns):
+        self.columns = list(columns)
+
+    @classmethod
+    def from_batch(cls, batch, n_rows):
+        """The covariates of ``fit``'s ``batch=`` (None for None).
+
+        Parameters
+        ----------
+        batch : array-like of shape (n_rows,), DataFrame, dict of str to array-like, or None
+        n_rows : int
+
+        Returns
+        -------
+        Covariates or None
+        """
+        if batch is None:
+            return None
+        return cls([CategoricalCovariate.from_labels(name, labels) for name, labels in _columns(batch, n_rows)])
+
+    @property
+    def n_categories(self):
+        """The number of categories of each covariate.
+
+        Returns
+        -------
+        tuple of int
+        """
+        return tuple(len(column) for column in self.columns)
+
+    @property
+    def names(self):
+        """Each covariate's column name (None for ``batch=`` given as labels).
+
+        Returns
+        -------
+        list of str or None
+        """
+        return [column.name for column in self.columns]
+
+    @property
+    def categories(self):
+        """The categories: one array for one covariate (``batch_categories_``), else a dict by column name.
+
+        Returns
+        -------
+        ndarray of object, or dict of str to ndarray of object
+        """
+        if len(self.columns) == 1:
+            return self.columns[0].categories
+        return {column.name: column.categories for column in self.columns}
+
+    def describe(self):
+        """The categories in words, for messages: ``2: 'a', 'b'`` or ``sample (3: ...), technology (2: ...)``.
+
+        Returns
+        -------
+        str
+        """
+        parts = [f"{len(column)}: {listing(column.categories)}" for column in self.columns]
+        if len(parts) == 1:
+            return parts[0]
+        return ", ".join(f"{name} ({part})" for name, part in zip(self.names, parts, strict=True))
+
+    def encode(self, batch, n_rows, *, one_for_all=False):
+        """Each row's code of each covariate.
+
+        Parameters
+        ----------
+        batch : label, array-like of shape (n_rows,), DataFrame or dict
+            As in ``fit``: labels for one covariate, named columns for several (a
+            DataFrame or dict holding at least the fitted columns). With
+            ``one_for_all`` one label (one covariate) or a dict of one label per
+            column, for every row.
+        n_rows : int
+        one_for_all : bool, default=False
+
+        Returns
+        -------
+        ndarray of int64 of shape (n_rows, n_covariates)
+        """
+        if len(self.columns) == 1 and not _named(batch):
+            return self.columns[0].encode(batch_labels(batch, n_rows, one_for_all=one_for_all))[:, None]
+        given = dict(_columns(batch, n_rows, one_for_all=one_for_all, expected=self.names))
+        return np.stack([column.encode(given[column.name]) for column in self.columns], axis=1)
+
+    def to_saved(self):
+        """Every covariate as :meth:`CategoricalCovariate.to_saved` gives it.
+
+        Returns
+        -------
+        list of dict
+        """
+        return [column.to_saved() for column in self.columns]
+
+    @classmethod
+    def from_saved(cls, saved, path):
+        """The covariates of :meth:`to_saved`'s list, checked (None stays None).
+
+        Parameters
+        ----------
+        saved : list of dict or None
+        path : str or path-like
+
+        Returns
+        -------
+        Covariates or None
+        """
+        if saved is None:
+            return None
+        if not isinstance(saved, list) or not saved:
+            raise ValueError(f"{path} is damaged: its batch columns are not a list.")
+        covariates = cls([CategoricalCovariate.from_saved(column, path) for column in saved])
+        names = covariates.names
+        if len(names) > 1 and (None in names or len(set(names)) < len(names)):
+            raise ValueError(f"{path} is damaged: its batch columns' names are missing or repeated ({names}).")
+        return covariates
+
+
+def _named(batch):
+    return isinstance(batch, (pd.DataFrame, Mapping))
+
+
+def _columns(batch, n_rows, *, one_for_all=False, expected=None):
+    """``[(name, labels), ...]`` of ``batch``: one unnamed column of labels, or the named columns of a DataFrame or dict.
+
+    ``expected``: the fitted columns' names, which ``batch`` must hold (others are ignored).
+    """
+    if not _named(batch):
+        if expected is not None and len(expected) > 1:
+            raise ValueError(f"This model was fitted with {len(expected)} batch columns ({', '.join(expected)}): pass "
+                             "batch= as a DataFrame or dict holding them, e.g. adata.obs[" + repr(list(expected)) + "]"
+                             + (" (or a dict of one label per column)" if one_for_all else "") + ".")
+        return [(None, batch_labels(batch, n_rows, one_for_all=one_for_all))]
+    names = [str(name) if not isinstance(name, str) else name for name in batch.keys()]
+    if len(set(names)) < len(names):
+        raise ValueError(f"batch has repeated column names ({names}): name each covariate once.")
+    if not names:
+        raise ValueError("batch is an empty DataFrame or dict: pass at least one column of labels, or batch=None.")
+    columns = dict(zip(names, batch.keys(), strict=True))
+    if expected is not None:
+        missing = [name for name in expected if name not in columns]
+        if missing:
+            raise ValueError(f"batch lacks the column(s) {missing} the model was fitted with; it has {names}.")
+        names = list(expected)
+    return [(name, _column_labels(batch[columns[name]], n_rows, one_for_all, name)) for name in names]
+
+
+def _column_labels(values, n_rows, one_for_all, name):
+    if isinstance(values, pd.Series):
+        values = values.to_numpy()
+    try:
+        return batch_labels(values, n_rows, one_for_all=one_for_all)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"column {name!r}: {exc}") from None
+
+
+def listing(values, most=5):
+    """The first ``most`` values' reprs, and how many more.
+
+    Parameters
+    ----------
+    values : iterable
+    most : int, default=5
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> from skvae._covariates import listing
+    >>> listing(range(7), most=2)
+    '0, 1 and 5 more'
+    """
+    values = list(values)
+    return ", ".join(map(repr, values[:most])) + (f" and {len(values) - most} more" if len(values) > most else "")
