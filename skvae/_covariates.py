@@ -233,6 +233,17 @@ class Covariates:
         given = dict(_columns(batch, n_rows, one_for_all=one_for_all, expected=self.names))
         return np.stack([column.encode(given[column.name]) for column in self.columns], axis=1)
 
+    def listed(self):
+        """The categories as lists (one covariate) or a dict of lists by column: what ranks compare.
+
+        Returns
+        -------
+        list or dict of str to list
+        """
+        if len(self.columns) == 1:
+            return self.columns[0].categories.tolist()
+        return {column.name: column.categories.tolist() for column in self.columns}
+
     def to_saved(self):
         """Every covariate as :meth:`CategoricalCovariate.to_saved` gives it.
 
@@ -264,6 +275,40 @@ class Covariates:
         if len(names) > 1 and (None in names or len(set(names)) < len(names)):
             raise ValueError(f"{path} is damaged: its batch columns' names are missing or repeated ({names}).")
         return covariates
+
+
+def with_covariates(data, covariates, batch, *, reader, required, one_for_all=False):
+    """``data`` with each row's category codes of ``batch`` as the model's covariates (n_rows x n_covariates).
+
+    Parameters
+    ----------
+    data : skvae.train.data.RowData
+    covariates : Covariates or None
+        What the model was fitted with (None: no batches).
+    batch : label, array-like, DataFrame, dict or None
+        As the estimator's methods take it.
+    reader : str
+        The estimator's name, for messages.
+    required : bool
+        A model fitted with batches needs them.
+    one_for_all : bool, default=False
+        A single label (or one per column) for every row.
+
+    Returns
+    -------
+    skvae.train.data.RowData
+    """
+    if covariates is None:
+        if batch is not None:
+            raise ValueError(f"batch was passed, but this {reader} was fitted without batches: fit it with "
+                             "batch=... to condition it on them, or leave batch out.")
+        return data
+    if batch is None:
+        if required:
+            raise ValueError(f"This {reader} was fitted with batches ({covariates.describe()}): pass each cell's "
+                             "batch= as well.")
+        return data
+    return data.with_covariates({"covariates": covariates.encode(batch, data.n_rows, one_for_all=one_for_all)})
 
 
 def _named(batch):

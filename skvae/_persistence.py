@@ -1,5 +1,6 @@
 """Saving and reading estimator files: builtins only, atomic writes, every field checked before use."""
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -243,6 +244,7 @@ def embedder_from_state(cls, state, path):
     skvae.base.BaseEmbedder
     """
     from ._covariates import Covariates
+    from ._validation import hidden_layer_sizes as validated_sizes
     from .nn.models import renamed_keys
 
     check_fields(state, ESTIMATOR_FIELDS, path)
@@ -250,7 +252,7 @@ def embedder_from_state(cls, state, path):
     try:
         estimator = cls(**params)
         estimator._validate_params()
-        hidden_layer_sizes = estimator._validated_hidden_layer_sizes()
+        hidden_layer_sizes = validated_sizes(estimator.hidden_layer_sizes)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path} is not a skvae save (or it is damaged): its parameters are invalid: {exc}") from None
     n_features = state["n_features_in_"]
@@ -288,3 +290,31 @@ def embedder_from_state(cls, state, path):
             setattr(estimator, name, value if isinstance(value, (int, float)) else np.asarray(value))
     estimator._built_architecture = estimator._architecture()
     return estimator._set_fitted(module, state["history_"])
+
+
+@contextlib.contextmanager
+def unchanged_on_failure(estimator, *, in_place):
+    """Undo every change to ``estimator`` when the block raises: its attributes, and weights trained in place.
+
+    Parameters
+    ----------
+    estimator : skvae.base.BaseEmbedder
+    in_place : bool
+        The block trains the fitted ``module_`` and ``_training_state`` in place
+        (``partial_fit``): their values are copied first and put back on failure.
+    """
+    attributes = dict(estimator.__dict__)
+    module, state = getattr(estimator, "module_", None), getattr(estimator, "_training_state", None)
+    in_place = in_place and module is not None
+    weights = {key: value.clone() for key, value in module.state_dict().items()} if in_place else None
+    training = state.snapshot() if in_place and state is not None else None
+    try:
+        yield
+    except BaseException:
+        estimator.__dict__.clear()
+        estimator.__dict__.update(attributes)
+        if weights is not None:
+            module.cpu().load_state_dict(weights)
+        if training is not None:
+            state.restore(training)
+        raise

@@ -6,14 +6,19 @@ messages either way.
 """
 
 import os
+import sys
 import warnings
 from collections.abc import Hashable
+from numbers import Integral
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import sklearn
 from sklearn.utils.validation import check_non_negative, validate_data
 
+# warnings point past the frames of these packages, at the user's code
+_LIBRARY_FOLDERS = tuple(os.path.dirname(module.__file__) + os.sep for module in (sklearn, sys.modules[__package__]))
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # No UMI count of one gene in one cell comes near this; below it, a cell's total stays far inside float32.
 MAX_COUNT = 2.0**31
@@ -248,30 +253,16 @@ class ValueCheck:
             if self._integer and (self.counts or (self._min >= 0 and self._max > 1)):
                 self._integer = is_integer_valued(values)
 
-    def finish(self, stacklevel=2):
-        """Warn once for the whole input (call after every block was checked).
-
-        Parameters
-        ----------
-        stacklevel : int, default=2
-            Passed to :func:`warnings.warn`, counted from the caller.
-        """
+    def finish(self):
+        """Warn once for the whole input (call after every block was checked), at the user's call (:func:`warn`)."""
         if self.counts and not self._integer:
-            warnings.warn(
-                f"X has non-integer values, but {self.whom}. Normalised or log-transformed data (such as "
-                "LogNormalizer's output) is the likely cause: pass the raw UMI counts of QC'd cells, or use "
-                "likelihood='gaussian' for normalised and scaled data.",
-                UserWarning,
-                stacklevel=stacklevel + 1,
-            )
+            warn(f"X has non-integer values, but {self.whom}. Normalised or log-transformed data (such as "
+                 "LogNormalizer's output) is the likely cause: pass the raw UMI counts of QC'd cells, or use "
+                 "likelihood='gaussian' for normalised and scaled data.")
         if not self.counts and self._size and self._min >= 0 and self._max > 1 and self._integer:
-            warnings.warn(
-                "X looks like raw counts (non-negative integers), but likelihood='gaussian' reconstructs its "
-                "input with a squared error, which suits log-normalised, scaled expression: normalise it first "
-                "(LogNormalizer, then ClippedStandardScaler), or model the counts with likelihood='nb'.",
-                UserWarning,
-                stacklevel=stacklevel + 1,
-            )
+            warn("X looks like raw counts (non-negative integers), but likelihood='gaussian' reconstructs its "
+                 "input with a squared error, which suits log-normalised, scaled expression: normalise it first "
+                 "(LogNormalizer, then ClippedStandardScaler), or model the counts with likelihood='nb'.")
 
 
 def refuse_boolean_numbers(estimator):
@@ -346,7 +337,7 @@ def validated_rows(estimator, X, *, reset, training, counts, whom, float32_range
                        float32_range=training or data.on_disk if float32_range is None else float32_range)
     for values in data.value_blocks():
         check.update(values)
-    check.finish(stacklevel=5)
+    check.finish()
     return data.astype(np.float32) if training else data
 
 
@@ -389,3 +380,60 @@ def check_network_fits_memory(n_features, hidden_layer_sizes, *, n_heads, n_cate
 def _physical_memory():
     """This machine's memory in bytes, or None where the system does not say."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+
+
+def hidden_layer_sizes(sizes):
+    """``hidden_layer_sizes`` as a tuple of positive ints; a ValueError for anything else.
+
+    Parameters
+    ----------
+    sizes : array-like of int
+
+    Returns
+    -------
+    tuple of int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae._validation import hidden_layer_sizes
+    >>> hidden_layer_sizes(np.array([128, 32]))
+    (128, 32)
+    """
+    try:
+        items = list(sizes) if np.ndim(sizes) == 1 else None
+    except ValueError:  # numpy refuses ragged nesting
+        items = None
+    if not items or not all(isinstance(s, Integral) and not isinstance(s, (bool, np.bool_)) and s >= 1 for s in items):
+        raise ValueError(f"hidden_layer_sizes must be a non-empty 1-D sequence of positive integers, got {sizes!r}.")
+    return tuple(int(s) for s in items)
+
+
+def warn_if_code_wider(n_components, sizes):
+    """Warn when the code is wider than the last hidden layer, which then bounds what it carries.
+
+    Parameters
+    ----------
+    n_components : int
+    sizes : tuple of int
+        The hidden layer sizes.
+    """
+    if n_components > sizes[-1]:
+        widened = tuple(max(size, n_components) for size in sizes)
+        warn(f"n_components={n_components} is larger than the last hidden layer ({sizes[-1]}): the code is "
+             f"computed from, and decoded through, {sizes[-1]} units, so it carries at most that many independent "
+             f"directions. Widen the network, e.g. hidden_layer_sizes={widened}.")
+
+
+def warn(message, category=UserWarning):
+    """``warnings.warn`` at the first frame outside skvae and scikit-learn: the user's call, however deep the check.
+
+    Parameters
+    ----------
+    message : str
+    category : type, default=UserWarning
+    """
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_FOLDERS):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -9,10 +9,7 @@ the covariates of :mod:`skvae._covariates`) and hand it to a
 (``_build_module``) and, for variational models, the KL weight.
 """
 
-import contextlib
 import copy
-import os
-import warnings
 from abc import ABCMeta, abstractmethod
 from numbers import Integral, Real
 
@@ -23,14 +20,20 @@ from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._covariates import Covariates
-from ._persistence import atomic_torch_save, embedder_from_state, embedder_state, read_save
+from ._covariates import Covariates, with_covariates
+from ._persistence import atomic_torch_save, embedder_from_state, embedder_state, read_save, unchanged_on_failure
 from ._threads import limited_threads
-from ._validation import check_network_fits_memory, refuse_boolean_numbers, validated_rows
+from ._validation import (
+    check_network_fits_memory,
+    hidden_layer_sizes,
+    refuse_boolean_numbers,
+    validated_rows,
+    warn_if_code_wider,
+)
 from .nn.likelihoods import LIKELIHOODS, make_likelihood
 from .train.data import RowData, iter_minibatches
 from .train.loop import TrainingConfig, epochs_for, mean_loss
-from .train.session import TrainingSession
+from .train.session import TrainingSession, training_device
 
 # Rows per forward pass at inference: large enough to amortise the per-call overhead,
 # small enough that a dense block of 10^4-10^5 genes stays well under a GB.
@@ -201,7 +204,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
     def _architecture(self):
         """The parameters that shape the torch module: fixed once it is built."""
-        return {"n_components": self.n_components, "hidden_layer_sizes": self._validated_hidden_layer_sizes(),
+        return {"n_components": self.n_components, "hidden_layer_sizes": hidden_layer_sizes(self.hidden_layer_sizes),
                 "input_activation": self.input_activation, "likelihood": self.likelihood,
                 "batch_norm": self.batch_norm, "dropout": self.dropout, "encode_batch": self.encode_batch,
                 "dispersion": self.dispersion, "batch_adversary": self.batch_adversary}
@@ -222,35 +225,6 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """Refuse a model that is not fitted, or whose shaping parameters set_params changed since it was built."""
         check_is_fitted(self)
         self._check_architecture(doing)
-
-    def _validated_hidden_layer_sizes(self):
-        sizes = self.hidden_layer_sizes
-        try:
-            items = list(sizes) if np.ndim(sizes) == 1 else None
-        except ValueError:  # numpy refuses ragged nesting
-            items = None
-        if not items or not all(isinstance(s, Integral) and not isinstance(s, (bool, np.bool_)) and s >= 1 for s in items):
-            raise ValueError(
-                "hidden_layer_sizes must be a non-empty 1-D sequence of positive integers, "
-                f"got {self.hidden_layer_sizes!r}."
-            )
-        return tuple(int(s) for s in items)
-
-    def _training_device(self):
-        if isinstance(self.device, str) and self.device == "auto":
-            if not torch.cuda.is_available():
-                return torch.device("cpu")
-            # torchrun starts one process per GPU and tells each its own
-            return torch.device("cuda", int(os.environ["LOCAL_RANK"])) if "LOCAL_RANK" in os.environ else torch.device("cuda")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError as exc:
-            raise ValueError(f"device={self.device!r} is not a torch device: {exc}") from None
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device={self.device!r}: skvae trains on 'cpu' or 'cuda' (or 'auto'), not {device.type!r}.")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={self.device!r} was requested but CUDA is not available; use 'cpu' or 'auto'.")
-        return device
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, *, batch=None):
@@ -340,9 +314,9 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         Nothing is changed when it fails: the estimator keeps the attributes, weights and
         training state it had before the call.
         """
-        with self._unchanged_on_failure(incremental):
+        with unchanged_on_failure(self, in_place=incremental):
             first = not (incremental and hasattr(self, "module_"))
-            session = TrainingSession(self._training_device())
+            session = TrainingSession(training_device(self.device))
             data, sizes = session.agree(lambda: self._training_data(X, batch, first))
             state = None if first else getattr(self, "_training_state", None)
             if state is not None:
@@ -372,13 +346,13 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def _training_data(self, X, batch, first):
         """The checked rows with their covariates, and the hidden layer sizes; a new model's network checked too."""
         data = self._with_covariates(self._rows(X, reset=first, training=True), batch, reset=first, required=True)
-        sizes = self._validated_hidden_layer_sizes()
+        sizes = hidden_layer_sizes(self.hidden_layer_sizes)
         if first:
             n_categories = self._n_categories()
             check_network_fits_memory(data.n_features, sizes, n_heads=len(LIKELIHOODS[self.likelihood].heads),
                                       n_categories=n_categories, encode_batch=self.encode_batch,
                                       dispersion_categories=self._dispersion_categories())
-            self._warn_if_code_wider_than(sizes[-1])
+            warn_if_code_wider(self.n_components, sizes)
         else:
             self._check_architecture("continue it with partial_fit")
         return data, sizes
@@ -387,39 +361,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         covariates = getattr(self, "covariates_", None)
         return {"the estimator": repr(self), "the number of features": self.n_features_in_,
                 "the feature names": getattr(self, "feature_names_in_", np.array([])).tolist(),
-                "the batch categories": None if covariates is None else (
-                    covariates.columns[0].categories.tolist() if len(covariates.columns) == 1 else
-                    {column.name: column.categories.tolist() for column in covariates.columns})}
-
-    @contextlib.contextmanager
-    def _unchanged_on_failure(self, incremental):
-        """Undo every change to the estimator when the block raises: attributes, and weights trained in place."""
-        attributes = dict(self.__dict__)
-        module, state = getattr(self, "module_", None), getattr(self, "_training_state", None)
-        in_place = incremental and module is not None
-        weights = {key: value.clone() for key, value in module.state_dict().items()} if in_place else None
-        training = state.snapshot() if in_place and state is not None else None
-        try:
-            yield
-        except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(attributes)
-            if weights is not None:
-                module.cpu().load_state_dict(weights)
-            if training is not None:
-                state.restore(training)
-            raise
-
-    def _warn_if_code_wider_than(self, last_hidden):
-        if self.n_components > last_hidden:
-            widened = tuple(max(size, self.n_components) for size in self._validated_hidden_layer_sizes())
-            warnings.warn(
-                f"n_components={self.n_components} is larger than the last hidden layer ({last_hidden}): "
-                f"the code is computed from, and decoded through, {last_hidden} units, so it carries at "
-                f"most that many independent directions. Widen the network, e.g. hidden_layer_sizes={widened}.",
-                UserWarning,
-                stacklevel=8,
-            )
+                "the batch categories": None if covariates is None else covariates.listed()}
 
     def _resolve_budget(self, n_cells, *, keep):
         """Record ``max_epochs_``: "auto" follows the number of training cells (:func:`~skvae.train.loop.epochs_for`).
@@ -460,27 +402,11 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         return n_categories[0] if n_categories and self.dispersion == "gene-batch" else 0
 
     def _with_covariates(self, data, batch, *, reset, required, one_for_all=False):
-        """``data`` with each row's category codes of ``batch`` (n_rows x n_covariates) as the model's covariates.
-
-        ``reset`` records the covariates of ``batch`` (None: no batches). Otherwise the
-        labels must be among those recorded, and must be given (``required``) to a model
-        fitted with batches; ``one_for_all`` takes a single label (or one per column) for every row.
-        """
+        """``data`` with the codes of ``batch`` as the model's covariates; ``reset`` records them (fit)."""
         if reset:
             self._set_covariates(Covariates.from_batch(batch, data.n_rows))
-        covariates = getattr(self, "covariates_", None)
-        name = type(self).__name__
-        if covariates is None:
-            if batch is not None:
-                raise ValueError(f"batch was passed, but this {name} was fitted without batches: fit it with "
-                                 "batch=... to condition it on them, or leave batch out.")
-            return data
-        if batch is None:
-            if required:
-                raise ValueError(f"This {name} was fitted with batches ({covariates.describe()}): pass each cell's "
-                                 "batch= as well.")
-            return data
-        return data.with_covariates({"covariates": covariates.encode(batch, data.n_rows, one_for_all=one_for_all)})
+        return with_covariates(data, getattr(self, "covariates_", None), batch, reader=type(self).__name__,
+                               required=required, one_for_all=one_for_all)
 
     def _check_active_components(self, data, warn=True):
         """Variational models: count the active latent dimensions of the codes of ``data``'s rows and warn of a collapse."""

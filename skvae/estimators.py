@@ -4,7 +4,6 @@ Each class holds its docstring, its extra parameters and the torch module it
 trains; everything else lives in :class:`skvae.base.BaseEmbedder`.
 """
 
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 from sklearn.utils import check_random_state, check_scalar
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from ._validation import warn as warn_at_user
 from .base import BaseEmbedder
 from .nn.models import Autoencoder, SparseCodingVAE, VariationalAutoencoder
 from .train.data import RowData
@@ -325,7 +325,7 @@ class _VariationalEmbedder(BaseEmbedder):
         activity = self._map_rows("embed", data.sample(_ACTIVITY_ROWS)).var(axis=0)
         self.active_components_ = activity > ACTIVITY_THRESHOLD
         if warn and self.n_active_components_ < _fewest_active(self.n_components):
-            warnings.warn(
+            warn_at_user(
                 f"Posterior collapse: {self.n_active_components_} of the {self.n_components} latent dimensions are active (their "
                 f"posterior mean varies across cells with variance above {ACTIVITY_THRESHOLD}; the largest is "
                 f"{activity.max():.2g}), so the codes carry little of the data. The KL term, weighted by "
@@ -333,7 +333,6 @@ class _VariationalEmbedder(BaseEmbedder):
                 f"more epochs, or warm the KL weight up from 0 over more of them (kl_warmup_epochs='auto' warms "
                 f"up over the first half; this fit's warm-up was {self.kl_warmup_epochs_} epochs).",
                 PosteriorCollapseWarning,
-                stacklevel=4,
             )
 
     @property

@@ -9,8 +9,11 @@ rows, split and sharded here (:meth:`~TrainingSession.split`), to train
 takes the module, the rows and a :class:`~skvae.train.loop.TrainingConfig`.
 """
 
+import os
+
 import numpy as np
 import torch
+from sklearn.utils import check_random_state
 
 from .distributed import data_parallel
 from .loop import TrainingState, train
@@ -96,7 +99,7 @@ class TrainingSession:
         -------
         torch.nn.Module
         """
-        rng = np.random.RandomState() if random_state is None else _random_state(random_state)
+        rng = np.random.RandomState() if random_state is None else check_random_state(random_state)
         if self.parallel is not None:
             for what, value in (same() if same is not None else {}).items():
                 self.parallel.check_same(what, value)
@@ -205,10 +208,39 @@ class TrainingSession:
         return history, algorithm
 
 
-def _random_state(random_state):
-    from sklearn.utils import check_random_state
+def training_device(device):
+    """The torch device of an estimator's ``device`` parameter; a ValueError for one skvae cannot train on.
 
-    return check_random_state(random_state)
+    Parameters
+    ----------
+    device : {"auto", "cpu", "cuda"}, str or torch.device
+        "auto": CUDA when available (under ``torchrun``, this process's GPU,
+        ``LOCAL_RANK``), else the CPU.
+
+    Returns
+    -------
+    torch.device
+
+    Examples
+    --------
+    >>> from skvae.train.session import training_device
+    >>> training_device("cpu")
+    device(type='cpu')
+    """
+    if isinstance(device, str) and device == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        # torchrun starts one process per GPU and tells each its own
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"])) if "LOCAL_RANK" in os.environ else torch.device("cuda")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device={device!r} is not a torch device: {exc}") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: skvae trains on 'cpu' or 'cuda' (or 'auto'), not {resolved.type!r}.")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available; use 'cpu' or 'auto'.")
+    return resolved
 
 
 def _cuda_indices(device):
