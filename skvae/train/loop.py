@@ -401,103 +401,185 @@ def train(module, train_rows, val_rows=None, *, config, state, device, parallel=
     >>> len(history["loss"]), history["loss"][-1] < history["loss"][0]
     (5, True)
     """
-    optimizer, rng, generator = state.optimizer, state.rng, state.generator
-    batch_size, max_epochs, tol = config.batch_size, config.max_epochs, config.tol
     n_train = train_rows.n_rows if parallel is None else parallel.set_rows(train_rows.n_rows)
     # batch normalisation cannot normalise a single row in training
     fewest_rows = 2 if any(isinstance(layer, torch.nn.BatchNorm1d) for layer in module.modules()) else 1
-    progress = EpochProgress(max_epochs, config.verbose if parallel is None or parallel.rank == 0 else 0)
-    history = {"loss": [], "reconstruction": [], "kl": [], "kl_weight": []}
-    if val_rows is not None:
-        history["val_loss"] = []
-    best_val, best_state, epochs_no_improve = math.inf, None, 0
-    finished_state = None
-
-    beta = config.kl_weight
+    progress = EpochProgress(config.max_epochs, config.verbose if parallel is None or parallel.rank == 0 else 0)
+    history = {"loss": [], "reconstruction": [], "kl": [], "kl_weight": [], **({} if val_rows is None else {"val_loss": []})}
+    stopping = None if val_rows is None else EarlyStopping(config.n_iter_no_change, config.tol)
+    finished = None  # the weights of the last finished epoch, which an interrupted one falls back to
     try:
-        for epoch in range(1, max_epochs + 1):
+        for epoch in range(1, config.max_epochs + 1):
             start = time.perf_counter()
-            kl_weight = kl_warmup_weight(start_epoch + epoch, beta, config.kl_warmup_epochs)
-            warming_up = kl_weight < beta
-            module.train()
-            sums = torch.zeros(2, device=device)
-            last = None
+            kl_weight = kl_warmup_weight(start_epoch + epoch, config.kl_weight, config.kl_warmup_epochs)
             try:
-                for minibatch, global_size in _minibatches(train_rows, batch_size, epoch_order(rng, n_train, config.shuffle_block_size), parallel,
-                                                           fewest_rows):
-                    optimizer.zero_grad(set_to_none=True)
-                    if minibatch is not None:
-                        terms = module.loss(minibatch.x, generator=generator, **minibatch.covariates)
-                        per_cell = terms.total(kl_weight)
-                        loss = per_cell.mean() if parallel is None else per_cell.sum() / global_size
-                        loss.backward()
-                        sums += torch.stack([terms.reconstruction.detach().sum(), terms.kl.detach().sum()])
-                        last = minibatch
-                    if parallel is not None:
-                        parallel.sum_gradients(module.parameters())
-                    optimizer.step()
+                reconstruction, kl = run_epoch(module, train_rows, config=config, state=state, kl_weight=kl_weight,
+                                               n_rows=n_train, epoch=epoch, device=device, parallel=parallel,
+                                               fewest_rows=fewest_rows)
             except KeyboardInterrupt:
-                if finished_state is None:
+                if finished is None:
                     raise
                 warnings.warn(f"Training interrupted during epoch {epoch}: keeping the model of epoch {epoch - 1}.",
                               UserWarning, stacklevel=2)
-                module.load_state_dict(finished_state)
-                best_state = None
+                module.load_state_dict(finished)
+                stopping = None
                 break
-
-            sums = sums.tolist() if parallel is None else parallel.sum(sums.tolist())
-            reconstruction, kl = (total / n_train for total in sums)
             loss = reconstruction + kl_weight * kl
-            if not math.isfinite(loss):
-                raise _divergence_error(epoch, "the training loss", loss, module)
-            # the losses above come from before each step: the last step can still diverge
-            after_step = 0.0 if last is None else _loss_after_step(module, last, kl_weight)
-            if parallel is not None:
-                after_step = parallel.sum([after_step])[0]
-                # batch normalisation's running statistics come from each rank's part of the minibatches
-                # (and from the check above, a forward pass in training mode)
-                parallel.average_buffers(module)
-            if not math.isfinite(after_step):
-                raise _divergence_error(epoch, "the loss after the last optimiser step", after_step, module)
-            history["loss"].append(loss)
-            history["reconstruction"].append(reconstruction)
-            history["kl"].append(kl)
-            history["kl_weight"].append(kl_weight)
-            message = f"Epoch {epoch}/{max_epochs}: loss {loss:.6g}"
-            if beta > 0:  # a model with a KL term
-                message += f" (reconstruction {reconstruction:.6g}, KL {kl:.6g}"
-                message += f", KL weight {kl_weight:.3g})" if warming_up else ")"
-
-            if val_rows is not None:
-                val_loss = mean_loss(module, val_rows, kl_weight=beta, batch_size=batch_size, parallel=parallel)
+            for key, value in (("loss", loss), ("reconstruction", reconstruction), ("kl", kl), ("kl_weight", kl_weight)):
+                history[key].append(value)
+            message = _epoch_message(epoch, config, loss, reconstruction, kl, kl_weight)
+            if stopping is not None:
+                val_loss = mean_loss(module, val_rows, kl_weight=config.kl_weight, batch_size=config.batch_size,
+                                     parallel=parallel)
                 if not math.isfinite(val_loss):
                     raise _divergence_error(epoch, "the validation loss", val_loss, module)
                 history["val_loss"].append(val_loss)
                 message += f", validation loss {val_loss:.6g}"
-                epochs_no_improve = 0 if val_loss < best_val - tol or warming_up else epochs_no_improve + 1
-                if val_loss < best_val:
-                    best_val, best_state = val_loss, copy.deepcopy(module.state_dict())
+                stopping.update(module, val_loss, warming_up=kl_weight < config.kl_weight)
             progress.epoch(epoch, message, loss=loss, seconds=time.perf_counter() - start)
-            if val_rows is not None and epochs_no_improve >= config.n_iter_no_change:
-                progress.note(f"Validation loss did not improve by {tol} for {config.n_iter_no_change} epochs: stopping.")
+            if stopping is not None and stopping.stop:
+                progress.note(f"Validation loss did not improve by {config.tol} for {config.n_iter_no_change} "
+                              "epochs: stopping.")
                 break
-            # kept so that an interrupted epoch can fall back to it (the size of the weights, once)
-            finished_state = {key: value.detach().clone() for key, value in module.state_dict().items()}
+            finished = {key: value.detach().clone() for key, value in module.state_dict().items()}
         else:
             if val_rows is not None:
-                warnings.warn(
-                    f"Early stopping did not stop training within max_epochs={max_epochs}: the validation loss was "
-                    f"still improving by more than tol={tol}. Raise max_epochs or tol.",
-                    ConvergenceWarning,
-                    stacklevel=2,
-                )
+                warnings.warn(f"Early stopping did not stop training within max_epochs={config.max_epochs}: the "
+                              f"validation loss was still improving by more than tol={config.tol}. Raise max_epochs "
+                              "or tol.", ConvergenceWarning, stacklevel=2)
     finally:
         progress.close()
-
-    if best_state is not None:
-        module.load_state_dict(best_state)
+    if stopping is not None:
+        stopping.restore_best(module)
     module.eval()
     return history
+
+
+def run_epoch(module, rows, *, config, state, kl_weight, n_rows, epoch, device, parallel=None, fewest_rows=1):
+    """One pass over ``rows`` in a new shuffled order, an optimiser step per minibatch; the mean loss terms per cell.
+
+    Parameters
+    ----------
+    module : skvae.nn.models model
+    rows : skvae.train.data.MinibatchSource
+    config : TrainingConfig
+        Its ``batch_size`` and ``shuffle_block_size``.
+    state : TrainingState
+    kl_weight : float
+        This epoch's weight of the KL term.
+    n_rows : int
+        Rows of every rank together.
+    epoch : int
+        For messages.
+    device : torch.device
+    parallel : skvae.train.distributed.RankGroup, default=None
+    fewest_rows : int, default=1
+        Smaller minibatches are skipped (batch normalisation needs 2).
+
+    Returns
+    -------
+    reconstruction, kl : float
+        Mean per cell over the epoch's minibatches (of all ranks), before each step.
+
+    Raises
+    ------
+    ValueError
+        When the loss, or the loss of the last minibatch under the weights of the
+        last step, is not finite.
+    """
+    module.train()
+    sums = torch.zeros(2, device=device)
+    last = None
+    order = epoch_order(state.rng, n_rows, config.shuffle_block_size)
+    for minibatch, global_size in _minibatches(rows, config.batch_size, order, parallel, fewest_rows):
+        state.optimizer.zero_grad(set_to_none=True)
+        if minibatch is not None:
+            terms = module.loss(minibatch.x, generator=state.generator, **minibatch.covariates)
+            per_cell = terms.total(kl_weight)
+            loss = per_cell.mean() if parallel is None else per_cell.sum() / global_size
+            loss.backward()
+            sums += torch.stack([terms.reconstruction.detach().sum(), terms.kl.detach().sum()])
+            last = minibatch
+        if parallel is not None:
+            parallel.sum_gradients(module.parameters())
+        state.optimizer.step()
+    sums = sums.tolist() if parallel is None else parallel.sum(sums.tolist())
+    reconstruction, kl = (total / n_rows for total in sums)
+    loss = reconstruction + kl_weight * kl
+    if not math.isfinite(loss):
+        raise _divergence_error(epoch, "the training loss", loss, module)
+    # the losses above come from before each step: the last step can still diverge
+    after_step = 0.0 if last is None else _loss_after_step(module, last, kl_weight)
+    if parallel is not None:
+        after_step = parallel.sum([after_step])[0]
+        # batch normalisation's running statistics come from each rank's part of the minibatches
+        # (and from the check above, a forward pass in training mode)
+        parallel.average_buffers(module)
+    if not math.isfinite(after_step):
+        raise _divergence_error(epoch, "the loss after the last optimiser step", after_step, module)
+    return reconstruction, kl
+
+
+class EarlyStopping:
+    """Stop once the validation loss has not improved by ``tol`` for ``n_iter_no_change`` epochs; keep the best weights.
+
+    Epochs of the KL warm-up never count against it (their losses are not comparable).
+
+    Parameters
+    ----------
+    n_iter_no_change : int
+    tol : float
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.train.loop import EarlyStopping
+    >>> stopping, module = EarlyStopping(n_iter_no_change=2, tol=0.0), torch.nn.Linear(1, 1)
+    >>> for loss in (3.0, 2.0, 2.5, 2.4):
+    ...     stopping.update(module, loss)
+    >>> stopping.stop, stopping.best
+    (True, 2.0)
+    """
+
+    def __init__(self, n_iter_no_change, tol):
+        self.n_iter_no_change, self.tol = n_iter_no_change, tol
+        self.best, self.best_state, self.waited = math.inf, None, 0
+
+    @property
+    def stop(self):
+        """Whether the loss has waited ``n_iter_no_change`` epochs without improving."""
+        return self.waited >= self.n_iter_no_change
+
+    def update(self, module, val_loss, *, warming_up=False):
+        """Record an epoch's validation loss; the weights are kept when it is the best yet.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+        val_loss : float
+        warming_up : bool, default=False
+        """
+        self.waited = 0 if val_loss < self.best - self.tol or warming_up else self.waited + 1
+        if val_loss < self.best:
+            self.best, self.best_state = val_loss, copy.deepcopy(module.state_dict())
+
+    def restore_best(self, module):
+        """Load the best epoch's weights into ``module`` (if any was recorded).
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+        """
+        if self.best_state is not None:
+            module.load_state_dict(self.best_state)
+
+
+def _epoch_message(epoch, config, loss, reconstruction, kl, kl_weight):
+    message = f"Epoch {epoch}/{config.max_epochs}: loss {loss:.6g}"
+    if config.kl_weight > 0:  # a model with a KL term
+        message += f" (reconstruction {reconstruction:.6g}, KL {kl:.6g}"
+        message += f", KL weight {kl_weight:.3g})" if kl_weight < config.kl_weight else ")"
+    return message
 
 
 def _minibatches(rows, batch_size, order, parallel, fewest_rows):
