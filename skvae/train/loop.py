@@ -486,6 +486,22 @@ def run_epoch(module, rows, *, config, state, kl_weight, n_rows, epoch, device, 
     ValueError
         When the loss, or the loss of the last minibatch under the weights of the
         last step, is not finite.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> from skvae.nn.models import Autoencoder
+    >>> from skvae.train.data import RowData
+    >>> from skvae.train.loop import TrainingConfig, TrainingState, run_epoch
+    >>> module = Autoencoder(10, 2, (8,))
+    >>> state = TrainingState(module, device=torch.device("cpu"), seed=0, rng=np.random.RandomState(0),
+    ...                       learning_rate=1e-2, torch_rng=torch.get_rng_state())
+    >>> rows = RowData.from_input(np.random.RandomState(0).normal(size=(32, 10))).source(algorithm="dense", center=True)
+    >>> reconstruction, kl = run_epoch(module, rows, config=TrainingConfig(batch_size=8), state=state, kl_weight=0.0,
+    ...                                n_rows=32, epoch=1, device=torch.device("cpu"))
+    >>> reconstruction > 0, kl
+    (True, 0.0)
     """
     module.train()
     sums = torch.zeros(2, device=device)
