@@ -311,6 +311,32 @@ def with_covariates(data, covariates, batch, *, reader, required, one_for_all=Fa
     return data.with_covariates({"covariates": covariates.encode(batch, data.n_rows, one_for_all=one_for_all)})
 
 
+def combined_labels(batch, n_rows):
+    """One label per row: ``batch``'s labels, or the combination of its columns' values (``"s1 | 10x"``).
+
+    Parameters
+    ----------
+    batch : array-like of shape (n_rows,), DataFrame or dict
+    n_rows : int
+
+    Returns
+    -------
+    ndarray of object of shape (n_rows,)
+
+    Examples
+    --------
+    >>> from skvae._covariates import combined_labels
+    >>> combined_labels({"sample": ["s1", "s2"], "technology": ["10x", "10x"]}, 2).tolist()
+    ['s1 | 10x', 's2 | 10x']
+    """
+    columns = _columns(batch, n_rows)
+    if len(columns) == 1:
+        return columns[0][1]
+    labels = np.empty(n_rows, dtype=object)
+    labels[:] = [" | ".join(map(str, values)) for values in zip(*(column for _, column in columns), strict=True)]
+    return labels
+
+
 def _named(batch):
     return isinstance(batch, (pd.DataFrame, Mapping))
 

@@ -83,7 +83,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     algorithm_ : {"sparse", "dense"}
     n_features_in_ : int
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
-    batch_categories_ : ndarray of shape (n_batches,) or None
+    batch_categories_ : ndarray of shape (n_batches,), dict of str to ndarray, or None
 
     Examples
     --------
@@ -234,16 +234,23 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         ----------
         X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
             Training data, e.g. log-normalised and scaled expression, cells in rows.
-            Sparse input is densified one minibatch at a time; a CSR matrix on disk
-            (a backed AnnData's ``X``) is read one minibatch at a time.
+            Sparse input stays sparse (``algorithm="auto"`` computes on its
+            stored entries; ``algorithm="dense"`` densifies it one minibatch at a
+            time); a CSR matrix on disk (a backed AnnData's ``X``) is read one
+            minibatch at a time.
         y : Ignored
             Not used, present for API consistency by convention.
-        batch : array-like of shape (n_samples,), default=None
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
             Each cell's batch (sample, donor, technology): any hashable labels,
             such as strings, integers or a pandas categorical. The decoder is
             conditioned on it, so the codes need not keep batches apart
-            (integration, as scVI's ``batch_key``). Its categories are recorded
-            in ``batch_categories_``. None: no batches.
+            (integration, as scVI's ``batch_key``). Several covariates at once: a
+            DataFrame or a dict of named columns of labels (e.g.
+            ``adata.obs[["sample", "technology"]]``, scVI's ``batch_key`` plus
+            ``categorical_covariate_keys``), each one-hot into the decoder; the
+            batch adversary tells each of them, ``dispersion="gene-batch"``
+            follows the first. Its categories are recorded in
+            ``batch_categories_``. None: no batches.
 
         Returns
         -------
@@ -260,7 +267,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         ----------
         X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
         y : Ignored
-        batch : array-like of shape (n_samples,), default=None
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
             Each cell's batch, as in :meth:`fit`.
 
         Returns
@@ -296,7 +303,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             memory, with the features of the first call.
         y : Ignored
             Not used, present for API consistency by convention.
-        batch : array-like of shape (n_samples,), default=None
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
             Each cell's batch, as in :meth:`fit`. The first call fixes the
             categories: later chunks may hold any of them, but no new one.
 
@@ -451,8 +458,8 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         ----------
         X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
             Data with the features seen in ``fit``.
-        batch : array-like of shape (n_samples,), default=None
-            Each cell's batch, read only when the encoder takes it
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
+            Each cell's batch (as in :meth:`fit`), read only when the encoder takes it
             (``encode_batch=True``, fitted with batches); otherwise ignored, and
             cells of any batch, seen in ``fit`` or not, embed as they are.
 
@@ -470,11 +477,12 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         ----------
         X : array-like of shape (n_samples, n_components)
             Latent codes, e.g. from :meth:`transform`.
-        batch : label or array-like of shape (n_samples,), default=None
+        batch : label, array-like of shape (n_samples,), DataFrame or dict, default=None
             For a model fitted with batches: the batch to decode each code as
-            measured in, one label for all codes or one per code. Decoding every
-            cell as one batch gives batch-corrected expression (scVI's
-            ``transform_batch``). Required for such a model.
+            measured in, one label for all codes or one per code (for several
+            columns: a dict of one label per column, or a DataFrame of a row per
+            code). Decoding every cell as one batch gives batch-corrected
+            expression (scVI's ``transform_batch``). Required for such a model.
 
         Returns
         -------
@@ -507,9 +515,9 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             Data with the features seen in ``fit``.
         y : Ignored
             Not used, present for API consistency by convention.
-        batch : array-like of shape (n_samples,), default=None
-            Each cell's batch, from those seen in ``fit``; required for a model
-            fitted with batches.
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
+            Each cell's batch (as in :meth:`fit`), from those seen in ``fit``;
+            required for a model fitted with batches.
 
         Returns
         -------

@@ -238,9 +238,14 @@ _FITTED_ATTRIBUTES = """\
         Names of features seen during ``fit``. Defined only when `X`
         has feature names that are all strings.
 
-    batch_categories_ : ndarray of shape (n_batches,) or None
-        The batches seen in ``fit`` (``batch=``), sorted; None when fitted
-        without batches. The decoder is conditioned on them."""
+    batch_categories_ : ndarray of shape (n_batches,), dict of str to ndarray, or None
+        The batches seen in ``fit`` (``batch=``), sorted; for several columns a
+        dict of each column's; None when fitted without batches. The decoder is
+        conditioned on them.
+
+    covariates_ : skvae._covariates.Covariates or None
+        The covariates of ``batch=`` as objects: each column's name and
+        categories, which encode labels into the codes the model reads."""
 
 
 def _docstring(template):
@@ -347,9 +352,10 @@ class _VariationalEmbedder(BaseEmbedder):
         ----------
         n_samples : int, default=1
             Number of profiles.
-        batch : label or array-like of shape (n_samples,), default=None
+        batch : label, array-like of shape (n_samples,), DataFrame or dict, default=None
             For a model fitted with batches (required there): the batch to decode
-            the profiles as measured in, one label for all or one per profile.
+            the profiles as measured in, one label for all or one per profile (for
+            several columns, a dict of one label per column).
         random_state : int, RandomState instance or None, default=None
             Seeds the draws.
 
@@ -623,7 +629,7 @@ class BetaVSCEmbedder(_VariationalEmbedder):
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
             Data with the features seen in ``fit``.
-        batch : array-like of shape (n_samples,), default=None
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
             Each cell's batch, read only when the encoder takes it, as in :meth:`transform`.
 
         Returns

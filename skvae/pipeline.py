@@ -60,7 +60,7 @@ def _fit_transform_steps(steps, X, batch=None, params=None):
     steps : list of estimators
         From :func:`_flat_steps`.
     X : matrix
-    batch : array-like of shape (n_samples,), default=None
+    batch : array-like of shape (n_samples,), DataFrame or dict, default=None
     params : list of dict, default=None
         More ``fit`` keywords for each step.
 
@@ -136,7 +136,7 @@ class EmbeddingPipeline(Pipeline):
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
         y : Ignored
-        batch : array-like of shape (n_samples,), default=None
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
             Each cell's batch (see :meth:`skvae.BetaVAEEmbedder.fit`).
         **params
             ``step__parameter`` keywords for one step's ``fit``, as a Pipeline takes
@@ -160,7 +160,7 @@ class EmbeddingPipeline(Pipeline):
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
         y : Ignored
-        batch : array-like of shape (n_samples,), default=None
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
         **params
             ``step__parameter`` keywords, as in :meth:`fit`.
 
@@ -192,7 +192,7 @@ class EmbeddingPipeline(Pipeline):
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
-        batch : array-like of shape (n_samples,), default=None
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
 
         Returns
         -------
@@ -212,7 +212,7 @@ class EmbeddingPipeline(Pipeline):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_components)
-        batch : label or array-like of shape (n_samples,), default=None
+        batch : label, array-like of shape (n_samples,), DataFrame or dict, default=None
             The batch to decode as (see :meth:`skvae.BetaVAEEmbedder.inverse_transform`).
 
         Returns
@@ -228,7 +228,7 @@ class EmbeddingPipeline(Pipeline):
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
         y : Ignored
-        batch : array-like of shape (n_samples,), default=None
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
 
         Returns
         -------

@@ -20,7 +20,8 @@ from sklearn.utils.sparsefuncs import mean_variance_axis
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
 from ._persistence import attributes_from_builtins, attributes_to_builtins, to_builtins
-from ._validation import batch_labels, is_integer_valued, refuse_boolean_numbers
+from ._covariates import combined_labels
+from ._validation import is_integer_valued, refuse_boolean_numbers
 from .loess import loess
 
 # Rows per block when a dense transform computes in float64: a bounded temporary, whatever the size of X.
@@ -50,7 +51,7 @@ def _validated_counts(X, gene_names=None):
 
 def _batch_groups(batch, n_cells):
     """The rows of each batch, for per-batch statistics; each batch needs 2 cells for a variance."""
-    codes, categories = pd.factorize(batch_labels(batch, n_cells))
+    codes, categories = pd.factorize(combined_labels(batch, n_cells))
     groups = [np.flatnonzero(codes == code) for code in range(len(categories))]
     small = [repr(category) for category, rows in zip(categories, groups, strict=True) if len(rows) < 2]
     if small:
@@ -413,9 +414,11 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
             UMI counts.
         y : Ignored
             Not used, present for API consistency by convention.
-        batch : array-like of shape (n_cells,), default=None
+        batch : array-like of shape (n_cells,), DataFrame or dict, default=None
             Each cell's batch: rank the genes within each batch (at least 2 cells
-            each) and keep those selected in the most batches.
+            each) and keep those selected in the most batches. Several columns
+            (a DataFrame or dict, as the embedders take them): within each
+            combination of their values.
 
         Returns
         -------

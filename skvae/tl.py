@@ -46,7 +46,7 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
     layer : str, default=None
         The matrix to embed: ``adata.layers[layer]``, or ``adata.X`` when None.
         Count likelihoods need raw counts, commonly kept in ``layers["counts"]``.
-    batch_key : str, default=None
+    batch_key : str or list of str, default=None
         Column of ``adata.obs`` with each cell's batch (sample, donor,
         technology): the model is fitted conditioned on it, which integrates the
         batches (see the estimators' ``batch``); in a Pipeline, every step whose
@@ -54,7 +54,10 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
         (:func:`skvae.make_count_embedder`'s gene selection ranks genes within
         each batch), without scikit-learn's metadata routing. Read once, also for
         a backed object. None: no batches. A fitted estimator must have been
-        fitted with batches.
+        fitted with batches. A list of columns conditions on each of them
+        (e.g. ``["sample", "technology"]``, scVI's ``batch_key`` plus
+        ``categorical_covariate_keys``); a gene selection then ranks genes
+        within each combination of their values.
     use_highly_variable : bool, default=None
         Embed only the genes flagged in ``adata.var["highly_variable"]`` (by
         ``scanpy.pp.highly_variable_genes``). None: use them when that column
@@ -167,7 +170,7 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
         "params": _storable(estimator.get_params(deep=False) if not hasattr(estimator, "steps") else
                             {name: _step_params(step) for name, step in estimator.steps}),
         "layer": "X" if layer is None else layer,
-        "batch_key": "None" if batch_key is None else batch_key,
+        "batch_key": "None" if batch_key is None else (batch_key if isinstance(batch_key, str) else list(batch_key)),
         "use_highly_variable": genes is not None and known_genes is None,
         "obsm_key": obsm_key,
         "variance": codes.var(axis=0).astype(np.float64),
@@ -230,8 +233,18 @@ def _genes_by_name(var_names, known, *, backed):
 
 
 def _batch(adata, batch_key):
+    """``adata.obs[batch_key]``: one column's labels, or a DataFrame of several columns (a list of keys)."""
     if batch_key is None:
         return None
+    if isinstance(batch_key, (list, tuple)):
+        keys = list(batch_key)
+        if not keys or not all(isinstance(key, str) for key in keys) or len(set(keys)) < len(keys):
+            raise ValueError(f"batch_key must be a column name or a list of distinct column names, got {batch_key!r}.")
+        missing = [key for key in keys if key not in adata.obs.columns]
+        if missing:
+            raise ValueError(f"adata.obs has no column {missing[0]!r} for batch_key; its columns are "
+                             f"{list(adata.obs.columns)}.")
+        return adata.obs[keys].copy()
     if batch_key not in adata.obs.columns:
         raise ValueError(f"adata.obs has no column {batch_key!r} for batch_key; its columns are "
                          f"{list(adata.obs.columns)}.")
@@ -376,11 +389,12 @@ def decode(adata, estimator, *, batch=None, obsm_key="X_skvae"):
         by this estimator or a saved copy of it).
     estimator : fitted estimator or Pipeline
         The model that wrote the codes.
-    batch : label or array-like of shape (n_cells,), default=None
+    batch : label, array-like of shape (n_cells,), DataFrame or dict, default=None
         The batch to decode as: one label for every cell (corrected expression)
         or one per cell (e.g. ``adata.obs["sample"]``: each cell in its own batch,
-        the model's reconstruction). Required for a model fitted with batches,
-        ignored otherwise.
+        the model's reconstruction). For a model of several ``batch_key``
+        columns: a dict of one label per column, or ``adata.obs[keys]``.
+        Required for a model fitted with batches, ignored otherwise.
     obsm_key : str, default="X_skvae"
         Where the codes are (``embed``'s ``key_added``).
 

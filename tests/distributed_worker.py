@@ -5,6 +5,7 @@ MODE "train": each rank fits an autoencoder on its half of a fixed data set and 
 MODE "mismatch": rank 1 has one feature more, and each rank writes the error it got;
 MODE "batches": as "train", with each cell's batch (both ranks hold both batches);
 MODE "batch-mismatch": rank 1 holds a batch rank 0 does not, and each rank writes the error it got;
+MODE "covariates": as "batches", with two named columns (sample and technology) and the batch adversary;
 MODE "batchnorm": as "train", with batch normalisation (its running statistics must agree too);
 MODE "invalid": rank 1's rows hold a NaN; it catches its error and stays alive, as in a notebook, and each
 rank writes the error it got (none waits in a collective);
@@ -40,10 +41,15 @@ def main(out, mode):
         batch = np.where(np.arange(len(shard)) % 2 == 0, "a", "b")
         if mode == "batch-mismatch" and rank == 1:
             batch[0] = "c"
+    if mode == "covariates":
+        rows = np.arange(len(shard)) + (0 if rank == 0 else 60)
+        batch = {"sample": np.array(["s1", "s2", "s3"])[rows % 3], "technology": np.where(rows % 3 == 2, "y", "x")}
     if mode == "invalid" and rank == 1:
         shard = shard.copy()
         shard[0, 0] = np.nan
     params = {**PARAMS, "batch_norm": True} if mode == "batchnorm" else PARAMS
+    if mode == "covariates":
+        params = {**PARAMS, "batch_adversary": 0.3}
     if mode == "dead" and rank == 1:
         import skvae.train.loop
 
@@ -62,7 +68,9 @@ def main(out, mode):
         if mode == "dead":
             os._exit(0)  # the group cannot be closed cleanly without its dead peer
         return
-    torch.save({"state": estimator.module_.state_dict(), "loss": estimator.history_["loss"]}, Path(out, f"rank{rank}.pt"))
+    torch.save({"state": estimator.module_.state_dict(), "loss": estimator.history_["loss"],
+                "categories": {name: list(values) for name, values in estimator.batch_categories_.items()}
+                if isinstance(estimator.batch_categories_, dict) else None}, Path(out, f"rank{rank}.pt"))
 
 
 if __name__ == "__main__":

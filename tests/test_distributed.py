@@ -74,6 +74,15 @@ def test_two_ranks_with_batches_end_identical_and_disagreeing_categories_are_one
         assert "disagree on the batch categories (rank 0: ['a', 'b'], rank 1: ['a', 'b', 'c'])" in message
 
 
+def test_two_ranks_with_two_covariates_end_identical(tmp_path):
+    _torchrun(tmp_path, "covariates")
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert ranks[0]["categories"] == {"sample": ["s1", "s2", "s3"], "technology": ["x", "y"]}
+    assert ranks[0]["state"]["decoder.covariate_offsets.0.weight"].shape[0] == 5  # 3 samples + 2 technologies
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), key
+
+
 def test_batch_norm_statistics_are_the_same_on_every_rank(tmp_path):
     _torchrun(tmp_path, "batchnorm")
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
