@@ -36,6 +36,11 @@ depth. Rows: PCA, Harmony, the recipe without batches, with batches and (shift) 
 batch-specific populations' 15-NN label purity, the shared populations' mixing, and the overlap of
 each cell's 15 neighbours with the fit without batches of the same seed (:func:`calibration_scores`).
 
+``--covariates``: two covariates at once on ``two-level`` (:func:`load_two_level`, pbmc_facs as 6 samples nested in
+2 technologies, each thinned by both): the recipe given the sample alone, the sample and the technology (the adversary
+telling each column, the default), and both with the adversary on the first column only; against Harmony on both and
+scVI with the technology as a categorical covariate (:func:`covariates`). Scored with the sample as the batch.
+
 ``--scaling``: the recipe with batches on two batches of the semi-synthetic set at depth x1 and
 x0.1 and on 500, 2,000 and 5,000 genes, with the size of the reconstruction's gradient at the code
 that the adversary's reversed gradient is scaled by (:func:`scaling`).
@@ -45,7 +50,7 @@ that the adversary's reversed gradient is scaled by (:func:`scaling`).
 the evidence for the current recipe's settings (the user guide's "Integrating batches").
 
 Usage: python benchmarks/integration.py [--data-home ../shared/data] [--datasets pair,semisynthetic]
-                                        [--calibration null,shift] [--seeds 0,1,2] [--epochs 200]
+                                        [--calibration null,shift] [--covariates] [--seeds 0,1,2] [--epochs 200]
                                         [--rows pca,harmony,scvi,scvi-scarches,scanvi,skvae] [--out table.csv]
                                         [--sweep "previous recipe;batch_adversary=10"]
 """
@@ -140,6 +145,87 @@ def _thin(counts, batch, gene_factor, library_factor, rng):
     thinned = sp.csr_matrix((rng.binomial(counts.data, keep), counts.indices, counts.indptr), counts.shape)
     thinned.eliminate_zeros()
     return thinned.astype(np.float32)
+
+
+def load_two_level(data_home, seed=0):
+    """pbmc_facs as 6 samples nested in 2 technologies: counts, the cells' sample and technology (a DataFrame), labels.
+
+    Each cell is thinned binomially by its technology (a strong per-gene effect ``exp(-|N(0, 0.7)|)``, library x 1.0
+    and 0.4) and then by its sample (a mild per-gene effect ``exp(-|N(0, 0.2)|)``, library x 1.0, 0.85, 0.7 within
+    each technology). Labels: the purified populations (``subpop``).
+    """
+    facs, labels = _facs(data_home)
+    counts = facs.data.tocsr().astype(np.int64)
+    rng = np.random.RandomState(seed)
+    sample = rng.randint(6, size=counts.shape[0])
+    technology = sample // 3
+    counts = _thin(counts, technology, np.exp(-np.abs(rng.normal(0.0, 0.7, size=(2, counts.shape[1])))), (1.0, 0.4),
+                   rng).astype(np.int64)
+    counts = _thin(counts, sample, np.exp(-np.abs(rng.normal(0.0, 0.2, size=(6, counts.shape[1])))),
+                   (1.0, 0.85, 0.7) * 2, rng)
+    obs = pd.DataFrame({"sample": np.array([f"sample {i + 1}" for i in range(6)], dtype=object)[sample],
+                        "technology": np.array(["technology A", "technology B"], dtype=object)[technology]})
+    return counts, obs, labels["subpop"].to_numpy()
+
+
+def covariates(data_home, seeds, epochs, rows):
+    """``--covariates``: two nested covariates, with the adversary on each of them or on the first only.
+
+    Rows: PCA; Harmony on sample and technology; scVI with ``batch_key="sample"`` and technology as a categorical
+    covariate (first seed); the recipe with the sample alone, with both columns (the adversary telling each, the
+    default), and with both columns and the adversary on the first column only, sample first or technology first.
+    Scored by scib-metrics with the sample as the batch.
+    """
+    from skvae.nn import models
+
+    counts, obs, labels = load_two_level(data_home)
+    batch = obs["sample"].to_numpy()
+    print(f"\n== two-level: {counts.shape[0]} cells x {counts.shape[1]} genes, samples "
+          f"{dict(zip(*np.unique(batch, return_counts=True), strict=True))}, 3 per technology", flush=True)
+    codes, seconds = {}, {}
+    for name, values, fit_seconds in embeddings(counts, batch, rows & {"harmony"}, epochs):
+        codes[name], seconds[name] = values, fit_seconds
+    if "harmony" in rows:
+        name = next(name for name in codes if name.startswith("Harmony"))
+        del codes[name], seconds[name]
+        import harmonypy
+
+        pca = codes["PCA(50), uncorrected"]
+        result, fit_seconds = timed(lambda: np.asarray(harmonypy.run_harmony(pca, obs, ["sample", "technology"],
+                                                                             random_state=0).Z_corr))
+        name = f"Harmony {harmonypy.__version__} on PCA(50), sample + technology"
+        codes[name], seconds[name] = result if result.shape[0] == len(batch) else result.T, fit_seconds
+    if "scvi" in rows:
+        import anndata
+        import scvi
+
+        scvi.settings.seed = seeds[0]
+        selected = HighlyVariableGenes(2000).fit(counts, batch=obs).transform(counts)
+        adata = anndata.AnnData(selected.astype(np.float32), obs=obs.set_axis(obs.index.astype(str)))
+        scvi.model.SCVI.setup_anndata(adata, batch_key="sample", categorical_covariate_keys=["technology"])
+        model = scvi.model.SCVI(adata)
+        _, fit_seconds = timed(lambda: model.train(accelerator="cpu", enable_progress_bar=False))
+        name = f"scVI {scvi.__version__} defaults, batch_key sample + technology covariate, seed {seeds[0]}"
+        codes[name], seconds[name] = model.get_latent_representation().astype(np.float32), fit_seconds
+    variants = (("sample only", ["sample"], "all"), ("sample + technology", ["sample", "technology"], "all"),
+                ("sample + technology, adversary on sample only", ["sample", "technology"], "first"),
+                ("technology + sample, adversary on technology only", ["technology", "sample"], "first"))
+    default = models._LatentModel.adversary_covariates
+    try:
+        for seed in seeds:
+            for label, columns, told in variants:
+                models._LatentModel.adversary_covariates = told
+                recipe = make_count_embedder(random_state=seed, n_jobs=THREADS, max_epochs=epochs)
+                given = obs[columns] if len(columns) > 1 else batch
+                name = f"skvae make_count_embedder(), {label}, seed {seed}"
+                codes[name], seconds[name] = timed(lambda r=recipe, g=given: r.fit(counts, batch=g).transform(counts))
+                print(f"  {name}: fit {seconds[name]:.1f} s", flush=True)
+    finally:
+        models._LatentModel.adversary_covariates = default
+    table = scib_table(codes, batch, labels)
+    table["fit s"] = pd.Series(seconds)
+    table.insert(0, "data", "two-level")
+    return table
 
 
 #: ``--calibration shift``: purified populations held by one batch only (the others are split at random)
@@ -419,6 +505,8 @@ def main():
                         help=f"comma-separated, of {', '.join(LOADERS)}; empty for none")
     parser.add_argument("--calibration", default="",
                         help="also the calibration checks on pbmc_facs, comma-separated: null, shift")
+    parser.add_argument("--covariates", action="store_true",
+                        help="also two nested covariates (samples in technologies): where the adversary looks")
     parser.add_argument("--scaling", action="store_true",
                         help="also the adversary's yardstick across depth and gene count (first seed)")
     parser.add_argument("--epochs", type=int, default=200, help="epochs of every skvae model")
@@ -459,6 +547,12 @@ def main():
         tables.append(table)
         with pd.option_context("display.width", 250, "display.max_columns", 20):
             print(summarise(table).to_string(), flush=True)
+    if args.covariates:
+        table = covariates(args.data_home, seeds, args.epochs, rows)
+        tables.append(table)
+        with pd.option_context("display.width", 250, "display.max_columns", 20):
+            print(summarise(table[["data", "Batch correction", "Bio conservation", "Total", "fit s"]]).to_string(),
+                  flush=True)
     if args.scaling:
         table = scaling(args.data_home, seeds[0], args.epochs)
         tables.append(table)

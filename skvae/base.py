@@ -352,7 +352,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
     def _training_data(self, X, batch, first):
         """The checked rows with their covariates, and the hidden layer sizes; a new model's network checked too."""
-        data = self._with_covariates(self._rows(X, reset=first, training=True), batch, reset=first, required=True)
+        data = self._with_covariates(self._checked_data(X, reset=first, training=True), batch, reset=first, required=True)
         sizes = hidden_layer_sizes(self.hidden_layer_sizes)
         if first:
             n_categories = self._n_categories()
@@ -390,7 +390,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             verbose=self.verbose,
         )
 
-    def _rows(self, X, *, reset, training, float32_range=None):
+    def _checked_data(self, X, *, reset, training, float32_range=None):
         """``X`` checked, as a :class:`~skvae.train.data.RowData` (:func:`~skvae._validation.validated_rows`)."""
         return validated_rows(self, X, reset=reset, training=training, counts=self._models_counts, whom=self._whom(),
                               float32_range=float32_range)
@@ -443,10 +443,10 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             return np.concatenate([getattr(module, method)(minibatch.x, **minibatch.covariates).numpy()
                                    for minibatch in iter_minibatches(source, _INFERENCE_BATCH_SIZE)])
 
-    def _fitted_rows(self, X, batch):
+    def _fitted_data(self, X, batch):
         """The rows of ``X`` for a fitted model's encoder: its features, in float32 or float64, with batches if it reads them."""
         self._check_fitted("embed cells")
-        data = self._rows(X, reset=False, training=False)
+        data = self._checked_data(X, reset=False, training=False)
         if not (self.encode_batch and getattr(self, "covariates_", None) is not None):
             return data  # the encoder sees expression only: codes do not depend on the batch
         return self._with_covariates(data, batch, reset=False, required=True)
@@ -468,7 +468,7 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         X_new : ndarray of shape (n_samples, n_components)
             Latent codes, float32 for float32 input, else float64.
         """
-        return self._map_rows("embed", self._fitted_rows(X, batch))
+        return self._map_rows("embed", self._fitted_data(X, batch))
 
     def inverse_transform(self, X, *, batch=None):
         """Decode latent codes back to feature space.
@@ -525,11 +525,11 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """
         self._check_fitted("score cells")
         # the loss is computed in float32, as in training
-        data = self._rows(X, reset=False, training=False, float32_range=True)
+        data = self._checked_data(X, reset=False, training=False, float32_range=True)
         data = self._with_covariates(data, batch, reset=False, required=True)
-        rows = data.source(algorithm=self.algorithm_, center=not self._models_counts)
+        source = data.source(algorithm=self.algorithm_, center=not self._models_counts)
         with limited_threads(self.n_jobs):
-            return -mean_loss(self.module_, rows, kl_weight=1.0, batch_size=_INFERENCE_BATCH_SIZE)
+            return -mean_loss(self.module_, source, kl_weight=1.0, batch_size=_INFERENCE_BATCH_SIZE)
 
     def save(self, path):
         """Save parameters and weights to ``path``, readable by :meth:`load`.

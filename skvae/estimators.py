@@ -637,4 +637,4 @@ class BetaVSCEmbedder(_VariationalEmbedder):
         gamma : ndarray of shape (n_samples, n_components)
             Values in (0, 1).
         """
-        return self._map_rows("spike_probability", self._fitted_rows(X, batch))
+        return self._map_rows("spike_probability", self._fitted_data(X, batch))

@@ -51,7 +51,7 @@ def test_from_input_decides_once_what_the_input_is(sources):
 def test_every_source_gives_the_rows_and_their_covariates(sources, kind, algorithm):
     X, batch, data = sources
     source = data[kind].source(algorithm=algorithm, center=False)
-    minibatch = source.batch(np.array([5, 0, 17]))
+    minibatch = source.minibatch(np.array([5, 0, 17]))
     np.testing.assert_array_equal(_dense(minibatch), X[[5, 0, 17]])
     np.testing.assert_array_equal(minibatch.covariates["batch"].numpy(), batch[[5, 0, 17]])
     seen = list(iter_minibatches(source, 10))

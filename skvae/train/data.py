@@ -24,7 +24,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from sklearn.utils import gen_batches
 
-from .rows import BackedSparseRowSource, StoredCSR, batches, make_row_source
+from .rows import BackedSparseRowSource, StoredCSR, make_row_source, minibatches
 
 # Stored values per block when a matrix on disk is checked: a bounded read, whatever the file's size.
 _VALUE_BLOCK = 2**22
@@ -93,7 +93,7 @@ class MinibatchSource:
     >>> from skvae.train.data import MinibatchSource
     >>> from skvae.train.rows import make_row_source
     >>> source = MinibatchSource(make_row_source(np.eye(3), algorithm="dense"), {"batch": np.array([0, 1, 1])}, "cpu")
-    >>> source.batch(np.array([2, 0])).covariates
+    >>> source.minibatch(np.array([2, 0])).covariates
     {'batch': tensor([1, 0])}
     """
 
@@ -101,7 +101,7 @@ class MinibatchSource:
         self.rows, self.n_rows = rows, rows.n_rows
         self._covariates = {name: torch.as_tensor(values, device=device) for name, values in covariates.items()}
 
-    def batch(self, index):
+    def minibatch(self, index):
         """The minibatch of ``index`` (a slice or an array of row indices).
 
         Parameters
@@ -112,9 +112,9 @@ class MinibatchSource:
         -------
         Minibatch
         """
-        return Minibatch(self.rows.batch(index), self._covariates_of(index))
+        return Minibatch(self.rows.minibatch(index), self._covariates_of(index))
 
-    def batches(self, indices):
+    def minibatches(self, indices):
         """Yield the minibatch of each of ``indices``; a source that reads from disk reads ahead.
 
         Parameters
@@ -125,7 +125,7 @@ class MinibatchSource:
         ------
         Minibatch
         """
-        for index, x in zip(indices, batches(self.rows, indices), strict=True):
+        for index, x in zip(indices, minibatches(self.rows, indices), strict=True):
             yield Minibatch(x, self._covariates_of(index))
 
     def _covariates_of(self, index):
@@ -153,7 +153,7 @@ def iter_minibatches(source, batch_size):
     >>> [len(minibatch) for minibatch in iter_minibatches(source, 4)]
     [4, 4, 2]
     """
-    yield from source.batches(list(gen_batches(source.n_rows, batch_size)))
+    yield from source.minibatches(list(gen_batches(source.n_rows, batch_size)))
 
 
 class RowData(ABC):

@@ -73,7 +73,7 @@ class RankGroup:
     >>> parallel = RankGroup(torch.device("cpu"))
     >>> parallel.set_rows(5)
     5
-    >>> [(local.tolist(), size) for local, size in parallel.local_batches(np.array([4, 0, 2, 1, 3]), 2)]
+    >>> [(local.tolist(), size) for local, size in parallel.local_minibatches(np.array([4, 0, 2, 1, 3]), 2)]
     [([4, 0], 2), ([2, 1], 2), ([3], 1)]
     >>> parallel.sum([1.5, 2.0])
     [1.5, 2.0]
@@ -149,7 +149,7 @@ class RankGroup:
         self._n_local = n_local
         return self.n_rows
 
-    def local_batches(self, order, batch_size):
+    def local_minibatches(self, order, batch_size):
         """Yield this rank's part of each global minibatch of ``order``.
 
         Parameters

@@ -305,13 +305,13 @@ def kl_warmup_weight(epoch, beta, warmup_epochs):
 
 
 @torch.no_grad()
-def mean_loss(module, rows, *, kl_weight, batch_size, parallel=None):
+def mean_loss(module, source, *, kl_weight, batch_size, parallel=None):
     """Mean per-cell loss ``reconstruction + kl_weight * kl`` with deterministic codes.
 
     Parameters
     ----------
     module : skvae.nn.models model
-    rows : skvae.train.data.MinibatchSource
+    source : skvae.train.data.MinibatchSource
     kl_weight : float
     batch_size : int
     parallel : skvae.train.distributed.RankGroup, default=None
@@ -327,30 +327,30 @@ def mean_loss(module, rows, *, kl_weight, batch_size, parallel=None):
     >>> from skvae.nn.models import Autoencoder
     >>> from skvae.train.data import RowData
     >>> from skvae.train.loop import mean_loss
-    >>> rows = RowData.from_input(np.zeros((8, 5))).source(algorithm="dense", center=False)
-    >>> mean_loss(Autoencoder(5, 2, (4,)), rows, kl_weight=1.0, batch_size=4) >= 0
+    >>> source = RowData.from_input(np.zeros((8, 5))).source(algorithm="dense", center=False)
+    >>> mean_loss(Autoencoder(5, 2, (4,)), source, kl_weight=1.0, batch_size=4) >= 0
     True
     """
     module.eval()
     total = 0.0
-    for minibatch in iter_minibatches(rows, batch_size):
+    for minibatch in iter_minibatches(source, batch_size):
         total += module.loss(minibatch.x, deterministic=True, **minibatch.covariates).total(kl_weight).sum().item()
     if parallel is not None:
-        total, n_rows = parallel.sum([total, rows.n_rows])
+        total, n_rows = parallel.sum([total, source.n_rows])
         return total / n_rows
-    return total / rows.n_rows
+    return total / source.n_rows
 
 
-def train(module, train_rows, val_rows=None, *, config, state, device, parallel=None, start_epoch=0):
+def train(module, train_source, val_source=None, *, config, state, device, parallel=None, start_epoch=0):
     """Fit ``module`` with Adam on minibatches of rows, in place.
 
     Parameters
     ----------
     module : skvae.nn.models model
         Already on ``device``.
-    train_rows : skvae.train.data.MinibatchSource
+    train_source : skvae.train.data.MinibatchSource
         The training rows, on ``device``.
-    val_rows : skvae.train.data.MinibatchSource, default=None
+    val_source : skvae.train.data.MinibatchSource, default=None
         Held-out rows. When given, training stops once the validation loss has not
         improved by at least ``config.tol`` for ``config.n_iter_no_change`` epochs,
         and the best weights are restored; a ConvergenceWarning says when
@@ -361,7 +361,7 @@ def train(module, train_rows, val_rows=None, *, config, state, device, parallel=
         optimiser (its moments are kept between calls, as ``partial_fit`` needs).
     device : torch.device
     parallel : skvae.train.distributed.RankGroup, default=None
-        Train data-parallel: ``train_rows`` and ``val_rows`` are this rank's rows,
+        Train data-parallel: ``train_source`` and ``val_source`` are this rank's rows,
         ``config.batch_size`` is the global minibatch, gradients are summed across
         ranks (:mod:`skvae.train.distributed`) and the logged losses are over all ranks.
     start_epoch : int, default=0
@@ -372,7 +372,7 @@ def train(module, train_rows, val_rows=None, *, config, state, device, parallel=
     -------
     history : dict of list of float
         Per-epoch mean training ``loss``, ``reconstruction`` and ``kl`` per cell,
-        the epoch's ``kl_weight``, and ``val_loss`` when ``val_rows`` is given.
+        the epoch's ``kl_weight``, and ``val_loss`` when ``val_source`` is given.
 
     Raises
     ------
@@ -401,19 +401,19 @@ def train(module, train_rows, val_rows=None, *, config, state, device, parallel=
     >>> len(history["loss"]), history["loss"][-1] < history["loss"][0]
     (5, True)
     """
-    n_train = train_rows.n_rows if parallel is None else parallel.set_rows(train_rows.n_rows)
+    n_train = train_source.n_rows if parallel is None else parallel.set_rows(train_source.n_rows)
     # batch normalisation cannot normalise a single row in training
     fewest_rows = 2 if any(isinstance(layer, torch.nn.BatchNorm1d) for layer in module.modules()) else 1
     progress = EpochProgress(config.max_epochs, config.verbose if parallel is None or parallel.rank == 0 else 0)
-    history = {"loss": [], "reconstruction": [], "kl": [], "kl_weight": [], **({} if val_rows is None else {"val_loss": []})}
-    stopping = None if val_rows is None else EarlyStopping(config.n_iter_no_change, config.tol)
+    history = {"loss": [], "reconstruction": [], "kl": [], "kl_weight": [], **({} if val_source is None else {"val_loss": []})}
+    stopping = None if val_source is None else EarlyStopping(config.n_iter_no_change, config.tol)
     finished = None  # the weights of the last finished epoch, which an interrupted one falls back to
     try:
         for epoch in range(1, config.max_epochs + 1):
             start = time.perf_counter()
             kl_weight = kl_warmup_weight(start_epoch + epoch, config.kl_weight, config.kl_warmup_epochs)
             try:
-                reconstruction, kl = run_epoch(module, train_rows, config=config, state=state, kl_weight=kl_weight,
+                reconstruction, kl = run_epoch(module, train_source, config=config, state=state, kl_weight=kl_weight,
                                                n_rows=n_train, epoch=epoch, device=device, parallel=parallel,
                                                fewest_rows=fewest_rows)
             except KeyboardInterrupt:
@@ -429,7 +429,7 @@ def train(module, train_rows, val_rows=None, *, config, state, device, parallel=
                 history[key].append(value)
             message = _epoch_message(epoch, config, loss, reconstruction, kl, kl_weight)
             if stopping is not None:
-                val_loss = mean_loss(module, val_rows, kl_weight=config.kl_weight, batch_size=config.batch_size,
+                val_loss = mean_loss(module, val_source, kl_weight=config.kl_weight, batch_size=config.batch_size,
                                      parallel=parallel)
                 if not math.isfinite(val_loss):
                     raise _divergence_error(epoch, "the validation loss", val_loss, module)
@@ -443,7 +443,7 @@ def train(module, train_rows, val_rows=None, *, config, state, device, parallel=
                 break
             finished = {key: value.detach().clone() for key, value in module.state_dict().items()}
         else:
-            if val_rows is not None:
+            if val_source is not None:
                 warnings.warn(f"Early stopping did not stop training within max_epochs={config.max_epochs}: the "
                               f"validation loss was still improving by more than tol={config.tol}. Raise max_epochs "
                               "or tol.", ConvergenceWarning, stacklevel=2)
@@ -455,13 +455,13 @@ def train(module, train_rows, val_rows=None, *, config, state, device, parallel=
     return history
 
 
-def run_epoch(module, rows, *, config, state, kl_weight, n_rows, epoch, device, parallel=None, fewest_rows=1):
-    """One pass over ``rows`` in a new shuffled order, an optimiser step per minibatch; the mean loss terms per cell.
+def run_epoch(module, source, *, config, state, kl_weight, n_rows, epoch, device, parallel=None, fewest_rows=1):
+    """One pass over ``source``'s rows in a new shuffled order, an optimiser step per minibatch; the mean loss terms per cell.
 
     Parameters
     ----------
     module : skvae.nn.models model
-    rows : skvae.train.data.MinibatchSource
+    source : skvae.train.data.MinibatchSource
     config : TrainingConfig
         Its ``batch_size`` and ``shuffle_block_size``.
     state : TrainingState
@@ -497,8 +497,8 @@ def run_epoch(module, rows, *, config, state, kl_weight, n_rows, epoch, device, 
     >>> module = Autoencoder(10, 2, (8,))
     >>> state = TrainingState(module, device=torch.device("cpu"), seed=0, rng=np.random.RandomState(0),
     ...                       learning_rate=1e-2, torch_rng=torch.get_rng_state())
-    >>> rows = RowData.from_input(np.random.RandomState(0).normal(size=(32, 10))).source(algorithm="dense", center=True)
-    >>> reconstruction, kl = run_epoch(module, rows, config=TrainingConfig(batch_size=8), state=state, kl_weight=0.0,
+    >>> source = RowData.from_input(np.random.RandomState(0).normal(size=(32, 10))).source(algorithm="dense", center=True)
+    >>> reconstruction, kl = run_epoch(module, source, config=TrainingConfig(batch_size=8), state=state, kl_weight=0.0,
     ...                                n_rows=32, epoch=1, device=torch.device("cpu"))
     >>> reconstruction > 0, kl
     (True, 0.0)
@@ -507,7 +507,7 @@ def run_epoch(module, rows, *, config, state, kl_weight, n_rows, epoch, device, 
     sums = torch.zeros(2, device=device)
     last = None
     order = epoch_order(state.rng, n_rows, config.shuffle_block_size)
-    for minibatch, global_size in _minibatches(rows, config.batch_size, order, parallel, fewest_rows):
+    for minibatch, global_size in _minibatches(source, config.batch_size, order, parallel, fewest_rows):
         state.optimizer.zero_grad(set_to_none=True)
         if minibatch is not None:
             terms = module.loss(minibatch.x, generator=state.generator, **minibatch.covariates)
@@ -598,7 +598,7 @@ def _epoch_message(epoch, config, loss, reconstruction, kl, kl_weight):
     return message
 
 
-def _minibatches(rows, batch_size, order, parallel, fewest_rows):
+def _minibatches(source, batch_size, order, parallel, fewest_rows):
     """Yield ``(minibatch, global_size)``: a minibatch of this process's rows, or None for too few rows.
 
     A single process yields every ``batch_size`` rows of ``order`` (global_size None),
@@ -608,9 +608,9 @@ def _minibatches(rows, batch_size, order, parallel, fewest_rows):
     """
     if parallel is None:
         indices = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-        yield from ((minibatch, None) for minibatch in rows.batches([index for index in indices if len(index) >= fewest_rows]))
+        yield from ((minibatch, None) for minibatch in source.minibatches([index for index in indices if len(index) >= fewest_rows]))
         return
-    pairs = list(parallel.local_batches(order, batch_size))
-    made = rows.batches([index for index, _ in pairs if len(index) >= fewest_rows])
+    pairs = list(parallel.local_minibatches(order, batch_size))
+    made = source.minibatches([index for index, _ in pairs if len(index) >= fewest_rows])
     for index, global_size in pairs:
         yield (next(made) if len(index) >= fewest_rows else None), global_size

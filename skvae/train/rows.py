@@ -40,7 +40,7 @@ class DenseRowSource:
     --------
     >>> import numpy as np
     >>> from skvae.train.rows import DenseRowSource
-    >>> DenseRowSource(np.eye(4), dtype=np.float32, device="cpu").batch(slice(1, 3))
+    >>> DenseRowSource(np.eye(4), dtype=np.float32, device="cpu").minibatch(slice(1, 3))
     tensor([[0., 1., 0., 0.],
             [0., 0., 1., 0.]])
     """
@@ -51,7 +51,7 @@ class DenseRowSource:
         self._dtype, self._device = dtype, device
         self.n_rows = X.shape[0]
 
-    def batch(self, rows):
+    def minibatch(self, rows):
         """The dense tensor of ``rows`` (a slice or an array of indices), on the source's device.
 
         Parameters
@@ -74,7 +74,7 @@ class _SparseRowSource:
         self.n_rows, self._shift = n_rows, shift
         self._dtype, self._device, self._with_transpose = dtype, device, with_transpose
 
-    def batch(self, rows):
+    def minibatch(self, rows):
         """The shifted sparse rows ``rows`` (a slice or an array of indices), on the source's device.
 
         Parameters
@@ -122,7 +122,7 @@ class ShiftedSparseRowSource(_SparseRowSource):
     >>> from skvae.train.rows import ShiftedSparseRowSource
     >>> source = ShiftedSparseRowSource(sp.eye(4, format="csr"), np.ones(4), dtype=np.float32, device="cpu",
     ...                                 with_transpose=False)
-    >>> rows = source.batch(np.array([2, 0]))
+    >>> rows = source.minibatch(np.array([2, 0]))
     >>> rows.values.to_dense() + rows.shift
     tensor([[1., 1., 2., 1.],
             [2., 1., 1., 1.]])
@@ -253,7 +253,7 @@ class BackedSparseRowSource(_SparseRowSource):
     >>> anndata.AnnData(sp.csr_matrix(np.arange(12.0).reshape(4, 3))).write_h5ad(path)
     >>> source = BackedSparseRowSource(anndata.read_h5ad(path, backed="r").X, dtype=np.float32, device="cpu",
     ...                                with_transpose=False)
-    >>> source.batch(np.array([3, 0])).values.to_dense()
+    >>> source.minibatch(np.array([3, 0])).values.to_dense()
     tensor([[ 9., 10., 11.],
             [ 0.,  1.,  2.]])
     """
@@ -278,7 +278,7 @@ class BackedSparseRowSource(_SparseRowSource):
             block.sum_duplicates()
         return block if np.array_equal(distinct, wanted) else block[inverse]
 
-    def batches(self, indices):
+    def minibatches(self, indices):
         """Yield the minibatch of each of ``indices``, reading ahead in a background thread.
 
         Parameters
@@ -292,7 +292,7 @@ class BackedSparseRowSource(_SparseRowSource):
         with ThreadPoolExecutor(max_workers=1) as reader:
             pending = deque()
             for index in indices:
-                pending.append(reader.submit(self.batch, index))
+                pending.append(reader.submit(self.minibatch, index))
                 if len(pending) > self._read_ahead:
                     yield pending.popleft().result()
             while pending:
@@ -336,7 +336,7 @@ def make_row_source(X, *, algorithm="auto", center=True, dtype=np.float32, devic
     Returns
     -------
     source : DenseRowSource or ShiftedSparseRowSource
-        ``source.batch(rows)`` gives the minibatch of ``rows`` (a slice or indices);
+        ``source.minibatch(rows)`` gives the minibatch of ``rows`` (a slice or indices);
         ``source.n_rows`` is the number of rows.
 
     Examples
@@ -367,8 +367,8 @@ def make_row_source(X, *, algorithm="auto", center=True, dtype=np.float32, devic
     return ShiftedSparseRowSource(values, shift, dtype=dtype, device=device, with_transpose=with_transpose)
 
 
-def batches(source, indices):
-    """Yield ``source.batch(index)`` for each of ``indices``; a source that reads from disk reads ahead.
+def minibatches(source, indices):
+    """Yield ``source.minibatch(index)`` for each of ``indices``; a source that reads from disk reads ahead.
 
     Parameters
     ----------
@@ -382,12 +382,12 @@ def batches(source, indices):
     Examples
     --------
     >>> import numpy as np
-    >>> from skvae.train.rows import batches, make_row_source
+    >>> from skvae.train.rows import make_row_source, minibatches
     >>> source = make_row_source(np.arange(6.0).reshape(3, 2), algorithm="dense")
-    >>> [batch.tolist() for batch in batches(source, [np.array([2]), np.array([0, 1])])]
+    >>> [x.tolist() for x in minibatches(source, [np.array([2]), np.array([0, 1])])]
     [[[4.0, 5.0]], [[0.0, 1.0], [2.0, 3.0]]]
     """
-    if hasattr(source, "batches"):
-        yield from source.batches(indices)
+    if hasattr(source, "minibatches"):
+        yield from source.minibatches(indices)
     else:
-        yield from (source.batch(index) for index in indices)
+        yield from (source.minibatch(index) for index in indices)

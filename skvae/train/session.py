@@ -188,16 +188,16 @@ class TrainingSession:
         ValueError
             When a file trained from changed during training (its values are then a mix).
         """
-        train_rows = train_data.source(algorithm=algorithm, center=center, device=self.device, with_transpose=True)
-        algorithm = "dense" if isinstance(train_rows.rows, DenseRowSource) else "sparse"
-        val_rows = None if val_data is None else val_data.source(algorithm=algorithm, center=center, device=self.device)
+        train_source = train_data.source(algorithm=algorithm, center=center, device=self.device, with_transpose=True)
+        algorithm = "dense" if isinstance(train_source.rows, DenseRowSource) else "sparse"
+        val_source = None if val_data is None else val_data.source(algorithm=algorithm, center=center, device=self.device)
         fingerprint = train_data.fingerprint() if train_data.on_disk else None
         state = self.state
         module.to(self.device)
         state.train_on(self.device)
         with torch.random.fork_rng(devices=_cuda_indices(self.device)):
             _set_torch_rng_state(state.torch_rng, self.device)
-            history = train(module, train_rows, val_rows, config=config, state=state, device=self.device,
+            history = train(module, train_source, val_source, config=config, state=state, device=self.device,
                             parallel=self.parallel, start_epoch=start_epoch)
             state.torch_rng = _torch_rng_state(self.device)
         state.to(torch.device("cpu"))
