@@ -52,28 +52,10 @@ class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
     Parameters
     ----------
-    n_components : int, default=6
-    hidden_layer_sizes : array-like of int, default=(128, 32, 16)
-    input_activation : bool, default=False
-    likelihood : {"gaussian", "poisson", "nb", "zinb"}, default="gaussian"
-    batch_norm : bool, default=False
-    dropout : float, default=0.0
-    encode_batch : bool, default=False
-    dispersion : {"gene", "gene-batch"}, default="gene"
-    batch_adversary : float, default=0.0
-    batch_size : int, default=256
-    shuffle_block_size : int or "auto", default="auto"
-    learning_rate : float, default=1e-3
-    max_epochs : int or "auto", default=200
-    early_stopping : bool, default=False
-    validation_fraction : float, default=0.1
-    n_iter_no_change : int, default=10
-    tol : float, default=1e-4
-    random_state : int, RandomState instance or None, default=None
-    algorithm : {"auto", "sparse", "dense"}, default="auto"
-    device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
-    n_jobs : int, default=None
-    verbose : int, default=0
+    n_components, hidden_layer_sizes, input_activation, likelihood, batch_norm, dropout, encode_batch, dispersion, \
+batch_adversary, batch_size, shuffle_block_size, learning_rate, max_epochs, early_stopping, validation_fraction, \
+n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
+        As documented on the public estimators, e.g. :class:`~skvae.AutoencoderEmbedder`.
 
     Attributes
     ----------

@@ -4,6 +4,7 @@ import math
 from itertools import accumulate, pairwise
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .sparse import ShiftedSparseRows
@@ -264,17 +265,22 @@ class Decoder(nn.Module):
         return DecoderOutputs(h, self.heads, covariates)
 
 
-class CovariateOffsets(nn.Embedding):
+class CovariateOffsets(nn.Module):
     """A learned offset of ``width`` per category of each categorical covariate, summed over the covariates.
 
     The same as a linear layer's part for the concatenated one-hot covariates
-    (scVI's ``categorical_covariate_keys``); every offset starts at 0.
+    (scVI's ``categorical_covariate_keys``): one table of ``sum(n_categories)`` rows,
+    every offset 0 at first.
 
     Parameters
     ----------
     n_categories : sequence of int
         The number of categories of each covariate.
     width : int
+
+    Attributes
+    ----------
+    weight : torch.nn.Parameter of shape (sum(n_categories), width)
 
     Examples
     --------
@@ -286,8 +292,10 @@ class CovariateOffsets(nn.Embedding):
     """
 
     def __init__(self, n_categories, width):
+        super().__init__()
         self.n_categories = tuple(int(n) for n in n_categories)
-        super().__init__(sum(self.n_categories), width)
+        self.weight = nn.Parameter(torch.empty(sum(self.n_categories), width))
+        nn.init.normal_(self.weight)  # drawn as torch's embedding draws it, so the random stream is the same
         nn.init.zeros_(self.weight)
         # each covariate's first row in the one table
         self.starts = tuple(accumulate(self.n_categories[:-1], initial=0))
@@ -306,7 +314,7 @@ class CovariateOffsets(nn.Embedding):
         """
         if len(self.starts) > 1:
             covariates = covariates + torch.as_tensor(self.starts, device=covariates.device)
-        return super().forward(covariates).sum(dim=1)
+        return F.embedding(covariates, self.weight).sum(dim=1)
 
 
 class DecoderOutputs:
