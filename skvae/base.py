@@ -274,9 +274,10 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         Between calls, ``set_params`` may change how training goes on (a new
         ``learning_rate``, ``beta``, ``batch_size`` applies from the next call);
         a parameter that shapes the network (``n_components``,
-        ``hidden_layer_sizes``, ``likelihood``, ``batch_norm``, ``dropout``,
-        ``encode_batch``, the beta-VSC's prior) cannot follow, and the next call
-        raises a ValueError: call :meth:`fit` to build a new model.
+        ``hidden_layer_sizes``, ``input_activation``, ``likelihood``,
+        ``batch_norm``, ``dropout``, ``encode_batch``, ``dispersion``,
+        ``batch_adversary``, the beta-VSC's prior) cannot follow, and the next
+        call raises a ValueError: call :meth:`fit` to build a new model.
 
         Parameters
         ----------

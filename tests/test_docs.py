@@ -84,3 +84,22 @@ def test_api_docstring_has_the_numpydoc_sections(name):
         assert {"Returns", "Yields"} & set(sections), f"{name}: no Returns section"
     if inspect.isclass(obj) and issubclass(obj, BaseEstimator):
         assert "Attributes" in sections, f"{name}: an estimator documents its fitted attributes"
+
+
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")  # one-epoch fits: nothing to encode
+def test_the_docstrings_claims_that_can_drift_hold():
+    """What fit's and partial_fit's docstrings say about sparse input and the shaping parameters is what the code does."""
+    import scipy.sparse as sp
+
+    from skvae import BetaVSCEmbedder
+    from skvae.base import BaseEmbedder
+
+    fit_doc = " ".join(BaseEmbedder.fit.__doc__.split())
+    assert "Sparse input stays sparse" in fit_doc
+    X = sp.random(40, 30, density=0.2, format="csr", random_state=0)
+    assert BetaVSCEmbedder(max_epochs=1, random_state=0).fit(X).algorithm_ == "sparse"  # never densified
+    assert BetaVSCEmbedder(max_epochs=1, random_state=0, algorithm="dense").fit(X).algorithm_ == "dense"
+    # every parameter that shapes the network is named where partial_fit says which cannot change
+    partial_doc = " ".join(BaseEmbedder.partial_fit.__doc__.split())
+    shaping = set(BetaVSCEmbedder()._architecture()) - {"prior_activity", "spike_sharpness"}  # "the prior"
+    assert all(f"``{name}``" in partial_doc for name in shaping), shaping

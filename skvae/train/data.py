@@ -60,8 +60,9 @@ class Minibatch:
     ----------
     x : torch.Tensor or skvae.nn.sparse.ShiftedSparseRows
         The rows.
-    covariates : dict of str to torch.Tensor of shape (n_rows,)
-        Keyword arguments of the model's ``loss``, ``embed`` and ``decode`` (e.g. ``batch``).
+    covariates : dict of str to torch.Tensor of shape (n_rows, ...)
+        Keyword arguments of the model's ``loss``, ``embed`` and ``decode`` (the
+        estimators' ``covariates``: each row's category codes, n_rows x n_covariates).
 
     Examples
     --------
@@ -84,7 +85,7 @@ class MinibatchSource:
     Parameters
     ----------
     rows : row source of :mod:`skvae.train.rows`
-    covariates : dict of str to ndarray of shape (rows.n_rows,)
+    covariates : dict of str to ndarray of shape (rows.n_rows, ...)
     device : str or torch.device
 
     Examples
@@ -167,14 +168,14 @@ class RowData(ABC):
     n_rows, n_features : int
     dtype : numpy dtype
         The stored values' type.
-    covariates : dict of str to array-like of shape (n_rows,) or None
+    covariates : dict of str to array-like of shape (n_rows, ...) or None
         One value per row each (checked).
 
     Attributes
     ----------
     n_rows, n_features : int
     dtype : numpy dtype
-    covariates : dict of str to ndarray of shape (n_rows,)
+    covariates : dict of str to ndarray of shape (n_rows, ...)
     on_disk : bool
         Whether the rows are read from a file as they are used.
     stored_sparse : bool
@@ -209,7 +210,7 @@ class RowData(ABC):
 
         Parameters
         ----------
-        covariates : dict of str to array-like of shape (n_rows,)
+        covariates : dict of str to array-like of shape (n_rows, ...)
 
         Returns
         -------
@@ -230,7 +231,7 @@ class RowData(ABC):
         Parameters
         ----------
         X : array-like, scipy.sparse matrix or anndata.abc.CSRDataset
-        covariates : dict of str to array-like of shape (n_rows,), default=None
+        covariates : dict of str to array-like of shape (n_rows, ...), default=None
         check_in_memory : callable, default=None
             Applied to ``X`` when it is not on disk, returning the array or sparse
             matrix to hold (e.g. scikit-learn's ``validate_data``); None holds ``X`` as it is.
@@ -361,7 +362,7 @@ class InMemoryRows(RowData):
     Parameters
     ----------
     X : ndarray or scipy.sparse CSR matrix of shape (n_rows, n_features)
-    covariates : dict of str to array-like of shape (n_rows,), default=None
+    covariates : dict of str to array-like of shape (n_rows, ...), default=None
 
     Examples
     --------
@@ -409,7 +410,7 @@ class BackedRows(RowData):
         E.g. ``anndata.read_h5ad(path, backed="r").X``.
     rows : ndarray of int, default=None
         The rows of ``dataset`` these are, in order; all of them when None.
-    covariates : dict of str to array-like of shape (len(rows),), default=None
+    covariates : dict of str to array-like of shape (len(rows), ...), default=None
     stored : skvae.train.rows.StoredCSR, default=None
         The file's arrays, once :meth:`check_layout` has checked them (shared by
         the rows taken from these).
