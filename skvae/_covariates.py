@@ -8,12 +8,11 @@ read, an int64 array of shape (n_cells, n_covariates) of category codes, and bac
 into what a save holds.
 """
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 
 import numpy as np
 import pandas as pd
 
-from ._validation import batch_labels
 
 
 class CategoricalCovariate:
@@ -395,3 +394,55 @@ def listing(values, most=5):
     """
     values = list(values)
     return ", ".join(map(repr, values[:most])) + (f" and {len(values) - most} more" if len(values) > most else "")
+
+
+def batch_labels(batch, n_rows, *, one_for_all=False):
+    """``batch`` as a 1-D object array of one label per row; a ValueError for any other shape or a missing label.
+
+    Parameters
+    ----------
+    batch : label or array-like of shape (n_rows,)
+    n_rows : int
+    one_for_all : bool, default=False
+        Take a single label for every row.
+
+    Returns
+    -------
+    ndarray of object of shape (n_rows,)
+
+    Examples
+    --------
+    >>> from skvae._covariates import batch_labels
+    >>> batch_labels(["a", "b", "a"], 3).tolist(), batch_labels("a", 2, one_for_all=True).tolist()
+    (['a', 'b', 'a'], ['a', 'a'])
+    """
+    if isinstance(batch, np.ndarray) and batch.ndim == 0:
+        batch = batch.item()  # a 0-d array is its one label
+    if one_for_all and (np.ndim(batch) == 0 or isinstance(batch, tuple)):
+        _refuse_foreign_labels([batch])
+        labels = np.empty(n_rows, dtype=object)
+        labels[:] = [batch] * n_rows if isinstance(batch, tuple) else batch
+    else:
+        labels = np.asarray(batch, dtype=object)
+    if labels.ndim != 1:
+        raise ValueError(f"batch must be one label per cell (1-D), got an array of shape {labels.shape}.")
+    if len(labels) != n_rows:
+        raise ValueError(f"batch has {len(labels)} labels for {n_rows} cells of X: pass {n_rows} labels, one per cell.")
+    missing = pd.isna(labels)
+    if missing.any():
+        raise ValueError(f"batch has {int(missing.sum())} missing labels (None or NaN), e.g. at cell "
+                         f"{int(np.flatnonzero(missing)[0])}: give every cell a batch.")
+    _refuse_foreign_labels(labels)
+    return labels
+
+
+def _refuse_foreign_labels(labels):
+    """A TypeError for a batch label that is a container (tuple, list, array, dict) or cannot be hashed."""
+    if pd.api.types.infer_dtype(labels, skipna=True) in ("string", "integer", "floating", "boolean", "bytes",
+                                                         "mixed-integer-float", "decimal", "date", "datetime"):
+        return
+    foreign = next((label for label in labels if isinstance(label, (tuple, list, set, frozenset, dict, np.ndarray))
+                    or not isinstance(label, Hashable)), None)
+    if foreign is not None:
+        raise TypeError(f"batch labels must be single values (strings, numbers), got a {type(foreign).__name__}: "
+                        f"{foreign!r}. Join labels of several parts into one string first, e.g. 'donor1|10x'.")

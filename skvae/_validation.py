@@ -8,7 +8,6 @@ messages either way.
 import os
 import sys
 import warnings
-from collections.abc import Hashable
 from numbers import Integral
 
 import numpy as np
@@ -16,6 +15,8 @@ import pandas as pd
 import scipy.sparse as sp
 import sklearn
 from sklearn.utils.validation import check_non_negative, validate_data
+
+from ._covariates import Covariates, with_covariates
 
 # warnings point past the frames of these packages, at the user's code
 _LIBRARY_FOLDERS = tuple(os.path.dirname(module.__file__) + os.sep for module in (sklearn, sys.modules[__package__]))
@@ -119,58 +120,6 @@ def summed_duplicates(X):
         X = X.copy()
         X.sum_duplicates()
     return X
-
-
-def batch_labels(batch, n_rows, *, one_for_all=False):
-    """``batch`` as a 1-D object array of one label per row; a ValueError for any other shape or a missing label.
-
-    Parameters
-    ----------
-    batch : label or array-like of shape (n_rows,)
-    n_rows : int
-    one_for_all : bool, default=False
-        Take a single label for every row.
-
-    Returns
-    -------
-    ndarray of object of shape (n_rows,)
-
-    Examples
-    --------
-    >>> from skvae._validation import batch_labels
-    >>> batch_labels(["a", "b", "a"], 3).tolist(), batch_labels("a", 2, one_for_all=True).tolist()
-    (['a', 'b', 'a'], ['a', 'a'])
-    """
-    if isinstance(batch, np.ndarray) and batch.ndim == 0:
-        batch = batch.item()  # a 0-d array is its one label
-    if one_for_all and (np.ndim(batch) == 0 or isinstance(batch, tuple)):
-        _refuse_foreign_labels([batch])
-        labels = np.empty(n_rows, dtype=object)
-        labels[:] = [batch] * n_rows if isinstance(batch, tuple) else batch
-    else:
-        labels = np.asarray(batch, dtype=object)
-    if labels.ndim != 1:
-        raise ValueError(f"batch must be one label per cell (1-D), got an array of shape {labels.shape}.")
-    if len(labels) != n_rows:
-        raise ValueError(f"batch has {len(labels)} labels for {n_rows} cells of X: pass {n_rows} labels, one per cell.")
-    missing = pd.isna(labels)
-    if missing.any():
-        raise ValueError(f"batch has {int(missing.sum())} missing labels (None or NaN), e.g. at cell "
-                         f"{int(np.flatnonzero(missing)[0])}: give every cell a batch.")
-    _refuse_foreign_labels(labels)
-    return labels
-
-
-def _refuse_foreign_labels(labels):
-    """A TypeError for a batch label that is a container (tuple, list, array, dict) or cannot be hashed."""
-    if pd.api.types.infer_dtype(labels, skipna=True) in ("string", "integer", "floating", "boolean", "bytes",
-                                                         "mixed-integer-float", "decimal", "date", "datetime"):
-        return
-    foreign = next((label for label in labels if isinstance(label, (tuple, list, set, frozenset, dict, np.ndarray))
-                    or not isinstance(label, Hashable)), None)
-    if foreign is not None:
-        raise TypeError(f"batch labels must be single values (strings, numbers), got a {type(foreign).__name__}: "
-                        f"{foreign!r}. Join labels of several parts into one string first, e.g. 'donor1|10x'.")
 
 
 def check_float32_range(values):
@@ -289,6 +238,42 @@ def refuse_boolean_numbers(estimator):
                 "boolean" not in constraints:
             raise TypeError(f"{type(estimator).__name__}({name}={value!r}): a boolean is not a number here; pass a "
                             "number.")
+
+
+def validated_input(estimator, X, batch, *, reset, training, required=True, one_for_all=False, float32_range=None):
+    """An embedder's input checked in one call: the rows (:func:`validated_rows`) with the covariates of ``batch``.
+
+    Parameters
+    ----------
+    estimator : skvae.base.BaseEmbedder
+    X : array-like, sparse matrix, anndata.abc.CSRDataset or skvae.train.data.RowData
+        A ``RowData`` (codes to decode) is taken as it is, its rows unchecked.
+    batch : label, array-like, DataFrame, dict or None
+        As the estimator's methods take it.
+    reset : bool
+        ``fit``: record the features and the covariates of ``batch``.
+    training : bool
+    required : bool, default=True
+        A model fitted with batches needs them.
+    one_for_all : bool, default=False
+        One label (or one per column) for every row.
+    float32_range : bool, default=None
+        As in :func:`validated_rows`.
+
+    Returns
+    -------
+    skvae.train.data.RowData
+        The rows, with the model's ``covariates`` (codes, n_rows x n_covariates) when it reads them.
+    """
+    from .train.data import RowData
+
+    data = X if isinstance(X, RowData) else validated_rows(
+        estimator, X, reset=reset, training=training, counts=estimator._models_counts, whom=estimator._whom(),
+        float32_range=float32_range)
+    if reset:
+        estimator._set_covariates(Covariates.from_batch(batch, data.n_rows))
+    return with_covariates(data, getattr(estimator, "covariates_", None), batch, reader=type(estimator).__name__,
+                           required=required, one_for_all=one_for_all)
 
 
 def validated_rows(estimator, X, *, reset, training, counts, whom, float32_range=None):

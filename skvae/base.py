@@ -20,14 +20,13 @@ from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._covariates import Covariates, with_covariates
 from ._persistence import atomic_torch_save, embedder_from_state, embedder_state, read_save, unchanged_on_failure
 from ._threads import limited_threads
 from ._validation import (
     check_network_fits_memory,
     hidden_layer_sizes,
     refuse_boolean_numbers,
-    validated_rows,
+    validated_input,
     warn_if_code_wider,
 )
 from .nn.likelihoods import LIKELIHOODS, make_likelihood
@@ -335,7 +334,7 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
 
     def _training_data(self, X, batch, first):
         """The checked rows with their covariates, and the hidden layer sizes; a new model's network checked too."""
-        data = self._with_covariates(self._checked_data(X, reset=first, training=True), batch, reset=first, required=True)
+        data = validated_input(self, X, batch, reset=first, training=True)
         sizes = hidden_layer_sizes(self.hidden_layer_sizes)
         if first:
             n_categories = self._n_categories()
@@ -373,11 +372,6 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
             verbose=self.verbose,
         )
 
-    def _checked_data(self, X, *, reset, training, float32_range=None):
-        """``X`` checked, as a :class:`~skvae.train.data.RowData` (:func:`~skvae._validation.validated_rows`)."""
-        return validated_rows(self, X, reset=reset, training=training, counts=self._models_counts, whom=self._whom(),
-                              float32_range=float32_range)
-
     def _set_covariates(self, covariates):
         """Record the covariates of ``batch=`` (a :class:`~skvae._covariates.Covariates`, or None)."""
         self.covariates_ = covariates
@@ -390,13 +384,6 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
     def _dispersion_categories(self):
         n_categories = self._n_categories()
         return n_categories[0] if n_categories and self.dispersion == "gene-batch" else 0
-
-    def _with_covariates(self, data, batch, *, reset, required, one_for_all=False):
-        """``data`` with the codes of ``batch`` as the model's covariates; ``reset`` records them (fit)."""
-        if reset:
-            self._set_covariates(Covariates.from_batch(batch, data.n_rows))
-        return with_covariates(data, getattr(self, "covariates_", None), batch, reader=type(self).__name__,
-                               required=required, one_for_all=one_for_all)
 
     def _check_active_components(self, data, warn=True):
         """Variational models: count the active latent dimensions of the codes of ``data``'s rows and warn of a collapse."""
@@ -429,10 +416,9 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
     def _fitted_data(self, X, batch):
         """The rows of ``X`` for a fitted model's encoder: its features, in float32 or float64, with batches if it reads them."""
         self._check_fitted("embed cells")
-        data = self._checked_data(X, reset=False, training=False)
-        if not (self.encode_batch and getattr(self, "covariates_", None) is not None):
-            return data  # the encoder sees expression only: codes do not depend on the batch
-        return self._with_covariates(data, batch, reset=False, required=True)
+        # an encoder that sees expression only ignores the batch: codes do not depend on it
+        reads = self.encode_batch and getattr(self, "covariates_", None) is not None
+        return validated_input(self, X, batch if reads else None, reset=False, training=False, required=reads)
 
     def transform(self, X, *, batch=None):
         """Embed ``X``: the deterministic latent code of each cell.
@@ -479,7 +465,7 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         X = check_array(X, dtype=[np.float64, np.float32])
         if X.shape[1] != self.n_components:
             raise ValueError(f"X has {X.shape[1]} columns, but {type(self).__name__} decodes codes of {self.n_components}.")
-        codes = self._with_covariates(RowData.from_input(X), batch, reset=False, required=True, one_for_all=True)
+        codes = validated_input(self, RowData.from_input(X), batch, reset=False, training=False, one_for_all=True)
         return self._map_rows("decode", codes)
 
     def score(self, X, y=None, *, batch=None):
@@ -508,8 +494,7 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         """
         self._check_fitted("score cells")
         # the loss is computed in float32, as in training
-        data = self._checked_data(X, reset=False, training=False, float32_range=True)
-        data = self._with_covariates(data, batch, reset=False, required=True)
+        data = validated_input(self, X, batch, reset=False, training=False, float32_range=True)
         source = data.source(algorithm=self.algorithm_, center=not self._models_counts)
         with limited_threads(self.n_jobs):
             return -mean_loss(self.module_, source, kl_weight=1.0, batch_size=_INFERENCE_BATCH_SIZE)

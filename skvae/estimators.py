@@ -11,6 +11,7 @@ import torch
 from sklearn.utils import check_random_state, check_scalar
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from ._validation import validated_input
 from ._validation import warn as warn_at_user
 from .base import BaseEmbedder
 from .nn.models import Autoencoder, SparseCodingVAE, VariationalAutoencoder
@@ -371,7 +372,7 @@ class _VariationalEmbedder(BaseEmbedder):
         generator = torch.Generator().manual_seed(rng.randint(np.iinfo(np.int32).max))
         with torch.no_grad():
             codes = RowData.from_input(self.module_.sample_prior(n_samples, generator).numpy())
-        return self._map_rows("decode", self._with_covariates(codes, batch, reset=False, required=True, one_for_all=True))
+        return self._map_rows("decode", validated_input(self, codes, batch, reset=False, training=False, one_for_all=True))
 
 
 @_docstring(
