@@ -171,3 +171,13 @@ def test_gene_selection_ranks_within_each_combination(data):
     by_combination = HighlyVariableGenes(n_top_genes=20).fit(X, batch=combined_labels(obs, len(obs)))
     np.testing.assert_array_equal(by_columns.get_support(), by_combination.get_support())
     assert combined_labels(obs, len(obs))[0] == f"{obs['sample'][0]} | {obs['technology'][0]}"
+
+
+def test_a_model_of_unnamed_labels_takes_a_single_column_of_any_name(data):
+    X, obs = data
+    model = BetaVAEEmbedder(**SMALL).fit(X, batch=obs["sample"].to_numpy())
+    assert not isinstance(obs["sample"], dict)  # a Series is one column of labels, not named columns
+    np.testing.assert_array_equal(model.score(X, batch=obs[["sample"]].rename(columns={"sample": "donor"})),
+                                  model.score(X, batch=obs["sample"]))
+    with pytest.raises(ValueError, match="fitted with one batch column of labels, but batch has 2 columns"):
+        model.score(X, batch=obs)
