@@ -9,7 +9,6 @@ the covariates of :mod:`skvae._covariates`) and hand it to a
 (``_build_module``) and, for variational models, the KL weight.
 """
 
-import copy
 from abc import ABCMeta, abstractmethod
 from numbers import Integral, Real
 
@@ -30,7 +29,7 @@ from ._validation import (
     warn_if_code_wider,
 )
 from .nn.likelihoods import LIKELIHOODS, make_likelihood
-from .train.data import RowData, iter_minibatches
+from .train.data import RowData, map_minibatches
 from .train.loop import TrainingConfig, epochs_for, mean_loss
 from .train.session import TrainingSession, training_device
 
@@ -398,20 +397,10 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         self._n_features_out = self.n_components
         return self
 
-    @torch.no_grad()
     def _map_rows(self, method, data):
-        """Apply ``self.module_.<method>`` to the rows of ``data`` (a RowData) in their float precision.
-
-        Sparse rows go through the encoder's sparse first layer; dense rows through dense
-        products, so that each row's result does not depend on the others.
-        """
-        dtype = np.float32 if data.dtype == np.float32 else np.float64
-        module = self.module_ if dtype == np.float32 else copy.deepcopy(self.module_).double()
-        module.eval()
-        source = data.source(algorithm="sparse" if data.stored_sparse else "dense", center=False, dtype=dtype)
+        """``self.module_.<method>`` of the rows of ``data`` (:func:`~skvae.train.data.map_minibatches`)."""
         with limited_threads(self.n_jobs):
-            return np.concatenate([getattr(module, method)(minibatch.x, **minibatch.covariates).numpy()
-                                   for minibatch in iter_minibatches(source, _INFERENCE_BATCH_SIZE)])
+            return map_minibatches(self.module_, method, data, _INFERENCE_BATCH_SIZE)
 
     def _fitted_data(self, X, batch):
         """The rows of ``X`` for a fitted model's encoder: its features, in float32 or float64, with batches if it reads them."""

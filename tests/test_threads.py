@@ -41,7 +41,7 @@ def test_fit_transform_and_score_run_with_the_estimators_threads(monkeypatch):
         original = getattr(where, name)
         monkeypatch.setattr(where, name, lambda *a, **k: (seen.append((name, torch.get_num_threads())), original(*a, **k))[1])
 
-    for name in ("train", "iter_minibatches", "mean_loss"):  # training, transform's batches, score's loss
+    for name in ("train", "map_minibatches", "mean_loss"):  # training, transform's minibatches, score's loss
         record(name)
     before = torch.get_num_threads()
     embedder = BetaVSCEmbedder(max_epochs=2, n_jobs=1).fit(X)
@@ -50,8 +50,8 @@ def test_fit_transform_and_score_run_with_the_estimators_threads(monkeypatch):
     with joblib.parallel_config(n_jobs=2):
         BetaVSCEmbedder(max_epochs=2).fit(X)
     # fit's inference pass measures the active latent dimensions
-    assert seen == [("train", 1), ("iter_minibatches", 1), ("iter_minibatches", 1), ("mean_loss", 1), ("train", 2),
-                    ("iter_minibatches", 2)]
+    assert seen == [("train", 1), ("map_minibatches", 1), ("map_minibatches", 1), ("mean_loss", 1), ("train", 2),
+                    ("map_minibatches", 2)]
     assert torch.get_num_threads() == before
 
 

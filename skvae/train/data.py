@@ -157,6 +157,43 @@ def iter_minibatches(source, batch_size):
     yield from source.minibatches(list(gen_batches(source.n_rows, batch_size)))
 
 
+@torch.no_grad()
+def map_minibatches(module, method, data, batch_size):
+    """``module.<method>`` of every row of ``data``, in the rows' float precision, a minibatch at a time (inference).
+
+    Sparse rows go through the encoder's sparse first layer, dense rows through dense
+    products, so that each row's result does not depend on the others; float64 rows
+    go through a float64 copy of the module.
+
+    Parameters
+    ----------
+    module : skvae.nn.models model
+    method : str
+        ``"embed"``, ``"decode"`` or ``"spike_probability"``.
+    data : RowData
+        With the covariates the method reads.
+    batch_size : int
+
+    Returns
+    -------
+    ndarray of shape (n_rows, ...)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae.nn.models import Autoencoder
+    >>> from skvae.train.data import RowData, map_minibatches
+    >>> map_minibatches(Autoencoder(5, 2, (4,)), "embed", RowData.from_input(np.ones((3, 5))), 2).shape
+    (3, 2)
+    """
+    dtype = np.float32 if data.dtype == np.float32 else np.float64
+    module = module if dtype == np.float32 else copy.deepcopy(module).double()
+    module.eval()
+    source = data.source(algorithm="sparse" if data.stored_sparse else "dense", center=False, dtype=dtype)
+    return np.concatenate([getattr(module, method)(minibatch.x, **minibatch.covariates).numpy()
+                           for minibatch in iter_minibatches(source, batch_size)])
+
+
 class RowData(ABC):
     """Rows of expression (cells x genes) and their per-row covariates.
 
