@@ -181,3 +181,20 @@ def test_a_model_of_unnamed_labels_takes_a_single_column_of_any_name(data):
                                   model.score(X, batch=obs["sample"]))
     with pytest.raises(ValueError, match="fitted with one batch column of labels, but batch has 2 columns"):
         model.score(X, batch=obs)
+
+
+def test_a_save_from_before_covariates_were_generic_still_loads(data, tmp_path):
+    import torch
+
+    X, obs = data
+    model = BetaVAEEmbedder(**SMALL, encode_batch=True).fit(X, batch=obs["sample"].to_numpy())
+    model.save(tmp_path / "m.pt")
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    # the weight names of earlier versions: batch_offsets, and one table per layer
+    state["state_dict"] = {key.replace("covariate_offsets", "batch_offsets"): value
+                           for key, value in state["state_dict"].items()}
+    assert any("encoder.batch_offsets" in key for key in state["state_dict"])
+    state["checksum"] = skvae._persistence.content_checksum(state)
+    torch.save(state, tmp_path / "old.pt")
+    loaded = BetaVAEEmbedder.load(tmp_path / "old.pt")
+    np.testing.assert_array_equal(loaded.transform(X, batch=obs["sample"]), model.transform(X, batch=obs["sample"]))
