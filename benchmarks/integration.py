@@ -38,8 +38,9 @@ each cell's 15 neighbours with the fit without batches of the same seed (:func:`
 
 ``--covariates``: two covariates at once on ``two-level`` (:func:`load_two_level`, pbmc_facs as 6 samples nested in
 2 technologies, each thinned by both): the recipe given the sample alone, the sample and the technology (the adversary
-telling each column, the default), and both with the adversary on the first column only; against Harmony on both and
-scVI with the technology as a categorical covariate (:func:`covariates`). Scored with the sample as the batch.
+on the first column, the default; sample first or technology first), and both with the adversary on every column;
+against Harmony on both and scVI with the technology as a categorical covariate (:func:`covariates`). Scored with the
+sample as the batch.
 
 ``--scaling``: the recipe with batches on two batches of the semi-synthetic set at depth x1 and
 x0.1 and on 500, 2,000 and 5,000 genes, with the size of the reconstruction's gradient at the code
@@ -169,12 +170,13 @@ def load_two_level(data_home, seed=0):
 
 
 def covariates(data_home, seeds, epochs, rows):
-    """``--covariates``: two nested covariates, with the adversary on each of them or on the first only.
+    """``--covariates``: two nested covariates, with the adversary on the first column (the default) or on every one.
 
     Rows: PCA; Harmony on sample and technology; scVI with ``batch_key="sample"`` and technology as a categorical
-    covariate (first seed); the recipe with the sample alone, with both columns (the adversary telling each, the
-    default), and with both columns and the adversary on the first column only, sample first or technology first.
-    Scored by scib-metrics with the sample as the batch.
+    covariate (first seed); the recipe with the sample alone, with both columns (the adversary on the first column,
+    the default), sample first or technology first, and with both columns and the adversary on every column
+    (``skvae.nn.models._LatentModel.adversary_covariates = "all"``). Scored by scib-metrics with the sample as the
+    batch.
     """
     from skvae.nn import models
 
@@ -207,9 +209,10 @@ def covariates(data_home, seeds, epochs, rows):
         _, fit_seconds = timed(lambda: model.train(accelerator="cpu", enable_progress_bar=False))
         name = f"scVI {scvi.__version__} defaults, batch_key sample + technology covariate, seed {seeds[0]}"
         codes[name], seconds[name] = model.get_latent_representation().astype(np.float32), fit_seconds
-    variants = (("sample only", ["sample"], "all"), ("sample + technology", ["sample", "technology"], "all"),
-                ("sample + technology, adversary on sample only", ["sample", "technology"], "first"),
-                ("technology + sample, adversary on technology only", ["technology", "sample"], "first"))
+    variants = (("sample only", ["sample"], "first"),
+                ("sample + technology (adversary on the first: sample)", ["sample", "technology"], "first"),
+                ("technology + sample (adversary on the first: technology)", ["technology", "sample"], "first"),
+                ("sample + technology, adversary on every column", ["sample", "technology"], "all"))
     default = models._LatentModel.adversary_covariates
     try:
         for seed in seeds:

@@ -228,8 +228,9 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
             DataFrame or a dict of named columns of labels (e.g.
             ``adata.obs[["sample", "technology"]]``, scVI's ``batch_key`` plus
             ``categorical_covariate_keys``), each one-hot into the decoder; the
-            batch adversary tells each of them, ``dispersion="gene-batch"``
-            follows the first. Its categories are recorded in
+            first column is the batch that the adversary and
+            ``dispersion="gene-batch"`` follow (put the finest first, e.g. the
+            sample before its technology). Its categories are recorded in
             ``batch_categories_``. None: no batches.
 
         Returns

@@ -78,7 +78,7 @@ def test_two_covariates_fit_transform_decode_score_and_sample(fitted, data):
     assert list(fitted.batch_categories_) == ["sample", "technology"]
     assert fitted.batch_categories_["technology"].tolist() == ["10x", "smart-seq"]
     assert fitted.module_.decoder.covariate_offsets[0].weight.shape[0] == 6  # 4 samples + 2 technologies
-    assert fitted.module_.adversary[-1].out_features == 6  # the adversary tells both
+    assert fitted.module_.adversary[-1].out_features == 4  # the adversary tells the first column, the sample
     codes = fitted.transform(X)
     assert codes.shape == (len(X), 3)
     # columns are read by name: their order in the DataFrame, and others beside them, do not matter

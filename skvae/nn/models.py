@@ -140,8 +140,9 @@ class _LatentModel(nn.Module):
     """Encoder with named branches, decoder, likelihood, and the loss template shared by all models."""
 
     branches = ()
-    # which covariates the adversary learns to tell from the code: "all" (one head each) or "first"
-    adversary_covariates = "all"
+    # which covariates the adversary learns to tell from the code: "first" (the batch, as scVI's batch_key; the
+    # others are covariates the decoder reads) or "all" (one head each; benchmarks/integration.py --covariates)
+    adversary_covariates = "first"
 
     def __init__(self, n_features, n_components, hidden_layer_sizes, *, likelihood=None, input_activation=False,
                  batch_norm=False, dropout=0.0, n_categories=(), encode_batch=False, batch_adversary=0.0):
@@ -345,11 +346,11 @@ class Autoencoder(_LatentModel):
         The encoder takes the covariates too (with ``n_categories``); by default it
         sees the expression only, so cells of a batch never seen embed as they are.
     batch_adversary : float, default=0.0
-        With a covariate of more than one category and a weight > 0: a small
-        classifier learns to tell each cell's category of every covariate from its
-        code (the posterior mean), and the encoder learns to defeat it through a
-        reversed gradient, where the cell's neighbourhood in the minibatch is shared
-        with other categories (``LossTerms.adversarial``). The
+        With a first covariate of more than one category and a weight > 0: a small
+        classifier learns to tell each cell's category of the first covariate (the
+        batch) from its code (the posterior mean), and the encoder learns to defeat
+        it through a reversed gradient, where the cell's neighbourhood in the
+        minibatch is shared with other categories (``LossTerms.adversarial``). The
         reversed gradient is this weight times the size of the reconstruction's
         gradient per cell at the code (a running mean, ``reconstruction_gradient``),
         so the weight means the same at any depth and number of genes.
