@@ -452,4 +452,5 @@ def _refuse_foreign_labels(labels):
                     or not isinstance(label, Hashable)), None)
     if foreign is not None:
         raise TypeError(f"batch labels must be single values (strings, numbers), got a {type(foreign).__name__}: "
-                        f"{foreign!r}. Join labels of several parts into one string first, e.g. 'donor1|10x'.")
+                        f"{foreign!r}. Give several covariates as named columns instead (a DataFrame or dict, e.g. "
+                        "adata.obs[['donor', 'technology']]).")
