@@ -230,12 +230,11 @@ class Covariates:
         if len(self.columns) == 1 and not _named(batch):
             return self.columns[0].encode(batch_labels(batch, n_rows, one_for_all=one_for_all))[:, None]
         if self.names == [None]:  # fitted on unnamed labels: a single column of any name is them
-            if len(batch.keys()) != 1:
-                raise ValueError(f"This model was fitted with one batch column of labels, but batch has "
-                                 f"{len(batch.keys())} columns: pass one label per cell (or one column).")
-            (values,) = (batch[key] for key in batch.keys())
-            return self.columns[0].encode(_column_labels(values, n_rows, one_for_all, next(iter(batch.keys())))
-                                          )[:, None]
+            keys = list(batch.keys())
+            if len(keys) != 1:
+                raise ValueError(f"This model was fitted with one batch column of labels, but batch has {len(keys)} "
+                                 "columns: pass one label per cell (or one column).")
+            return self.columns[0].encode(_column_labels(batch[keys[0]], n_rows, one_for_all, keys[0]))[:, None]
         given = dict(_columns(batch, n_rows, one_for_all=one_for_all, expected=self.names))
         return np.stack([column.encode(given[column.name]) for column in self.columns], axis=1)
 
