@@ -198,3 +198,15 @@ def test_a_save_from_before_covariates_were_generic_still_loads(data, tmp_path):
     torch.save(state, tmp_path / "old.pt")
     loaded = BetaVAEEmbedder.load(tmp_path / "old.pt")
     np.testing.assert_array_equal(loaded.transform(X, batch=obs["sample"]), model.transform(X, batch=obs["sample"]))
+
+
+def test_the_recipe_pipeline_with_two_covariates_saves_and_loads(data, tmp_path):
+    X, obs = data
+    recipe = skvae.make_count_embedder(n_top_genes=40, max_epochs=2, random_state=0)
+    codes = recipe.fit_transform(X, batch=obs)
+    recipe.save(tmp_path / "recipe.pt")
+    loaded = type(recipe).load(tmp_path / "recipe.pt")
+    np.testing.assert_array_equal(loaded.transform(X), codes)
+    corrected = {"sample": "s2", "technology": "10x"}
+    np.testing.assert_array_equal(loaded.inverse_transform(codes[:5], batch=corrected),
+                                  recipe.inverse_transform(codes[:5], batch=corrected))
