@@ -92,7 +92,8 @@ _SHARED_PARAMETERS = """\
 
     dispersion : {"gene", "gene-batch"}, default="gene"
         The negative binomial's dispersion ("nb" and "zinb"): one per gene, or,
-        with batches, one per gene and batch (scVI's options of the same names),
+        with batches, one per gene and batch (of the first column, with several;
+        scVI's options of the same names),
         for batches whose technologies differ in noise as well as in mean.
         Without batches it is one per gene either way; the other likelihoods
         have no dispersion and ignore it. On sparse input "gene-batch" trains
@@ -110,8 +111,9 @@ _SHARED_PARAMETERS = """\
         left where it is. The reversed gradient is this weight times the size of
         the reconstruction's gradient at the code, so the same value means the
         same strength whatever the depth and number of genes (the recommendation
-        uses 0.3). 0 (the default) leaves it out; the user guide's "Integrating
-        batches" section measures it."""
+        uses 0.3). With several batch columns it tells the first (put the
+        finest first, e.g. the sample before its technology). 0 (the default)
+        leaves it out; the user guide's "Integrating batches" section measures it."""
 
 _TRAINING_PARAMETERS = """\
     batch_size : int, default=256
