@@ -113,8 +113,8 @@ class CategoricalCovariate:
         -------
         CategoricalCovariate
         """
-        name, categories = saved.get("name") if isinstance(saved, dict) else None, (
-            saved.get("categories") if isinstance(saved, dict) else None)
+        saved = saved if isinstance(saved, dict) else {}
+        name, categories = saved.get("name"), saved.get("categories")
         if not (name is None or isinstance(name, str)):
             raise ValueError(f"{path} is damaged: a batch column's name is not a string.")
         if not isinstance(categories, list) or len(categories) < 1 or not all(

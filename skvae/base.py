@@ -1,8 +1,8 @@
 """The base estimator shared by every skvae embedder: the scikit-learn face of the models.
 
 It owns the parameters and their constraints and the shape of every method: ``fit``
-and ``partial_fit`` check their input once (:func:`~skvae._validation.validated_rows`,
-the covariates of :mod:`skvae._covariates`) and hand it to a
+and ``partial_fit`` check their input once (:func:`~skvae._validation.validated_input`:
+the rows, and the covariates of :mod:`skvae._covariates`) and hand it to a
 :class:`~skvae.train.session.TrainingSession`; ``transform`` / ``inverse_transform`` /
 ``score`` map rows through the fitted module; ``save`` / ``load`` go through
 :mod:`skvae._persistence`. A subclass adds only the torch module it trains

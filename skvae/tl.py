@@ -236,19 +236,15 @@ def _batch(adata, batch_key):
     """``adata.obs[batch_key]``: one column's labels, or a DataFrame of several columns (a list of keys)."""
     if batch_key is None:
         return None
-    if isinstance(batch_key, (list, tuple)):
-        keys = list(batch_key)
-        if not keys or not all(isinstance(key, str) for key in keys) or len(set(keys)) < len(keys):
-            raise ValueError(f"batch_key must be a column name or a list of distinct column names, got {batch_key!r}.")
-        missing = [key for key in keys if key not in adata.obs.columns]
-        if missing:
-            raise ValueError(f"adata.obs has no column {missing[0]!r} for batch_key; its columns are "
-                             f"{list(adata.obs.columns)}.")
-        return adata.obs[keys].copy()
-    if batch_key not in adata.obs.columns:
-        raise ValueError(f"adata.obs has no column {batch_key!r} for batch_key; its columns are "
+    several = isinstance(batch_key, (list, tuple))
+    keys = list(batch_key) if several else [batch_key]
+    if several and (not keys or not all(isinstance(key, str) for key in keys) or len(set(keys)) < len(keys)):
+        raise ValueError(f"batch_key must be a column name or a list of distinct column names, got {batch_key!r}.")
+    missing = [key for key in keys if key not in adata.obs.columns]
+    if missing:
+        raise ValueError(f"adata.obs has no column {missing[0]!r} for batch_key; its columns are "
                          f"{list(adata.obs.columns)}.")
-    return adata.obs[batch_key].to_numpy()
+    return adata.obs[keys].copy() if several else adata.obs[batch_key].to_numpy()
 
 
 def _require_anndata(adata):

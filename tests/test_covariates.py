@@ -163,6 +163,9 @@ def test_tl_embed_takes_a_list_of_batch_keys(data):
     assert corrected.shape == X.shape
     with pytest.raises(ValueError, match="no column 'donor' for batch_key"):
         skvae.tl.embed(adata, BetaVAEEmbedder(**SMALL), batch_key=["sample", "donor"])
+    for bad in ([], ["sample", "sample"], ["sample", 3]):
+        with pytest.raises(ValueError, match="a list of distinct column names"):
+            skvae.tl.embed(adata, BetaVAEEmbedder(**SMALL), batch_key=bad)
 
 
 def test_gene_selection_ranks_within_each_combination(data):

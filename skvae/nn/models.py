@@ -256,8 +256,6 @@ class _LatentModel(nn.Module):
     def _adversarial(self, logits, labels, code):
         """Each cell's cross-entropy of the adversary's guess of each covariate, weighted by :func:`shared_weight`."""
         weights = shared_weight(code, labels)
-        if labels.shape[1] == 1:
-            return F.cross_entropy(logits, labels[:, 0], reduction="none") * weights[:, 0]
         losses = [F.cross_entropy(part, column, reduction="none")
                   for part, column in zip(logits.split(self.n_categories[:self._told], dim=1), labels.unbind(dim=1),
                                           strict=True)]
