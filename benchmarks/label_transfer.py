@@ -16,7 +16,8 @@ as an unknown score, absent types against shared ones; the F1 of each shared typ
 rows: one per ``--seeds`` seed, summarised as mean ± sd.
 
 Usage: python benchmarks/label_transfer.py [--data-home ../shared/data] [--datasets pair,semisynthetic]
-                                           [--rows pca,harmony,skvae] [--seeds 0,1,2] [--per-type]
+                                           [--rows pca,harmony,skvae,scanvi,scarches] [--seeds 0,1,2]
+                                           [--per-type]
 """
 
 import argparse
@@ -25,21 +26,27 @@ import platform
 import sys
 from pathlib import Path
 
+import time
+import warnings
+
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from sklearn.neighbors import KNeighborsClassifier
 
 sys.path.insert(0, str(Path(__file__).parent))
-from integration import LOADERS, embeddings, summarise  # noqa: E402 -- the benchmark folder is not a package
+from integration import LOADERS, SCARCHES, embeddings, summarise  # noqa: E402 -- the benchmark folder is not a package
 
 import skvae  # noqa: E402
+from skvae.preprocessing import HighlyVariableGenes  # noqa: E402
 
 #: (data set, reference batch, query batch)
 DIRECTIONS = {
     "pair": [("pbmc_facs", "pbmc3k"), ("pbmc3k", "pbmc_facs")],
     "semisynthetic": [(("batch 1", "batch 2"), "batch 3")],
+    "toy": [("a", "b")],  # a smoke test of the script
 }
 
 
@@ -49,22 +56,107 @@ def transfer(codes, batch, labels, reference, query, k=15):
     query = batch == query
     classifier = KNeighborsClassifier(n_neighbors=k, weights="distance").fit(codes[reference], labels[reference])
     probabilities = classifier.predict_proba(codes[query])
-    predicted = classifier.classes_[probabilities.argmax(axis=1)]
-    truth = labels[query]
-    shared = np.isin(truth, classifier.classes_)
-    types = [label for label in classifier.classes_ if label in set(truth[shared])]
+    return scored(labels[query], classifier.classes_[probabilities.argmax(axis=1)], 1 - probabilities.max(axis=1),
+                  classifier.classes_)
+
+
+def scored(truth, predicted, unknown_score, classes):
+    """Accuracy, macro-F1 over the query's cells of types the reference has, unknown AUROC; each shared type's F1."""
+    shared = np.isin(truth, classes)
+    types = [label for label in classes if label in set(truth[shared])]
     scores = {"accuracy": accuracy_score(truth[shared], predicted[shared]),
               "macro-F1": f1_score(truth[shared], predicted[shared], labels=types, average="macro"),
-              "unknown AUROC": roc_auc_score(~shared, 1 - probabilities.max(axis=1)) if (~shared).any() else np.nan}
+              "unknown AUROC": roc_auc_score(~shared, unknown_score) if (~shared).any() else np.nan}
     per_type = dict(zip(types, f1_score(truth[shared], predicted[shared], labels=types, average=None), strict=True))
     return scores, per_type
+
+
+def _reference_genes(counts, batch, reference):
+    """The reference's 2,000 most variable genes (a reference fixes its genes before any query comes)."""
+    reference = np.isin(batch, np.atleast_1d(reference))
+    genes = HighlyVariableGenes(min(2000, counts.shape[1])).fit(counts[reference], batch=batch[reference])
+    return genes.transform(counts), reference
+
+
+def _anndata(counts, batch, labels=None):
+    import anndata
+
+    obs = pd.DataFrame({"batch": batch, "label": "Unknown" if labels is None else labels})
+    obs.index = obs.index.astype(str)
+    return anndata.AnnData(sp.csr_matrix(counts, dtype=np.float32), obs=obs)
+
+
+def scanvi(counts, batch, labels, reference, query, seed):
+    """scANVI from scVI's defaults, fitted on reference and query cells with the reference's labels only.
+
+    scvi-tools' tutorial route: ``SCVI`` (defaults, ``batch_key``) then ``SCANVI.from_scvi_model`` trained 20 epochs
+    with 100 cells sampled per label; ``predict(soft=True)`` on the query, ``1 - max probability`` as the unknown score.
+    """
+    import scvi
+
+    scvi.settings.seed = seed
+    selected, is_reference = _reference_genes(counts, batch, reference)
+    use = is_reference | (batch == query)
+    given = np.where(is_reference, labels, "Unknown").astype(object)
+    adata = _anndata(selected[use], batch[use], given[use])
+
+    def fit():
+        scvi.model.SCVI.setup_anndata(adata, batch_key="batch", labels_key="label")
+        model = scvi.model.SCVI(adata)
+        model.train(accelerator="cpu", enable_progress_bar=False)
+        model = scvi.model.SCANVI.from_scvi_model(model, unlabeled_category="Unknown")
+        model.train(max_epochs=20, n_samples_per_label=100, accelerator="cpu", enable_progress_bar=False)
+        return model
+
+    model, seconds = timed_model(fit)
+    on_query = (batch[use] == query)
+    probabilities = model.predict(adata[on_query].copy(), soft=True)
+    classes = np.asarray(probabilities.columns)
+    values = probabilities.to_numpy()
+    keep = classes != "Unknown"
+    values, classes = values[:, keep], classes[keep]
+    return scored(labels[batch == query], classes[values.argmax(axis=1)], 1 - values.max(axis=1), classes), seconds
+
+
+def scarches(counts, batch, labels, reference, query, seed, k=15):
+    """scArches surgery of scVI: a reference model (scArches' settings), the query's batch learned with the reference
+    frozen (``load_query_data``, 200 epochs, no weight decay, as scvi-tools' tutorial), then 15-NN on the codes."""
+    import scvi
+
+    scvi.settings.seed = seed
+    selected, is_reference = _reference_genes(counts, batch, reference)
+    on_query = batch == query
+    reference_data = _anndata(selected[is_reference], batch[is_reference])
+    query_data = _anndata(selected[on_query], batch[on_query])
+
+    def fit():
+        scvi.model.SCVI.setup_anndata(reference_data, batch_key="batch")
+        model = scvi.model.SCVI(reference_data, **SCARCHES)
+        model.train(accelerator="cpu", enable_progress_bar=False)
+        mapped = scvi.model.SCVI.load_query_data(query_data, model)
+        mapped.train(max_epochs=200, plan_kwargs={"weight_decay": 0.0}, accelerator="cpu", enable_progress_bar=False)
+        return model, mapped
+
+    (model, mapped), seconds = timed_model(fit)
+    codes = np.vstack([model.get_latent_representation(), mapped.get_latent_representation()])
+    where = np.concatenate([batch[is_reference], batch[on_query]])
+    return transfer(codes, where, np.concatenate([labels[is_reference], labels[on_query]]), reference, query, k), \
+        seconds
+
+
+def timed_model(fit):
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = fit()
+    return model, time.perf_counter() - start
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-home", default=os.environ.get("SKVAE_DATA", Path(__file__).parents[1] / ".." / "shared" / "data"))
     parser.add_argument("--datasets", default="pair,semisynthetic")
-    parser.add_argument("--rows", default="pca,harmony,skvae", help="of pca, harmony, scvi, skvae (PCA always)")
+    parser.add_argument("--rows", default="pca,harmony,skvae", help="of pca, harmony, scvi, skvae, scanvi, scarches (PCA always)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--per-type", action="store_true", help="also the F1 of each shared type")
@@ -76,14 +168,29 @@ def main():
     for dataset in filter(None, args.datasets.split(",")):
         counts, batch, labels = LOADERS[dataset](args.data_home)
         print(f"\n== {dataset}: {counts.shape[0]} cells", flush=True)
-        for name, codes, seconds in embeddings(counts, batch, rows, args.epochs, seeds):
-            print(f"  {name}: fit {seconds:.1f} s", flush=True)
+        def add(name, reference, query, result, seconds):
+            scores, per_type = result
+            row = {"data": f"{dataset}: {'+'.join(np.atleast_1d(reference))} -> {query}", **scores,
+                   **({f"F1 {label}": value for label, value in per_type.items()} if args.per_type else {}),
+                   "fit s": seconds}
+            print(f"  {name}: {row['data']} fit {seconds:.1f} s, " + ", ".join(
+                f"{key} {value:.3f}" for key, value in scores.items()), flush=True)
+            tables.append(pd.Series(row, name=name))
+
+        for name, codes, seconds in embeddings(counts, batch, rows & {"pca", "harmony", "scvi", "skvae"}, args.epochs,
+                                               seeds):
             for reference, query in DIRECTIONS[dataset]:
-                scores, per_type = transfer(codes, batch, labels, reference, query)
-                row = {"data": f"{dataset}: {'+'.join(np.atleast_1d(reference))} -> {query}", **scores,
-                       **({f"F1 {label}": value for label, value in per_type.items()} if args.per_type else {}),
-                       "fit s": seconds}
-                tables.append(pd.Series(row, name=name))
+                add(name, reference, query, transfer(codes, batch, labels, reference, query), seconds)
+        for seed in seeds:
+            for reference, query in DIRECTIONS[dataset]:
+                for row, method in (("scanvi", scanvi), ("scarches", scarches)):
+                    if row in rows:
+                        import scvi
+
+                        result, seconds = method(counts, batch, labels, reference, query, seed)
+                        label = {"scanvi": "scANVI {} from scVI defaults (reference labels), predict",
+                                 "scarches": "scVI {} scArches settings, query surgery, 15-NN"}[row]
+                        add(f"{label.format(scvi.__version__)}, seed {seed}", reference, query, result, seconds)
     table = pd.DataFrame(tables)
     table = table[[column for column in table.columns if column != "fit s"] + ["fit s"]]
     with pd.option_context("display.width", 250, "display.max_columns", 30):
