@@ -262,6 +262,9 @@ def embedder_from_state(cls, state, path):
         categories = state.get("batch_categories_")
         estimator._set_covariates(None if categories is None else
                                   Covariates.from_saved([{"name": None, "categories": categories}], path))
+    for name, value in state.get("attributes", {}).items():  # saves from before 0.2 have none
+        if name in estimator._saved_attributes:
+            setattr(estimator, name, value if isinstance(value, (int, float)) else np.asarray(value))
     weights = renamed_keys(state["state_dict"])
     with torch.device("meta"):
         module = estimator._make_module(n_features, hidden_layer_sizes)
@@ -285,9 +288,6 @@ def embedder_from_state(cls, state, path):
             raise ValueError(f"{path} is damaged: {len(names)} feature names for {n_features} features.")
         estimator.feature_names_in_ = np.asarray(names, dtype=object)
     estimator.algorithm_ = state.get("algorithm_", estimator.algorithm)
-    for name, value in state.get("attributes", {}).items():  # saves from before 0.2 have none
-        if name in estimator._saved_attributes:
-            setattr(estimator, name, value if isinstance(value, (int, float)) else np.asarray(value))
     estimator._built_architecture = estimator._architecture()
     return estimator._set_fitted(module, state["history_"])
 

@@ -239,7 +239,7 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
             The fitted estimator.
         """
         with limited_threads(self.n_jobs):
-            return self._fit(X, batch, incremental=False)
+            return self._fit(X, batch, incremental=False, y=y)
 
     def fit_transform(self, X, y=None, *, batch=None):
         """Fit the model on ``X`` and return its codes.
@@ -295,9 +295,9 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
             The estimator, trained one pass further.
         """
         with limited_threads(self.n_jobs):
-            return self._fit(X, batch, incremental=True)
+            return self._fit(X, batch, incremental=True, y=y)
 
-    def _fit(self, X, batch, *, incremental):
+    def _fit(self, X, batch, *, incremental, y=None):
         """The one training path: ``fit`` (a new model, ``max_epochs``) or ``partial_fit`` (continue, one pass).
 
         Nothing is changed when it fails: the estimator keeps the attributes, weights and
@@ -306,7 +306,7 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         with unchanged_on_failure(self, in_place=incremental):
             first = not (incremental and hasattr(self, "module_"))
             session = TrainingSession(training_device(self.device))
-            data, sizes = session.agree(lambda: self._training_data(X, batch, first))
+            data, sizes = session.agree(lambda: self._training_data(X, batch, first, y))
             state = None if first else getattr(self, "_training_state", None)
             if state is not None:
                 session.resume(state, learning_rate=self.learning_rate)
@@ -329,11 +329,14 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
             self._set_fitted(module, history)
             self._built_architecture = self._architecture()
             self._training_state = session.state  # what partial_fit needs to continue as more epochs of this fit would
-            self._check_active_components(data, warn=not incremental)
+            self._fitted_on(data, incremental)
         return self
 
-    def _training_data(self, X, batch, first):
-        """The checked rows with their covariates, and the hidden layer sizes; a new model's network checked too."""
+    def _training_data(self, X, batch, first, y=None):
+        """The checked rows with their covariates, and the hidden layer sizes; a new model's network checked too.
+
+        ``y`` is ignored: an embedder learns from the expression alone (a classifier adds the labels).
+        """
         data = validated_input(self, X, batch, reset=first, training=True)
         sizes = hidden_layer_sizes(self.hidden_layer_sizes)
         if first:
@@ -387,6 +390,10 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
 
     def _check_active_components(self, data, warn=True):
         """Variational models: count the active latent dimensions of the codes of ``data``'s rows and warn of a collapse."""
+
+    def _fitted_on(self, data, incremental):
+        """What a fit learns from its training rows after the training itself (the codes' active dimensions)."""
+        self._check_active_components(data, warn=not incremental)
 
     # fitted attributes beyond the module and history that save keeps, as lists
     _saved_attributes = ("max_epochs_", "shuffle_block_size_")

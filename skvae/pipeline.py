@@ -48,7 +48,7 @@ def _batch_for(method, batch):
     return {"batch": batch} if batch is not None and _takes_batch(method) else {}
 
 
-def _fit_transform_steps(steps, X, batch=None, params=None):
+def _fit_transform_steps(steps, X, batch=None, params=None, y=None):
     """Fit each step on the output of the one before, and return the last one's output.
 
     Each step whose ``fit`` takes a ``batch`` is given ``batch``; the others are fitted on
@@ -63,6 +63,8 @@ def _fit_transform_steps(steps, X, batch=None, params=None):
     batch : array-like of shape (n_samples,), DataFrame or dict, default=None
     params : list of dict, default=None
         More ``fit`` keywords for each step.
+    y : array-like of shape (n_samples,), default=None
+        Given to every step's ``fit``, as a Pipeline does (a classifier learns from it; the others ignore it).
 
     Returns
     -------
@@ -70,7 +72,7 @@ def _fit_transform_steps(steps, X, batch=None, params=None):
     """
     for step, extra in zip(steps, params or [{}] * len(steps), strict=True):
         kwargs = {**_batch_for(step.fit, batch), **extra}
-        X = step.fit_transform(X, **kwargs) if hasattr(step, "fit_transform") else step.fit(X, **kwargs).transform(X)
+        X = step.fit_transform(X, y, **kwargs) if hasattr(step, "fit_transform") else step.fit(X, y, **kwargs).transform(X)
     return X
 
 
@@ -184,7 +186,7 @@ class EmbeddingPipeline(Pipeline):
                                 "which is a Pipeline or passthrough: pass batch= instead.")
             steps += inner
             extra += [by_step.get(name, {})] * len(inner)
-        return _fit_transform_steps(steps, X, batch, extra)
+        return _fit_transform_steps(steps, X, batch, extra, y)
 
     def transform(self, X, *, batch=None):
         """Apply every step's ``transform``, giving ``batch`` to each that takes it.

@@ -7,6 +7,7 @@ measures them against PCA and scVI.
 
 import inspect
 
+from .classifier import BetaVAEClassifier
 from .estimators import BetaVAEEmbedder
 from .pipeline import EmbeddingPipeline, _flat_steps
 from .preprocessing import HighlyVariableGenes
@@ -105,17 +106,67 @@ def make_count_embedder(**overrides):
     >>> int(embedder["genes"].get_support().sum())
     200
     """
-    allowed = set(inspect.signature(BetaVAEEmbedder).parameters) | {"n_top_genes"}
+    return _recipe(BetaVAEEmbedder, "embedder", "make_count_embedder", overrides)
+
+
+def _recipe(cls, step, caller, overrides):
+    """The gene selection then ``cls`` with the recommended settings, ``overrides`` checked against its parameters."""
+    allowed = set(inspect.signature(cls).parameters) | {"n_top_genes"}
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise TypeError(
-            f"make_count_embedder got unknown settings {unknown}: it takes n_top_genes and the parameters of "
-            f"BetaVAEEmbedder ({', '.join(sorted(allowed - {'n_top_genes'}))})."
+            f"{caller} got unknown settings {unknown}: it takes n_top_genes and the parameters of "
+            f"{cls.__name__} ({', '.join(sorted(allowed - {'n_top_genes'}))})."
         )
     n_top_genes = overrides.pop("n_top_genes", RECOMMENDED_N_TOP_GENES)
     return EmbeddingPipeline(
         [
             ("genes", HighlyVariableGenes(n_top_genes=n_top_genes)),
-            ("embedder", BetaVAEEmbedder(**{**RECOMMENDED_COUNT_SETTINGS, **overrides})),
+            (step, cls(**{**RECOMMENDED_COUNT_SETTINGS, **overrides})),
         ]
     )
+
+
+def make_count_classifier(**overrides):
+    """skvae's recommended cell-type classifier for raw UMI counts, unfitted: :func:`make_count_embedder`'s
+    settings in a :class:`~skvae.BetaVAEClassifier`.
+
+    An :class:`~skvae.EmbeddingPipeline` of the gene selection (``"genes"``) and
+    a :class:`~skvae.BetaVAEClassifier` (``"classifier"``) with the settings of
+    :func:`make_count_embedder` (negative binomial likelihood, 10 latent
+    dimensions, scVI's network, ``batch_adversary=0.3``) and the classifier's
+    defaults. ``fit(counts, y, batch=batch)`` learns from the labelled cells
+    (-1, None or NaN mark the others); ``predict`` and ``predict_proba`` take
+    ``batch=`` as ``transform`` does; the fitted classifier is
+    ``pipeline["classifier"]`` (its :meth:`~skvae.BetaVAEClassifier.is_unknown`
+    takes the selected genes: ``pipeline["genes"].transform(counts)``).
+    :func:`skvae.tl.annotate` does all of it on an AnnData.
+
+    Parameters
+    ----------
+    **overrides
+        ``n_top_genes`` and any parameter of :class:`~skvae.BetaVAEClassifier`.
+
+    Returns
+    -------
+    pipeline : EmbeddingPipeline
+
+    Raises
+    ------
+    TypeError
+        For an override that is neither ``n_top_genes`` nor a parameter of
+        :class:`~skvae.BetaVAEClassifier`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae import make_count_classifier
+    >>> rng = np.random.RandomState(0)
+    >>> types = rng.randint(3, size=300)
+    >>> counts = rng.poisson(rng.gamma(0.3, 2.0, size=(3, 500))[types])
+    >>> y = np.where(np.arange(300) < 200, types, -1)  # the last 100 cells unlabelled
+    >>> model = make_count_classifier(n_top_genes=200, max_epochs=20, random_state=0).fit(counts, y)
+    >>> model.predict(counts[200:]).shape
+    (100,)
+    """
+    return _recipe(BetaVAEClassifier, "classifier", "make_count_classifier", overrides)

@@ -9,7 +9,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from skvae import BetaVAEEmbedder
 from skvae.nn.likelihoods import make_likelihood
-from skvae.nn.models import Autoencoder, _ReversedGradient, shared_weight
+from skvae.nn.models import Autoencoder, _ScaledGradient, shared_weight
 
 
 @settings(max_examples=50, deadline=None)
@@ -39,7 +39,7 @@ def test_shared_weight_is_1_where_batches_interleave_and_0_for_a_population_of_o
 def test_the_reversed_gradient_is_minus_its_scale_times_the_gradient():
     x = torch.randn(4, 3, requires_grad=True)
     upstream = torch.randn(4, 3)
-    _ReversedGradient.apply(x, 2.5).backward(upstream)
+    _ScaledGradient.apply(x, -2.5).backward(upstream)
     torch.testing.assert_close(x.grad, -2.5 * upstream)
 
 

@@ -77,7 +77,7 @@ def _shared(neighbours, labels):
 
 @dataclass
 class LossTerms:
-    """Per-cell loss terms; the training objective is ``reconstruction + beta * kl`` (+ ``adversarial``).
+    """Per-cell loss terms; the training objective is ``reconstruction + beta * kl`` (+ ``adversarial``, ``classification``).
 
     Parameters
     ----------
@@ -94,6 +94,12 @@ class LossTerms:
         classifier descends it, and the encoder ascends it through a reversed
         gradient scaled by ``batch_adversary`` times the size of the
         reconstruction's gradient at the code.
+    classification : torch.Tensor of shape (n_samples,), default=None
+        The cell-type classifier's cross-entropy of each labelled cell (0 for an
+        unlabelled one), for a model with ``n_classes`` given labels: the
+        classifier descends it, and the encoder descends it through a gradient
+        scaled by ``classification_weight`` times the size of the
+        reconstruction's gradient at the code.
 
     Examples
     --------
@@ -107,9 +113,10 @@ class LossTerms:
     reconstruction: torch.Tensor
     kl: torch.Tensor
     adversarial: torch.Tensor | None = None
+    classification: torch.Tensor | None = None
 
     def total(self, kl_weight):
-        """The per-cell objective ``reconstruction + kl_weight * kl``, plus ``adversarial`` when there is one.
+        """The per-cell objective ``reconstruction + kl_weight * kl``, plus ``adversarial`` and ``classification``.
 
         Parameters
         ----------
@@ -120,11 +127,15 @@ class LossTerms:
         torch.Tensor of shape (n_samples,)
         """
         total = self.reconstruction + kl_weight * self.kl
-        return total if self.adversarial is None else total + self.adversarial
+        for extra in (self.adversarial, self.classification):
+            if extra is not None:
+                total = total + extra
+        return total
 
 
-class _ReversedGradient(Function):
-    """The identity forward; minus the gradient times ``scale`` backward (Ganin & Lempitsky, 2015)."""
+class _ScaledGradient(Function):
+    """The identity forward; the gradient times ``scale`` backward (a negative scale reverses it: Ganin & Lempitsky,
+    2015)."""
 
     @staticmethod
     def forward(ctx, x, scale):
@@ -133,7 +144,7 @@ class _ReversedGradient(Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        return -ctx.scale * grad_output, None
+        return ctx.scale * grad_output, None
 
 
 class _LatentModel(nn.Module):
@@ -145,7 +156,8 @@ class _LatentModel(nn.Module):
     adversary_covariates = "first"
 
     def __init__(self, n_features, n_components, hidden_layer_sizes, *, likelihood=None, input_activation=False,
-                 batch_norm=False, dropout=0.0, n_categories=(), encode_batch=False, batch_adversary=0.0):
+                 batch_norm=False, dropout=0.0, n_categories=(), encode_batch=False, batch_adversary=0.0,
+                 n_classes=0, classification_weight=1.0):
         super().__init__()
         options = {"batch_norm": batch_norm, "dropout": dropout}
         self.n_components = n_components
@@ -169,6 +181,11 @@ class _LatentModel(nn.Module):
             self.adversary = nn.Sequential(nn.Linear(n_components, _ADVERSARY_WIDTH), nn.ReLU(),
                                            nn.Linear(_ADVERSARY_WIDTH, _ADVERSARY_WIDTH), nn.ReLU(),
                                            nn.Linear(_ADVERSARY_WIDTH, sum(told)))
+        # a classifier of the cell type from the code (multinomial logistic regression), learned with the code
+        self.n_classes = int(n_classes)
+        self.classification_weight = float(classification_weight)
+        if self.n_classes:
+            self.classifier = nn.Linear(n_components, self.n_classes)
         self.register_load_state_dict_pre_hook(_renamed_keys_hook)
 
     def posterior(self, x, covariates=None):
@@ -220,7 +237,22 @@ class _LatentModel(nn.Module):
         """
         return self._mean_code(self.posterior(x, covariates))
 
-    def loss(self, x, covariates=None, *, generator=None, deterministic=False):
+    def classify(self, x, covariates=None):
+        """The cell-type classifier's logits of each cell, from its code (a model built with ``n_classes``).
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
+        covariates : torch.Tensor of shape (n_samples, n_covariates), int64, default=None
+            Each cell's categories; read only by an encoder that takes them.
+
+        Returns
+        -------
+        torch.Tensor of shape (n_samples, n_classes)
+        """
+        return self.classifier(self.embed(x, covariates))
+
+    def loss(self, x, covariates=None, labels=None, *, generator=None, deterministic=False):
         """Per-cell loss terms of a minibatch.
 
         Parameters
@@ -228,6 +260,9 @@ class _LatentModel(nn.Module):
         x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
         covariates : torch.Tensor of shape (n_samples, n_covariates), int64, default=None
             Each cell's categories, for a model built with ``n_categories``.
+        labels : torch.Tensor of shape (n_samples,), int64, default=None
+            Each cell's type, an index of the ``n_classes``, or -1 for an unlabelled
+            cell, for a model built with ``n_classes``.
         generator : torch.Generator, default=None
             Source of the reparameterisation noise.
         deterministic : bool, default=False
@@ -239,19 +274,26 @@ class _LatentModel(nn.Module):
         """
         q = self.posterior(x, covariates)
         z = self._mean_code(q) if deterministic else self._sample_code(q, generator)
-        adversarial = None
-        if self.batch_adversary and self.training and covariates is not None:
+        adversarial = classification = None
+        adversary = self.batch_adversary and self.training and covariates is not None
+        if (adversary or self.n_classes and labels is not None) and self.training:
             z = z.view_as(z)  # a node of its own, whose gradient is the reconstruction's alone
             if z.requires_grad:
                 z.register_hook(self._measure_reconstruction_gradient)
-            # the embedding itself (the posterior mean) is what should not tell the categories apart, where its
-            # neighbourhood is shared: a population of one batch alone is left where it is
-            code = self._mean_code(q)
-            scale = self.batch_adversary * (self.reconstruction_gradient or 0.0)
-            logits = self.adversary(_ReversedGradient.apply(code, scale))
+        # the embedding itself (the posterior mean) is what the classifiers read
+        code = self._mean_code(q)
+        if adversary:
+            # it should not tell the categories apart where its neighbourhood is shared: a population of one batch
+            # alone is left where it is
+            scale = -self.batch_adversary * (self.reconstruction_gradient or 0.0)
+            logits = self.adversary(_ScaledGradient.apply(code, scale))
             adversarial = self._adversarial(logits, covariates[:, :self._told], code.detach())
+        if self.n_classes and labels is not None:
+            scale = self.classification_weight * (self.reconstruction_gradient or 0.0) if self.training else 1.0
+            logits = self.classifier(_ScaledGradient.apply(code, scale))
+            classification = F.cross_entropy(logits, labels.clamp_min(0), reduction="none") * (labels >= 0)
         reconstruction = self.likelihood.negative_log_likelihood(self.decoder(z, covariates), x)
-        return LossTerms(reconstruction, self._kl(q), adversarial)
+        return LossTerms(reconstruction, self._kl(q), adversarial, classification)
 
     def _adversarial(self, logits, labels, code):
         """Each cell's cross-entropy of the adversary's guess of each covariate, weighted by :func:`shared_weight`."""
@@ -352,6 +394,16 @@ class Autoencoder(_LatentModel):
         reversed gradient is this weight times the size of the reconstruction's
         gradient per cell at the code (a running mean, ``reconstruction_gradient``),
         so the weight means the same at any depth and number of genes.
+    n_classes : int, default=0
+        With more than 0: a cell-type classifier (a linear map from the code to
+        ``n_classes`` logits, :meth:`classify`), learned from the labelled cells
+        of each minibatch (``labels`` of :meth:`loss`; -1 for unlabelled) with the
+        rest of the model, so that the codes separate the labelled types.
+    classification_weight : float, default=1.0
+        How strongly the classifier shapes the code: its cross-entropy's gradient
+        at the code is scaled by this weight times the size of the
+        reconstruction's gradient per cell there (as ``batch_adversary``), so the
+        weight means the same at any depth and number of genes.
 
     Examples
     --------
@@ -389,7 +441,8 @@ class VariationalAutoencoder(_LatentModel):
     likelihood : torch.nn.Module, default=None
         A likelihood of :mod:`skvae.nn.likelihoods` for ``n_features`` genes;
         None means :class:`~skvae.nn.likelihoods.Gaussian`.
-    input_activation, batch_norm, dropout, n_categories, encode_batch, batch_adversary
+    input_activation, batch_norm, dropout, n_categories, encode_batch, batch_adversary, n_classes, \
+classification_weight
         As for :class:`Autoencoder`.
 
     Examples
@@ -442,7 +495,7 @@ class SparseCodingVAE(_LatentModel):
         Sharpness ``c`` of the sigmoid that relaxes the spike selection.
     **options
         ``likelihood``, ``input_activation``, ``batch_norm``, ``dropout``, ``n_categories``,
-        ``encode_batch`` and ``batch_adversary``, as for :class:`VariationalAutoencoder`.
+        ``encode_batch``, ``batch_adversary``, ``n_classes`` and ``classification_weight``, as for :class:`VariationalAutoencoder`.
 
     Examples
     --------

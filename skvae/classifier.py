@@ -1,0 +1,558 @@
+"""Label transfer: a beta-VAE that learns cell types from labelled cells and names the others.
+
+:class:`BetaVAEClassifier` is a :class:`~skvae.BetaVAEEmbedder` with a cell-type
+classifier on its code, learned with the rest of the model from the labelled cells
+among those it is fitted on (semi-supervised, as scANVI), so that the codes separate
+the labelled types while the decoder's conditioning and the adversary mix the
+batches. It is a scikit-learn classifier (``predict``, ``predict_proba``,
+``classes_``, ``score`` is the accuracy) and still a transformer (``transform``
+gives the codes); :meth:`BetaVAEClassifier.typicality` says how far each cell is from
+the reference cells of the type it is called, the unknown-type rule of
+:meth:`BetaVAEClassifier.is_unknown`. A fitted model maps cells of new batches with
+:meth:`BetaVAEClassifier.map_query` (inherited from the embedders).
+
+A dedicated class, not a ``y`` on the embedders: in a scikit-learn Pipeline
+``fit(X, y)`` hands ``y`` to every step, so embedders that learned from ``y``
+would silently change every existing ``Pipeline([embedder, classifier])``; and a
+classifier's ``score`` must be its accuracy (what ``GridSearchCV`` over ``beta``
+then maximises), while an embedder's stays the evidence lower bound.
+"""
+
+from numbers import Real
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.special import softmax
+from sklearn.base import ClassifierMixin
+from sklearn.covariance import ledoit_wolf
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import column_or_1d
+
+from .estimators import (
+    _ACTIVITY_ATTRIBUTES,
+    _FITTED_ATTRIBUTES,
+    _SHARED_PARAMETERS,
+    _TRAINING_PARAMETERS,
+    _WARMUP_PARAMETER,
+    BetaVAEEmbedder,
+    _docstring,
+)
+from .nn.models import VariationalAutoencoder
+
+#: How an integer label marks an unlabelled cell (scikit-learn's semi-supervised convention)
+UNLABELLED = -1
+# Labelled cells of each type on which the classifier and the typicality are calibrated after fit (evenly spaced)
+_CALIBRATION_ROWS = 20_000
+# Quantiles of each type's reference distances kept (the typicality's resolution: 1 / (_QUANTILES - 1))
+_QUANTILES = 1001
+
+
+def _missing(values):
+    """Which of ``values`` (an object array) are missing: None, NaN or pandas' NA."""
+    return np.fromiter((value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
+                        for value in values), dtype=bool, count=len(values))
+
+
+def split_labels(y):
+    """Each cell's label and whether it has one, from ``y`` in scikit-learn's semi-supervised convention.
+
+    Integers (or floats) mark an unlabelled cell with -1 (or NaN); strings and
+    other labels with None or NaN (pandas' missing value, as in an AnnData's
+    ``obs``).
+
+    Parameters
+    ----------
+    y : array-like of shape (n_samples,)
+
+    Returns
+    -------
+    labels : ndarray of shape (n_samples,)
+    labelled : ndarray of bool of shape (n_samples,)
+
+    Raises
+    ------
+    ValueError
+        For ``y`` that is not one column, a string label that is a missing value
+        turned to text ("nan", "None", ""), or labels of mixed kinds.
+
+    Examples
+    --------
+    >>> from skvae.classifier import split_labels
+    >>> split_labels([0, 2, -1])[1].tolist()
+    [True, True, False]
+    >>> import numpy as np
+    >>> labels, labelled = split_labels(np.array(["T cell", None, "B cell"], dtype=object))
+    >>> labels[labelled].tolist()
+    ['T cell', 'B cell']
+    """
+    if isinstance(y, (pd.Series, pd.Categorical, pd.Index)):
+        y = pd.Series(y)
+        y = y.to_numpy() if y.dtype.kind in "iuf" else y.astype(object).where(y.notna(), None).to_numpy()
+    y = column_or_1d(y, warn=True)
+    if y.dtype.kind in "iub":
+        return y, y != UNLABELLED
+    if y.dtype.kind == "f":
+        return y, ~(np.isnan(y) | (y == UNLABELLED))
+    if y.dtype.kind in "US":
+        text = np.char.strip(y.astype(str))
+        turned = np.isin(np.char.lower(text), ["nan", "none", ""])
+        if turned.any():
+            raise ValueError(
+                f"y holds {int(turned.sum())} labels that read {sorted(set(y[turned].tolist()))}: a missing value "
+                "turned into text (numpy turns None and NaN among strings into 'None' and 'nan'). Mark unlabelled "
+                "cells with None or NaN in an object array or a pandas Series (e.g. adata.obs['cell_type']).")
+        return y, np.ones(len(y), dtype=bool)
+    labelled = ~_missing(y)
+    kinds = {"number" if isinstance(value, (Real, np.number)) and not isinstance(value, bool) else type(value).__name__
+             for value in y[labelled]}
+    if len(kinds) > 1:
+        raise TypeError(f"y mixes labels of kinds {sorted(kinds)}: give one kind (e.g. all strings, with None or NaN "
+                        "for unlabelled cells, or all integers, with -1).")
+    if kinds == {"number"}:  # numbers in an object array (an object column): as a numeric array
+        numbers = np.asarray(y[labelled].tolist())
+        y = np.full(len(y), UNLABELLED, dtype=numbers.dtype)
+        y[labelled] = numbers
+        labelled &= y != UNLABELLED
+    return y, labelled
+
+
+_CLASSIFIER_PARAMETERS = """\
+    classification_weight : float, default=1.0
+        How strongly the labels shape the code: the classifier's cross-entropy
+        reaches the encoder with its gradient scaled by this weight times the
+        size of the reconstruction's gradient per cell (as ``batch_adversary``),
+        so the weight means the same at any depth and number of genes. 0 trains
+        the classifier on codes the labels do not shape (an embedder with a
+        logistic regression on top).
+
+    unknown_threshold : float, default=0.01
+        A cell is of a type the reference lacks (:meth:`is_unknown`) when its
+        :meth:`typicality` is below this: fewer than this share of the labelled
+        cells of the type it is called lie as far from that type's centre. In
+        the reference itself about this share of each type is flagged; the user
+        guide gives the evidence for the default."""
+
+
+@_docstring(
+    """Semi-supervised beta-VAE: embeds cells and names their types from a labelled reference.
+
+    A :class:`~skvae.BetaVAEEmbedder` (every parameter the same) with a cell-type
+    classifier on its code (a linear map to the types' logits), learned jointly
+    from the cells whose label ``y`` gives: the loss per cell is the beta-VAE's,
+    plus, for a labelled cell, the classifier's cross-entropy, which also shapes
+    the code (``classification_weight``). Unlabelled cells (``-1``, or None / NaN
+    for string labels, scikit-learn's semi-supervised convention) shape the code
+    through the reconstruction alone, and with ``batch=`` the decoder's
+    conditioning and ``batch_adversary`` mix batches as for the embedder. So a
+    reference's labelled cells and a query's unlabelled ones can be fitted
+    together (scANVI's route), or the query mapped onto a fitted model later
+    (:meth:`map_query`).
+
+    :meth:`predict` names the most probable type of those in ``y``;
+    :meth:`typicality` and :meth:`is_unknown` say which cells are of no type the
+    reference has: after ``fit``, each type's labelled cells' codes give its
+    centre and spread (a Ledoit-Wolf covariance), and a cell's typicality is the
+    share of the type's labelled cells farther (in Mahalanobis distance) from
+    its centre than the cell is from the centre of the type it is called.
+
+    ``score`` is the accuracy (scikit-learn's classifier score), so a
+    ``GridSearchCV`` over ``beta`` picks the best classifier;
+    ``transform`` gives the codes.
+
+    Parameters
+    ----------
+{shared}
+
+    beta : float, default=1.0
+        Weight of the KL term.
+
+{classifier}
+
+{warmup}
+
+{training}
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The cell types of ``y``, sorted.
+
+    class_means_ : ndarray of shape (n_classes, n_components)
+        The mean code of each type's labelled cells (NaN for a type none of the
+        last call's cells were labelled with).
+
+    class_precisions_ : ndarray of shape (n_classes, n_components, n_components)
+        The inverse of each type's Ledoit-Wolf covariance of those codes.
+
+    class_distance_quantiles_ : ndarray of shape (n_classes, 1001)
+        Quantiles of each type's labelled cells' squared Mahalanobis distances to
+        its centre, the reference of :meth:`typicality`.
+
+{fitted}
+
+{activity}
+
+    See Also
+    --------
+    BetaVAEEmbedder : The embedder it extends, which ignores ``y``.
+    make_count_classifier : The recommended settings for raw counts.
+
+    References
+    ----------
+    C. Xu, R. Lopez, E. Mehlman, J. Regier, M. I. Jordan, N. Yosef.
+    "Probabilistic harmonization and annotation of single-cell transcriptomics
+    data with deep generative models". Molecular Systems Biology 17, e9620 (2021).
+
+    K. Lee, K. Lee, H. Lee, J. Shin. "A Simple Unified Framework for Detecting
+    Out-of-Distribution Samples and Adversarial Attacks". NeurIPS 2018.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae import BetaVAEClassifier
+    >>> rng = np.random.RandomState(0)
+    >>> types = rng.randint(3, size=300)
+    >>> X = rng.normal(size=(3, 20))[types] * 3 + rng.normal(size=(300, 20))
+    >>> y = np.array(["B", "NK", "T"], dtype=object)[types]
+    >>> y[200:] = None  # unlabelled
+    >>> model = BetaVAEClassifier(n_components=2, max_epochs=30, random_state=0).fit(X, y)
+    >>> model.classes_.tolist()
+    ['B', 'NK', 'T']
+    >>> float((model.predict(X[200:]) == np.array(["B", "NK", "T"])[types[200:]]).mean())
+    1.0
+    >>> model.predict_proba(X[:2]).shape
+    (2, 3)
+    """.replace("{classifier}", _CLASSIFIER_PARAMETERS)
+)
+class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
+    _parameter_constraints = {
+        **BetaVAEEmbedder._parameter_constraints,
+        "classification_weight": [Interval(Real, 0, None, closed="left")],
+        "unknown_threshold": [Interval(Real, 0, 1, closed="left")],
+    }
+    _saved_attributes = (*BetaVAEEmbedder._saved_attributes, "classes_", "class_means_", "class_precisions_",
+                         "class_distance_quantiles_")
+
+    def __init__(
+        self,
+        n_components=6,
+        *,
+        hidden_layer_sizes=(128, 32, 16),
+        input_activation=False,
+        likelihood="gaussian",
+        batch_norm=False,
+        dropout=0.0,
+        encode_batch=False,
+        dispersion="gene",
+        batch_adversary=0.0,
+        beta=1.0,
+        classification_weight=1.0,
+        unknown_threshold=0.01,
+        kl_warmup_epochs=0,
+        batch_size=256,
+        shuffle_block_size="auto",
+        learning_rate=1e-3,
+        max_epochs=200,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        tol=1e-4,
+        random_state=None,
+        algorithm="auto",
+        device="auto",
+        n_jobs=None,
+        verbose=0,
+    ):
+        super().__init__(
+            n_components,
+            hidden_layer_sizes=hidden_layer_sizes,
+            input_activation=input_activation,
+            likelihood=likelihood,
+            batch_norm=batch_norm,
+            dropout=dropout,
+            encode_batch=encode_batch,
+            dispersion=dispersion,
+            batch_adversary=batch_adversary,
+            beta=beta,
+            kl_warmup_epochs=kl_warmup_epochs,
+            batch_size=batch_size,
+            shuffle_block_size=shuffle_block_size,
+            learning_rate=learning_rate,
+            max_epochs=max_epochs,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            n_iter_no_change=n_iter_no_change,
+            tol=tol,
+            random_state=random_state,
+            algorithm=algorithm,
+            device=device,
+            n_jobs=n_jobs,
+            verbose=verbose,
+        )
+        self.classification_weight = classification_weight
+        self.unknown_threshold = unknown_threshold
+
+    def _build_module(self, n_features, hidden_layer_sizes, **options):
+        return VariationalAutoencoder(n_features, self.n_components, hidden_layer_sizes, n_classes=len(self.classes_),
+                                      classification_weight=self.classification_weight, **options)
+
+    def fit(self, X, y=None, *, batch=None):
+        """Train the model on ``X``, learning the cell types of its labelled cells.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
+            Training data, as for :meth:`skvae.BetaVAEEmbedder.fit`.
+        y : array-like of shape (n_samples,)
+            Each cell's type; an unlabelled cell is marked -1 (integer labels) or
+            None / NaN (string labels, e.g. an ``obs`` column with missing
+            values). At least two types must be labelled.
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
+            Each cell's batch, as for :meth:`skvae.BetaVAEEmbedder.fit`.
+
+        Returns
+        -------
+        self : object
+            The fitted classifier.
+        """
+        return super().fit(X, y, batch=batch)
+
+    def partial_fit(self, X, y=None, classes=None, *, batch=None):
+        """Train one pass over ``X`` and its labels, continuing the model of earlier calls.
+
+        As :meth:`skvae.BetaVAEEmbedder.partial_fit`; the first call needs
+        ``classes`` (every type that any chunk will hold), as scikit-learn's
+        classifiers. The typicality of each type is calibrated on the labelled
+        cells of the latest call that holds any.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+            Each cell's type, or -1 / None / NaN for an unlabelled one (see :meth:`fit`).
+        classes : array-like of shape (n_classes,), default=None
+            All the types; required at the first call, ignored later.
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
+
+        Returns
+        -------
+        self : object
+        """
+        if classes is not None and not hasattr(self, "classes_"):
+            self._first_classes = np.unique(np.asarray(classes))
+        elif not hasattr(self, "classes_"):
+            raise ValueError("partial_fit's first call needs classes=, every cell type that any chunk will hold "
+                             "(e.g. classes=np.unique(all_labels)).")
+        try:
+            return super().partial_fit(X, y, batch=batch)
+        finally:
+            self.__dict__.pop("_first_classes", None)
+
+    def _training_data(self, X, batch, first, y=None):
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None: give each "
+                             "cell's type, -1 (or None) for unlabelled cells.")
+        data, sizes = super()._training_data(X, batch, first, y)
+        labels, labelled = split_labels(y)
+        if len(labels) != data.n_rows:
+            raise ValueError(f"y has {len(labels)} labels for {data.n_rows} cells of X.")
+        if first:
+            classes = getattr(self, "_first_classes", None)
+            if classes is None:
+                if not labelled.any():
+                    raise ValueError("y labels no cell (all are -1, None or NaN): a classifier needs labelled cells "
+                                     "of at least two types.")
+                check_classification_targets(labels[labelled])
+                classes = np.unique(labels[labelled])
+            if len(classes) < 2:
+                raise ValueError(f"y holds one class ({classes[0]!r}): a classifier needs labelled cells of at "
+                                 "least two types.")
+            self.classes_ = classes
+        unseen = ~np.isin(labels[labelled], self.classes_)
+        if unseen.any():
+            raise ValueError(f"y holds labels never seen in fit (or partial_fit's classes): "
+                             f"{sorted(map(str, set(labels[labelled][unseen].tolist())))[:5]}; the classifier knows "
+                             f"{self.classes_.tolist()}.")
+        codes = np.full(data.n_rows, UNLABELLED, dtype=np.int64)
+        codes[labelled] = np.searchsorted(self.classes_, labels[labelled])
+        return data.with_covariates({**data.covariates, "labels": codes}), sizes
+
+    def _same_on_every_rank(self):
+        return {**super()._same_on_every_rank(), "the classes": np.asarray(self.classes_).tolist()}
+
+    def _fitted_on(self, data, incremental):
+        covariates = dict(data.covariates)
+        labels = covariates.pop("labels")
+        data = data.with_covariates(covariates)
+        super()._fitted_on(data, incremental)
+        # up to _CALIBRATION_ROWS labelled cells of each type, evenly spaced
+        keep = np.concatenate([rows[np.unique(np.linspace(0, len(rows) - 1, min(len(rows), _CALIBRATION_ROWS))
+                                              .astype(int))]
+                               for rows in (np.flatnonzero(labels == c) for c in np.unique(labels[labels >= 0]))]
+                              or [np.zeros(0, dtype=int)])
+        if len(keep):
+            self._calibrate(self._map_rows("embed", data.take(np.sort(keep))).astype(np.float64),
+                            labels[np.sort(keep)], incremental)
+
+    def _calibrate(self, codes, labels, incremental):
+        """The classifier refitted to the final codes; each type's centre, precision and quantiles of its cells'
+        squared Mahalanobis distances to it."""
+        n_classes, k = len(self.classes_), self.n_components
+        present = np.unique(labels)
+        if len(present) == n_classes:
+            # training shaped the codes with the classifier; on the final codes, which no longer move, it is fitted to
+            # convergence (a multinomial logistic regression, scikit-learn's default penalty); a partial_fit chunk
+            # without every type keeps the classifier its training left
+            regression = LogisticRegression(max_iter=1000).fit(codes, labels)
+            coef, intercept = regression.coef_, regression.intercept_
+            if n_classes == 2:  # scikit-learn's binary form: one row, for the second class
+                coef, intercept = np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+            with torch.no_grad():
+                self.module_.classifier.weight.copy_(torch.as_tensor(coef))
+                self.module_.classifier.bias.copy_(torch.as_tensor(intercept))
+        # a partial_fit chunk without a type keeps what earlier calls learned of it
+        fresh = not (incremental and hasattr(self, "class_means_"))
+        means = np.full((n_classes, k), np.nan) if fresh else self.class_means_.copy()
+        precisions = np.full((n_classes, k, k), np.nan) if fresh else self.class_precisions_.copy()
+        quantiles = np.full((n_classes, _QUANTILES), np.nan) if fresh else self.class_distance_quantiles_.copy()
+        for c in present:
+            means[c] = codes[labels == c].mean(axis=0)
+        # a type of one labelled cell borrows the within-type covariance of all
+        pooled = ledoit_wolf(codes - means[labels])[0] if len(codes) > 1 else np.eye(k)
+        for c in present:
+            own = codes[labels == c]
+            covariance = ledoit_wolf(own)[0] if len(own) > 1 else pooled
+            precisions[c] = np.linalg.pinv(covariance + 1e-6 * np.trace(covariance) / k * np.eye(k), hermitian=True)
+            quantiles[c] = np.quantile(_squared_distances(own, means[c], precisions[c]),
+                                       np.linspace(0.0, 1.0, _QUANTILES))
+        self.class_means_, self.class_precisions_, self.class_distance_quantiles_ = means, precisions, quantiles
+
+    def _fitted_codes(self, X, batch):
+        return self._map_rows("embed", self._fitted_data(X, batch)).astype(np.float64)
+
+    def _probabilities(self, codes):
+        weight = self.module_.classifier.weight.detach().double().numpy()
+        bias = self.module_.classifier.bias.detach().double().numpy()
+        return softmax(codes @ weight.T + bias, axis=1)
+
+    def predict_proba(self, X, *, batch=None):
+        """Each cell's probability of each type of ``classes_``, from its code.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
+            Data with the features seen in ``fit``.
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
+            Read only when the encoder takes it (``encode_batch=True``), as for :meth:`transform`.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
+        return self._probabilities(self._fitted_codes(X, batch))
+
+    def predict_log_proba(self, X, *, batch=None):
+        """The logarithm of :meth:`predict_proba`.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X, batch=batch))
+
+    def predict(self, X, *, batch=None):
+        """Each cell's most probable type, one of ``classes_`` (:meth:`is_unknown` says which to distrust).
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        probabilities = self.predict_proba(X, batch=batch)
+        return self.classes_[probabilities.argmax(axis=1)]
+
+    def typicality(self, X, *, batch=None):
+        """How typical each cell is of the type it is called: the share of that type's labelled cells farther away.
+
+        The squared Mahalanobis distance of the cell's code to the centre of its
+        predicted type (``class_means_``, ``class_precisions_``), compared with the
+        distances of the type's labelled cells in ``fit``: 1 at the centre, 0
+        beyond the farthest of them. A conformal p-value: about a share ``t`` of
+        the reference's own cells have a typicality below ``t``.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            In [0, 1]; NaN for a cell called a type no labelled cell was seen of
+            in the last fitting call.
+        """
+        return self._typicality(self._fitted_codes(X, batch))
+
+    def _typicality(self, codes):
+        called = self._probabilities(codes).argmax(axis=1)
+        typical = np.full(len(codes), np.nan)
+        levels = np.linspace(0.0, 1.0, _QUANTILES)
+        for c in np.unique(called):
+            if np.isnan(self.class_means_[c]).any():
+                continue
+            rows = called == c
+            distances = _squared_distances(codes[rows], self.class_means_[c], self.class_precisions_[c])
+            typical[rows] = 1.0 - np.interp(distances, self.class_distance_quantiles_[c], levels, left=0.0, right=1.0)
+        return typical
+
+    def is_unknown(self, X, *, batch=None):
+        """Whether each cell is of a type the reference lacks: its :meth:`typicality` is below ``unknown_threshold``.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
+
+        Returns
+        -------
+        ndarray of bool of shape (n_samples,)
+        """
+        return self.typicality(X, batch=batch) < self.unknown_threshold
+
+    def score(self, X, y, sample_weight=None, *, batch=None):
+        """The accuracy of :meth:`predict` on the labelled cells of ``y`` (scikit-learn's classifier score).
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+            True types; unlabelled cells (-1, None, NaN) are left out.
+        sample_weight : array-like of shape (n_samples,), default=None
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
+
+        Returns
+        -------
+        score : float
+        """
+        labels, labelled = split_labels(y)
+        weights = None if sample_weight is None else np.asarray(sample_weight)[labelled]
+        return accuracy_score(labels[labelled], self.predict(X, batch=batch)[labelled], sample_weight=weights)
+
+
+def _squared_distances(codes, mean, precision):
+    centred = codes - mean
+    return np.einsum("ij,jk,ik->i", centred, precision, centred)
