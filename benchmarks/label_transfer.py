@@ -37,9 +37,12 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from sklearn.neighbors import KNeighborsClassifier
 
 sys.path.insert(0, str(Path(__file__).parent))
+import integration  # noqa: E402
 from integration import LOADERS, SCARCHES, embeddings, summarise  # noqa: E402 -- the benchmark folder is not a package
 
 import skvae  # noqa: E402
+from skvae import BetaVAEClassifier  # noqa: E402
+from skvae.recipes import RECOMMENDED_COUNT_SETTINGS  # noqa: E402
 from skvae.preprocessing import HighlyVariableGenes  # noqa: E402
 
 #: (data set, reference batch, query batch)
@@ -144,6 +147,32 @@ def scarches(counts, batch, labels, reference, query, seed, k=15):
         seconds
 
 
+def skvae_classifier(counts, batch, labels, reference, query, seed, epochs, **settings):
+    """skvae's semi-supervised classifier (the count recipe's settings) fitted on reference and query cells with the
+    reference's labels only; ``predict`` names the query, ``1 - typicality`` is the unknown score.
+
+    Also returned, as evidence for the unknown rule: the AUROC of ``1 - max probability`` and the share of absent and
+    of shared types' cells that ``is_unknown`` flags at the default threshold.
+    """
+    selected, is_reference = _reference_genes(counts, batch, reference)
+    use = is_reference | (batch == query)
+    given = np.where(is_reference, labels, None).astype(object)
+    model = BetaVAEClassifier(**{**RECOMMENDED_COUNT_SETTINGS, "random_state": seed, "n_jobs": integration.THREADS,
+                                 "max_epochs": epochs, **settings})
+    _, seconds = timed_model(lambda: model.fit(selected[use], given[use], batch=batch[use]))
+    on_query = selected[batch == query]
+    probabilities = model.predict_proba(on_query)
+    typical = model.typicality(on_query)
+    truth = labels[batch == query]
+    scores, per_type = scored(truth, model.classes_[probabilities.argmax(axis=1)], 1 - typical, model.classes_)
+    shared = np.isin(truth, model.classes_)
+    flagged = typical < model.unknown_threshold
+    scores["AUROC 1-max p"] = roc_auc_score(~shared, 1 - probabilities.max(axis=1)) if (~shared).any() else np.nan
+    scores["flagged absent"] = flagged[~shared].mean() if (~shared).any() else np.nan
+    scores["flagged shared"] = flagged[shared].mean()
+    return (scores, per_type), seconds
+
+
 def timed_model(fit):
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -156,11 +185,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-home", default=os.environ.get("SKVAE_DATA", Path(__file__).parents[1] / ".." / "shared" / "data"))
     parser.add_argument("--datasets", default="pair,semisynthetic")
-    parser.add_argument("--rows", default="pca,harmony,skvae", help="of pca, harmony, scvi, skvae, scanvi, scarches (PCA always)")
+    parser.add_argument("--rows", default="pca,harmony,skvae", help="of pca, harmony, scvi, skvae, classifier, scanvi, scarches (PCA always)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--per-type", action="store_true", help="also the F1 of each shared type")
+    parser.add_argument("--threads", type=int, default=-1, help="torch threads of skvae's fits (-1: every core)")
     args = parser.parse_args()
+    integration.THREADS = args.threads
     rows, seeds = set(args.rows.split(",")), [int(seed) for seed in args.seeds.split(",")]
     print(f"skvae {skvae.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores; seeds {seeds}")
@@ -183,6 +214,10 @@ def main():
                 add(name, reference, query, transfer(codes, batch, labels, reference, query), seconds)
         for seed in seeds:
             for reference, query in DIRECTIONS[dataset]:
+                if "classifier" in rows:
+                    result, seconds = skvae_classifier(counts, batch, labels, reference, query, seed, args.epochs)
+                    add(f"skvae BetaVAEClassifier (recipe settings, reference labels), seed {seed}", reference, query,
+                        result, seconds)
                 for row, method in (("scanvi", scanvi), ("scarches", scarches)):
                     if row in rows:
                         import scvi

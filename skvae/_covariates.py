@@ -238,6 +238,40 @@ class Covariates:
         given = dict(_columns(batch, n_rows, one_for_all=one_for_all, expected=self.names))
         return np.stack([column.encode(given[column.name]) for column in self.columns], axis=1)
 
+    def extended(self, batch, n_rows):
+        """These covariates with the categories of ``batch`` that they lack appended, each column's sorted.
+
+        Existing categories keep their codes, so a model's weights for them stay where they are.
+
+        Parameters
+        ----------
+        batch : array-like of shape (n_rows,), DataFrame or dict
+            As in ``fit``.
+        n_rows : int
+
+        Returns
+        -------
+        extended : Covariates
+        added : list of ndarray
+            Each column's new categories.
+        """
+        if len(self.columns) == 1 and not _named(batch):
+            given = [batch_labels(batch, n_rows)]
+        elif self.names == [None]:
+            given = [labels for _, labels in _columns(batch, n_rows)]
+            if len(given) != 1:
+                raise ValueError(f"This model was fitted with one batch column of labels, but batch has {len(given)} "
+                                 "columns: pass one label per cell (or one column).")
+        else:
+            given = [labels for _, labels in _columns(batch, n_rows, expected=self.names)]
+        columns, added = [], []
+        for column, labels in zip(self.columns, given, strict=True):
+            new = CategoricalCovariate.from_labels(column.name, labels).categories
+            new = new[~np.isin(new, column.categories)]
+            columns.append(CategoricalCovariate(column.name, np.concatenate([column.categories, new])))
+            added.append(new)
+        return Covariates(columns), added
+
     def listed(self):
         """The categories as lists (one covariate) or a dict of lists by column: what ranks compare.
 

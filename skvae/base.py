@@ -161,7 +161,8 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         return self._build_module(n_features, hidden_layer_sizes, likelihood=likelihood,
                                   input_activation=self.input_activation, batch_norm=self.batch_norm,
                                   dropout=self.dropout, n_categories=self._n_categories(),
-                                  encode_batch=self.encode_batch, batch_adversary=self.batch_adversary)
+                                  encode_batch=self.encode_batch or hasattr(self, "n_reference_categories_"),
+                                  batch_adversary=self.batch_adversary)
 
     @property
     def _models_counts(self):
@@ -396,7 +397,7 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         self._check_active_components(data, warn=not incremental)
 
     # fitted attributes beyond the module and history that save keeps, as lists
-    _saved_attributes = ("max_epochs_", "shuffle_block_size_")
+    _saved_attributes = ("max_epochs_", "shuffle_block_size_", "n_reference_categories_")
 
     def _set_fitted(self, module, history):
         self.module_ = module.eval()
@@ -413,8 +414,8 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
     def _fitted_data(self, X, batch):
         """The rows of ``X`` for a fitted model's encoder: its features, in float32 or float64, with batches if it reads them."""
         self._check_fitted("embed cells")
-        # an encoder that sees expression only ignores the batch: codes do not depend on it
-        reads = self.encode_batch and getattr(self, "covariates_", None) is not None
+        # an encoder that sees expression only ignores the batch: codes do not depend on it (until map_query)
+        reads = self.module_.encode_batch
         return validated_input(self, X, batch if reads else None, reset=False, training=False, required=reads)
 
     def transform(self, X, *, batch=None):
@@ -435,6 +436,45 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
             Latent codes, float32 for float32 input, else float64.
         """
         return self._map_rows("embed", self._fitted_data(X, batch))
+
+    def map_query(self, X, *, batch, max_epochs="auto"):
+        """Map cells of new batches onto this fitted reference without moving it (scArches' surgery).
+
+        The model learns the new categories of ``batch`` from the cells of ``X``:
+        rows for them are added to the decoder's tables of batch offsets and to
+        the encoder's (an encoder that reads no batch gets a table at its input
+        layer, zero for the reference's batches), and only those rows are
+        trained, on these cells, every other weight frozen and batch
+        normalisation on the reference's statistics. The reference's codes,
+        decoding and predictions stay the same to the bit; the query's cells
+        move to where the reference's decoder, given their batch's own
+        offsets, explains them. Afterwards :meth:`transform` (and a
+        classifier's ``predict``) reads ``batch=`` for every cell, and knows the
+        new categories; the reference's cells are embedded with their own.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
+            The query's cells, with the features seen in ``fit``.
+        batch : array-like of shape (n_samples,), DataFrame or dict
+            Each query cell's batch (the columns of ``fit``'s ``batch=``); at least
+            one category the model lacks. Cells of known categories may be among
+            them (they teach the new rows nothing).
+        max_epochs : int or "auto", default="auto"
+            Passes over the query's cells; "auto" as the estimator's
+            ``max_epochs="auto"`` for that many cells (200 up to 20,000).
+
+        Returns
+        -------
+        self : object
+            The estimator, with the new categories in ``batch_categories_`` (the
+            counts of ``fit``'s in ``n_reference_categories_``).
+        """
+        from ._query import map_query
+
+        with limited_threads(self.n_jobs):
+            map_query(self, X, batch, max_epochs=max_epochs)
+        return self
 
     def inverse_transform(self, X, *, batch=None):
         """Decode latent codes back to feature space.

@@ -1,9 +1,10 @@
-"""Scanpy-style tools on AnnData objects: ``skvae.tl.embed``.
+"""Scanpy-style tools on AnnData objects: ``skvae.tl.embed``, ``skvae.tl.annotate`` and ``skvae.tl.decode``.
 
 AnnData is an optional extra (``pip install -e ".[anndata]"`` in a clone, or ``pip install anndata``): it is
 imported when a function here is called, never by ``import skvae``.
 """
 
+import contextlib
 import importlib
 import warnings
 
@@ -122,46 +123,198 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
     """
     _require_anndata(adata)
     _check_arguments(estimator, key_added, use_highly_variable)
+    adata = _copied(adata, copy)
+    run = _Run(adata, estimator, layer, batch_key, use_highly_variable)
+    codes = run.transform() if run.fitted else run.fit()
+    keys = ("X_skvae", "skvae") if key_added is None else (key_added, key_added)
+    _write_codes(adata, run, codes, estimator, layer, batch_key, keys)
+    return adata if copy else None
+
+
+def annotate(adata, estimator, *, labels_key=None, layer=None, batch_key=None, use_highly_variable=None,
+             map_query=False, key_added=None, copy=False):
+    """Name the cells of an AnnData object with a cell-type classifier, scanpy-style.
+
+    With an unfitted :class:`~skvae.BetaVAEClassifier` (or
+    :func:`skvae.make_count_classifier`), fits it on ``adata``, learning from the
+    cells ``obs[labels_key]`` labels (the others, None / NaN, are named: a
+    reference and a query fitted together), then names every cell. With a
+    fitted one, names the cells only; ``map_query=True`` first maps the cells of
+    batches the model has not seen onto it (:meth:`~skvae.BetaVAEClassifier.map_query`,
+    the reference frozen). Writes, with ``prefix`` ``key_added`` or "skvae":
+
+    - ``obsm[f"X_{prefix}"]`` the codes and ``uns[prefix]`` the record, as :func:`embed`;
+    - ``obs[f"{prefix}_prediction"]``: the most probable type (categorical);
+    - ``obs[f"{prefix}_probability"]``: its probability;
+    - ``obs[f"{prefix}_typicality"]``: :meth:`~skvae.BetaVAEClassifier.typicality`;
+    - ``obs[f"{prefix}_unknown"]``: whether the cell is of no type the reference
+      has (:meth:`~skvae.BetaVAEClassifier.is_unknown`);
+    - ``obs[f"{prefix}_label"]``: the prediction, or "unknown" for those cells;
+    - ``obsm[f"{prefix}_probabilities"]``: every type's probability (a DataFrame,
+      one column per type).
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Cells in rows; may be backed, as for :func:`embed`.
+    estimator : BetaVAEClassifier or Pipeline ending with one
+        Fitted or not.
+    labels_key : str, default=None
+        Column of ``adata.obs`` with each cell's type, None / NaN (or -1) for
+        the cells to name; required to fit, ignored by a fitted estimator.
+    layer, batch_key, use_highly_variable
+        As for :func:`embed`.
+    map_query : bool, default=False
+        With a fitted estimator and ``batch_key``: map the cells of batches it
+        lacks onto it first. The estimator passed in learns them (in place):
+        save it to keep them.
+    key_added : str, default=None
+        The prefix of every key written; None: "skvae" (codes in ``obsm["X_skvae"]``).
+    copy : bool, default=False
+        Return a modified copy of ``adata`` instead of writing into it.
+
+    Returns
+    -------
+    adata : anndata.AnnData or None
+        The modified copy with ``copy=True``, else None.
+
+    Raises
+    ------
+    ValueError
+        As :func:`embed`; also a missing ``labels_key`` for an unfitted
+        estimator, or ``map_query`` without ``batch_key`` or on an unfitted one.
+    TypeError
+        ``adata`` is not an AnnData object, or the estimator does not name cells.
+
+    Examples
+    --------
+    >>> import anndata
+    >>> import numpy as np
+    >>> import pandas as pd
+    >>> import skvae
+    >>> rng = np.random.RandomState(0)
+    >>> types = rng.randint(3, size=300)
+    >>> counts = rng.poisson(rng.gamma(0.3, 2.0, size=(3, 200))[types]).astype(np.float32)
+    >>> cell_type = pd.Series(np.array(["B", "NK", "T"])[types]).where(np.arange(300) < 200)  # 100 to name
+    >>> adata = anndata.AnnData(counts, obs=pd.DataFrame({"cell_type": cell_type.to_numpy()}))
+    >>> model = skvae.BetaVAEClassifier(likelihood="nb", max_epochs=50, random_state=0)
+    >>> skvae.tl.annotate(adata, model, labels_key="cell_type")
+    >>> adata.obs[["skvae_prediction", "skvae_unknown"]].shape
+    (300, 2)
+    """
+    _require_anndata(adata)
+    _check_arguments(estimator, key_added, use_highly_variable)
+    final = (_flat_steps(estimator) or [None])[-1]
+    if not hasattr(final, "predict_proba") or not hasattr(final, "typicality"):
+        raise TypeError(f"annotate names cells with a skvae BetaVAEClassifier (or a Pipeline ending with one, e.g. "
+                        f"make_count_classifier()), not {type(final).__name__}: embed with skvae.tl.embed.")
+    if map_query and (batch_key is None or not _is_fitted(final)):
+        raise ValueError("map_query=True maps the batches of batch_key onto a fitted classifier: pass batch_key and "
+                         "a fitted estimator (or fit with labels_key and map_query=False).")
+    adata = _copied(adata, copy)
+    run = _Run(adata, estimator, layer, batch_key, use_highly_variable)
+    if run.fitted:
+        if map_query:
+            with _unnamed_matrix():
+                final.map_query(run.final_input(), batch=run.batch)
+    else:
+        if labels_key is None or labels_key not in adata.obs.columns:
+            raise ValueError(f"annotate fits an unfitted classifier from adata.obs[labels_key]: give labels_key, a "
+                             f"column of adata.obs (its columns are {list(adata.obs.columns)}), with None or NaN for "
+                             "the cells to name.")
+        run.fit(y=adata.obs[labels_key])
+    X = run.final_input()
+    read = {"batch": run.batch} if run.batch is not None else {}
+    with _unnamed_matrix():
+        codes = final.transform(X, **read)
+        probabilities = final.predict_proba(X, **read)
+    typicality = final._typicality(codes.astype(np.float64))
+    prefix = "skvae" if key_added is None else key_added
+    _write_codes(adata, run, codes, estimator, layer, batch_key, (f"X_{prefix}", prefix))
+    called = final.classes_[probabilities.argmax(axis=1)]
+    unknown = typicality < final.unknown_threshold
+    adata.obs[f"{prefix}_prediction"] = pd.Categorical(called, categories=final.classes_)
+    adata.obs[f"{prefix}_probability"] = probabilities.max(axis=1)
+    adata.obs[f"{prefix}_typicality"] = typicality
+    adata.obs[f"{prefix}_unknown"] = unknown
+    label = np.where(unknown, "unknown", called.astype(str)).astype(object)
+    adata.obs[f"{prefix}_label"] = pd.Categorical(label, categories=[*map(str, final.classes_), "unknown"])
+    adata.obsm[f"{prefix}_probabilities"] = pd.DataFrame(probabilities, index=adata.obs_names,
+                                                         columns=[str(name) for name in final.classes_])
+    return adata if copy else None
+
+
+def _copied(adata, copy):
     if copy:
         if adata.isbacked:
-            raise ValueError("copy=True copies adata in memory, but it is backed by a file: embed it in place "
+            raise ValueError("copy=True copies adata in memory, but it is backed by a file: work in place "
                              "(copy=False), or load it first with adata.to_memory().")
-        adata = adata.copy()
-    obsm_key, uns_key = ("X_skvae", "skvae") if key_added is None else (key_added, key_added)
-    steps = _flat_steps(estimator)
-    if not steps:
-        raise TypeError(f"estimator {estimator!r} has no step that embeds: every step is None or 'passthrough'.")
-    final = steps[-1]
-    fitted = _is_fitted(final)
-    X = _matrix(adata, layer)
-    data = RowData.from_input(X)
-    known_genes = getattr(steps[0], "feature_names_in_", None) if fitted else None
-    if data.on_disk:
-        _refuse_steps_off_disk(steps)
-    if known_genes is not None:
-        # a fitted model that knows its genes takes them from adata by name, in its order
-        genes = _genes_by_name(adata.var_names, known_genes, backed=data.on_disk)
-    else:
-        genes = _gene_mask(adata, use_highly_variable, backed=data.on_disk, selects_genes=_selects_genes(estimator))
-    if genes is not None:
-        X = X[:, genes]
+        return adata.copy()
+    return adata
+
+
+class _Run:
+    """The matrix, genes and batches of one call on an AnnData, checked; fits or transforms through the steps."""
+
+    def __init__(self, adata, estimator, layer, batch_key, use_highly_variable):
+        self.steps = steps = _flat_steps(estimator)
+        if not steps:
+            raise TypeError(f"estimator {estimator!r} has no step that embeds: every step is None or 'passthrough'.")
+        final = steps[-1]
+        self.fitted = fitted = _is_fitted(final)
+        X = _matrix(adata, layer)
         data = RowData.from_input(X)
-    var_names = np.asarray(adata.var_names if genes is None else adata.var_names[genes], dtype=object)
-    _refuse_duplicate_names(var_names)
-    likelihood = getattr(final, "likelihood", None)
-    if isinstance(likelihood, str) and likelihood in LIKELIHOODS and LIKELIHOODS[likelihood].counts:
-        _require_raw_counts(data, layer, likelihood)
-    batch = _batch(adata, batch_key)
-    if batch is not None:
-        _check_batch_is_read(steps, fitted)
-    with warnings.catch_warnings():
-        # the estimator knows the genes' names, the matrix passed to it carries none
-        warnings.filterwarnings("ignore", message="X does not have valid feature names")
-        if fitted:
-            codes = _transform_steps(steps, X, batch)
+        known_genes = getattr(steps[0], "feature_names_in_", None) if fitted else None
+        if data.on_disk:
+            _refuse_steps_off_disk(steps)
+        if known_genes is not None:
+            # a fitted model that knows its genes takes them from adata by name, in its order
+            genes = _genes_by_name(adata.var_names, known_genes, backed=data.on_disk)
         else:
-            codes = _fit_transform_steps(steps, X, batch)
-            steps[0].feature_names_in_ = var_names
+            genes = _gene_mask(adata, use_highly_variable, backed=data.on_disk, selects_genes=_selects_genes(estimator))
+        if genes is not None:
+            X = X[:, genes]
+            data = RowData.from_input(X)
+        self.var_names = np.asarray(adata.var_names if genes is None else adata.var_names[genes], dtype=object)
+        _refuse_duplicate_names(self.var_names)
+        likelihood = getattr(final, "likelihood", None)
+        if isinstance(likelihood, str) and likelihood in LIKELIHOODS and LIKELIHOODS[likelihood].counts:
+            _require_raw_counts(data, layer, likelihood)
+        self.batch = _batch(adata, batch_key)
+        if self.batch is not None:
+            _check_batch_is_read(steps, fitted)
+        self.X = X
+        self.selected_here = genes is not None and known_genes is None
+
+    def fit(self, y=None):
+        """Fit every step (``y`` to each, as a Pipeline), record the genes' names; the codes."""
+        with _unnamed_matrix():
+            codes = _fit_transform_steps(self.steps, self.X, self.batch, y=y)
+        self.steps[0].feature_names_in_ = self.var_names
+        self.fitted = True
+        return codes
+
+    def transform(self):
+        with _unnamed_matrix():
+            return _transform_steps(self.steps, self.X, self.batch)
+
+    def final_input(self):
+        """The matrix the last step takes: the others' transform of the cells."""
+        with _unnamed_matrix():
+            return _transform_steps(self.steps[:-1], self.X, self.batch)
+
+
+@contextlib.contextmanager
+def _unnamed_matrix():
+    # the estimator knows the genes' names, the matrix passed to it carries none
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="X does not have valid feature names")
+        yield
+
+
+def _write_codes(adata, run, codes, estimator, layer, batch_key, keys):
+    """The codes to ``obsm[keys[0]]`` and the record to ``uns[keys[1]]``, as :func:`embed` writes them."""
+    obsm_key, uns_key = keys
     codes = np.asarray(codes, dtype=np.float32)
     # the columns are transform's, in its order: codes from any call, copy or process are interchangeable
     adata.obsm[obsm_key] = codes
@@ -171,13 +324,12 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
                             {name: _step_params(step) for name, step in estimator.steps}),
         "layer": "X" if layer is None else layer,
         "batch_key": "None" if batch_key is None else (batch_key if isinstance(batch_key, str) else list(batch_key)),
-        "use_highly_variable": genes is not None and known_genes is None,
+        "use_highly_variable": run.selected_here,
         "obsm_key": obsm_key,
         "variance": codes.var(axis=0).astype(np.float64),
         "history": {key: np.asarray(values, dtype=np.float64)
-                    for key, values in getattr(final, "history_", {}).items()},
+                    for key, values in getattr(run.steps[-1], "history_", {}).items()},
     }
-    return adata if copy else None
 
 
 def _step_params(step):

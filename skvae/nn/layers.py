@@ -196,14 +196,18 @@ class Encoder(nn.Module):
         ``covariates`` the rows' category codes, of shape (n_rows, n_covariates)
         (an encoder built with ``n_categories``), or None.
         """
-        linear_input = covariates is None and self.input_activation is None
-        if linear_input and len(self.trunk) and not (self.training or torch.is_grad_enabled()):
+        if self.input_activation is None and len(self.trunk) and not (self.training or torch.is_grad_enabled()):
             # The input layer has no activation, so at inference it merges with the next linear
-            # layer: one genes x 32 product instead of genes x 128 then 128 x 32.
+            # layer: one genes x 32 product instead of genes x 128 then 128 x 32 (the covariates'
+            # offsets pass through the next layer's weights: a row whose offsets are 0 gets the
+            # product of a model without them, to the bit).
             following = self.trunk[0]
             weight = self.input_layer.weight @ following.weight.T
             bias = torch.addmv(following.bias, following.weight, self.input_layer.bias)
-            h = self.trunk[1:](input_product(x, weight, bias))
+            h = input_product(x, weight, bias)
+            if covariates is not None:
+                h = h + self.covariate_offsets(covariates) @ following.weight.T
+            h = self.trunk[1:](h)
         else:
             h = self.input_layer(x)
             if covariates is not None:
