@@ -34,7 +34,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
-from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
 sys.path.insert(0, str(Path(__file__).parent))
 import integration  # noqa: E402
@@ -173,6 +173,49 @@ def skvae_classifier(counts, batch, labels, reference, query, seed, epochs, **se
     return (scores, per_type), seconds
 
 
+def skvae_mapped(counts, batch, labels, reference, query, seed, epochs, k=15):
+    """skvae's classifier fitted on the reference alone (its batches, its labels), then the query mapped onto it with
+    ``map_query`` (the reference frozen) and named; also the query's mixing with the reference before and after.
+
+    Mixing: each cell's share of its 15 nearest codes (reference and query together) from the other side, over the
+    share perfect mixing gives, capped at 1, averaged over the cells; "before" embeds the query with the reference's
+    batch-free encoder (``transform``), "after" with the mapped model.
+    """
+    selected, is_reference = _reference_genes(counts, batch, reference)
+    on_query = batch == query
+    model = BetaVAEClassifier(**{**RECOMMENDED_COUNT_SETTINGS, "random_state": seed, "n_jobs": integration.THREADS,
+                                 "max_epochs": epochs})
+    reference_codes = []
+
+    def fit():
+        model.fit(selected[is_reference], labels[is_reference], batch=batch[is_reference])
+        reference_codes.append(model.transform(selected[is_reference]))
+        reference_codes.append(model.transform(selected[on_query]))  # before mapping
+        model.map_query(selected[on_query], batch=batch[on_query])
+        return model
+
+    _, seconds = timed_model(fit)
+    after = model.transform(selected[is_reference], batch=batch[is_reference])
+    query_codes = model.transform(selected[on_query], batch=batch[on_query])
+    probabilities = model.predict_proba(selected[on_query], batch=batch[on_query])
+    typical = model.typicality(selected[on_query], batch=batch[on_query])
+    truth = labels[on_query]
+    scores, per_type = scored(truth, model.classes_[probabilities.argmax(axis=1)], 1 - typical, model.classes_)
+    scores["reference codes unchanged"] = float(np.array_equal(after, reference_codes[0]))
+    side = np.r_[np.zeros(len(after), bool), np.ones(len(query_codes), bool)]
+    scores["mixing before"] = mixing(np.vstack([reference_codes[0], reference_codes[1]]), side, k)
+    scores["mixing after"] = mixing(np.vstack([after, query_codes]), side, k)
+    return (scores, per_type), seconds
+
+
+def mixing(codes, side, k=15):
+    """Mean over cells of their k nearest other cells' share from the other side, over perfect mixing's, capped at 1."""
+    neighbours = NearestNeighbors(n_neighbors=k + 1).fit(codes).kneighbors(codes, return_distance=False)[:, 1:]
+    other = (side[neighbours] != side[:, None]).mean(axis=1)
+    expected = np.where(side, (~side).sum(), side.sum()) / (len(side) - 1)
+    return float(np.minimum(other / expected, 1.0).mean())
+
+
 def timed_model(fit):
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -185,13 +228,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-home", default=os.environ.get("SKVAE_DATA", Path(__file__).parents[1] / ".." / "shared" / "data"))
     parser.add_argument("--datasets", default="pair,semisynthetic")
-    parser.add_argument("--rows", default="pca,harmony,skvae", help="of pca, harmony, scvi, skvae, classifier, scanvi, scarches (PCA always)")
+    parser.add_argument("--rows", default="pca,harmony,skvae", help="of pca, harmony, scvi, skvae, classifier, mapped, scanvi, scarches (PCA always)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--per-type", action="store_true", help="also the F1 of each shared type")
     parser.add_argument("--threads", type=int, default=-1, help="torch threads of skvae's fits (-1: every core)")
+    parser.add_argument("--classification-weights", default="",
+                        help="comma-separated classification_weight values of the classifier row (default: its default)")
     args = parser.parse_args()
     integration.THREADS = args.threads
+    weights = [float(weight) for weight in args.classification_weights.split(",") if weight] or [None]
     rows, seeds = set(args.rows.split(",")), [int(seed) for seed in args.seeds.split(",")]
     print(f"skvae {skvae.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores; seeds {seeds}")
@@ -214,10 +260,16 @@ def main():
                 add(name, reference, query, transfer(codes, batch, labels, reference, query), seconds)
         for seed in seeds:
             for reference, query in DIRECTIONS[dataset]:
-                if "classifier" in rows:
-                    result, seconds = skvae_classifier(counts, batch, labels, reference, query, seed, args.epochs)
-                    add(f"skvae BetaVAEClassifier (recipe settings, reference labels), seed {seed}", reference, query,
-                        result, seconds)
+                for weight in (weights if "classifier" in rows else []):
+                    settings = {} if weight is None else {"classification_weight": weight}
+                    result, seconds = skvae_classifier(counts, batch, labels, reference, query, seed, args.epochs,
+                                                       **settings)
+                    add(f"skvae BetaVAEClassifier (recipe settings{'' if weight is None else f', weight {weight}'}, "
+                        f"reference labels), seed {seed}", reference, query, result, seconds)
+                if "mapped" in rows:
+                    result, seconds = skvae_mapped(counts, batch, labels, reference, query, seed, args.epochs)
+                    add(f"skvae BetaVAEClassifier on the reference, map_query, seed {seed}", reference, query, result,
+                        seconds)
                 for row, method in (("scanvi", scanvi), ("scarches", scarches)):
                     if row in rows:
                         import scvi

@@ -86,8 +86,8 @@ def grown_state(previous, module, before, after):
     """``module``'s state dict holding ``previous``'s weights, each category table's rows moved to their new places.
 
     A table of offsets per category (``CovariateOffsets``) stacks each covariate's rows; its rows for the categories
-    of ``before`` keep their values, the new categories' rows (and a table ``previous`` lacks) start at 0; a
-    dispersion per category starts at the mean of the known ones'.
+    of ``before`` keep their values, the new categories' rows start at the mean of the known ones' (a table
+    ``previous`` lacks at 0: the encoder as it was); so does a dispersion per category.
 
     Parameters
     ----------
@@ -111,8 +111,11 @@ def grown_state(previous, module, before, after):
             state[key] = torch.cat([old[key], old[key].mean(dim=0, keepdim=True).expand(after[0] - before[0], -1)])
         else:
             state[key] = torch.zeros_like(value)
-            for old_start, new_start, n in zip(_starts(before), _starts(after), before, strict=True):
-                state[key][new_start:new_start + n] = old[key][old_start:old_start + n]
+            for old_start, new_start, n, m in zip(_starts(before), _starts(after), before, after, strict=True):
+                known = old[key][old_start:old_start + n]
+                state[key][new_start:new_start + n] = known
+                # a new category starts as the average known one: the layer was only ever trained with one of them
+                state[key][new_start + n:new_start + m] = known.mean(dim=0)
     return state
 
 

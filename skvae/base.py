@@ -158,11 +158,11 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
 
     def _make_module(self, n_features, hidden_layer_sizes):
         likelihood = make_likelihood(self.likelihood, n_features, dispersion_categories=self._dispersion_categories())
+        mapped = hasattr(self, "n_reference_categories_")  # map_query added query categories
         return self._build_module(n_features, hidden_layer_sizes, likelihood=likelihood,
                                   input_activation=self.input_activation, batch_norm=self.batch_norm,
                                   dropout=self.dropout, n_categories=self._n_categories(),
-                                  encode_batch=self.encode_batch or hasattr(self, "n_reference_categories_"),
-                                  batch_adversary=self.batch_adversary)
+                                  encode_batch=self.encode_batch or mapped, batch_adversary=self.batch_adversary)
 
     @property
     def _models_counts(self):

@@ -242,9 +242,14 @@ _FITTED_ATTRIBUTES = """\
         has feature names that are all strings.
 
     batch_categories_ : ndarray of shape (n_batches,), dict of str to ndarray, or None
-        The batches seen in ``fit`` (``batch=``), sorted; for several columns a
-        dict of each column's; None when fitted without batches. The decoder is
-        conditioned on them.
+        The batches seen in ``fit`` (``batch=``), sorted, then those added by
+        ``map_query``; for several columns a dict of each column's; None when
+        fitted without batches. The decoder is conditioned on them.
+
+    n_reference_categories_ : ndarray of int
+        Only after ``map_query``: how many of each column's categories are the
+        reference's (those of ``fit``); the encoder then reads batches, with
+        offsets of 0 for the reference's.
 
     covariates_ : skvae._covariates.Covariates or None
         The covariates of ``batch=`` as objects: each column's name and

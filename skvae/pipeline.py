@@ -274,14 +274,15 @@ class EmbeddingPipeline(Pipeline):
         pipeline : EmbeddingPipeline
             Fitted, on CPU.
         """
-        from . import estimators, preprocessing
+        from . import classifier, estimators, preprocessing
 
         state = read_save(path, fields={"estimator": str, "steps": list})
         if state["estimator"] != cls.__name__:
             raise ValueError(f"{path} holds a {state['estimator']}, not an {cls.__name__}: load it with "
                              f"{state['estimator']}.load.")
         known = {cls.__name__: cls for cls in (estimators.AutoencoderEmbedder, estimators.BetaVAEEmbedder,
-                                               estimators.BetaVSCEmbedder, preprocessing.HighlyVariableGenes)}
+                                               estimators.BetaVSCEmbedder, classifier.BetaVAEClassifier,
+                                               preprocessing.HighlyVariableGenes)}
         steps = []
         for step in state["steps"]:
             if not (isinstance(step, dict) and isinstance(step.get("name"), str) and step.get("estimator") in known):

@@ -37,12 +37,14 @@ def test_the_howto_snippets_run_in_order(tmp_path, monkeypatch):
     _write_10x(tmp_path / "pbmc_facs", range(20, 280), 120, 1)  # fewer genes: the pair joins on the shared ones
     monkeypatch.chdir(tmp_path)
     snippets = _snippets()
-    assert len(snippets) == 6
+    assert len(snippets) == 9
     namespace = {}
     for snippet in snippets:
         # the page's settings, made small: fewer genes than the toy data has, and few epochs
         snippet = snippet.replace('"data/', '"').replace(
-            "make_count_embedder(random_state=0)", "make_count_embedder(n_top_genes=100, max_epochs=3, random_state=0)")
+            "make_count_embedder(random_state=0)", "make_count_embedder(n_top_genes=100, max_epochs=3, random_state=0)"
+        ).replace("make_count_classifier(random_state=0)",
+                  "make_count_classifier(n_top_genes=100, max_epochs=20, random_state=0)")
         exec(compile(snippet, str(HOWTO), "exec"), namespace)
     adata, query, model = namespace["adata"], namespace["query"], namespace["model"]
     assert adata.shape == (270, 260) and set(adata.obs["sample"]) == {"pbmc3k", "facs"}
@@ -52,3 +54,9 @@ def test_the_howto_snippets_run_in_order(tmp_path, monkeypatch):
     assert set(query.obs["predicted"]) <= {"type A", "type B"}
     corrected = namespace["corrected"]
     assert corrected.shape == (270, 100) and list(corrected.var_names) == list(model[:-1].get_feature_names_out())
+    # naming a new sample: the reference's codes do not move when the query is mapped, and every cell is named
+    new_sample, both = namespace["new_sample"], namespace["both"]
+    assert set(new_sample.obs["skvae_label"]) <= {"type A", "type B", "unknown"}
+    assert new_sample.obs["skvae_probability"].between(0, 1).all() and new_sample.obs["skvae_unknown"].dtype == bool
+    assert namespace["classifier"]["classifier"].batch_categories_.tolist() == ["pbmc3k", "facs"]  # mapped: appended
+    assert both.obsm["X_skvae"].shape == (150 + 120, 10)
