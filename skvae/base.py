@@ -330,7 +330,7 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
             self._set_fitted(module, history)
             self._built_architecture = self._architecture()
             self._training_state = session.state  # what partial_fit needs to continue as more epochs of this fit would
-            self._fitted_on(data, incremental)
+            self._fitted_on(data, incremental, session.parallel)
         return self
 
     def _training_data(self, X, batch, first, y=None):
@@ -392,8 +392,11 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
     def _check_active_components(self, data, warn=True):
         """Variational models: count the active latent dimensions of the codes of ``data``'s rows and warn of a collapse."""
 
-    def _fitted_on(self, data, incremental):
-        """What a fit learns from its training rows after the training itself (the codes' active dimensions)."""
+    def _fitted_on(self, data, incremental, parallel=None):
+        """What a fit learns from its training rows after the training itself (the codes' active dimensions).
+
+        ``parallel``: the rank group of a data-parallel run (each rank holds its own rows), or None.
+        """
         self._check_active_components(data, warn=not incremental)
 
     # fitted attributes beyond the module and history that save keeps, as lists

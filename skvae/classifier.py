@@ -389,19 +389,27 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
     def _same_on_every_rank(self):
         return {**super()._same_on_every_rank(), "the classes": np.asarray(self.classes_).tolist()}
 
-    def _fitted_on(self, data, incremental):
+    def _fitted_on(self, data, incremental, parallel=None):
         covariates = dict(data.covariates)
         labels = covariates.pop("labels")
         data = data.with_covariates(covariates)
-        super()._fitted_on(data, incremental)
+        super()._fitted_on(data, incremental, parallel)
         # up to _CALIBRATION_ROWS labelled cells of each type, evenly spaced
         keep = np.concatenate([rows[np.unique(np.linspace(0, len(rows) - 1, min(len(rows), _CALIBRATION_ROWS))
                                               .astype(int))]
                                for rows in (np.flatnonzero(labels == c) for c in np.unique(labels[labels >= 0]))]
                               or [np.zeros(0, dtype=int)])
-        if len(keep):
-            self._calibrate(self._map_rows("embed", data.take(np.sort(keep))).astype(np.float64),
-                            labels[np.sort(keep)], incremental)
+        keep = np.sort(keep)
+        codes = self._map_rows("embed", data.take(keep)).astype(np.float64) if len(keep) else \
+            np.zeros((0, self.n_components))
+        if parallel is not None:  # every rank's labelled cells, the same Gaussians on every rank
+            gathered = parallel.gather((codes, labels[keep]))
+            codes = np.concatenate([part[0] for part in gathered])
+            keep_labels = np.concatenate([part[1] for part in gathered])
+        else:
+            keep_labels = labels[keep]
+        if len(codes):
+            self._calibrate(codes, keep_labels, incremental)
 
     def _calibrate(self, codes, labels, incremental):
         """Each type's centre, precision and quantiles of its cells' squared Mahalanobis distances to it."""

@@ -6,6 +6,8 @@ MODE "mismatch": rank 1 has one feature more, and each rank writes the error it 
 MODE "batches": as "train", with each cell's batch (both ranks hold both batches);
 MODE "batch-mismatch": rank 1 holds a batch rank 0 does not, and each rank writes the error it got;
 MODE "covariates": as "batches", with two named columns (sample and technology) and the batch adversary;
+MODE "classifier": a BetaVAEClassifier with batches, each rank's cells partly labelled (its types' Gaussians must
+come from every rank's labelled cells);
 MODE "batchnorm": as "train", with batch normalisation (its running statistics must agree too);
 MODE "invalid": rank 1's rows hold a NaN; it catches its error and stays alive, as in a notebook, and each
 rank writes the error it got (none waits in a collective);
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skvae import AutoencoderEmbedder
+from skvae import AutoencoderEmbedder, BetaVAEClassifier
 
 PARAMS = dict(n_components=2, hidden_layer_sizes=(16, 8), batch_size=32, max_epochs=3, learning_rate=1e-2,
               random_state=0, algorithm="dense")
@@ -61,6 +63,16 @@ def main(out, mode):
             return original(epoch, *args)
 
         skvae.train.loop.kl_warmup_weight = die_in_the_second_epoch
+    if mode == "classifier":
+        rows = np.arange(len(shard)) + (0 if rank == 0 else 60)
+        batch = np.where(rows % 2 == 0, "a", "b")
+        # the types follow the data's two groups; rank 0 labels a third of its cells, rank 1 two thirds
+        types = np.where(shard[:, 0] > 1.5, "high", "low").astype(object)
+        types[rows % 3 == (0 if rank == 0 else 1)] = None
+        estimator = BetaVAEClassifier(**PARAMS).fit(shard, types, batch=batch)
+        torch.save({"state": estimator.module_.state_dict(), "means": estimator.class_means_,
+                    "quantiles": estimator.class_distance_quantiles_}, Path(out, f"rank{rank}.pt"))
+        return
     try:
         estimator = AutoencoderEmbedder(**params).fit(shard, batch=batch)
     except (ValueError, RuntimeError) as exc:

@@ -177,3 +177,18 @@ def test_grid_search_over_beta_maximises_the_accuracy():
     assert 0.0 <= search.best_score_ <= 1.0
     assert search.best_estimator_.score(counts, types) == pytest.approx(
         (search.predict(counts) == types).mean())
+
+
+def test_a_backed_file_trains_as_the_matrix_in_memory(tmp_path):
+    anndata = pytest.importorskip("anndata")
+    counts, types, batch = _cells(n=300)
+    y = np.where(np.arange(300) % 4 == 0, None, types).astype(object)
+    path = tmp_path / "counts.h5ad"
+    anndata.AnnData(sp.csr_matrix(counts)).write_h5ad(path)
+    options = {"max_epochs": 5, "shuffle_block_size": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        in_memory = _model(**options).fit(sp.csr_matrix(counts), y, batch=batch)
+        backed = _model(**options).fit(anndata.read_h5ad(path, backed="r").X, y, batch=batch)
+    np.testing.assert_allclose(backed.predict_proba(counts), in_memory.predict_proba(counts), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(backed.typicality(counts), in_memory.typicality(counts), atol=1e-3)

@@ -83,6 +83,16 @@ def test_two_ranks_with_two_covariates_end_identical(tmp_path):
         assert torch.equal(value, ranks[1]["state"][key]), key
 
 
+def test_two_ranks_train_one_classifier_with_the_same_type_gaussians(tmp_path):
+    _torchrun(tmp_path, "classifier")
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), key
+    # the Gaussians come from both ranks' labelled cells: the same on each (each rank's own would differ)
+    np.testing.assert_array_equal(ranks[0]["means"], ranks[1]["means"])
+    np.testing.assert_array_equal(ranks[0]["quantiles"], ranks[1]["quantiles"])
+
+
 def test_batch_norm_statistics_are_the_same_on_every_rank(tmp_path):
     _torchrun(tmp_path, "batchnorm")
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
