@@ -1,4 +1,4 @@
-"""Query mapping, as scArches' surgery: a fitted model learns the batches of new cells with every reference weight frozen.
+"""Query mapping, as scArches' surgery: a fitted model learns new cells' batches with every reference weight frozen.
 
 A model fitted with batches has a table of offsets per batch category in the decoder
 (and in the encoder when it reads batches). :func:`map_query` appends rows for the

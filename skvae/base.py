@@ -306,6 +306,8 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         """
         with unchanged_on_failure(self, in_place=incremental):
             first = not (incremental and hasattr(self, "module_"))
+            if first:  # a new model: the categories an earlier model mapped are gone with it
+                self.__dict__.pop("n_reference_categories_", None)
             session = TrainingSession(training_device(self.device))
             data, sizes = session.agree(lambda: self._training_data(X, batch, first, y))
             state = None if first else getattr(self, "_training_state", None)

@@ -32,20 +32,12 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
-from .estimators import (
-    _ACTIVITY_ATTRIBUTES,
-    _FITTED_ATTRIBUTES,
-    _SHARED_PARAMETERS,
-    _TRAINING_PARAMETERS,
-    _WARMUP_PARAMETER,
-    BetaVAEEmbedder,
-    _docstring,
-)
+from .estimators import BetaVAEEmbedder, _docstring
 from .nn.models import VariationalAutoencoder
 
 #: How an integer label marks an unlabelled cell (scikit-learn's semi-supervised convention)
 UNLABELLED = -1
-# Labelled cells of each type on which the classifier and the typicality are calibrated after fit (evenly spaced)
+# Labelled cells of each type whose codes give the type's Gaussian after fit (evenly spaced)
 _CALIBRATION_ROWS = 20_000
 # Quantiles of each type's reference distances kept (the typicality's resolution: 1 / (_QUANTILES - 1))
 _QUANTILES = 1001
@@ -55,6 +47,16 @@ def _missing(values):
     """Which of ``values`` (an object array) are missing: None, NaN or pandas' NA."""
     return np.fromiter((value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
                         for value in values), dtype=bool, count=len(values))
+
+
+def _refuse_missing_as_text(labels):
+    text = np.char.lower(np.char.strip(np.asarray(labels, dtype=str)))
+    turned = np.isin(text, ["nan", "none", ""])
+    if turned.any():
+        raise ValueError(
+            f"y holds {int(turned.sum())} labels that read {sorted(set(np.asarray(labels)[turned].tolist()))}: a "
+            "missing value turned into text (numpy turns None and NaN among strings into 'None' and 'nan'). Mark "
+            "unlabelled cells with None or NaN in an object array or a pandas Series (e.g. adata.obs['cell_type']).")
 
 
 def split_labels(y):
@@ -76,8 +78,10 @@ def split_labels(y):
     Raises
     ------
     ValueError
-        For ``y`` that is not one column, a string label that is a missing value
-        turned to text ("nan", "None", ""), or labels of mixed kinds.
+        For ``y`` that is not one column, or a string label that is a missing
+        value turned to text ("nan", "None", "").
+    TypeError
+        For labels of mixed kinds (strings and numbers).
 
     Examples
     --------
@@ -98,13 +102,7 @@ def split_labels(y):
     if y.dtype.kind == "f":
         return y, ~(np.isnan(y) | (y == UNLABELLED))
     if y.dtype.kind in "US":
-        text = np.char.strip(y.astype(str))
-        turned = np.isin(np.char.lower(text), ["nan", "none", ""])
-        if turned.any():
-            raise ValueError(
-                f"y holds {int(turned.sum())} labels that read {sorted(set(y[turned].tolist()))}: a missing value "
-                "turned into text (numpy turns None and NaN among strings into 'None' and 'nan'). Mark unlabelled "
-                "cells with None or NaN in an object array or a pandas Series (e.g. adata.obs['cell_type']).")
+        _refuse_missing_as_text(y)
         return y, np.ones(len(y), dtype=bool)
     labelled = ~_missing(y)
     kinds = {"number" if isinstance(value, (Real, np.number)) and not isinstance(value, bool) else type(value).__name__
@@ -112,6 +110,8 @@ def split_labels(y):
     if len(kinds) > 1:
         raise TypeError(f"y mixes labels of kinds {sorted(kinds)}: give one kind (e.g. all strings, with None or NaN "
                         "for unlabelled cells, or all integers, with -1).")
+    if kinds == {"str"}:
+        _refuse_missing_as_text(y[labelled])
     if kinds == {"number"}:  # numbers in an object array (an object column): as a numeric array
         numbers = np.asarray(y[labelled].tolist())
         y = np.full(len(y), UNLABELLED, dtype=numbers.dtype)
@@ -331,8 +331,9 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
 
         As :meth:`skvae.BetaVAEEmbedder.partial_fit`; the first call needs
         ``classes`` (every type that any chunk will hold), as scikit-learn's
-        classifiers. The typicality of each type is calibrated on the labelled
-        cells of the latest call that holds any.
+        classifiers. Each type's Gaussian (``predict`` and ``typicality``) comes
+        from the latest call that labels cells of it; a type no call has
+        labelled yet is never predicted.
 
         Parameters
         ----------

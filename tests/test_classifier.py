@@ -105,6 +105,7 @@ def test_a_type_the_reference_lacks_is_flagged_unknown():
     (np.full(600, -1), ValueError, "labels no cell"),
     (np.array(["T"] * 300 + [None] * 300, dtype=object), ValueError, "one class"),
     (np.array(["T", "B", "nan"] * 200), ValueError, "missing value turned into text"),
+    (np.array(["T", "B", "None", None] * 150, dtype=object), ValueError, "missing value turned into text"),
     (np.array(["T", "B", 3] * 200, dtype=object), TypeError, "mixes labels"),
     (np.array(["T", "B"] * 200, dtype=object), ValueError, "400 labels for 600 cells"),
     (None, ValueError, "requires y"),

@@ -103,10 +103,13 @@ def test_a_mapped_classifier_keeps_the_references_predictions_and_saves(tmp_path
     # after mapping the encoder reads batches: a call without them is refused, not silently unmapped
     with pytest.raises(ValueError, match="batch"):
         model.transform(counts[:5])
-    # partial_fit continues the mapped model (a new optimiser)
+    # partial_fit continues the mapped model (a new optimiser); fit builds a new reference, batch-free again
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.partial_fit(counts[:100], types[:100], batch=batch[:100])
+        model.set_params(max_epochs=2).fit(counts[reference], types[reference], batch=batch[reference])
+    assert not hasattr(model, "n_reference_categories_") and not model.module_.encode_batch
+    assert model.transform(counts[:5]).shape == (5, 4)
 
 
 def test_map_query_refusals_leave_the_model_as_it_was():
