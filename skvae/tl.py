@@ -166,8 +166,8 @@ def annotate(adata, estimator, *, labels_key=None, layer=None, batch_key=None, u
         As for :func:`embed`.
     map_query : bool, default=False
         With a fitted estimator and ``batch_key``: map the cells of batches it
-        lacks onto it first. The estimator passed in learns them (in place):
-        save it to keep them.
+        lacks onto it first (nothing to map when it knows them all). The
+        estimator passed in learns them (in place): save it to keep them.
     key_added : str, default=None
         The prefix of every key written; None: "skvae" (codes in ``obsm["X_skvae"]``).
     copy : bool, default=False
@@ -214,7 +214,7 @@ def annotate(adata, estimator, *, labels_key=None, layer=None, batch_key=None, u
     adata = _copied(adata, copy)
     run = _Run(adata, estimator, layer, batch_key, use_highly_variable)
     if run.fitted:
-        if map_query:
+        if map_query and _has_new_categories(final, run.batch):
             with _unnamed_matrix():
                 final.map_query(run.final_input(), batch=run.batch)
     else:
@@ -242,6 +242,13 @@ def annotate(adata, estimator, *, labels_key=None, layer=None, batch_key=None, u
     adata.obsm[f"{prefix}_probabilities"] = pd.DataFrame(probabilities, index=adata.obs_names,
                                                          columns=[str(name) for name in final.classes_])
     return adata if copy else None
+
+
+def _has_new_categories(estimator, batch):
+    """Whether ``batch`` holds categories the fitted estimator lacks (True for one fitted without batches: its
+    ``map_query`` says why it cannot map)."""
+    covariates = getattr(estimator, "covariates_", None)
+    return covariates is None or any(len(new) for new in covariates.extended(batch, len(batch))[1])
 
 
 def _copied(adata, copy):

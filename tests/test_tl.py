@@ -1,6 +1,7 @@
 """skvae.tl.embed on AnnData, in memory and backed by an h5ad file; training from a CSR matrix on disk."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -236,3 +237,39 @@ def test_an_estimator_that_selects_its_genes_gets_every_gene_despite_scanpys_fla
     with pytest.warns(UserWarning, match="selects its genes itself"):
         skvae.tl.embed(adata, make_count_embedder(n_top_genes=10, max_epochs=2), layer="counts",
                        use_highly_variable=True)
+
+
+def test_annotate_fits_names_maps_and_refuses_what_it_cannot_do():
+    import anndata
+
+    from skvae import BetaVAEClassifier
+    from skvae.tl import annotate
+
+    rng = np.random.RandomState(0)
+    types = rng.randint(3, size=400)
+    sample = np.where(np.arange(400) < 300, "ref", "new")
+    counts = rng.poisson(rng.gamma(0.4, 2.0, size=(3, 60))[types] * np.where(sample == "new", 1.5, 1.0)[:, None])
+    obs = pd.DataFrame({"cell_type": pd.Series(np.array(["B", "NK", "T"])[types]).where(sample == "ref").to_numpy(),
+                        "sample": sample}, index=[f"c{i}" for i in range(400)])
+    adata = anndata.AnnData(counts.astype(np.float32), obs=obs)
+    reference, query = adata[:300].copy(), adata[300:].copy()
+    model = BetaVAEClassifier(likelihood="nb", n_components=4, hidden_layer_sizes=(16,), max_epochs=40, random_state=0)
+    with pytest.raises(ValueError, match="labels_key"):
+        annotate(reference, model)
+    with pytest.raises(TypeError, match="BetaVAEClassifier"):
+        annotate(reference, BetaVAEEmbedder(max_epochs=1))
+    with pytest.raises(ValueError, match="map_query=True"):
+        annotate(reference, model, labels_key="cell_type", map_query=True)
+    annotate(reference, model, labels_key="cell_type", batch_key="sample")
+    before = reference.obsm["X_skvae"].copy()
+    annotate(reference, model, batch_key="sample", map_query=True)  # nothing new to map: names only
+    assert not hasattr(model, "n_reference_categories_")
+    annotate(query, model, batch_key="sample", map_query=True, key_added="mapped")
+    assert model.batch_categories_.tolist() == ["ref", "new"]
+    annotate(reference, model, batch_key="sample")
+    np.testing.assert_array_equal(reference.obsm["X_skvae"], before)  # the reference does not move
+    columns = ["mapped_prediction", "mapped_probability", "mapped_typicality", "mapped_unknown", "mapped_label"]
+    assert set(columns) <= set(query.obs.columns) and "X_mapped" in query.obsm
+    assert list(query.obsm["mapped_probabilities"].columns) == ["B", "NK", "T"]
+    assert (query.obs["mapped_prediction"].astype(str) == np.array(["B", "NK", "T"])[types[300:]]).mean() > 0.8
+    assert set(query.obs["mapped_label"].cat.categories) == {"B", "NK", "T", "unknown"}
