@@ -1,9 +1,21 @@
-"""Label transfer baselines: name a query's cells from a labelled reference, on a joint embedding, with k-NN.
+"""Label transfer: name a query's cells from a labelled reference, and flag the types the reference lacks.
 
-The starting point for issue 31 (a semi-supervised skvae model): what the lightweight route gives today. Every
-embedding of :func:`integration.embeddings` (uncorrected PCA, Harmony, scVI's defaults, the recipe without and with
-batches) is fitted once on all cells of a data set with their batches (no labels), then a distance-weighted 15-NN
-classifier trained on the reference cells' codes names the query's cells.
+Rows (``--rows``):
+- ``pca``, ``harmony``, ``scvi``, ``skvae``: every embedding of :func:`integration.embeddings` (uncorrected PCA,
+  Harmony, scVI's defaults, skvae's recipe without and with batches) fitted once on all cells of a data set with
+  their batches and no labels, then a distance-weighted 15-NN classifier from the reference cells' codes;
+- ``classifier``: skvae's :class:`~skvae.BetaVAEClassifier` with the count recipe's settings, fitted on the reference
+  and query cells with the reference's labels only (scANVI's route), ``predict``; ``--classification-weights``
+  compares weights;
+- ``mapped``: the same classifier fitted on the reference alone (its batches and labels), the query mapped onto it
+  with ``map_query`` (the reference frozen), ``predict``; also whether the reference's codes stayed bit-identical
+  and the query's mixing with the reference (:func:`mixing`) before and after mapping;
+- ``scanvi``: scANVI from scVI's defaults on reference and query, the reference's labels only, ``predict``
+  (scvi-tools' tutorial: 20 epochs, 100 cells sampled per label);
+- ``scarches``: scVI with scArches' settings on the reference, the query learned with ``load_query_data`` (200
+  epochs, no weight decay), 15-NN on the codes.
+For the rows fitted per direction, the genes are the reference's 2,000 most variable (a reference fixes its genes
+before any query comes).
 
 Directions:
 - ``pair``, reference pbmc_facs -> query pbmc3k (FCGR3A+ monocytes, dendritic cells and platelets are absent from
@@ -11,13 +23,15 @@ Directions:
   ``integration.py``.
 - ``semisynthetic``: batch 3 as the query of batches 1 and 2 (every type shared: no unknown AUROC).
 
-Columns: accuracy and macro-F1 over the query cells whose type the reference has; AUROC of ``1 - max probability``
-as an unknown score, absent types against shared ones; the F1 of each shared type (``--per-type``). skvae and scVI
-rows: one per ``--seeds`` seed, summarised as mean ± sd.
+Columns: accuracy and macro-F1 over the query cells whose type the reference has; AUROC of an unknown score (absent
+types against shared ones: ``1 - max probability`` for k-NN and scANVI, ``1 - typicality`` for skvae's classifier,
+whose ``1 - max probability`` is given too, with the share of absent and shared cells ``is_unknown`` flags); the F1
+of each shared type (``--per-type``); fit seconds. Rows with a seed: one per ``--seeds`` seed, summarised as mean
+± sd.
 
 Usage: python benchmarks/label_transfer.py [--data-home ../shared/data] [--datasets pair,semisynthetic]
-                                           [--rows pca,harmony,skvae,scanvi,scarches] [--seeds 0,1,2]
-                                           [--per-type]
+                                           [--rows pca,harmony,skvae,classifier,mapped,scanvi,scarches]
+                                           [--seeds 0,1,2] [--threads 1] [--per-type]
 """
 
 import argparse
