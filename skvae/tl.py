@@ -196,7 +196,8 @@ def annotate(adata, estimator, *, labels_key=None, layer=None, batch_key=None, u
     >>> types = rng.randint(3, size=300)
     >>> counts = rng.poisson(rng.gamma(0.3, 2.0, size=(3, 200))[types]).astype(np.float32)
     >>> cell_type = pd.Series(np.array(["B", "NK", "T"])[types]).where(np.arange(300) < 200)  # 100 to name
-    >>> adata = anndata.AnnData(counts, obs=pd.DataFrame({"cell_type": cell_type.to_numpy()}))
+    >>> obs = pd.DataFrame({"cell_type": cell_type.to_numpy()}, index=[f"cell{i}" for i in range(300)])
+    >>> adata = anndata.AnnData(counts, obs=obs)
     >>> model = skvae.BetaVAEClassifier(likelihood="nb", max_epochs=50, random_state=0)
     >>> skvae.tl.annotate(adata, model, labels_key="cell_type")
     >>> adata.obs[["skvae_prediction", "skvae_unknown"]].shape
