@@ -40,10 +40,6 @@ def map_query(estimator, X, batch, *, max_epochs="auto"):
     batch : array-like of shape (n_samples,), DataFrame or dict
     max_epochs : int or "auto", default="auto"
 
-    Returns
-    -------
-    list of ndarray
-        Each covariate's new categories.
     """
     estimator._check_fitted("map a query onto it")
     reader = type(estimator).__name__
@@ -79,7 +75,6 @@ def map_query(estimator, X, batch, *, max_epochs="auto"):
         estimator.module_ = module.eval()
         # partial_fit would continue the reference's optimiser, which knows none of the new weights
         estimator.__dict__.pop("_training_state", None)
-    return added
 
 
 def grown_state(previous, module, before, after):
@@ -143,21 +138,20 @@ def only_new_categories(module, before):
     adversary is off (its classes are the reference's batches; a query brings no cell-type labels either).
     """
     after = module.n_categories
-    hooks, learned = [], []
+    hooks = []
     for name, parameter in module.named_parameters():
         table = name.endswith("covariate_offsets.weight") or name.endswith("log_theta") and parameter.dim() == 2
         parameter.requires_grad_(table)
         if table:
             mask = (~_known_rows(name, parameter.shape[0], before, after)).to(parameter.dtype)[:, None]
             hooks.append(parameter.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device)))
-            learned.append(parameter)
     norms = [layer for layer in module.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
     for layer in norms:
         layer.train = lambda mode=True, layer=layer: nn.Module.train(layer, False)
     adversary = module.batch_adversary
     module.batch_adversary = 0.0
     try:
-        yield learned
+        yield
     finally:
         module.batch_adversary = adversary
         for layer in norms:

@@ -409,8 +409,8 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
             keep_labels = np.concatenate([part[1] for part in gathered])
         else:
             keep_labels = labels[keep]
-        if len(codes):
-            self._calibrate(codes, keep_labels, incremental)
+        # with no labelled cell (a partial_fit chunk), every type keeps what earlier calls learned of it, if any
+        self._calibrate(codes, keep_labels, incremental)
 
     def _calibrate(self, codes, labels, incremental):
         """Each type's centre, precision and quantiles of its cells' squared Mahalanobis distances to it."""
@@ -436,14 +436,30 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
     def _fitted_codes(self, X, batch):
         return self._map_rows("embed", self._fitted_data(X, batch)).astype(np.float64)
 
-    def _probabilities(self, codes):
-        """Each type's posterior probability: its Gaussian's density of the code, every type equally likely a priori."""
-        log_density = np.full((len(codes), len(self.classes_)), -np.inf)
+    def _scores(self, codes):
+        """Each cell's posterior probability of each type and its typicality of the most probable one.
+
+        The probabilities are the types' Gaussian densities of the code, every type equally likely a priori; one
+        squared Mahalanobis distance per cell and type serves both.
+        """
+        if np.isnan(self.class_means_).all():
+            raise ValueError(f"This {type(self).__name__} has seen no labelled cell yet, so it knows no type to name: "
+                             "call partial_fit (or fit) with cells whose label y gives.")
+        distances = np.full((len(codes), len(self.classes_)), np.inf)
+        log_density = np.full_like(distances, -np.inf)
         for c, (mean, precision) in enumerate(zip(self.class_means_, self.class_precisions_, strict=True)):
-            if not np.isnan(mean).any():
-                log_density[:, c] = -0.5 * (_squared_distances(codes, mean, precision)
-                                            - np.linalg.slogdet(precision)[1])
-        return softmax(log_density, axis=1)
+            if not np.isnan(mean).any():  # a type no call has labelled is never predicted
+                distances[:, c] = _squared_distances(codes, mean, precision)
+                log_density[:, c] = -0.5 * (distances[:, c] - np.linalg.slogdet(precision)[1])
+        probabilities = softmax(log_density, axis=1)
+        called = probabilities.argmax(axis=1)
+        typical = np.empty(len(codes))
+        levels = np.linspace(0.0, 1.0, _QUANTILES)
+        for c in np.unique(called):
+            rows = called == c
+            typical[rows] = 1.0 - np.interp(distances[rows, c], self.class_distance_quantiles_[c], levels, left=0.0,
+                                            right=1.0)
+        return probabilities, typical
 
     def predict_proba(self, X, *, batch=None):
         """Each cell's probability of each type of ``classes_``, from its code.
@@ -459,7 +475,7 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         -------
         ndarray of shape (n_samples, n_classes)
         """
-        return self._probabilities(self._fitted_codes(X, batch))
+        return self._scores(self._fitted_codes(X, batch))[0]
 
     def predict_log_proba(self, X, *, batch=None):
         """The logarithm of :meth:`predict_proba`.
@@ -508,22 +524,9 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         Returns
         -------
         ndarray of shape (n_samples,)
-            In [0, 1]; NaN for a cell called a type no labelled cell was seen of
-            in the last fitting call.
+            In [0, 1].
         """
-        return self._typicality(self._fitted_codes(X, batch))
-
-    def _typicality(self, codes):
-        called = self._probabilities(codes).argmax(axis=1)
-        typical = np.full(len(codes), np.nan)
-        levels = np.linspace(0.0, 1.0, _QUANTILES)
-        for c in np.unique(called):
-            if np.isnan(self.class_means_[c]).any():
-                continue
-            rows = called == c
-            distances = _squared_distances(codes[rows], self.class_means_[c], self.class_precisions_[c])
-            typical[rows] = 1.0 - np.interp(distances, self.class_distance_quantiles_[c], levels, left=0.0, right=1.0)
-        return typical
+        return self._scores(self._fitted_codes(X, batch))[1]
 
     def is_unknown(self, X, *, batch=None):
         """Whether each cell is of a type the reference lacks: its :meth:`typicality` is below ``unknown_threshold``.

@@ -218,18 +218,15 @@ def annotate(adata, estimator, *, labels_key=None, layer=None, batch_key=None, u
         if map_query and _has_new_categories(final, run.batch):
             with _unnamed_matrix():
                 final.map_query(run.final_input(), batch=run.batch)
+        codes = run.transform()
     else:
         if labels_key is None or labels_key not in adata.obs.columns:
             raise ValueError(f"annotate fits an unfitted classifier from adata.obs[labels_key]: give labels_key, a "
                              f"column of adata.obs (its columns are {list(adata.obs.columns)}), with None or NaN for "
                              "the cells to name.")
-        run.fit(y=adata.obs[labels_key])
-    X = run.final_input()
-    read = {"batch": run.batch} if run.batch is not None else {}
-    with _unnamed_matrix():
-        codes = final.transform(X, **read)
-        probabilities = final.predict_proba(X, **read)
-    typicality = final._typicality(codes.astype(np.float64))
+        codes = run.fit(y=adata.obs[labels_key])
+    # the classifier's predictions and typicality are of these codes (its predict_proba would embed the cells again)
+    probabilities, typicality = final._scores(np.asarray(codes, dtype=np.float64))
     prefix = "skvae" if key_added is None else key_added
     _write_codes(adata, run, codes, estimator, layer, batch_key, (f"X_{prefix}", prefix))
     called = final.classes_[probabilities.argmax(axis=1)]

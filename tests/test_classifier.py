@@ -160,6 +160,18 @@ def test_partial_fit_needs_classes_first_and_refuses_labels_never_seen():
         model.partial_fit(counts[:10], np.array(["T", "DC"] * 5, dtype=object), batch=batch[:10])
 
 
+def test_a_classifier_that_has_seen_no_labelled_cell_says_so():
+    counts, types, batch = _cells(n=200)
+    model = _model(max_epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.partial_fit(counts, np.full(200, None, dtype=object), classes=TYPES, batch=batch)
+    with pytest.raises(ValueError, match="no labelled cell yet"):
+        model.predict(counts)
+    with pytest.raises(ValueError, match="no labelled cell yet"):
+        model.typicality(counts)
+
+
 def test_the_count_recipe_is_a_pipeline_that_predicts_with_batches():
     counts, types, batch = _cells()
     y = np.where(np.arange(len(types)) % 2 == 0, types, None).astype(object)

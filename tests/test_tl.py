@@ -271,5 +271,10 @@ def test_annotate_fits_names_maps_and_refuses_what_it_cannot_do():
     columns = ["mapped_prediction", "mapped_probability", "mapped_typicality", "mapped_unknown", "mapped_label"]
     assert set(columns) <= set(query.obs.columns) and "X_mapped" in query.obsm
     assert list(query.obsm["mapped_probabilities"].columns) == ["B", "NK", "T"]
+    # what annotate writes is what the classifier's own methods give
+    np.testing.assert_array_equal(query.obsm["mapped_probabilities"].to_numpy(),
+                                  model.predict_proba(query.X, batch=query.obs["sample"].to_numpy()))
+    np.testing.assert_array_equal(query.obs["mapped_typicality"].to_numpy(),
+                                  model.typicality(query.X, batch=query.obs["sample"].to_numpy()))
     assert (query.obs["mapped_prediction"].astype(str) == np.array(["B", "NK", "T"])[types[300:]]).mean() > 0.8
     assert set(query.obs["mapped_label"].cat.categories) == {"B", "NK", "T", "unknown"}

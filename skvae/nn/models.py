@@ -237,21 +237,6 @@ class _LatentModel(nn.Module):
         """
         return self._mean_code(self.posterior(x, covariates))
 
-    def classify(self, x, covariates=None):
-        """The cell-type classifier's logits of each cell, from its code (a model built with ``n_classes``).
-
-        Parameters
-        ----------
-        x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
-        covariates : torch.Tensor of shape (n_samples, n_covariates), int64, default=None
-            Each cell's categories; read only by an encoder that takes them.
-
-        Returns
-        -------
-        torch.Tensor of shape (n_samples, n_classes)
-        """
-        return self.classifier(self.embed(x, covariates))
-
     def loss(self, x, covariates=None, labels=None, *, generator=None, deterministic=False):
         """Per-cell loss terms of a minibatch.
 
@@ -276,19 +261,21 @@ class _LatentModel(nn.Module):
         z = self._mean_code(q) if deterministic else self._sample_code(q, generator)
         adversarial = classification = None
         adversary = self.batch_adversary and self.training and covariates is not None
-        if (adversary or self.n_classes and labels is not None) and self.training:
-            z = z.view_as(z)  # a node of its own, whose gradient is the reconstruction's alone
-            if z.requires_grad:
-                z.register_hook(self._measure_reconstruction_gradient)
-        # the embedding itself (the posterior mean) is what the classifiers read
-        code = self._mean_code(q)
+        classifying = self.n_classes and labels is not None
+        if adversary or classifying:
+            # the embedding itself (the posterior mean) is what the classifiers read
+            code = self._mean_code(q)
+            if self.training:
+                z = z.view_as(z)  # a node of its own, whose gradient is the reconstruction's alone
+                if z.requires_grad:
+                    z.register_hook(self._measure_reconstruction_gradient)
         if adversary:
             # it should not tell the categories apart where its neighbourhood is shared: a population of one batch
             # alone is left where it is
             scale = -self.batch_adversary * (self.reconstruction_gradient or 0.0)
             logits = self.adversary(_ScaledGradient.apply(code, scale))
             adversarial = self._adversarial(logits, covariates[:, :self._told], code.detach())
-        if self.n_classes and labels is not None:
+        if classifying:
             scale = self.classification_weight * (self.reconstruction_gradient or 0.0) if self.training else 1.0
             logits = self.classifier(_ScaledGradient.apply(code, scale))
             classification = F.cross_entropy(logits, labels.clamp_min(0), reduction="none") * (labels >= 0)
@@ -396,7 +383,7 @@ class Autoencoder(_LatentModel):
         so the weight means the same at any depth and number of genes.
     n_classes : int, default=0
         With more than 0: a cell-type classifier (a linear map from the code to
-        ``n_classes`` logits, :meth:`classify`), learned from the labelled cells
+        ``n_classes`` logits), learned from the labelled cells
         of each minibatch (``labels`` of :meth:`loss`; -1 for unlabelled) with the
         rest of the model, so that the codes separate the labelled types.
     classification_weight : float, default=1.0
