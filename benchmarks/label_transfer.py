@@ -166,7 +166,8 @@ def skvae_classifier(counts, batch, labels, reference, query, seed, epochs, **se
     reference's labels only; ``predict`` names the query, ``1 - typicality`` is the unknown score.
 
     Also returned, as evidence for the unknown rule: the AUROC of ``1 - max probability`` and the share of absent and
-    of shared types' cells that ``is_unknown`` flags at the default threshold.
+    of shared types' cells that ``is_unknown`` flags at the default threshold; and, as evidence for predicting with
+    the types' Gaussians, the macro-F1 of the model's linear classifier head.
     """
     selected, is_reference = _reference_genes(counts, batch, reference)
     use = is_reference | (batch == query)
@@ -182,6 +183,11 @@ def skvae_classifier(counts, batch, labels, reference, query, seed, epochs, **se
     shared = np.isin(truth, model.classes_)
     flagged = typical < model.unknown_threshold
     scores["AUROC 1-max p"] = roc_auc_score(~shared, 1 - probabilities.max(axis=1)) if (~shared).any() else np.nan
+    # the linear classifier that shapes the codes in training, as a predictor (the estimator predicts with Gaussians)
+    with torch.no_grad():
+        logits = model.module_.classifier(torch.as_tensor(model.transform(on_query), dtype=torch.float32)).numpy()
+    scores["macro-F1 linear head"] = scored(truth, model.classes_[logits.argmax(axis=1)], 1 - typical,
+                                            model.classes_)[0]["macro-F1"]
     scores["flagged absent"] = flagged[~shared].mean() if (~shared).any() else np.nan
     scores["flagged shared"] = flagged[shared].mean()
     return (scores, per_type), seconds
