@@ -12,6 +12,12 @@
    the same run, when installed (benchmark-only extras): scanpy's ``sc.pp.pca`` of the
    log-normalised matrix in memory, and one epoch of scVI's defaults times the number of
    epochs its own heuristic gives for this many cells.
+   With ``--modes recipe-memory,recipe`` (and ``--genes 4000``, say, so that the
+   selection has genes to leave out): the whole ``make_count_embedder()``, its gene
+   selection included, fitted from the matrix in memory and from the backed file (the
+   selection streams over the file in two passes of bounded blocks of rows, the
+   embedder reads the selected genes a minibatch at a time): the same figures, the
+   genes each selected and how many differ.
 2. ``--part torchrun``: PBMC3k's 2,000 highly variable genes (raw counts), the same
    count model for ``--epochs`` epochs with the same global minibatch of 256 cells, in one
    process (2 threads) and in two processes started by ``torchrun --nproc_per_node=2``
@@ -24,7 +30,8 @@
    cell, KL weight 1) after every epoch, to see whether the auto budget has converged.
 
 Usage: python benchmarks/scale.py [--part disk,torchrun,convergence] [--workdir /tmp/skvae-scale]
-                                  [--cells 1000000] [--epochs 100] [--multiples 1,2]
+                                  [--cells 1000000] [--genes 2000] [--modes memory,backed,recipe-memory,recipe]
+                                  [--epochs 100] [--multiples 1,2]
 """
 
 import argparse
@@ -79,22 +86,35 @@ def write_synthetic(path, n_cells, n_genes=2000, n_groups=8, chunk=20_000, seed=
 
 
 def child_disk(path, mode):
-    """The default recommendation from the matrix in memory or on disk, fit to codes; prints a JSON line."""
+    """The default recommendation from the matrix in memory or on disk, fit to codes; prints a JSON line.
+
+    ``mode``: "memory" / "backed" (the embedder alone, every gene), "recipe-memory" / "recipe" (the whole
+    ``make_count_embedder()``, its gene selection included).
+    """
     import anndata
 
+    from skvae import make_count_embedder
+
     start = time.perf_counter()
-    adata = anndata.read_h5ad(path, backed="r" if mode == "backed" else None)
+    adata = anndata.read_h5ad(path, backed="r" if mode in ("backed", "recipe") else None)
     read_seconds = time.perf_counter() - start
-    estimator = count_model(n_jobs=-1)
+    recipe = mode.startswith("recipe")
+    estimator = make_count_embedder(n_jobs=-1, random_state=0) if recipe else count_model(n_jobs=-1)
     start = time.perf_counter()
-    estimator.fit(adata.X)
+    if recipe:
+        estimator["genes"].fit(adata.X)
+        selection_seconds = time.perf_counter() - start
+        embedder = estimator["embedder"].fit(estimator["genes"].transform(adata.X))
+    else:
+        selection_seconds, embedder = 0.0, estimator.fit(adata.X)
     fit_seconds = time.perf_counter() - start
     codes = estimator.transform(adata.X)
     seconds = time.perf_counter() - start
-    print(json.dumps({"mode": mode, "read s": read_seconds, "fit s": fit_seconds, "fit to codes s": seconds,
-                      "epochs": estimator.max_epochs_, "s/epoch": fit_seconds / estimator.n_iter_,
-                      "peak MiB": peak_memory_mib(), "loss": estimator.history_["loss"][-1],
-                      "codes": list(codes.shape)}))
+    genes = np.flatnonzero(estimator["genes"].get_support()).tolist() if recipe else None
+    print(json.dumps({"mode": mode, "read s": read_seconds, "selection s": selection_seconds, "fit s": fit_seconds,
+                      "fit to codes s": seconds, "epochs": embedder.max_epochs_,
+                      "s/epoch": (fit_seconds - selection_seconds) / embedder.n_iter_, "peak MiB": peak_memory_mib(),
+                      "loss": embedder.history_["loss"][-1], "codes": list(codes.shape), "genes": genes}))
 
 
 def child_convergence(path, multiple):
@@ -161,27 +181,36 @@ def child_scvi(path):
     print(json.dumps({"scvi": scvi.__version__, "epoch s": epoch, "epochs": heuristic, "peak MiB": peak_memory_mib()}))
 
 
-def part_disk(workdir, n_cells):
-    path = Path(workdir) / f"synthetic_{n_cells}x2000.h5ad"
+def part_disk(workdir, n_cells, n_genes=2000, modes=("memory", "backed")):
+    path = Path(workdir) / f"synthetic_{n_cells}x{n_genes}.h5ad"
     if not path.exists():
         Path(workdir).mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        density = write_synthetic(path.with_suffix(".partial"), n_cells)
+        density = write_synthetic(path.with_suffix(".partial"), n_cells, n_genes)
         path.with_suffix(".partial").rename(path)
         print(f"wrote {path} ({path.stat().st_size / 2**30:.2f} GiB, {density:.1%} non-zero) in "
               f"{time.perf_counter() - start:.0f} s")
     results = {}
-    for mode in ("memory", "backed"):  # one at a time: never two trainings at once
+    for mode in modes:  # one at a time: never two trainings at once
         output = subprocess.run([sys.executable, str(HERE), "--child-disk", str(path), mode], capture_output=True,
                                 text=True, check=True).stdout
         results[mode] = result = json.loads(output.strip().splitlines()[-1])
-        print(f"{mode:7s}: read {result['read s']:.1f} s; fit to codes {result['fit to codes s']:.0f} s "
-              f"({result['fit to codes s'] / 60:.1f} min), {result['epochs']} epochs ('auto'), "
-              f"{result['s/epoch']:.1f} s/epoch; peak memory {result['peak MiB']:.0f} MiB; loss {result['loss']:.2f}",
+        selection = f"gene selection {result['selection s']:.0f} s, " if mode.startswith("recipe") else ""
+        print(f"{mode:13s}: read {result['read s']:.1f} s; fit to codes {result['fit to codes s']:.0f} s "
+              f"({result['fit to codes s'] / 60:.1f} min: {selection}{result['epochs']} epochs ('auto'), "
+              f"{result['s/epoch']:.1f} s/epoch); peak memory {result['peak MiB']:.0f} MiB; loss {result['loss']:.2f}",
               flush=True)
-    ratio = results["backed"]["s/epoch"] / results["memory"]["s/epoch"]
-    print(f"backed / in memory: {ratio:.2f}x the epoch time (goal: at most 1.2x); backed peak memory "
-          f"{results['backed']['peak MiB']:.0f} MiB (goal: under 1024 MiB)")
+    for memory, disk in (("memory", "backed"), ("recipe-memory", "recipe")):
+        if memory in results and disk in results:
+            ratio = results[disk]["s/epoch"] / results[memory]["s/epoch"]
+            print(f"{disk} / {memory}: {ratio:.2f}x the epoch time (goal: at most 1.2x); {disk} peak memory "
+                  f"{results[disk]['peak MiB']:.0f} MiB (goal: under 1024 MiB)")
+    if "recipe-memory" in results and "recipe" in results:
+        differ = set(results["recipe"]["genes"]) ^ set(results["recipe-memory"]["genes"])
+        print(f"genes selected from the file and in memory: {len(results['recipe']['genes'])} each, "
+              f"{len(differ)} differ")
+    if "memory" not in modes:
+        return
     for child in ("--child-scanpy", "--child-scvi"):  # benchmark-only extras: silent when not installed
         output = subprocess.run([sys.executable, str(HERE), child, str(path)], capture_output=True, text=True,
                                 check=True).stdout.strip()
@@ -254,6 +283,10 @@ def main():
     parser.add_argument("--part", default="disk,torchrun")
     parser.add_argument("--workdir", default="/tmp/skvae-scale")
     parser.add_argument("--cells", type=int, default=1_000_000)
+    parser.add_argument("--genes", type=int, default=2000, help="--part disk: genes of the synthetic matrix")
+    parser.add_argument("--modes", default="memory,backed,recipe-memory,recipe",
+                        help="--part disk: the embedder alone (memory, backed) and the whole recipe (recipe-memory, "
+                             "recipe: from the file)")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--multiples", default="1,2", help="--part convergence: multiples of the auto budget")
     parser.add_argument("--child-disk", nargs=2, help=argparse.SUPPRESS)
@@ -277,7 +310,7 @@ def main():
     print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores")
     parts = args.part.split(",")
     if "disk" in parts:
-        part_disk(args.workdir, args.cells)
+        part_disk(args.workdir, args.cells, args.genes, args.modes.split(","))
     if "torchrun" in parts:
         part_torchrun(args.workdir, args.epochs)
     if "convergence" in parts:

@@ -1,6 +1,7 @@
 """skvae: scikit-learn embedders for single-cell expression built on neural autoencoders."""
 
 from . import tl
+from ._settings import settings
 from .classifier import BetaVAEClassifier
 from .estimators import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder, PosteriorCollapseWarning
 from .pipeline import EmbeddingPipeline
@@ -18,5 +19,6 @@ __all__ = [
     "__version__",
     "make_count_classifier",
     "make_count_embedder",
+    "settings",
     "tl",
 ]

@@ -121,12 +121,14 @@ def atomic_torch_save(state, path):
         raise
 
 
-def read_save(path, fields=None):
+def read_save(path, fields=None, *, reader=None):
     """The dictionary written by :func:`atomic_torch_save`, its checksum and fields checked.
 
     ``fields`` maps the fields it must have to their types (default: an estimator's).
-    Raises ValueError naming ``path`` for anything that is not an intact skvae save;
-    a missing file stays a FileNotFoundError.
+    ``reader``: the class whose ``load`` reads it; a save of another class (an
+    estimator's file given to a pipeline's ``load``, say) is refused naming the
+    loader that reads it. Raises ValueError naming ``path`` for anything that is not
+    an intact skvae save; a missing file stays a FileNotFoundError.
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -139,6 +141,9 @@ def read_save(path, fields=None):
     if state["format"] == SAVE_FORMAT:
         if state.get("checksum") != content_checksum(state):
             raise ValueError(f"{path} is damaged: its contents do not match the checksum written with them.")
+    saved = state.get("estimator")
+    if reader is not None and isinstance(saved, str) and saved != reader:
+        raise ValueError(f"{path} holds {saved}, not {reader}: load it with {saved}.load.")
     check_fields(state, ESTIMATOR_FIELDS if fields is None else fields, path)
     # v1: the checksum covered the weights (saves from before checksums have none)
     if state["format"] != SAVE_FORMAT and "checksum" in state and state["checksum"] != weights_checksum(state["state_dict"]):
@@ -184,6 +189,28 @@ def attributes_from_builtins(saved, path):
     return loaded
 
 
+def saved_attributes(state, path):
+    """The fitted attributes of an estimator's save: arrays with their dtype, numbers as numbers.
+
+    Saves from before 0.2 have none; saves before 0.5 kept arrays as bare lists (read with numpy's dtype for them).
+
+    Parameters
+    ----------
+    state : dict
+    path : str or path-like
+
+    Returns
+    -------
+    dict of str to ndarray, int or float
+    """
+    saved = state.get("attributes", {})
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} is damaged: its fitted attributes are malformed.")
+    loaded = attributes_from_builtins(saved, path)
+    return {name: value if isinstance(value, (int, float, np.ndarray)) else np.asarray(value)
+            for name, value in loaded.items()}
+
+
 # old parameter name -> new one, for saves written before a rename
 _RENAMED_PARAMETERS = {"prior_sparsity": "prior_activity"}
 
@@ -215,8 +242,9 @@ def embedder_state(estimator):
         "feature_names_in_": None if feature_names is None else [str(name) for name in feature_names],
         "history_": {key: [float(v) for v in values] for key, values in estimator.history_.items()},
         "algorithm_": estimator.algorithm_,
-        "attributes": {name: np.asarray(getattr(estimator, name)).tolist() for name in estimator._saved_attributes
-                       if hasattr(estimator, name)},
+        # arrays keep their dtype (object strings stay objects), numbers stay numbers
+        "attributes": attributes_to_builtins(estimator, [name for name in estimator._saved_attributes
+                                                         if hasattr(estimator, name)]),
     }
     if covariates is None or covariates.names == [None]:
         # one unnamed covariate: the field every version reads
@@ -262,9 +290,9 @@ def embedder_from_state(cls, state, path):
         categories = state.get("batch_categories_")
         estimator._set_covariates(None if categories is None else
                                   Covariates.from_saved([{"name": None, "categories": categories}], path))
-    for name, value in state.get("attributes", {}).items():  # saves from before 0.2 have none
+    for name, value in saved_attributes(state, path).items():
         if name in estimator._saved_attributes:
-            setattr(estimator, name, value if isinstance(value, (int, float)) else np.asarray(value))
+            setattr(estimator, name, value)
     weights = renamed_keys(state["state_dict"])
     with torch.device("meta"):
         module = estimator._make_module(n_features, hidden_layer_sizes)

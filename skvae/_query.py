@@ -17,6 +17,7 @@ Nature Biotechnology 40, 121-130 (2022).
 import contextlib
 from dataclasses import replace
 from itertools import accumulate
+from numbers import Integral
 
 import numpy as np
 import torch
@@ -42,6 +43,10 @@ def map_query(estimator, X, batch, *, max_epochs="auto"):
 
     """
     estimator._check_fitted("map a query onto it")
+    if isinstance(max_epochs, (bool, np.bool_)) or not (
+            isinstance(max_epochs, Integral) and max_epochs >= 1 or isinstance(max_epochs, str) and max_epochs == "auto"):
+        raise ValueError(f"map_query's max_epochs must be an int >= 1 or 'auto' (the estimator's max_epochs='auto' for "
+                         f"the query's size), not {max_epochs!r}.")
     reader = type(estimator).__name__
     if getattr(estimator, "covariates_", None) is None:
         raise ValueError(f"map_query learns the batches of new cells, but this {reader} was fitted without batches: "

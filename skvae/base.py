@@ -580,11 +580,7 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         estimator : object
             A fitted estimator, on CPU.
         """
-        state = read_save(path)
-        if state["estimator"] != cls.__name__:
-            raise ValueError(f"{path} holds {state['estimator']}, not {cls.__name__}: load it with "
-                             f"{state['estimator']}.load.")
-        return cls._from_saved_state(state, path)
+        return cls._from_saved_state(read_save(path, reader=cls.__name__), path)
 
     @classmethod
     def _from_saved_state(cls, state, path):

@@ -32,8 +32,10 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
+from ._persistence import SAVE_FORMAT, saved_attributes
 from .estimators import BetaVAEEmbedder, _docstring
 from .nn.models import VariationalAutoencoder
+from .train.distributed import Agreement
 
 #: How an integer label marks an unlabelled cell (scikit-learn's semi-supervised convention)
 UNLABELLED = -1
@@ -49,14 +51,49 @@ def _missing(values):
                         for value in values), dtype=bool, count=len(values))
 
 
-def _refuse_missing_as_text(labels):
+def _plain(value):
+    """A label as Python shows it: 1 and 'B', not np.int64(1) and np.str_('B')."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _one_column(y, name):
+    try:
+        return column_or_1d(y, warn=True)
+    except ValueError as exc:
+        raise ValueError(f"{name} must hold one label per cell (one column): {exc}") from None
+
+
+def _refuse_missing_as_text(labels, name="y"):
     text = np.char.lower(np.char.strip(np.asarray(labels, dtype=str)))
     turned = np.isin(text, ["nan", "none", ""])
     if turned.any():
         raise ValueError(
-            f"y holds {int(turned.sum())} labels that read {sorted(set(np.asarray(labels)[turned].tolist()))}: a "
+            f"{name} holds {int(turned.sum())} labels that read {sorted(set(np.asarray(labels)[turned].tolist()))}: a "
             "missing value turned into text (numpy turns None and NaN among strings into 'None' and 'nan'). Mark "
             "unlabelled cells with None or NaN in an object array or a pandas Series (e.g. adata.obs['cell_type']).")
+
+
+def _label_kinds(labels):
+    """The kinds of ``labels`` (an array of labelled cells' labels): "text", "number", "bool" or a type's name."""
+    if labels.dtype.kind in "US":
+        return {"text"}
+    if labels.dtype.kind != "O":
+        return {"bool" if labels.dtype.kind == "b" else "number"} if len(labels) else set()
+    return {"bool" if isinstance(value, (bool, np.bool_)) else "number" if isinstance(value, (Real, np.number))
+            else "text" if isinstance(value, str) else type(value).__name__ for value in labels}
+
+
+def _checked_classes(classes):
+    """``partial_fit``'s ``classes``, sorted and distinct: every one a label, none missing."""
+    labels, labelled = _split_labels(classes, "classes")
+    if not len(labels):
+        raise ValueError("classes is empty: give every cell type that any chunk will hold (e.g. "
+                         "classes=np.unique(all_labels)).")
+    if not labelled.all():
+        raise ValueError(f"classes holds {int((~labelled).sum())} missing values (None, NaN or -1, which mark "
+                         "unlabelled cells in y): give the cell types only.")
+    check_classification_targets(labels)
+    return np.unique(labels)
 
 
 def split_labels(y):
@@ -93,30 +130,41 @@ def split_labels(y):
     >>> labels[labelled].tolist()
     ['T cell', 'B cell']
     """
+    return _split_labels(y, "y")
+
+
+def _split_labels(y, name):
+    """:func:`split_labels`, its messages naming the argument ``name``."""
     if isinstance(y, (pd.Series, pd.Categorical, pd.Index)):
         y = pd.Series(y)
-        y = y.to_numpy() if y.dtype.kind in "iuf" else y.astype(object).where(y.notna(), None).to_numpy()
-    y = column_or_1d(y, warn=True)
+        # numbers and booleans as numpy's (-1 / NaN still mark unlabelled cells); others, and pandas' NA, as objects
+        y = (y.to_numpy() if y.dtype.kind in "iuf" or (y.dtype.kind == "b" and not y.hasnans) else
+             y.astype(object).where(y.notna(), None).to_numpy())
+    y = _one_column(y, name)
     if y.dtype.kind in "iub":
         return y, y != UNLABELLED
     if y.dtype.kind == "f":
         return y, ~(np.isnan(y) | (y == UNLABELLED))
     if y.dtype.kind in "US":
-        _refuse_missing_as_text(y)
+        _refuse_missing_as_text(y, name)
         return y, np.ones(len(y), dtype=bool)
     labelled = ~_missing(y)
-    kinds = {"number" if isinstance(value, (Real, np.number)) and not isinstance(value, bool) else type(value).__name__
-             for value in y[labelled]}
+    kinds = {"bool" if isinstance(value, (bool, np.bool_)) else "number" if isinstance(value, (Real, np.number))
+             else type(value).__name__ for value in y[labelled]}
     if len(kinds) > 1:
-        raise TypeError(f"y mixes labels of kinds {sorted(kinds)}: give one kind (e.g. all strings, with None or NaN "
-                        "for unlabelled cells, or all integers, with -1).")
+        raise TypeError(f"{name} mixes labels of kinds {sorted(kinds)}: give one kind (e.g. all strings, with None or "
+                        "NaN for unlabelled cells, or all integers, with -1).")
     if kinds == {"str"}:
-        _refuse_missing_as_text(y[labelled])
+        _refuse_missing_as_text(y[labelled], name)
     if kinds == {"number"}:  # numbers in an object array (an object column): as a numeric array
         numbers = np.asarray(y[labelled].tolist())
         y = np.full(len(y), UNLABELLED, dtype=numbers.dtype)
         y[labelled] = numbers
         labelled &= y != UNLABELLED
+    if kinds == {"bool"}:  # a yes/no column (bool, pandas' nullable boolean, or bools with None): as a numpy bool array
+        flags = np.zeros(len(y), dtype=bool)
+        flags[labelled] = np.asarray(y[labelled].tolist(), dtype=bool)
+        y = flags
     return y, labelled
 
 
@@ -333,7 +381,8 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         ``classes`` (every type that any chunk will hold), as scikit-learn's
         classifiers. Each type's Gaussian (``predict`` and ``typicality``) comes
         from the latest call that labels cells of it; a type no call has
-        labelled yet is never predicted.
+        labelled yet is never predicted. A ``classification_weight`` changed by
+        ``set_params`` applies from the next call, as ``beta`` does.
 
         Parameters
         ----------
@@ -349,7 +398,7 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         self : object
         """
         if classes is not None and not hasattr(self, "classes_"):
-            self._first_classes = np.unique(np.asarray(classes))
+            self._first_classes = _checked_classes(classes)
         elif not hasattr(self, "classes_"):
             raise ValueError("partial_fit's first call needs classes=, every cell type that any chunk will hold "
                              "(e.g. classes=np.unique(all_labels)).")
@@ -375,9 +424,20 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
                 check_classification_targets(labels[labelled])
                 classes = np.unique(labels[labelled])
             if len(classes) < 2:
-                raise ValueError(f"y holds one class ({classes[0]!r}): a classifier needs labelled cells of at "
-                                 "least two types.")
+                coded = (" -1 marks an unlabelled cell (scikit-learn's semi-supervised convention), and "
+                         f"{int((~labelled).sum())} cells are -1: code two-class labels otherwise, e.g. 0 and 1, or "
+                         "as strings." if labels.dtype.kind in "iuf" and (labels == UNLABELLED).any() else "")
+                raise ValueError(f"y holds one class ({_plain(classes[0])!r}): a classifier needs labelled cells of at "
+                                 f"least two types.{coded}")
             self.classes_ = classes
+        else:  # a weight set by set_params applies from this call, as beta's does
+            self.module_.classification_weight = float(self.classification_weight)
+        given, known = _label_kinds(labels[labelled]), _label_kinds(self.classes_)
+        if given and given != known:
+            raise ValueError(f"y's labels are {' and '.join(sorted(given))} (e.g. {_plain(labels[labelled][0])!r}), but "
+                             f"the classifier's classes are {' and '.join(sorted(known))} (e.g. "
+                             f"{_plain(self.classes_[0])!r}): "
+                             "give labels of the kind of fit's y (or partial_fit's classes=).")
         unseen = ~np.isin(labels[labelled], self.classes_)
         if unseen.any():
             raise ValueError(f"y holds labels never seen in fit (or partial_fit's classes): "
@@ -388,7 +448,18 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         return data.with_covariates({**data.covariates, "labels": codes}), sizes
 
     def _same_on_every_rank(self):
-        return {**super()._same_on_every_rank(), "the classes": np.asarray(self.classes_).tolist()}
+        remedy = ("each rank's labelled cells give the classes, so every rank needs labelled cells of every type; or "
+                  "give them all with partial_fit(X, y, classes=np.unique(all_labels)) on every rank.")
+        return {**super()._same_on_every_rank(), "the classes": Agreement(np.asarray(self.classes_).tolist(), remedy)}
+
+    @classmethod
+    def _from_saved_state(cls, state, path):
+        """The fitted classifier of a save, its types' statistics checked before the network is built."""
+        if state.get("format") != SAVE_FORMAT:
+            raise ValueError(f"{path} has the header {state.get('format')!r}, older than any {cls.__name__} (they are "
+                             f"saved as {SAVE_FORMAT!r}): the file is damaged or not a classifier's.")
+        _check_type_statistics(saved_attributes(state, path), state["params"].get("n_components"), path)
+        return super()._from_saved_state(state, path)
 
     def _fitted_on(self, data, incremental, parallel=None):
         covariates = dict(data.covariates)
@@ -558,10 +629,56 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         score : float
         """
         labels, labelled = split_labels(y)
-        weights = None if sample_weight is None else np.asarray(sample_weight)[labelled]
-        return accuracy_score(labels[labelled], self.predict(X, batch=batch)[labelled], sample_weight=weights)
+        n_cells = X.shape[0] if hasattr(X, "shape") else len(X)
+        if len(labels) != n_cells:
+            raise ValueError(f"y has {len(labels)} labels for {n_cells} cells of X: give one per cell.")
+        if not labelled.any():
+            raise ValueError("y labels no cell (all are -1, None or NaN): score is the accuracy on the labelled cells.")
+        if sample_weight is not None:
+            sample_weight = _one_column(sample_weight, "sample_weight")
+            if len(sample_weight) != n_cells:
+                raise ValueError(f"sample_weight has {len(sample_weight)} weights for {n_cells} cells of X: give one "
+                                 "per cell.")
+            sample_weight = sample_weight[labelled]
+        return accuracy_score(labels[labelled], self.predict(X, batch=batch)[labelled], sample_weight=sample_weight)
 
 
 def _squared_distances(codes, mean, precision):
     centred = codes - mean
     return np.einsum("ij,jk,ik->i", centred, precision, centred)
+
+
+def _check_type_statistics(attributes, n_components, path):
+    """A ValueError naming ``path`` unless a save's classes and types' Gaussians are whole and consistent.
+
+    The classes are distinct and sorted (as ``fit`` makes them); each type's mean,
+    precision and distance quantiles are all NaN (a type no call labelled) or finite,
+    of the shapes the classes and the code's width give: a symmetric precision with no
+    negative eigenvalue, quantiles non-negative and non-decreasing.
+    """
+    def damaged(what):
+        return ValueError(f"{path} is damaged: its classifier's {what}.")
+
+    names = ("classes_", "class_means_", "class_precisions_", "class_distance_quantiles_")
+    missing = [name for name in names if not isinstance(attributes.get(name), np.ndarray)]
+    if missing:
+        raise damaged(f"fields {missing} are missing or malformed")
+    classes, means, precisions, quantiles = (attributes[name] for name in names)
+    if classes.ndim != 1 or len(classes) < 2 or len(np.unique(classes)) != len(classes) or \
+            not np.array_equal(np.unique(classes), classes):
+        raise damaged("classes are not two or more distinct labels in order")
+    n, k = len(classes), n_components
+    if not (isinstance(k, int) and means.shape == (n, k) and precisions.shape == (n, k, k)
+            and quantiles.shape == (n, _QUANTILES)) or any(a.dtype.kind != "f" for a in (means, precisions, quantiles)):
+        raise damaged(f"types' statistics are not of the shapes of its {n} classes and {k} components")
+    for c in range(n):
+        parts = (means[c], precisions[c], quantiles[c])
+        if all(np.isnan(part).all() for part in parts):
+            continue  # a type no call has labelled
+        if not all(np.isfinite(part).all() for part in parts):
+            raise damaged(f"statistics of type {classes[c]!r} are not all finite numbers")
+        if not np.allclose(precisions[c], precisions[c].T) or \
+                np.linalg.eigvalsh(precisions[c]).min() < -1e-8 * max(1.0, np.abs(precisions[c]).max()):
+            raise damaged(f"precision of type {classes[c]!r} is not a symmetric, positive semi-definite matrix")
+        if quantiles[c][0] < 0 or (np.diff(quantiles[c]) < 0).any():
+            raise damaged(f"distance quantiles of type {classes[c]!r} are negative or decreasing")

@@ -9,6 +9,7 @@ Pipeline's steps that it and :func:`skvae.tl.embed` share: every step whose meth
 import inspect
 
 from sklearn.pipeline import Pipeline
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from ._persistence import atomic_torch_save, read_save
@@ -37,6 +38,11 @@ def _flat_steps(estimator):
     if not hasattr(estimator, "steps"):
         return [] if estimator is None or (isinstance(estimator, str) and estimator == "passthrough") else [estimator]
     return [step for _, inner in estimator.steps for step in _flat_steps(inner)]
+
+
+def _final_step_has(name):
+    """For ``available_if``: whether the pipeline's last applied step has the method ``name``."""
+    return lambda pipeline: hasattr((_flat_steps(pipeline) or [None])[-1], name)
 
 
 def _takes_batch(method):
@@ -92,9 +98,13 @@ class EmbeddingPipeline(Pipeline):
     ``set_params``, ``clone``, indexing by step name, grid search), and adds:
 
     - ``batch=`` on :meth:`fit`, :meth:`fit_transform`, :meth:`transform`,
-      :meth:`inverse_transform` and :meth:`score`, given to every step whose method
-      takes it (a plain Pipeline needs ``embedder__batch=`` in ``fit`` and cannot pass
-      it to ``transform`` or ``inverse_transform`` without global metadata routing);
+      :meth:`inverse_transform` and :meth:`score`, and, for a pipeline ending in a
+      classifier (:func:`skvae.make_count_classifier`), on :meth:`predict`,
+      :meth:`predict_proba`, :meth:`predict_log_proba`, :meth:`typicality`,
+      :meth:`is_unknown` and :meth:`map_query`: given to every step whose method
+      takes it, with or without scikit-learn's metadata routing (a plain Pipeline
+      needs ``embedder__batch=`` in ``fit`` and cannot pass it to ``transform`` or
+      ``inverse_transform`` without global metadata routing);
     - :meth:`save` and :meth:`load`: the whole pipeline (gene selection with the
       genes' names, and the embedder) in one file read without unpickling.
 
@@ -137,7 +147,10 @@ class EmbeddingPipeline(Pipeline):
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
-        y : Ignored
+        y : array-like of shape (n_samples,), default=None
+            Given to every step's ``fit``, as a Pipeline does: a classifier
+            (:func:`skvae.make_count_classifier`) learns the cell types from it,
+            the other steps ignore it.
         batch : array-like of shape (n_samples,), DataFrame or dict, default=None
             Each cell's batch (see :meth:`skvae.BetaVAEEmbedder.fit`).
         **params
@@ -161,7 +174,8 @@ class EmbeddingPipeline(Pipeline):
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
-        y : Ignored
+        y : array-like of shape (n_samples,), default=None
+            Given to every step's ``fit``, as in :meth:`fit`.
         batch : array-like of shape (n_samples,), DataFrame or dict, default=None
         **params
             ``step__parameter`` keywords, as in :meth:`fit`.
@@ -223,22 +237,133 @@ class EmbeddingPipeline(Pipeline):
         """
         return _transform_steps(_flat_steps(self), X, batch, method="inverse_transform")
 
-    def score(self, X, y=None, *, batch=None):
-        """The last step's ``score`` of the other steps' output: for skvae's embedders, minus the loss per cell.
+    def score(self, X, y=None, sample_weight=None, *, batch=None):
+        """The last step's ``score`` of the other steps' output, as a Pipeline scores.
+
+        For a classifier (:func:`skvae.make_count_classifier`) the accuracy on the
+        labelled cells of ``y``, so that ``GridSearchCV`` and ``cross_val_score``
+        over the recipe compare classifiers; for skvae's embedders, minus the loss
+        per cell (``y`` is ignored).
 
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
-        y : Ignored
+        y : array-like of shape (n_samples,), default=None
+            The true labels, for a pipeline ending in a classifier.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Given to the last step's ``score`` when not None.
         batch : array-like of shape (n_samples,), DataFrame or dict, default=None
 
         Returns
         -------
         score : float
         """
+        weights = {} if sample_weight is None else {"sample_weight": sample_weight}
+        return self._final_call("score", X, batch, y, **weights)
+
+    def _final_call(self, method, X, batch, *args, **kwargs):
+        """The last step's ``method`` of the other steps' transform of ``X``, ``batch`` given to each that takes it."""
+        check_is_fitted(self)
         steps = _flat_steps(self)
-        final = steps[-1]
-        return final.score(_transform_steps(steps[:-1], X, batch), **_batch_for(final.score, batch))
+        call = getattr(steps[-1], method)
+        return call(_transform_steps(steps[:-1], X, batch), *args, **_batch_for(call, batch), **kwargs)
+
+    @available_if(_final_step_has("predict"))
+    def predict(self, X, *, batch=None):
+        """The last step's ``predict`` (a classifier's cell types) of the other steps' output.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
+            Given to every step that takes it, with or without scikit-learn's
+            metadata routing.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        return self._final_call("predict", X, batch)
+
+    @available_if(_final_step_has("predict_proba"))
+    def predict_proba(self, X, *, batch=None):
+        """The last step's ``predict_proba`` of the other steps' output.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
+        return self._final_call("predict_proba", X, batch)
+
+    @available_if(_final_step_has("predict_log_proba"))
+    def predict_log_proba(self, X, *, batch=None):
+        """The last step's ``predict_log_proba`` of the other steps' output.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
+        return self._final_call("predict_log_proba", X, batch)
+
+    @available_if(_final_step_has("typicality"))
+    def typicality(self, X, *, batch=None):
+        """The classifier's :meth:`~skvae.BetaVAEClassifier.typicality` of the other steps' output.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        return self._final_call("typicality", X, batch)
+
+    @available_if(_final_step_has("is_unknown"))
+    def is_unknown(self, X, *, batch=None):
+        """The classifier's :meth:`~skvae.BetaVAEClassifier.is_unknown` of the other steps' output.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
+
+        Returns
+        -------
+        ndarray of bool of shape (n_samples,)
+        """
+        return self._final_call("is_unknown", X, batch)
+
+    @available_if(_final_step_has("map_query"))
+    def map_query(self, X, *, batch, max_epochs="auto"):
+        """Map cells of new batches onto the fitted last step (:meth:`skvae.BetaVAEEmbedder.map_query`).
+
+        The other steps transform ``X`` (the gene selection keeps its genes); the
+        last step learns the new categories of ``batch`` with the reference frozen.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        batch : array-like of shape (n_samples,), DataFrame or dict
+        max_epochs : int or "auto", default="auto"
+
+        Returns
+        -------
+        self : EmbeddingPipeline
+        """
+        self._final_call("map_query", X, batch, max_epochs=max_epochs)
+        return self
 
     def save(self, path):
         """Save the fitted pipeline to ``path``: each step's parameters and fitted state, in one file.
@@ -276,10 +401,7 @@ class EmbeddingPipeline(Pipeline):
         """
         from . import classifier, estimators, preprocessing
 
-        state = read_save(path, fields={"estimator": str, "steps": list})
-        if state["estimator"] != cls.__name__:
-            raise ValueError(f"{path} holds a {state['estimator']}, not an {cls.__name__}: load it with "
-                             f"{state['estimator']}.load.")
+        state = read_save(path, fields={"estimator": str, "steps": list}, reader=cls.__name__)
         known = {cls.__name__: cls for cls in (estimators.AutoencoderEmbedder, estimators.BetaVAEEmbedder,
                                                estimators.BetaVSCEmbedder, classifier.BetaVAEClassifier,
                                                preprocessing.HighlyVariableGenes)}
@@ -287,6 +409,8 @@ class EmbeddingPipeline(Pipeline):
         for step in state["steps"]:
             if not (isinstance(step, dict) and isinstance(step.get("name"), str) and step.get("estimator") in known):
                 raise ValueError(f"{path} is damaged: a step is not one EmbeddingPipeline saves.")
-            steps.append((step["name"], known[step["estimator"]]._from_saved_state(step, path)))
+            # a step is of its pipeline's save format
+            steps.append((step["name"], known[step["estimator"]]._from_saved_state({**step, "format": state["format"]},
+                                                                                   path)))
         return cls(steps)
 

@@ -23,6 +23,7 @@ from ._persistence import attributes_from_builtins, attributes_to_builtins, to_b
 from ._covariates import combined_labels
 from ._validation import is_integer_valued, refuse_boolean_numbers
 from .loess import loess
+from .train.data import BackedColumns, RowData, is_backed_sparse
 
 # Rows per block when a dense transform computes in float64: a bounded temporary, whatever the size of X.
 _ROWS_PER_BLOCK = 4096
@@ -57,6 +58,47 @@ def _batch_groups(batch, n_cells):
     if small:
         raise ValueError(f"batch {', '.join(small)} has fewer than 2 cells: a gene's variance needs at least 2.")
     return groups
+
+
+def _parts(block, rows, groups):
+    """Each group's rows of ``block`` (the rows ``rows`` of the whole): the block itself for None, None when it has none."""
+    for group in groups:
+        if group is None:
+            yield block
+            continue
+        inside = group[(group >= rows.start) & (group < rows.stop)] - rows.start
+        yield block[inside] if len(inside) else None
+
+
+def _moments(X):
+    """The number of rows, each column's mean and sum of squared deviations from it, computed in float64."""
+    X = X.astype(np.float64, copy=False)  # float32 sums would differ with the blocks a file is read in
+    if sp.issparse(X):
+        mean, variance = mean_variance_axis(X, axis=0)
+    else:
+        mean, variance = X.mean(axis=0), X.var(axis=0)
+    n = X.shape[0]
+    return n, np.asarray(mean, dtype=np.float64), np.asarray(variance, dtype=np.float64) * n
+
+
+def _merged(a, b):
+    """The moments of two blocks of rows together (Chan, Golub and LeVeque's pairwise update); ``a`` may be None."""
+    if a is None:
+        return b
+    (na, mean_a, squares_a), (nb, mean_b, squares_b) = a, b
+    n = na + nb
+    delta = mean_b - mean_a
+    return n, mean_a + delta * (nb / n), squares_a + squares_b + delta**2 * (na * nb / n)
+
+
+def _clipped_sums(X, clip):
+    """The sums over rows of each column's values clipped at ``clip``, and of their squares (float64)."""
+    if sp.issparse(X):
+        X = X.tocsc()
+        clipped = sp.csc_matrix((np.minimum(X.data, np.repeat(clip, np.diff(X.indptr))), X.indices, X.indptr), X.shape)
+        return np.stack([np.asarray(clipped.sum(axis=0)).ravel(), np.asarray(clipped.power(2).sum(axis=0)).ravel()])
+    clipped = np.minimum(X, clip)
+    return np.stack([clipped.sum(axis=0), (clipped**2).sum(axis=0)])
 
 
 def qc_metrics(X, gene_names, *, mito_prefix="MT-"):
@@ -410,8 +452,11 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_cells, n_genes)
-            UMI counts.
+        X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_cells, n_genes)
+            UMI counts. A CSR matrix on disk (a backed AnnData's ``X``, or
+            ``anndata.io.sparse_dataset`` of a layer) is read in two passes of
+            bounded blocks of rows, never whole; it selects the same genes as the
+            matrix in memory.
         y : Ignored
             Not used, present for API consistency by convention.
         batch : array-like of shape (n_cells,), DataFrame or dict, default=None
@@ -425,24 +470,17 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
         self : object
             The fitted selector.
         """
-        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], ensure_min_samples=2)
-        check_non_negative(X, "HighlyVariableGenes")
-        if not is_integer_valued(X):
-            warnings.warn(
-                "HighlyVariableGenes ranks genes by the variance of their raw counts (Seurat's vst), but X has "
-                "non-integer values: log-normalised input selects other genes. Put it first in a Pipeline, "
-                "before LogNormalizer: HighlyVariableGenes(), LogNormalizer(), ClippedStandardScaler().",
-                UserWarning,
-                stacklevel=2,
-            )
-        self.means_, self.variances_, norm = self._standardised_variance(X)
+        data = self._validated_counts(X)
+        n = data.n_rows
+        groups = [] if batch is None else _batch_groups(batch, n)
+        # the statistics of all cells, then of each batch's
+        (self.means_, self.variances_, norm), *per_batch = self._standardised_variance(data, [None, *groups])
         self.n_batches_selected_ = None
         if batch is None:
             self.variances_norm_ = norm
             top = np.argsort(-norm, kind="stable")[: self.n_top_genes]
         else:
-            groups = _batch_groups(batch, X.shape[0])
-            norms = np.array([self._standardised_variance(X[rows])[2] for rows in groups])
+            norms = np.array([statistics[2] for statistics in per_batch])
             # each gene's rank within each batch (0 = most variable), kept where it is among the top genes
             ranks = np.argsort(np.argsort(-norms, axis=1, kind="stable"), axis=1).astype(float)
             ranks[ranks >= self.n_top_genes] = np.nan
@@ -452,34 +490,86 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
                 median_rank = np.nanmedian(ranks, axis=0)
             self.variances_norm_ = norms.mean(axis=0)
             top = np.lexsort((np.nan_to_num(median_rank, nan=np.inf), -self.n_batches_selected_))[: self.n_top_genes]
-        self.support_ = np.zeros(X.shape[1], dtype=bool)
+        self.support_ = np.zeros(data.n_features, dtype=bool)
         self.support_[top] = True
         return self
 
-    def _standardised_variance(self, X):
-        """Each gene's mean, variance, and the variance of its standardised, clipped counts (vst)."""
-        n = X.shape[0]
-        if sp.issparse(X):
-            mean, variance = mean_variance_axis(X, axis=0)
-        else:
-            mean, variance = X.mean(axis=0), X.var(axis=0)
-        mean = np.asarray(mean, dtype=np.float64)
-        variance = np.asarray(variance, dtype=np.float64) * n / (n - 1)
+    def _validated_counts(self, X):
+        """``X`` as rows in memory (scikit-learn's checks) or on disk (the file's), of non-negative counts."""
+        data = RowData.from_input(X, check_in_memory=lambda X: validate_data(
+            self, X, accept_sparse="csr", dtype=[np.float64, np.float32], ensure_min_samples=2))
+        if data.on_disk:
+            data.check_file(min_rows=2, reader=type(self).__name__)
+            self.n_features_in_ = data.n_features
+            self.__dict__.pop("feature_names_in_", None)
+        integers = True
+        for values in data.value_blocks():
+            check_non_negative(values, "HighlyVariableGenes")
+            integers = integers and is_integer_valued(values)
+        if not integers:
+            warnings.warn(
+                "HighlyVariableGenes ranks genes by the variance of their raw counts (Seurat's vst), but X has "
+                "non-integer values: log-normalised input selects other genes. Put it first in a Pipeline, "
+                "before LogNormalizer: HighlyVariableGenes(), LogNormalizer(), ClippedStandardScaler().",
+                UserWarning,
+                stacklevel=3,
+            )
+        return data
 
-        varies = variance > 0
-        expected_std = np.ones_like(mean)
-        expected_std[varies] = np.sqrt(10 ** loess(np.log10(mean[varies]), np.log10(variance[varies]), span=self.span))
-        # sums of the counts clipped at mean + sqrt(n) * expected std, and of their squares
-        clip = mean + np.sqrt(n) * expected_std
-        if sp.issparse(X):
-            X = X.tocsc()
-            clipped = sp.csc_matrix((np.minimum(X.data, np.repeat(clip, np.diff(X.indptr))), X.indices, X.indptr), X.shape)
-            total, total_sq = np.asarray(clipped.sum(axis=0)).ravel(), np.asarray(clipped.power(2).sum(axis=0)).ravel()
-        else:
-            clipped = np.minimum(X, clip)
-            total, total_sq = clipped.sum(axis=0), (clipped**2).sum(axis=0)
-        norm = (n * mean**2 + total_sq - 2 * mean * total) / ((n - 1) * expected_std**2)
-        return mean, variance, np.where(varies, norm, 0.0)
+    def _standardised_variance(self, data, groups):
+        """Each group's genes' mean, variance, and the variance of their standardised, clipped counts (vst).
+
+        ``groups``: row indices, or None for every row. Two passes over ``data``'s row
+        blocks (one block in memory): the moments, merged across blocks (Chan et al.'s
+        pairwise update), then the sums of the counts clipped at each group's mean +
+        sqrt(n) * expected std.
+        """
+        moments = [None] * len(groups)
+        for rows, block in data.row_blocks():
+            for g, part in enumerate(_parts(block, rows, groups)):
+                if part is not None:
+                    moments[g] = _merged(moments[g], _moments(part))
+        results, clips = [], []
+        for count, mean, squares in moments:
+            variance = squares / (count - 1)
+            varies = variance > 0
+            expected_std = np.ones_like(mean)
+            expected_std[varies] = np.sqrt(10 ** loess(np.log10(mean[varies]), np.log10(variance[varies]),
+                                                       span=self.span))
+            results.append((count, mean, variance, varies, expected_std))
+            clips.append(mean + np.sqrt(count) * expected_std)
+        sums = [np.zeros((2, data.n_features)) for _ in groups]
+        for rows, block in data.row_blocks():
+            for g, part in enumerate(_parts(block, rows, groups)):
+                if part is not None:
+                    sums[g] += _clipped_sums(part, clips[g])
+        statistics = []
+        for (n, mean, variance, varies, expected_std), (total, total_sq) in zip(results, sums, strict=True):
+            norm = (n * mean**2 + total_sq - 2 * mean * total) / ((n - 1) * expected_std**2)
+            statistics.append((mean, variance, np.where(varies, norm, 0.0)))
+        return statistics
+
+    def transform(self, X):
+        """Keep the selected genes of ``X``.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_cells, n_genes)
+            A matrix on disk gives a :class:`~skvae.train.data.BackedColumns`: the
+            selected genes of the file, which skvae's embedders read a minibatch
+            at a time.
+
+        Returns
+        -------
+        X_new : array-like, sparse matrix or BackedColumns of shape (n_cells, n_selected_genes)
+        """
+        if is_backed_sparse(X):
+            check_is_fitted(self)
+            if X.shape[1] != self.n_features_in_:
+                raise ValueError(f"X has {X.shape[1]} features, but HighlyVariableGenes is expecting "
+                                 f"{self.n_features_in_} features as input.")
+            return BackedColumns(X, np.flatnonzero(self.get_support()))
+        return super().transform(X)
 
     def _get_support_mask(self):
         check_is_fitted(self)

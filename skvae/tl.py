@@ -14,6 +14,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.feature_selection import SelectorMixin
 from sklearn.utils.validation import check_is_fitted
 
+from ._settings import settings
 from ._validation import is_integer_valued
 from .nn.likelihoods import LIKELIHOODS
 from .pipeline import _batch_for, _fit_transform_steps, _flat_steps, _takes_batch, _transform_steps
@@ -40,7 +41,9 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
     adata : anndata.AnnData
         Cells in rows. It may be backed (``anndata.read_h5ad(path, backed="r")``):
         a sparse CSR matrix on disk is then trained on and embedded a few
-        minibatches at a time, without loading it.
+        minibatches at a time, without loading it; the gene selection of
+        :func:`skvae.make_count_embedder` streams over it in two passes of
+        bounded blocks of rows and selects the genes it would in memory.
     estimator : scikit-learn transformer or Pipeline
         E.g. the result of :func:`skvae.make_count_embedder`, or
         ``BetaVAEEmbedder(likelihood="nb")``; fitted or not.
@@ -95,13 +98,20 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
         A missing layer or ``highly_variable`` column; genes the fitted estimator
         knows that ``adata`` lacks; a layer that is not raw counts (negative or
         non-integer values) for a count likelihood; a backed matrix with a step
-        that needs it in memory (a gene selection); a ``batch_key`` that no step
-        reads.
+        that needs it in memory (anything but skvae's estimators and
+        :class:`~skvae.preprocessing.HighlyVariableGenes`); a ``batch_key`` that
+        no step reads, or none for a model that reads each cell's batch to embed
+        it (``encode_batch=True``, or after ``map_query``).
     TypeError
         ``adata`` is not an AnnData object.
 
     Notes
     -----
+    While a model trains, its progress shows where a person watches (a
+    terminal or a notebook), as ``skvae.settings.verbosity`` says (scanpy's
+    ``settings.verbosity``: 0 silences it, 2 shows it in scripts too); the
+    estimators themselves stay silent unless their ``verbose`` asks.
+
     Another ``random_state`` gives another embedding, and clusters found on it
     move with it: over 9 seeds of :func:`~skvae.make_count_embedder`, Leiden's ARI
     ranged 0.58-0.64 on PBMC3k and 0.67-0.71 on purified blood cells (the user
@@ -127,7 +137,7 @@ def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=N
     run = _Run(adata, estimator, layer, batch_key, use_highly_variable)
     codes = run.transform() if run.fitted else run.fit()
     keys = ("X_skvae", "skvae") if key_added is None else (key_added, key_added)
-    _write_codes(adata, run, codes, estimator, layer, batch_key, keys)
+    _write(adata, **_records(run, codes, estimator, layer, batch_key, keys))
     return adata if copy else None
 
 
@@ -182,7 +192,10 @@ def annotate(adata, estimator, *, labels_key=None, layer=None, batch_key=None, u
     ------
     ValueError
         As :func:`embed`; also a missing ``labels_key`` for an unfitted
-        estimator, or ``map_query`` without ``batch_key`` or on an unfitted one.
+        estimator, ``map_query`` without ``batch_key`` or on an unfitted one,
+        or a cell type named "unknown" (the label of flagged cells), refused
+        before anything is fitted or written. Whatever fails, ``adata`` is left
+        as it was: every entry is written at the end, together.
     TypeError
         ``adata`` is not an AnnData object, or the estimator does not name cells.
 
@@ -212,34 +225,74 @@ def annotate(adata, estimator, *, labels_key=None, layer=None, batch_key=None, u
     if map_query and (batch_key is None or not _is_fitted(final)):
         raise ValueError("map_query=True maps the batches of batch_key onto a fitted classifier: pass batch_key and "
                          "a fitted estimator (or fit with labels_key and map_query=False).")
+    prefix = "skvae" if key_added is None else key_added
+    if _is_fitted(final):
+        _refuse_unknown_as_a_type(final.classes_, prefix, "the classifier's classes_")
+    elif labels_key is None or labels_key not in adata.obs.columns:
+        raise ValueError(f"annotate fits an unfitted classifier from adata.obs[labels_key]: give labels_key, a "
+                         f"column of adata.obs (its columns are {list(adata.obs.columns)}), with None or NaN for "
+                         "the cells to name.")
+    else:
+        _refuse_unknown_as_a_type(adata.obs[labels_key].dropna().unique(), prefix, f"adata.obs[{labels_key!r}]")
     adata = _copied(adata, copy)
     run = _Run(adata, estimator, layer, batch_key, use_highly_variable)
     if run.fitted:
         if map_query and _has_new_categories(final, run.batch):
-            with _unnamed_matrix():
+            with _unnamed_matrix(), _progress_shown(run.steps):
                 final.map_query(run.final_input(), batch=run.batch)
         codes = run.transform()
     else:
-        if labels_key is None or labels_key not in adata.obs.columns:
-            raise ValueError(f"annotate fits an unfitted classifier from adata.obs[labels_key]: give labels_key, a "
-                             f"column of adata.obs (its columns are {list(adata.obs.columns)}), with None or NaN for "
-                             "the cells to name.")
         codes = run.fit(y=adata.obs[labels_key])
     # the classifier's predictions and typicality are of these codes (its predict_proba would embed the cells again)
     probabilities, typicality = final._scores(np.asarray(codes, dtype=np.float64))
-    prefix = "skvae" if key_added is None else key_added
-    _write_codes(adata, run, codes, estimator, layer, batch_key, (f"X_{prefix}", prefix))
+    records = _records(run, codes, estimator, layer, batch_key, (f"X_{prefix}", prefix))
     called = final.classes_[probabilities.argmax(axis=1)]
     unknown = typicality < final.unknown_threshold
-    adata.obs[f"{prefix}_prediction"] = pd.Categorical(called, categories=final.classes_)
-    adata.obs[f"{prefix}_probability"] = probabilities.max(axis=1)
-    adata.obs[f"{prefix}_typicality"] = typicality
-    adata.obs[f"{prefix}_unknown"] = unknown
-    label = np.where(unknown, "unknown", called.astype(str)).astype(object)
-    adata.obs[f"{prefix}_label"] = pd.Categorical(label, categories=[*map(str, final.classes_), "unknown"])
-    adata.obsm[f"{prefix}_probabilities"] = pd.DataFrame(probabilities, index=adata.obs_names,
-                                                         columns=[str(name) for name in final.classes_])
+    label = np.where(unknown, UNKNOWN_LABEL, called.astype(str)).astype(object)
+    obs = {f"{prefix}_prediction": pd.Categorical(called, categories=final.classes_),
+           f"{prefix}_probability": probabilities.max(axis=1),
+           f"{prefix}_typicality": typicality,
+           f"{prefix}_unknown": unknown,
+           f"{prefix}_label": pd.Categorical(label, categories=[*map(str, final.classes_), UNKNOWN_LABEL])}
+    records["obsm"][f"{prefix}_probabilities"] = pd.DataFrame(probabilities, index=adata.obs_names,
+                                                              columns=[str(name) for name in final.classes_])
+    _write(adata, obs=obs, **records)
     return adata if copy else None
+
+
+#: The label :func:`annotate` gives the cells of no type the reference has
+UNKNOWN_LABEL = "unknown"
+
+
+def _refuse_unknown_as_a_type(types, prefix, where):
+    """A ValueError, before anything is written, for a cell type named as :func:`annotate`'s flag."""
+    if any(str(name) == UNKNOWN_LABEL for name in types):
+        raise ValueError(f"{where} holds a cell type named {UNKNOWN_LABEL!r}, the label annotate writes to "
+                         f"obs['{prefix}_label'] for cells of no type the reference has: the two could not be told "
+                         f"apart. Rename that type first (e.g. adata.obs[key] = adata.obs[key].replace("
+                         f"{UNKNOWN_LABEL!r}, 'unknown type')), or mark its cells unlabelled (None).")
+
+
+_ABSENT = object()
+
+
+def _write(adata, *, obs=None, obsm=None, uns=None):
+    """Write these entries into ``adata.obs``, ``obsm`` and ``uns`` together: on any failure, put back what was there."""
+    written = []
+    try:
+        for slot, entries in (("obs", obs), ("obsm", obsm), ("uns", uns)):
+            place = getattr(adata, slot)
+            for key, value in (entries or {}).items():
+                written.append((place, key, place[key] if key in place else _ABSENT))
+                place[key] = value
+    except BaseException:
+        for place, key, before in reversed(written):
+            if before is _ABSENT:
+                if key in place:
+                    del place[key]
+            else:
+                place[key] = before
+        raise
 
 
 def _has_new_categories(estimator, batch):
@@ -288,12 +341,17 @@ class _Run:
         self.batch = _batch(adata, batch_key)
         if self.batch is not None:
             _check_batch_is_read(steps, fitted)
+        elif fitted and getattr(final, "batch_categories_", None) is not None and (
+                getattr(final, "encode_batch", False) or hasattr(final, "n_reference_categories_")):
+            raise ValueError(f"This {type(final).__name__} reads each cell's batch to embed it (it was fitted with "
+                             "encode_batch=True, or map_query added batches to it): pass batch_key=, the obs "
+                             "column(s) of each cell's batch, as when it was fitted or mapped.")
         self.X = X
         self.selected_here = genes is not None and known_genes is None
 
     def fit(self, y=None):
         """Fit every step (``y`` to each, as a Pipeline), record the genes' names; the codes."""
-        with _unnamed_matrix():
+        with _unnamed_matrix(), _progress_shown(self.steps):
             codes = _fit_transform_steps(self.steps, self.X, self.batch, y=y)
         self.steps[0].feature_names_in_ = self.var_names
         self.fitted = True
@@ -310,6 +368,23 @@ class _Run:
 
 
 @contextlib.contextmanager
+def _progress_shown(steps):
+    """Within the block, skvae's steps left at ``verbose=0`` show their progress where ``skvae.settings`` says."""
+    from .base import BaseEmbedder
+
+    quiet = [step for step in steps if isinstance(step, BaseEmbedder) and not step.verbose]
+    if not settings.shows_progress():
+        quiet = []
+    for step in quiet:
+        step.set_params(verbose=1)
+    try:
+        yield
+    finally:
+        for step in quiet:
+            step.set_params(verbose=0)
+
+
+@contextlib.contextmanager
 def _unnamed_matrix():
     # the estimator knows the genes' names, the matrix passed to it carries none
     with warnings.catch_warnings():
@@ -317,13 +392,12 @@ def _unnamed_matrix():
         yield
 
 
-def _write_codes(adata, run, codes, estimator, layer, batch_key, keys):
-    """The codes to ``obsm[keys[0]]`` and the record to ``uns[keys[1]]``, as :func:`embed` writes them."""
+def _records(run, codes, estimator, layer, batch_key, keys):
+    """What :func:`embed` writes: the codes for ``obsm[keys[0]]`` and the record for ``uns[keys[1]]``."""
     obsm_key, uns_key = keys
-    codes = np.asarray(codes, dtype=np.float32)
     # the columns are transform's, in its order: codes from any call, copy or process are interchangeable
-    adata.obsm[obsm_key] = codes
-    adata.uns[uns_key] = {
+    codes = np.asarray(codes, dtype=np.float32)
+    return {"obsm": {obsm_key: codes}, "uns": {uns_key: {
         "estimator": type(estimator).__name__,
         "params": _storable(estimator.get_params(deep=False) if not hasattr(estimator, "steps") else
                             {name: _step_params(step) for name, step in estimator.steps}),
@@ -334,7 +408,7 @@ def _write_codes(adata, run, codes, estimator, layer, batch_key, keys):
         "variance": codes.var(axis=0).astype(np.float64),
         "history": {key: np.asarray(values, dtype=np.float64)
                     for key, values in getattr(run.steps[-1], "history_", {}).items()},
-    }
+    }}}
 
 
 def _step_params(step):
@@ -342,17 +416,17 @@ def _step_params(step):
 
 
 def _refuse_steps_off_disk(steps):
-    """A ValueError for a step that cannot read a matrix on disk (everything but skvae's embedders)."""
+    """A ValueError for a step that cannot read a matrix on disk (all but skvae's embedders and gene selection)."""
     from .base import BaseEmbedder
+    from .preprocessing import HighlyVariableGenes
 
-    foreign = [step for step in steps if not isinstance(step, BaseEmbedder)]
+    foreign = [step for step in steps if not isinstance(step, (BaseEmbedder, HighlyVariableGenes))]
     if foreign:
         name = type(foreign[0]).__name__
         raise ValueError(
-            f"The matrix is on disk (backed), which skvae's embedders read a few rows at a time, but {name} needs it "
-            "in memory. Select genes first and write them to their own file, e.g. "
-            "adata[:, adata.var.highly_variable].copy(filename='hvg.h5ad') after scanpy.pp.highly_variable_genes, "
-            "then embed that file with the embedder alone (e.g. make_count_embedder()['embedder'])."
+            f"The matrix is on disk (backed), which skvae's embedders and HighlyVariableGenes read a few rows at a "
+            f"time, but {name} needs it in memory. Load it first (adata.to_memory()), or use skvae's steps alone "
+            "(e.g. skvae.make_count_embedder(), whose gene selection streams over the file)."
         )
 
 

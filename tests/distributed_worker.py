@@ -8,6 +8,7 @@ MODE "batch-mismatch": rank 1 holds a batch rank 0 does not, and each rank write
 MODE "covariates": as "batches", with two named columns (sample and technology) and the batch adversary;
 MODE "classifier": a BetaVAEClassifier with batches, each rank's cells partly labelled (its types' Gaussians must
 come from every rank's labelled cells);
+MODE "classes-mismatch": a BetaVAEClassifier whose rank 1 labels a type rank 0 lacks; each rank writes its error;
 MODE "batchnorm": as "train", with batch normalisation (its running statistics must agree too);
 MODE "invalid": rank 1's rows hold a NaN; it catches its error and stays alive, as in a notebook, and each
 rank writes the error it got (none waits in a collective);
@@ -63,12 +64,20 @@ def main(out, mode):
             return original(epoch, *args)
 
         skvae.train.loop.kl_warmup_weight = die_in_the_second_epoch
-    if mode == "classifier":
+    if mode in ("classifier", "classes-mismatch"):
         rows = np.arange(len(shard)) + (0 if rank == 0 else 60)
         batch = np.where(rows % 2 == 0, "a", "b")
         # the types follow the data's two groups; rank 0 labels a third of its cells, rank 1 two thirds
         types = np.where(shard[:, 0] > 1.5, "high", "low").astype(object)
         types[rows % 3 == (0 if rank == 0 else 1)] = None
+        if mode == "classes-mismatch":
+            if rank == 1:
+                types[:5] = "other"
+            try:
+                BetaVAEClassifier(**PARAMS).fit(shard, types, batch=batch)
+            except ValueError as exc:
+                Path(out, f"error{rank}.txt").write_text(str(exc))
+            return
         estimator = BetaVAEClassifier(**PARAMS).fit(shard, types, batch=batch)
         torch.save({"state": estimator.module_.state_dict(), "means": estimator.class_means_,
                     "quantiles": estimator.class_distance_quantiles_}, Path(out, f"rank{rank}.pt"))

@@ -93,6 +93,14 @@ def test_two_ranks_train_one_classifier_with_the_same_type_gaussians(tmp_path):
     np.testing.assert_array_equal(ranks[0]["quantiles"], ranks[1]["quantiles"])
 
 
+def test_ranks_labelling_different_types_get_the_remedy(tmp_path):
+    _torchrun(tmp_path, "classes-mismatch")
+    for rank in (0, 1):
+        message = (tmp_path / f"error{rank}.txt").read_text()
+        assert "disagree on the classes" in message and "every rank needs labelled cells of every type" in message
+        assert "classes=np.unique(all_labels)" in message
+
+
 def test_batch_norm_statistics_are_the_same_on_every_rank(tmp_path):
     _torchrun(tmp_path, "batchnorm")
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]

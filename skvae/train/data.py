@@ -48,8 +48,58 @@ def is_backed_sparse(X):
     >>> is_backed_sparse(sp.eye(3, format="csr"))
     False
     """
+    if isinstance(X, BackedColumns):
+        return True
     anndata_abc = sys.modules.get("anndata.abc")  # anndata stays optional: loaded only if the caller did
     return anndata_abc is not None and isinstance(X, (anndata_abc.CSRDataset, anndata_abc.CSCDataset))
+
+
+class BackedColumns:
+    """Some columns of a CSR matrix on disk, read with the rows that use them: a gene selection of a backed file.
+
+    What :meth:`skvae.preprocessing.HighlyVariableGenes.transform` returns for a
+    matrix on disk, so that the next step of a Pipeline (an embedder) trains on the
+    selected genes a minibatch at a time without the file being rewritten. It is a
+    matrix on disk to every skvae estimator (:func:`is_backed_sparse`).
+
+    Parameters
+    ----------
+    dataset : anndata.abc.CSRDataset or BackedColumns
+    columns : array-like of int
+        The columns of ``dataset`` kept, in order.
+
+    Attributes
+    ----------
+    dataset : anndata.abc.CSRDataset
+        The whole matrix on disk.
+    columns : ndarray of int
+        Its columns kept.
+    shape : tuple of int
+    dtype : numpy dtype
+    format : str
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import anndata
+    >>> import numpy as np
+    >>> import scipy.sparse as sp
+    >>> from skvae.train.data import BackedColumns, RowData
+    >>> path = tempfile.mkdtemp() + "/cells.h5ad"
+    >>> anndata.AnnData(sp.csr_matrix(np.arange(12.0).reshape(4, 3))).write_h5ad(path)
+    >>> selected = BackedColumns(anndata.read_h5ad(path, backed="r").X, [2, 0])
+    >>> selected.shape, RowData.from_input(selected).take(np.array([1])).in_memory().X.toarray().tolist()
+    ((4, 2), [[5.0, 3.0]])
+    """
+
+    def __init__(self, dataset, columns):
+        columns = np.asarray(columns, dtype=np.int64)
+        if isinstance(dataset, BackedColumns):  # a selection of a selection: of the matrix itself
+            dataset, columns = dataset.dataset, dataset.columns[columns]
+        if columns.ndim != 1 or (columns.size and (columns.min() < 0 or columns.max() >= dataset.shape[1])):
+            raise ValueError(f"columns must be positions among the matrix's {dataset.shape[1]} columns.")
+        self.dataset, self.columns = dataset, columns
+        self.shape, self.dtype, self.format = (dataset.shape[0], len(columns)), dataset.dtype, dataset.format
 
 
 @dataclass
@@ -285,6 +335,8 @@ class RowData(ABC):
         >>> type(data).__name__, data.shape, data.take(np.array([4, 0])).covariates["batch"].tolist()
         ('InMemoryRows', (5, 3), [1, 0])
         """
+        if isinstance(X, BackedColumns):
+            return BackedRows(X.dataset, covariates=covariates, columns=X.columns)
         if is_backed_sparse(X):
             return BackedRows(X, covariates=covariates)
         return InMemoryRows(X if check_in_memory is None else check_in_memory(X), covariates=covariates)
@@ -384,6 +436,24 @@ class RowData(ABC):
         """
 
     @abstractmethod
+    def row_blocks(self, max_values=None):
+        """Yield consecutive blocks of the rows in memory, each bounded in stored values, for statistics over all.
+
+        Parameters
+        ----------
+        max_values : int, default=None
+            The most values (stored ones, if sparse) a block holds; a single row
+            holding more is a block of its own. None: 2**22 (about 50 MB).
+
+        Yields
+        ------
+        rows : slice
+            The block's rows.
+        X : ndarray or scipy.sparse.csr_matrix
+            Their values.
+        """
+
+    @abstractmethod
     def value_blocks(self):
         """Yield the stored values, a bounded block at a time, for validation.
 
@@ -434,6 +504,26 @@ class InMemoryRows(RowData):
                                with_transpose=with_transpose)
         return MinibatchSource(rows, self.covariates, device)
 
+    def row_blocks(self, max_values=None):
+        """Yield consecutive blocks of the rows, each of at most ``max_values`` values (stored ones, if sparse).
+
+        A single row holding more is a block of its own; a matrix that fits is one block, itself.
+
+        Parameters
+        ----------
+        max_values : int, default=None
+            None: 2**22.
+
+        Yields
+        ------
+        rows : slice
+        X : ndarray or scipy.sparse matrix
+        """
+        stored = (np.diff(sp.csr_matrix(self.X).indptr) if sp.issparse(self.X) else
+                  np.full(self.n_rows, self.n_features))
+        for rows in _row_ranges(stored, _VALUE_BLOCK if max_values is None else max_values):
+            yield rows, self.X if rows == slice(0, self.n_rows) else self.X[rows]
+
     def value_blocks(self):
         yield self.X
 
@@ -451,6 +541,10 @@ class BackedRows(RowData):
     stored : skvae.train.rows.StoredCSR, default=None
         The file's arrays, once :meth:`check_layout` has checked them (shared by
         the rows taken from these).
+    columns : ndarray of int, default=None
+        The columns of ``dataset`` these rows hold (a gene selection,
+        :class:`BackedColumns`); all of them when None. Every stored value is
+        still checked (:meth:`value_blocks`).
 
     Examples
     --------
@@ -468,9 +562,11 @@ class BackedRows(RowData):
 
     on_disk = True
 
-    def __init__(self, dataset, rows=None, covariates=None, stored=None):
+    def __init__(self, dataset, rows=None, covariates=None, stored=None, columns=None):
         self.rows = np.arange(dataset.shape[0]) if rows is None else np.asarray(rows)
-        super().__init__(len(self.rows), dataset.shape[1], dataset.dtype, covariates)
+        self.columns = columns
+        super().__init__(len(self.rows), dataset.shape[1] if columns is None else len(columns), dataset.dtype,
+                         covariates)
         self.dataset = dataset
         self._stored = stored
 
@@ -561,7 +657,7 @@ class BackedRows(RowData):
 
     def take(self, rows):
         return BackedRows(self.dataset, self.rows[rows], {name: values[rows] for name, values in self.covariates.items()},
-                          self._stored)
+                          self._stored, self.columns)
 
     def shard(self, parallel):
         return self if parallel is None else self.take(parallel.shard_of(self.n_rows))
@@ -574,13 +670,35 @@ class BackedRows(RowData):
         InMemoryRows
         """
         source = BackedSparseRowSource(self.dataset, rows=self.rows, dtype=_readable(self.dtype), device="cpu",
-                                       with_transpose=False, stored=self._stored)
+                                       with_transpose=False, stored=self._stored, columns=self.columns)
         return InMemoryRows(source.csr(slice(None)), self.covariates)
 
     def source(self, *, algorithm, center, dtype=np.float32, device="cpu", with_transpose=False):
         rows = BackedSparseRowSource(self.dataset, rows=self.rows, dtype=dtype, device=device,
-                                     with_transpose=with_transpose, stored=self._stored)
+                                     with_transpose=with_transpose, stored=self._stored, columns=self.columns)
         return MinibatchSource(rows, self.covariates, device)
+
+    def row_blocks(self, max_values=None):
+        """Yield consecutive blocks of the rows, read into memory, each of at most ``max_values`` stored values.
+
+        A single row holding more is a block of its own. Memory holds one block at a time.
+
+        Parameters
+        ----------
+        max_values : int, default=None
+            None: 2**22 (about 50 MB of values and indices).
+
+        Yields
+        ------
+        rows : slice
+        X : scipy.sparse.csr_matrix
+        """
+        if self._stored is None:
+            self.check_layout()
+        pointers = self._stored.indptr
+        for rows in _row_ranges(pointers[self.rows + 1] - pointers[self.rows],
+                                _VALUE_BLOCK if max_values is None else max_values):
+            yield rows, self.take(rows).in_memory().X
 
     def value_blocks(self):
         yield from self._blocks("data")
@@ -599,6 +717,17 @@ class BackedRows(RowData):
         except (OSError, KeyError, RuntimeError) as exc:
             raise ValueError(f"Reading {self.filename} failed ({exc}): the file may be damaged, or have been "
                              "truncated or changed after it was opened.") from None
+
+
+def _row_ranges(stored, max_values):
+    """Consecutive slices of rows holding at most ``max_values`` of ``stored`` (values per row) each, at least a row."""
+    ends = np.cumsum(stored)
+    start = 0
+    while start < len(stored):
+        # the most rows from start whose values fit, and at least one
+        stop = max(start + 1, int(np.searchsorted(ends, (ends[start - 1] if start else 0) + max_values, "right")))
+        yield slice(start, stop)
+        start = stop
 
 
 def _readable(dtype):

@@ -11,10 +11,32 @@ same steps, so they end with the same weights.
 
 import contextlib
 import os
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+
+class Agreement(NamedTuple):
+    """A value every rank must share, with what to do when they do not (for :meth:`RankGroup.check_same`).
+
+    Parameters
+    ----------
+    value : object
+        This rank's value.
+    remedy : str
+        What the error tells the user to do when the ranks disagree.
+
+    Examples
+    --------
+    >>> from skvae.train.distributed import Agreement
+    >>> Agreement(["B", "T"], "label every type on every rank").value
+    ['B', 'T']
+    """
+
+    value: Any
+    remedy: str
 
 
 def data_parallel(device):
@@ -102,7 +124,7 @@ class RankGroup:
             dist.all_gather_object(values, value)
         return values
 
-    def check_same(self, what, value):
+    def check_same(self, what, value, remedy=None):
         """Raise the same ValueError on every rank when ranks disagree on ``value``.
 
         Parameters
@@ -111,12 +133,15 @@ class RankGroup:
             What ``value`` is, for the message.
         value : object
             This rank's value (picklable, comparable with ``==``).
+        remedy : str, default=None
+            What to do about it, for the message; None: every rank must train the
+            same estimator on the same features.
         """
         values = self.gather(value)
         if any(other != values[0] for other in values):
             listing = ", ".join(f"rank {rank}: {other}" for rank, other in enumerate(values))
-            raise ValueError(f"The processes of this data-parallel run disagree on {what} ({listing}): every rank "
-                             "must train the same estimator on the same features.")
+            raise ValueError(f"The processes of this data-parallel run disagree on {what} ({listing}): "
+                             f"{remedy or 'every rank must train the same estimator on the same features.'}")
 
     def broadcast_seed(self, seed):
         """Rank 0's ``seed`` on every rank.

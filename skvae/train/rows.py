@@ -241,6 +241,9 @@ class BackedSparseRowSource(_SparseRowSource):
     stored : StoredCSR, default=None
         The file's arrays, when already opened and checked; read from ``dataset``
         when None.
+    columns : ndarray of int, default=None
+        The columns of ``dataset`` to serve, in order (a gene selection); all of
+        them when None.
 
     Examples
     --------
@@ -258,12 +261,14 @@ class BackedSparseRowSource(_SparseRowSource):
             [ 0.,  1.,  2.]])
     """
 
-    def __init__(self, dataset, *, rows=slice(None), dtype, device, with_transpose, read_ahead=2, stored=None):
+    def __init__(self, dataset, *, rows=slice(None), dtype, device, with_transpose, read_ahead=2, stored=None,
+                 columns=None):
         # the rows are read from disk, one minibatch at a time: there is no matrix in memory to hold
         self._stored = StoredCSR(dataset.group, dataset.shape) if stored is None else stored
         self._rows = np.arange(dataset.shape[0])[rows]
-        super().__init__(len(self._rows), np.zeros(dataset.shape[1]), dtype=dtype, device=device,
-                         with_transpose=with_transpose)
+        self._columns = columns
+        super().__init__(len(self._rows), np.zeros(dataset.shape[1] if columns is None else len(columns)),
+                         dtype=dtype, device=device, with_transpose=with_transpose)
         self._read_ahead = read_ahead
 
     def csr(self, rows):
@@ -276,6 +281,8 @@ class BackedSparseRowSource(_SparseRowSource):
                              "truncated or changed while skvae read it.") from None
         if not block.has_canonical_format:  # duplicate or unsorted genes in a row: summed, as in memory
             block.sum_duplicates()
+        if self._columns is not None:
+            block = block[:, self._columns]
         return block if np.array_equal(distinct, wanted) else block[inverse]
 
     def minibatches(self, indices):

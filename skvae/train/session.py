@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-from .distributed import data_parallel
+from .distributed import Agreement, data_parallel
 from .loop import TrainingState, train
 from .rows import DenseRowSource
 
@@ -93,7 +93,8 @@ class TrainingSession:
         learning_rate : float
         same : callable, default=None
             Returns what every rank must agree on, by name (the estimator, its
-            features, its covariates): checked across ranks.
+            features, its covariates): checked across ranks. A value may be an
+            :class:`~skvae.train.distributed.Agreement`, whose remedy the error states.
 
         Returns
         -------
@@ -102,7 +103,7 @@ class TrainingSession:
         rng = np.random.RandomState() if random_state is None else check_random_state(random_state)
         if self.parallel is not None:
             for what, value in (same() if same is not None else {}).items():
-                self.parallel.check_same(what, value)
+                self.parallel.check_same(what, *(value if isinstance(value, Agreement) else (value,)))
             if random_state is None:
                 rng = np.random.RandomState(self.parallel.broadcast_seed(rng.randint(np.iinfo(np.int32).max)))
         seed = rng.randint(np.iinfo(np.int32).max)
