@@ -136,11 +136,12 @@ def make_count_classifier(**overrides):
     :func:`make_count_embedder` (negative binomial likelihood, 10 latent
     dimensions, scVI's network, ``batch_adversary=0.3``) and the classifier's
     defaults. ``fit(counts, y, batch=batch)`` learns from the labelled cells
-    (-1, None or NaN mark the others); ``predict`` and ``predict_proba`` take
-    ``batch=`` as ``transform`` does; the fitted classifier is
-    ``pipeline["classifier"]`` (its :meth:`~skvae.BetaVAEClassifier.is_unknown`
-    takes the selected genes: ``pipeline["genes"].transform(counts)``).
-    :func:`skvae.tl.annotate` does all of it on an AnnData.
+    (-1, None or NaN mark the others); ``predict``, ``predict_proba``,
+    ``typicality``, ``is_unknown`` and ``map_query`` take the counts and
+    ``batch=`` as ``transform`` does; ``score(counts, y)`` is the accuracy, so a
+    ``GridSearchCV`` over the recipe compares classifiers. The fitted classifier
+    is ``pipeline["classifier"]``. :func:`skvae.tl.annotate` does all of it on
+    an AnnData.
 
     Parameters
     ----------

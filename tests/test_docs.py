@@ -103,3 +103,14 @@ def test_the_docstrings_claims_that_can_drift_hold():
     partial_doc = " ".join(BaseEmbedder.partial_fit.__doc__.split())
     shaping = set(BetaVSCEmbedder()._architecture()) - {"prior_activity", "spike_sharpness"}  # "the prior"
     assert all(f"``{name}``" in partial_doc for name in shaping), shaping
+
+
+def test_one_install_line_everywhere():
+    """The README and the docs give the same install line, and it installs only (the study is a command of its own)."""
+    root = Path(__file__).resolve().parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.rst"))]
+    lines = {line.strip() for page in pages for line in page.read_text().splitlines() if "python3 -m venv" in line}
+    assert len(lines) == 1, lines
+    line = lines.pop()
+    assert "download.pytorch.org/whl/cpu" in line and line.endswith('pip install -e ".[test]"')
+    assert "skvae study" not in line and "pytest" not in line
