@@ -135,8 +135,39 @@ def load_semisynthetic_depth(data_home, seed=0):
     return load_semisynthetic(data_home, seed, library_factor=(1.0, 0.75, 0.1))
 
 
+def load_deep_query(data_home, seed=0, absent=("NK cell", "CD34+"), effect_sd=0.5, depth=10.0):
+    """pbmc_facs as a shallow reference and a deep, technology-shifted query holding types the reference lacks.
+
+    The cells are halved at random. The reference: the real cells of one half, without the populations of
+    ``absent`` (NK cells are close relatives of the T cells it keeps; CD34+ progenitors are not). The query: a deep
+    cell simulated from each cell of the other half, of every population: counts drawn (Poisson) from the cell's own
+    expression proportions mixed half and half with its population's mean (the cell's state is kept, its zeros are
+    not all kept), times a per-gene technology effect ``exp(N(0, effect_sd))`` (the log-ratio sd between protocols),
+    at ``depth`` times the reference's median library (log-normal, sd 0.3, across cells). Labels: ``subpop``.
+    """
+    facs, labels = _facs(data_home)
+    counts = facs.data.tocsr().astype(np.float64)
+    labels = labels["subpop"].to_numpy()
+    rng = np.random.RandomState(seed)
+    query = rng.rand(counts.shape[0]) < 0.5
+    library = np.asarray(counts.sum(axis=1)).ravel()
+    proportions = sp.diags(1.0 / library) @ counts
+    means = {label: np.asarray(proportions[labels == label].mean(axis=0)).ravel() for label in np.unique(labels)}
+    effect = np.exp(rng.normal(0.0, effect_sd, size=counts.shape[1]))
+    rows = np.flatnonzero(query)
+    profile = 0.5 * proportions[rows].toarray() + 0.5 * np.vstack([means[label] for label in labels[rows]])
+    profile *= effect
+    profile /= profile.sum(axis=1, keepdims=True)
+    size = np.median(library[~query]) * depth * rng.lognormal(0.0, 0.3, size=(len(rows), 1))
+    simulated = sp.csr_matrix(rng.poisson(profile * size).astype(np.float32))
+    keep = ~query & ~np.isin(labels, absent)
+    counts = sp.vstack([counts[keep].astype(np.float32), simulated], format="csr")
+    batch = np.array(["reference (10x)"] * int(keep.sum()) + ["query (deep)"] * len(rows), dtype=object)
+    return counts, batch, np.concatenate([labels[keep], labels[rows]])
+
+
 LOADERS = {"pair": load_pair, "semisynthetic": load_semisynthetic, "semisynthetic-depth": load_semisynthetic_depth,
-           "toy": load_toy}
+           "deep-query": load_deep_query, "toy": load_toy}
 
 
 def _thin(counts, batch, gene_factor, library_factor, rng):

@@ -22,10 +22,15 @@ Directions:
   the reference), and reference pbmc3k -> query pbmc_facs (CD34+ cells absent); coarse labels as in
   ``integration.py``.
 - ``semisynthetic``: batch 3 as the query of batches 1 and 2 (every type shared: no unknown AUROC).
+- ``deep-query``: real pbmc_facs cells without NK and CD34+ as the reference, deep cells simulated from the other
+  half of every population as the query, 10x the depth with a per-gene technology effect of log-ratio sd 0.5
+  (:func:`integration.load_deep_query`).
 
 Columns: accuracy and macro-F1 over the query cells whose type the reference has; AUROC of an unknown score (absent
 types against shared ones: ``1 - max probability`` for k-NN and scANVI, ``1 - typicality`` for skvae's classifier,
-whose ``1 - max probability`` is given too, with the share of absent and shared cells ``is_unknown`` flags); the F1
+whose ``1 - max probability`` is given too, with the share of absent and shared cells ``is_unknown`` flags, as the
+rule is and as the previous, reference-calibrated rule flags them on the same model; the ``mapped`` row also gives
+the reference-only model's naming and flags of the query before it is mapped); the F1
 of each shared type (``--per-type``); fit seconds. Rows with a seed: one per ``--seeds`` seed, summarised as mean
 ± sd.
 
@@ -35,6 +40,7 @@ Usage: python benchmarks/label_transfer.py [--data-home ../shared/data] [--datas
 """
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -63,6 +69,7 @@ from skvae.preprocessing import HighlyVariableGenes  # noqa: E402
 DIRECTIONS = {
     "pair": [("pbmc_facs", "pbmc3k"), ("pbmc3k", "pbmc_facs")],
     "semisynthetic": [(("batch 1", "batch 2"), "batch 3")],
+    "deep-query": [("reference (10x)", "query (deep)")],
     "toy": [("a", "b")],  # a smoke test of the script
 }
 
@@ -181,16 +188,46 @@ def skvae_classifier(counts, batch, labels, reference, query, seed, epochs, **se
     truth = labels[batch == query]
     scores, per_type = scored(truth, model.classes_[probabilities.argmax(axis=1)], 1 - typical, model.classes_)
     shared = np.isin(truth, model.classes_)
-    flagged = typical < model.unknown_threshold
     scores["AUROC 1-max p"] = roc_auc_score(~shared, 1 - probabilities.max(axis=1)) if (~shared).any() else np.nan
     # the linear classifier that shapes the codes in training, as a predictor (the estimator predicts with Gaussians)
     with torch.no_grad():
         logits = model.module_.classifier(torch.as_tensor(model.transform(on_query), dtype=torch.float32)).numpy()
     scores["macro-F1 linear head"] = scored(truth, model.classes_[logits.argmax(axis=1)], 1 - typical,
                                             model.classes_)[0]["macro-F1"]
-    scores["flagged absent"] = flagged[~shared].mean() if (~shared).any() else np.nan
-    scores["flagged shared"] = flagged[shared].mean()
+    scores.update(flag_rates(model, on_query, None, truth))
     return (scores, per_type), seconds
+
+
+@contextlib.contextmanager
+def previous_rule(model):
+    """Within the block, ``model``'s typicality is the previous rule's: the reference's own distances, no query
+    calibration, no correction for a type's count of labelled cells (for comparisons on the same model)."""
+    counts = model.__dict__.pop("class_counts_", None)
+    model._shift_scales = lambda *args: 1.0
+    try:
+        yield
+    finally:
+        del model._shift_scales
+        if counts is not None:
+            model.class_counts_ = counts
+
+
+def flag_rates(model, X, batch, truth, suffix=""):
+    """The shares of absent and shared types' cells ``is_unknown`` flags, by the rule and by the previous one, and the
+    AUROC of each rule's ``1 - typicality``; per absent type, the share flagged."""
+    shared = np.isin(truth, model.classes_)
+    scores = {}
+    for rule, context in (("", contextlib.nullcontext()), (" (previous rule)", previous_rule(model))):
+        with context:
+            typical = model.typicality(X, batch=batch)
+        flagged = typical < model.unknown_threshold
+        scores[f"flagged absent{rule}{suffix}"] = flagged[~shared].mean() if (~shared).any() else np.nan
+        scores[f"flagged shared{rule}{suffix}"] = flagged[shared].mean()
+        scores[f"unknown AUROC{rule}{suffix}"] = roc_auc_score(~shared, 1 - typical) if (~shared).any() else np.nan
+        if not rule:
+            for label in np.unique(truth[~shared]):
+                scores[f"flagged {label}{suffix}"] = flagged[truth == label].mean()
+    return scores
 
 
 def skvae_mapped(counts, batch, labels, reference, query, seed, epochs, k=15):
@@ -207,20 +244,32 @@ def skvae_mapped(counts, batch, labels, reference, query, seed, epochs, k=15):
                                  "max_epochs": epochs})
     reference_codes = []
 
+    truth = labels[on_query]
+    before = {}
+
     def fit():
         model.fit(selected[is_reference], labels[is_reference], batch=batch[is_reference])
         reference_codes.append(model.transform(selected[is_reference]))
         reference_codes.append(model.transform(selected[on_query]))  # before mapping
+        # the reference-only model names the query (a batch it has not seen) as it is
+        start = time.perf_counter()
+        named = model.predict(selected[on_query])
+        before["accuracy (reference only)"] = accuracy_score(truth[np.isin(truth, model.classes_)],
+                                                             named[np.isin(truth, model.classes_)])
+        before.update(flag_rates(model, selected[on_query], batch[on_query], truth, " (reference only)"))
+        before["seconds"] = time.perf_counter() - start
         model.map_query(selected[on_query], batch=batch[on_query])
         return model
 
     _, seconds = timed_model(fit)
+    seconds -= before.pop("seconds")
     after = model.transform(selected[is_reference], batch=batch[is_reference])
     query_codes = model.transform(selected[on_query], batch=batch[on_query])
     probabilities = model.predict_proba(selected[on_query], batch=batch[on_query])
     typical = model.typicality(selected[on_query], batch=batch[on_query])
-    truth = labels[on_query]
     scores, per_type = scored(truth, model.classes_[probabilities.argmax(axis=1)], 1 - typical, model.classes_)
+    scores.update(flag_rates(model, selected[on_query], batch[on_query], truth))
+    scores.update(before)
     scores["reference codes unchanged"] = float(np.array_equal(after, reference_codes[0]))
     side = np.r_[np.zeros(len(after), bool), np.ones(len(query_codes), bool)]
     scores["mixing before"] = mixing(np.vstack([reference_codes[0], reference_codes[1]]), side, k)

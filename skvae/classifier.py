@@ -20,11 +20,13 @@ classifier's ``score`` must be its accuracy (what ``GridSearchCV`` over ``beta``
 then maximises), while an embedder's stays the evidence lower bound.
 """
 
+import warnings
 from numbers import Real
 
 import numpy as np
 import pandas as pd
 from scipy.special import softmax
+from scipy.stats import chi2
 from sklearn.base import ClassifierMixin
 from sklearn.covariance import ledoit_wolf
 from sklearn.metrics import accuracy_score
@@ -32,6 +34,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
+from ._covariates import combined_labels
 from ._persistence import SAVE_FORMAT, saved_attributes
 from .estimators import BetaVAEEmbedder, _docstring
 from .nn.models import VariationalAutoencoder
@@ -43,6 +46,8 @@ UNLABELLED = -1
 _CALIBRATION_ROWS = 20_000
 # Quantiles of each type's reference distances kept (the typicality's resolution: 1 / (_QUANTILES - 1))
 _QUANTILES = 1001
+# Cells that calibrate a group's typicality to its shift (and labelled cells a type needs to take part)
+_CALIBRATION_CELLS = 50
 
 
 def _missing(values):
@@ -180,9 +185,12 @@ _CLASSIFIER_PARAMETERS = """\
     unknown_threshold : float, default=0.01
         A cell is of a type the reference lacks (:meth:`is_unknown`) when its
         :meth:`typicality` is below this: fewer than this share of the labelled
-        cells of the type it is called lie as far from that type's centre. In
-        the reference itself about this share of each type is flagged; the user
-        guide gives the evidence for the default."""
+        cells of the type it is called lie as far from that type's centre (after
+        the query's calibration). In the reference itself about this share of
+        each type is flagged; in a query, where integration leaves a shift, the
+        user guide gives the measured shares and how to choose it. A type of
+        fewer than ``1 / unknown_threshold - 1`` labelled cells flags only cells
+        beyond the farthest of them."""
 
 
 @_docstring(
@@ -245,6 +253,10 @@ _CLASSIFIER_PARAMETERS = """\
         Quantiles of each type's labelled cells' squared Mahalanobis distances to
         its centre, the reference of :meth:`typicality`.
 
+    class_counts_ : ndarray of int of shape (n_classes,)
+        How many labelled cells of each type gave its Gaussian (at most 20,000,
+        evenly spaced): the ``n`` of :meth:`typicality`'s p-value.
+
 {fitted}
 
 {activity}
@@ -288,7 +300,7 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         "unknown_threshold": [Interval(Real, 0, 1, closed="left")],
     }
     _saved_attributes = (*BetaVAEEmbedder._saved_attributes, "classes_", "class_means_", "class_precisions_",
-                         "class_distance_quantiles_")
+                         "class_distance_quantiles_", "class_counts_")
 
     def __init__(
         self,
@@ -489,29 +501,51 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         present = np.unique(labels)
         # a partial_fit chunk without a type keeps what earlier calls learned of it
         fresh = not (incremental and hasattr(self, "class_means_"))
+        counts = np.zeros(n_classes, dtype=np.int64) if fresh else getattr(self, "class_counts_", np.zeros(
+            n_classes, dtype=np.int64)).copy()
         means = np.full((n_classes, k), np.nan) if fresh else self.class_means_.copy()
         precisions = np.full((n_classes, k, k), np.nan) if fresh else self.class_precisions_.copy()
         quantiles = np.full((n_classes, _QUANTILES), np.nan) if fresh else self.class_distance_quantiles_.copy()
         for c in present:
             means[c] = codes[labels == c].mean(axis=0)
-        # a type of one labelled cell borrows the within-type covariance of all
+            counts[c] = np.sum(labels == c)
+        # a type of one labelled cell, or whose cells share one code, borrows the within-type covariance of all
         pooled = ledoit_wolf(codes - means[labels])[0] if len(codes) > 1 else np.eye(k)
+        if np.trace(pooled) <= 0:  # every labelled cell of every type on its type's one code: a unit spread
+            pooled = np.eye(k)
+        collapsed = []
         for c in present:
             own = codes[labels == c]
             covariance = ledoit_wolf(own)[0] if len(own) > 1 else pooled
+            if np.trace(covariance) <= 1e-12 * np.trace(pooled):
+                collapsed.append(self.classes_[c])
+                covariance = pooled
             precisions[c] = np.linalg.pinv(covariance + 1e-6 * np.trace(covariance) / k * np.eye(k), hermitian=True)
             quantiles[c] = np.quantile(_squared_distances(own, means[c], precisions[c]),
                                        np.linspace(0.0, 1.0, _QUANTILES))
+        if collapsed and len(codes) > 1:
+            warnings.warn(f"The labelled cells of type(s) {[_plain(name) for name in collapsed]} share one code, so "
+                          "their own spread is none: their Gaussians take the spread of all types' cells around their "
+                          "centres. Check that these labels mark distinct cells (or that the model did not collapse).",
+                          UserWarning, stacklevel=2)
+        stale = [self.classes_[c] for c in np.flatnonzero(~np.isnan(means[:, 0])) if c not in present]
+        if incremental and stale:
+            warnings.warn(f"This partial_fit trained the model on cells without a label of type(s) "
+                          f"{[_plain(name) for name in stale][:10]}: their Gaussians (predict, typicality) are those "
+                          "of an earlier call's codes, which have moved since. Give each call labelled cells of every "
+                          "type (or fit anew) to keep them current.", UserWarning, stacklevel=2)
         self.class_means_, self.class_precisions_, self.class_distance_quantiles_ = means, precisions, quantiles
+        self.class_counts_ = counts
 
     def _fitted_codes(self, X, batch):
         return self._map_rows("embed", self._fitted_data(X, batch)).astype(np.float64)
 
-    def _scores(self, codes):
+    def _scores(self, codes, groups=None):
         """Each cell's posterior probability of each type and its typicality of the most probable one.
 
         The probabilities are the types' Gaussian densities of the code, every type equally likely a priori; one
-        squared Mahalanobis distance per cell and type serves both.
+        squared Mahalanobis distance per cell and type serves both. ``groups``: each cell's batch (the typicality is
+        calibrated within each, :meth:`_shift_scales`), or None (all cells one group).
         """
         if np.isnan(self.class_means_).all():
             raise ValueError(f"This {type(self).__name__} has seen no labelled cell yet, so it knows no type to name: "
@@ -524,13 +558,54 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
                 log_density[:, c] = -0.5 * (distances[:, c] - np.linalg.slogdet(precision)[1])
         probabilities = softmax(log_density, axis=1)
         called = probabilities.argmax(axis=1)
+        own = distances[np.arange(len(codes)), called]
+        own = own / self._shift_scales(own, called, groups)
         typical = np.empty(len(codes))
         levels = np.linspace(0.0, 1.0, _QUANTILES)
+        counts = getattr(self, "class_counts_", None)  # saves from before 0.5 have none: a large sample
         for c in np.unique(called):
             rows = called == c
-            typical[rows] = 1.0 - np.interp(distances[rows, c], self.class_distance_quantiles_[c], levels, left=0.0,
-                                            right=1.0)
+            quantiles = self.class_distance_quantiles_[c]
+            beyond = 1.0 - np.interp(own[rows], quantiles, levels, left=0.0, right=1.0)
+            if counts is None:
+                typical[rows] = beyond
+                continue
+            # the conformal p-value among the type's n labelled cells, (1 + how many lie farther) / (n + 1); past the
+            # farthest, 1 / (n + 1) times the Gaussian's tail beyond it (chi-square), so that a few labelled cells
+            # still tell a far cell
+            n = counts[c]
+            tail = np.exp(np.minimum(chi2.logsf(own[rows], self.n_components) - chi2.logsf(quantiles[-1],
+                                                                                            self.n_components), 0.0))
+            typical[rows] = np.where(own[rows] > quantiles[-1], tail, 1.0 + n * beyond) / (n + 1.0)
         return probabilities, typical
+
+    def _shift_scales(self, distances, called, groups):
+        """Each cell's scale of its distance: how much farther the cells of its group lie from their types.
+
+        The lower quartile of a group's distances (a batch of ``batch=``, or all the cells given), each relative to
+        its type's labelled cells' lower quartile: above 1 where the group lies farther from the reference than the
+        reference's own cells (a batch effect integration left), below where it lies closer (deeper cells); the
+        group's distances are divided by it. At least ``_CALIBRATION_CELLS`` cells of types labelled on
+        ``_CALIBRATION_CELLS`` cells or more make a group's own scale; a smaller group takes all the cells', and
+        fewer cells than that in all take 1 (none).
+        """
+        quartiles = self.class_distance_quantiles_[:, _QUANTILES // 4]
+        counts = getattr(self, "class_counts_", np.full(len(self.classes_), np.inf))
+        reliable = (counts >= _CALIBRATION_CELLS) & (quartiles > 0)
+        ratios = np.where(reliable[called], distances / np.where(reliable, quartiles, 1.0)[called], np.nan)
+
+        def scale(values):
+            values = values[~np.isnan(values)]
+            return float(np.quantile(values, 0.25)) if len(values) >= _CALIBRATION_CELLS else None
+
+        overall = scale(ratios) or 1.0
+        if groups is None:
+            return np.full(len(distances), overall)
+        scales = np.empty(len(distances))
+        for group in pd.unique(groups):
+            rows = groups == group
+            scales[rows] = scale(ratios[rows]) or overall
+        return scales
 
     def predict_proba(self, X, *, batch=None):
         """Each cell's probability of each type of ``classes_``, from its code.
@@ -579,25 +654,43 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         return self.classes_[probabilities.argmax(axis=1)]
 
     def typicality(self, X, *, batch=None):
-        """How typical each cell is of the type it is called: the share of that type's labelled cells farther away.
+        """How typical each cell is of the type it is called: a p-value of its distance among that type's cells.
 
         The squared Mahalanobis distance of the cell's code to the centre of its
         predicted type (``class_means_``, ``class_precisions_``), compared with the
-        distances of the type's labelled cells in ``fit``: 1 at the centre, 0
-        beyond the farthest of them. A conformal p-value: about a share ``t`` of
-        the reference's own cells have a typicality below ``t``.
+        distances of the type's ``n`` labelled cells in ``fit``
+        (``class_distance_quantiles_``, ``class_counts_``): (1 + the number of
+        them farther away) / (n + 1), a conformal p-value, so about a share ``t``
+        of the reference's own cells have a typicality below ``t``, and none of a
+        type's labelled cells has one below 1 / (n + 1). Past the farthest of
+        them it falls further with the type's Gaussian tail (chi-square), so a
+        cell far from a type of few labelled cells is still told.
+
+        Calibrated to the query: a batch other than the reference's lies farther
+        from every type where integration left a batch effect, and would be
+        flagged throughout. So the distances of the cells given together, each
+        batch of ``batch`` apart (all the cells when ``batch`` is None), are
+        first divided by how much farther (or closer) their lower quartile lies
+        than the reference's own (relative to each called type's labelled
+        cells; from 50 cells or more; fewer take all the cells', or none): a
+        cell's typicality then depends on the other cells of its batch given
+        with it. This assumes at least a quarter of a batch's cells are of types
+        the reference has; the user guide gives the evidence.
 
         Parameters
         ----------
         X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
         batch : array-like of shape (n_samples,), DataFrame or dict, default=None
+            Each cell's batch: read by an encoder that takes it, as for
+            :meth:`transform`, and the groups whose shift is calibrated.
 
         Returns
         -------
         ndarray of shape (n_samples,)
             In [0, 1].
         """
-        return self._scores(self._fitted_codes(X, batch))[1]
+        codes = self._fitted_codes(X, batch)
+        return self._scores(codes, None if batch is None else combined_labels(batch, len(codes)))[1]
 
     def is_unknown(self, X, *, batch=None):
         """Whether each cell is of a type the reference lacks: its :meth:`typicality` is below ``unknown_threshold``.
@@ -664,6 +757,10 @@ def _check_type_statistics(attributes, n_components, path):
     if missing:
         raise damaged(f"fields {missing} are missing or malformed")
     classes, means, precisions, quantiles = (attributes[name] for name in names)
+    counts = attributes.get("class_counts_")  # saves from before 0.5 have none
+    if counts is not None and not (isinstance(counts, np.ndarray) and counts.shape == classes.shape
+                                   and counts.dtype.kind in "iu" and (counts >= 0).all()):
+        raise damaged("counts of labelled cells are not one non-negative integer per class")
     if classes.ndim != 1 or len(classes) < 2 or len(np.unique(classes)) != len(classes) or \
             not np.array_equal(np.unique(classes), classes):
         raise damaged("classes are not two or more distinct labels in order")

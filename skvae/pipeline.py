@@ -45,6 +45,29 @@ def _final_step_has(name):
     return lambda pipeline: hasattr((_flat_steps(pipeline) or [None])[-1], name)
 
 
+def _final_step_method(name, summary, returns):
+    """A pipeline method that applies the last step's ``name`` to the other steps' transform, ``batch`` to each step."""
+
+    def method(self, X, *, batch=None):
+        return self._final_call(name, X, batch)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"""{summary}
+
+        Parameters
+        ----------
+        X : {{array-like, sparse matrix}} of shape (n_samples, n_features)
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
+            Given to every step that takes it, with or without scikit-learn's
+            metadata routing.
+
+        Returns
+        -------
+        {returns}
+        """
+    return available_if(_final_step_has(name))(method)
+
+
 def _takes_batch(method):
     """Whether ``method`` (an estimator's fit, transform, ...) has a ``batch`` parameter."""
     return method is not None and "batch" in inspect.signature(method).parameters
@@ -268,82 +291,16 @@ class EmbeddingPipeline(Pipeline):
         call = getattr(steps[-1], method)
         return call(_transform_steps(steps[:-1], X, batch), *args, **_batch_for(call, batch), **kwargs)
 
-    @available_if(_final_step_has("predict"))
-    def predict(self, X, *, batch=None):
-        """The last step's ``predict`` (a classifier's cell types) of the other steps' output.
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
-            Given to every step that takes it, with or without scikit-learn's
-            metadata routing.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-        """
-        return self._final_call("predict", X, batch)
-
-    @available_if(_final_step_has("predict_proba"))
-    def predict_proba(self, X, *, batch=None):
-        """The last step's ``predict_proba`` of the other steps' output.
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_classes)
-        """
-        return self._final_call("predict_proba", X, batch)
-
-    @available_if(_final_step_has("predict_log_proba"))
-    def predict_log_proba(self, X, *, batch=None):
-        """The last step's ``predict_log_proba`` of the other steps' output.
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_classes)
-        """
-        return self._final_call("predict_log_proba", X, batch)
-
-    @available_if(_final_step_has("typicality"))
-    def typicality(self, X, *, batch=None):
-        """The classifier's :meth:`~skvae.BetaVAEClassifier.typicality` of the other steps' output.
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-        """
-        return self._final_call("typicality", X, batch)
-
-    @available_if(_final_step_has("is_unknown"))
-    def is_unknown(self, X, *, batch=None):
-        """The classifier's :meth:`~skvae.BetaVAEClassifier.is_unknown` of the other steps' output.
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
-
-        Returns
-        -------
-        ndarray of bool of shape (n_samples,)
-        """
-        return self._final_call("is_unknown", X, batch)
+    predict = _final_step_method("predict", "The last step's ``predict`` (a classifier's cell types) of the other "
+                                 "steps' output.", "ndarray of shape (n_samples,)")
+    predict_proba = _final_step_method("predict_proba", "The last step's ``predict_proba`` of the other steps' output.",
+                                       "ndarray of shape (n_samples, n_classes)")
+    predict_log_proba = _final_step_method("predict_log_proba", "The last step's ``predict_log_proba`` of the other "
+                                           "steps' output.", "ndarray of shape (n_samples, n_classes)")
+    typicality = _final_step_method("typicality", "The classifier's :meth:`~skvae.BetaVAEClassifier.typicality` of "
+                                    "the other steps' output.", "ndarray of shape (n_samples,)")
+    is_unknown = _final_step_method("is_unknown", "The classifier's :meth:`~skvae.BetaVAEClassifier.is_unknown` of "
+                                    "the other steps' output.", "ndarray of bool of shape (n_samples,)")
 
     @available_if(_final_step_has("map_query"))
     def map_query(self, X, *, batch, max_epochs="auto"):

@@ -14,6 +14,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.feature_selection import SelectorMixin
 from sklearn.utils.validation import check_is_fitted
 
+from ._covariates import combined_labels
 from ._settings import settings
 from ._validation import is_integer_valued
 from .nn.likelihoods import LIKELIHOODS
@@ -244,7 +245,9 @@ def annotate(adata, estimator, *, labels_key=None, layer=None, batch_key=None, u
     else:
         codes = run.fit(y=adata.obs[labels_key])
     # the classifier's predictions and typicality are of these codes (its predict_proba would embed the cells again)
-    probabilities, typicality = final._scores(np.asarray(codes, dtype=np.float64))
+    # (the typicality calibrated within each batch, as the classifier's typicality(X, batch=) does)
+    groups = None if run.batch is None else combined_labels(run.batch, len(codes))
+    probabilities, typicality = final._scores(np.asarray(codes, dtype=np.float64), groups)
     records = _records(run, codes, estimator, layer, batch_key, (f"X_{prefix}", prefix))
     called = final.classes_[probabilities.argmax(axis=1)]
     unknown = typicality < final.unknown_threshold

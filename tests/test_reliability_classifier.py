@@ -280,7 +280,7 @@ def test_the_recipe_takes_batch_in_every_method_under_metadata_routing(recipe):
         for name, value in expected.items():
             np.testing.assert_array_equal(getattr(model, name)(counts, batch=batch), value)
     selected = model["genes"].transform(counts)
-    np.testing.assert_array_equal(expected["typicality"], model["classifier"].typicality(selected))
+    np.testing.assert_array_equal(expected["typicality"], model["classifier"].typicality(selected, batch=batch))
     assert not hasattr(make_count_embedder(), "predict")  # an embedder's pipeline has no classifier's methods
 
 

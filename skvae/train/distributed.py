@@ -11,22 +11,25 @@ same steps, so they end with the same weights.
 
 import contextlib
 import os
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 
-class Agreement(NamedTuple):
+@dataclass(frozen=True)
+class Agreement:
     """A value every rank must share, with what to do when they do not (for :meth:`RankGroup.check_same`).
 
     Parameters
     ----------
     value : object
         This rank's value.
-    remedy : str
-        What the error tells the user to do when the ranks disagree.
+    remedy : str or None
+        What the error tells the user to do when the ranks disagree (None: the
+        general remedy of :meth:`RankGroup.check_same`).
 
     Examples
     --------
@@ -36,7 +39,7 @@ class Agreement(NamedTuple):
     """
 
     value: Any
-    remedy: str
+    remedy: str | None
 
 
 def data_parallel(device):

@@ -103,7 +103,8 @@ class TrainingSession:
         rng = np.random.RandomState() if random_state is None else check_random_state(random_state)
         if self.parallel is not None:
             for what, value in (same() if same is not None else {}).items():
-                self.parallel.check_same(what, *(value if isinstance(value, Agreement) else (value,)))
+                agreement = value if isinstance(value, Agreement) else Agreement(value, None)
+                self.parallel.check_same(what, agreement.value, agreement.remedy)
             if random_state is None:
                 rng = np.random.RandomState(self.parallel.broadcast_seed(rng.randint(np.iinfo(np.int32).max)))
         seed = rng.randint(np.iinfo(np.int32).max)

@@ -1,0 +1,103 @@
+"""The unknown flag where the query differs from the reference: a strong per-gene batch effect, a type the
+reference lacks, in the three ways a classifier is used (issue 39); and the flag's edge cases."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from skvae import BetaVAEClassifier
+
+SETTINGS = dict(likelihood="nb", n_components=6, hidden_layer_sizes=(64,), input_activation=True, batch_norm=True,
+                max_epochs=60)
+
+
+def _shifted(seed, n=1600, n_genes=120):
+    """Counts of 4 types in a reference and a query batch, each with a per-gene effect exp(N(0, 0.7)) and the query
+    5x deeper; the fourth type is in the query only."""
+    rng = np.random.RandomState(seed)
+    profiles = rng.gamma(0.5, 2.0, size=(4, n_genes))
+    effects = np.exp(rng.normal(0.0, 0.7, size=(2, n_genes)))
+    batch = np.repeat([0, 1], n // 2)
+    types = np.where(batch == 0, rng.randint(3, size=n), rng.randint(4, size=n))
+    depth = np.where(batch == 0, 1.0, 5.0)[:, None]
+    counts = rng.poisson(profiles[types] * effects[batch] * depth).astype(np.float32)
+    return counts, types, np.array(["ref", "query"], dtype=object)[batch]
+
+
+def _flag_rates(model, counts, types, batch, query):
+    unknown = model.is_unknown(counts[query], batch=batch[query])
+    known = types[query] != 3
+    return unknown[known].mean(), unknown[~known].mean()
+
+
+def _quietly(call, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return call(*args, **kwargs)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("use", ["reference", "joint", "mapped"])
+def test_the_flag_holds_under_a_strong_batch_effect(use, seed):
+    counts, types, batch = _shifted(seed)
+    reference, query = batch == "ref", batch == "query"
+    model = BetaVAEClassifier(**SETTINGS, random_state=seed)
+    if use == "joint":
+        y = np.where(reference, types, -1)
+        _quietly(model.fit, counts, y, batch=batch)
+    else:
+        _quietly(model.fit, counts[reference], types[reference], batch=batch[reference])
+        if use == "mapped":
+            _quietly(model.map_query, counts[query], batch=batch[query])
+    known, absent = _flag_rates(model, counts, types, batch, query)
+    assert known <= 0.05 and absent >= 0.8, (known, absent)
+
+
+def _three_types(seed=0, n=600, n_genes=40):
+    rng = np.random.RandomState(seed)
+    types = rng.randint(3, size=n)
+    profiles = rng.gamma(0.4, 3.0, size=(3, n_genes))
+    return rng.poisson(profiles[types] * 2).astype(np.float32), np.array(["B", "NK", "T"], dtype=object)[types]
+
+
+def _small(**settings):
+    return BetaVAEClassifier(**{"likelihood": "nb", "n_components": 4, "hidden_layer_sizes": (32,), "max_epochs": 30,
+                                "random_state": 0, **settings})
+
+
+def test_a_type_whose_cells_share_one_code_is_predicted_with_a_warning():
+    counts, types = _three_types()
+    same = np.tile(counts[:1] + 5, (30, 1))  # 30 identical cells: one code
+    X, y = np.vstack([counts, same]), np.concatenate([types, np.full(30, "Z", dtype=object)])
+    with pytest.warns(UserWarning, match=r"type\(s\) \['Z'\] share one code"):
+        model = _small().fit(X, y)
+    assert np.isfinite(model.class_precisions_).all() and np.abs(model.class_precisions_[-1]).sum() > 0
+    assert (model.predict(same) == "Z").all()  # it was never predicted, its own cells named otherwise
+    assert not model.is_unknown(same).any()
+
+
+def test_partial_fit_without_a_types_labels_warns_that_its_gaussian_is_stale():
+    counts, types = _three_types()
+    model = _small(max_epochs=1)
+    model.partial_fit(counts, types, classes=["B", "NK", "T"])
+    with pytest.warns(UserWarning, match=r"without a label of type\(s\) \['B', 'NK', 'T'\]"):
+        model.partial_fit(counts, np.full(len(types), None, dtype=object))
+    labelled_b = np.where(types == "B", "B", None).astype(object)
+    with pytest.warns(UserWarning, match=r"type\(s\) \['NK', 'T'\]"):
+        model.partial_fit(counts, labelled_b)
+
+
+@pytest.mark.parametrize("n_labelled", [1, 2, 5])
+def test_a_type_of_few_labelled_cells_flags_none_of_them_and_still_flags_a_far_cell(n_labelled):
+    counts, types = _three_types(n=900)
+    y = types.copy()
+    rare = np.flatnonzero(types == "NK")
+    y[rare[n_labelled:]] = None  # NK labelled on a few cells only
+    model = _quietly(_small(max_epochs=40).fit, counts, y)
+    # a conformal p-value among n labelled cells is at least 1 / (n + 1) for cells as close as the farthest of them
+    assert not model.is_unknown(counts[rare[:n_labelled]]).any()
+    assert model.class_counts_.tolist()[1] == n_labelled
+    # far beyond every labelled cell, the Gaussian's tail still tells (the code of a cell unlike any type)
+    codes = model.transform(counts[rare[:1]]) + 100.0
+    assert model._scores(codes)[1][0] < model.unknown_threshold
