@@ -501,8 +501,9 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         present = np.unique(labels)
         # a partial_fit chunk without a type keeps what earlier calls learned of it
         fresh = not (incremental and hasattr(self, "class_means_"))
-        counts = np.zeros(n_classes, dtype=np.int64) if fresh else getattr(self, "class_counts_", np.zeros(
-            n_classes, dtype=np.int64)).copy()
+        # a model loaded from a save before class_counts_ existed: its types' Gaussians came from many cells
+        counts = np.zeros(n_classes, dtype=np.int64) if fresh else getattr(self, "class_counts_", np.where(
+            np.isnan(self.class_means_[:, 0]), 0, _CALIBRATION_ROWS)).copy()
         means = np.full((n_classes, k), np.nan) if fresh else self.class_means_.copy()
         precisions = np.full((n_classes, k, k), np.nan) if fresh else self.class_precisions_.copy()
         quantiles = np.full((n_classes, _QUANTILES), np.nan) if fresh else self.class_distance_quantiles_.copy()
