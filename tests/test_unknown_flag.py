@@ -101,3 +101,21 @@ def test_a_type_of_few_labelled_cells_flags_none_of_them_and_still_flags_a_far_c
     # far beyond every labelled cell, the Gaussian's tail still tells (the code of a cell unlike any type)
     codes = model.transform(counts[rare[:1]]) + 100.0
     assert model._scores(codes)[1][0] < model.unknown_threshold
+
+
+def test_a_classifier_saved_before_class_counts_loads_predicts_and_continues(tmp_path):
+    from skvae._persistence import atomic_torch_save, embedder_state
+
+    counts, types = _three_types()
+    model = _quietly(_small().fit, counts, types)
+    state = embedder_state(model)
+    # the earlier format: no counts, arrays as bare lists
+    state["attributes"] = {name: value["values"] if isinstance(value, dict) else value
+                           for name, value in state["attributes"].items() if name != "class_counts_"}
+    atomic_torch_save(state, tmp_path / "old.pt")
+    loaded = BetaVAEClassifier.load(tmp_path / "old.pt")
+    assert not hasattr(loaded, "class_counts_")
+    np.testing.assert_array_equal(loaded.predict(counts), model.predict(counts))
+    assert ((loaded.typicality(counts) >= 0) & (loaded.typicality(counts) <= 1)).all()
+    _quietly(loaded.partial_fit, counts, np.where(types == "B", "B", None).astype(object))
+    assert loaded.class_counts_.tolist() == [int((types == "B").sum()), 20_000, 20_000]
