@@ -349,3 +349,20 @@ def test_tl_shows_progress_as_settings_say_and_leaves_the_estimators_verbose_alo
     for bad in (3, -1, True, "1"):
         with pytest.raises(ValueError, match="verbosity must be 0"):
             skvae.settings.verbosity = bad
+
+
+@pytest.mark.parametrize("columns", [[3, 5, 7, 29], [29, 0, 4], list(range(30)), []])
+def test_backed_columns_serve_the_columns_of_the_file_in_their_order(tmp_path, columns):
+    from skvae.train.data import BackedColumns, RowData
+
+    X = sp.random(50, 30, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    anndata.AnnData(X).write_h5ad(tmp_path / "cells.h5ad")
+    selected = BackedColumns(anndata.read_h5ad(tmp_path / "cells.h5ad", backed="r").X, columns)
+    assert selected.shape == (50, len(columns))
+    rows = RowData.from_input(selected).take(np.array([4, 1, 30, 4])).in_memory().X
+    np.testing.assert_array_equal(rows.toarray(), X[[4, 1, 30, 4]][:, columns].toarray())
+    assert rows.has_sorted_indices
+    twice = BackedColumns(selected, [0] if columns else [])  # a selection of a selection: of the file itself
+    np.testing.assert_array_equal(twice.columns, np.asarray(columns[:1], dtype=np.int64))
+    with pytest.raises(ValueError, match="positions among the matrix's 30 columns"):
+        BackedColumns(selected.dataset, [30])

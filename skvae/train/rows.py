@@ -283,6 +283,7 @@ class BackedSparseRowSource(_SparseRowSource):
             block.sum_duplicates()
         if self._columns is not None:
             block = block[:, self._columns]
+            block.sort_indices()  # columns asked for out of order come out of order
         return block if np.array_equal(distinct, wanted) else block[inverse]
 
     def minibatches(self, indices):
