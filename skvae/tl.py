@@ -344,8 +344,9 @@ class _Run:
         self.batch = _batch(adata, batch_key)
         if self.batch is not None:
             _check_batch_is_read(steps, fitted)
-        elif fitted and getattr(final, "batch_categories_", None) is not None and (
-                getattr(final, "encode_batch", False) or hasattr(final, "n_reference_categories_")):
+        elif fitted and getattr(getattr(final, "module_", None), "encode_batch", False):
+            # the fitted network's encoder reads covariates (encode_batch=True, or offsets map_query added): what
+            # the estimator's transform itself requires
             raise ValueError(f"This {type(final).__name__} reads each cell's batch to embed it (it was fitted with "
                              "encode_batch=True, or map_query added batches to it): pass batch_key=, the obs "
                              "column(s) of each cell's batch, as when it was fitted or mapped.")

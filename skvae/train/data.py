@@ -521,7 +521,7 @@ class InMemoryRows(RowData):
         """
         stored = (np.diff(sp.csr_matrix(self.X).indptr) if sp.issparse(self.X) else
                   np.full(self.n_rows, self.n_features))
-        for rows in _row_ranges(stored, _VALUE_BLOCK if max_values is None else max_values):
+        for rows in _row_ranges(stored, max_values):
             yield rows, self.X if rows == slice(0, self.n_rows) else self.X[rows]
 
     def value_blocks(self):
@@ -696,8 +696,7 @@ class BackedRows(RowData):
         if self._stored is None:
             self.check_layout()
         pointers = self._stored.indptr
-        for rows in _row_ranges(pointers[self.rows + 1] - pointers[self.rows],
-                                _VALUE_BLOCK if max_values is None else max_values):
+        for rows in _row_ranges(pointers[self.rows + 1] - pointers[self.rows], max_values):
             yield rows, self.take(rows).in_memory().X
 
     def value_blocks(self):
@@ -719,8 +718,10 @@ class BackedRows(RowData):
                              "truncated or changed after it was opened.") from None
 
 
-def _row_ranges(stored, max_values):
-    """Consecutive slices of rows holding at most ``max_values`` of ``stored`` (values per row) each, at least a row."""
+def _row_ranges(stored, max_values=None):
+    """Consecutive slices of rows holding at most ``max_values`` (None: 2**22) of ``stored`` (values per row) each, at
+    least a row."""
+    max_values = _VALUE_BLOCK if max_values is None else max_values
     ends = np.cumsum(stored)
     start = 0
     while start < len(stored):
