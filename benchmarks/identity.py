@@ -40,14 +40,14 @@ def scaled_data():
     return (logged - logged.mean(0)) / np.maximum(logged.std(0), 1e-8)
 
 
-def fingerprint(estimator, X, batch=None):
+def fingerprint(estimator, X, batch=None, y=None):
     digest = hashlib.sha256()
     per_cell = {} if batch is None else {"batch": batch}
     codes = estimator.transform(X, **per_cell)
     digest.update(np.ascontiguousarray(codes).tobytes())
     digest.update(np.ascontiguousarray(estimator.inverse_transform(codes[:10], **(
         {} if batch is None else {"batch": batch[:10]}))).tobytes())
-    digest.update(repr(estimator.score(X, **per_cell)).encode())
+    digest.update(repr(estimator.score(X, **per_cell) if y is None else estimator.score(X, y, **per_cell)).encode())
     digest.update(json.dumps(estimator.history_, sort_keys=True).encode())
     for name in ("active_components_",):
         if hasattr(estimator, name):
@@ -100,6 +100,47 @@ def in_process_cases(folder):
         estimator = cls(**{**SMALL, "hidden_layer_sizes": (16,)}, batch_adversary=0.3, input_activation=True).fit(
             scaled, batch=batch)
         results[f"{model}/gaussian/batch, recipe encoder"] = fingerprint(estimator, scaled, batch)
+        # map_query: new batches' rows learned with the reference frozen
+        estimator = cls(**SMALL, likelihood="nb", batch_adversary=0.3, **variational).fit(
+            counts[batch != "c"], batch=batch[batch != "c"])
+        estimator.map_query(counts[batch == "c"], batch=np.array(["d", "e"])[np.arange((batch == "c").sum()) % 2],
+                            max_epochs=2)
+        results[f"{model}/nb/batch, map_query"] = fingerprint(estimator, counts[batch != "c"], batch[batch != "c"])
+    results.update(classifier_cases(counts, batch))
+    return results
+
+
+def classifier_cases(counts, batch):
+    """The label-transfer classifier: fit with unlabelled cells, partial_fit, batches and an adversary, map_query."""
+    from skvae import BetaVAEClassifier
+
+    types = np.array(["t0", "t1", "t2"], dtype=object)[np.arange(len(counts)) % 3]
+    y = np.where(np.arange(len(counts)) % 4 == 0, None, types)
+    results = {}
+
+    def classified(estimator, X, batch=None):
+        per_cell = {} if batch is None else {"batch": batch}
+        digest = hashlib.sha256(fingerprint(estimator, X, batch, y=types).encode())
+        digest.update(np.ascontiguousarray(estimator.predict_proba(X, **per_cell)).tobytes())
+        digest.update(np.ascontiguousarray(estimator.typicality(X, **per_cell)).tobytes())
+        return digest.hexdigest()[:16]
+
+    options = dict(SMALL, likelihood="nb", kl_warmup_epochs=2)
+    results["classifier/nb"] = classified(BetaVAEClassifier(**options).fit(counts, y), counts)
+    estimator = BetaVAEClassifier(**options, batch_adversary=0.3, classification_weight=2.0).fit(counts, y, batch=batch)
+    results["classifier/nb/batch, adversary"] = classified(estimator, counts, batch)
+    estimator = BetaVAEClassifier(**options, batch_adversary=0.3, early_stopping=True, n_iter_no_change=1).fit(
+        counts, y, batch=batch)
+    results["classifier/nb/batch, adversary, early stopping"] = classified(estimator, counts, batch)
+    estimator = BetaVAEClassifier(**options)
+    for _ in range(2):
+        estimator.partial_fit(counts, y, classes=types[:3])
+    results["classifier/nb/partial_fit"] = classified(estimator, counts)
+    reference = batch != "c"
+    estimator = BetaVAEClassifier(**options, batch_adversary=0.3).fit(counts[reference], y[reference],
+                                                                      batch=batch[reference])
+    estimator.map_query(counts[~reference], batch=np.full((~reference).sum(), "q"), max_epochs=2)
+    results["classifier/nb/map_query"] = classified(estimator, counts, np.where(reference, batch, "q"))
     return results
 
 

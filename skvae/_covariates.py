@@ -1,10 +1,13 @@
-"""The cells' categorical covariates (``batch=``): each an object that holds its categories, encodes, saves and loads.
+"""The cells' covariates (``batch=``): each an object that holds what it knows, encodes, saves and loads.
 
 An estimator's ``batch=`` is one label per cell (one covariate: sample, donor or
 technology) or, for several at once, a DataFrame or dict of named columns (e.g.
 ``adata.obs[["sample", "technology"]]``, as scVI's ``batch_key`` plus
-``categorical_covariate_keys``). :class:`Covariates` turns it into what the models
-read, an int64 array of shape (n_cells, n_covariates) of category codes, and back
+``categorical_covariate_keys``). Columns that the estimator's ``continuous_covariates``
+names are numbers per cell (percent mitochondrial counts, cell-cycle scores, as scVI's
+``continuous_covariate_keys``): :class:`ContinuousCovariate`. :class:`Covariates` turns
+``batch=`` into what the models read, an int64 array of shape (n_cells, n_categorical) of
+category codes and a float array of shape (n_cells, n_continuous) of values, and back
 into what a save holds.
 """
 
@@ -127,14 +130,90 @@ class CategoricalCovariate:
         return cls(name, loaded)
 
 
+class ContinuousCovariate:
+    """One continuous covariate: a number per cell (percent mitochondrial counts, a cell-cycle score).
+
+    Values are taken as they are: the model standardises each covariate itself
+    (:class:`skvae.nn.layers.ContinuousInputs`), from the cells it is trained on.
+
+    Parameters
+    ----------
+    name : str
+        Its column of ``batch=``.
+
+    Examples
+    --------
+    >>> from skvae._covariates import ContinuousCovariate
+    >>> ContinuousCovariate("percent_mito").values([1.5, 3.0], 2).tolist()
+    [1.5, 3.0]
+    """
+
+    def __init__(self, name):
+        self.name = name
+
+    @property
+    def what(self):
+        """How messages name it: ``batch['percent_mito']``."""
+        return f"batch[{self.name!r}]"
+
+    def values(self, values, n_rows, *, fitting=False, one_for_all=False):
+        """The column's values as floats; a ValueError for text, a missing or infinite value, or (in fit) a constant.
+
+        Parameters
+        ----------
+        values : array-like of shape (n_rows,), or a number with ``one_for_all``
+        n_rows : int
+        fitting : bool, default=False
+            Refuse a column whose values are all the same: it tells the model nothing.
+        one_for_all : bool, default=False
+            One value for every row.
+
+        Returns
+        -------
+        ndarray of float64 of shape (n_rows,)
+        """
+        if isinstance(values, pd.Series):
+            values = values.to_numpy()
+        if one_for_all and np.ndim(values) == 0:
+            values = np.full(n_rows, values, dtype=object)
+        values = np.asarray(values, dtype=object)
+        if values.ndim != 1 or len(values) != n_rows:
+            raise ValueError(f"{self.what} must hold one number per cell ({n_rows}), got shape {values.shape}.")
+        try:
+            numbers = values.astype(np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{self.what} is a continuous covariate (continuous_covariates), but it holds values "
+                             f"that are not numbers, e.g. {values[0]!r}: give numbers, or leave it out of "
+                             "continuous_covariates to treat it as categories.") from None
+        if not np.isfinite(numbers).all():
+            bad = np.flatnonzero(~np.isfinite(numbers))
+            raise ValueError(f"{self.what} has {len(bad)} missing or infinite values (NaN or inf), e.g. at cell "
+                             f"{int(bad[0])}: give every cell a finite number.")
+        if fitting and n_rows > 1 and np.ptp(numbers) == 0:
+            raise ValueError(f"{self.what} has the same value ({numbers[0]:g}) for every cell: a constant covariate "
+                             "tells the model nothing. Leave it out of batch= and continuous_covariates.")
+        return numbers
+
+    def to_saved(self):
+        """Its name and kind, as a save holds them.
+
+        Returns
+        -------
+        dict
+        """
+        return {"name": self.name, "kind": "continuous"}
+
+
 class Covariates:
-    """The categorical covariates a model was fitted with: one unnamed (``batch=`` labels) or several named columns.
+    """The covariates a model was fitted with: one unnamed (``batch=`` labels) or several named columns.
 
     Parameters
     ----------
     columns : list of CategoricalCovariate
-        One per covariate, in the order of their code columns; every name None
-        (one column) or a distinct string.
+        One per categorical covariate, in the order of their code columns; every
+        name None (one column) or a distinct string.
+    continuous : list of ContinuousCovariate, default=()
+        The continuous covariates, in the order of their value columns.
 
     Examples
     --------
@@ -144,27 +223,55 @@ class Covariates:
     >>> covariates = Covariates.from_batch(obs, 3)
     >>> covariates.n_categories, covariates.encode(obs.iloc[::-1], 3).tolist()
     ((3, 2), [[2, 1], [1, 0], [0, 0]])
+    >>> obs["percent_mito"] = [1.0, 4.5, 2.0]
+    >>> with_mito = Covariates.from_batch(obs, 3, continuous=["percent_mito"])
+    >>> with_mito.n_categories, with_mito.encode_continuous(obs, 3).tolist()
+    ((3, 2), [[1.0], [4.5], [2.0]])
     """
 
-    def __init__(self, columns):
+    def __init__(self, columns, continuous=()):
         self.columns = list(columns)
+        self.continuous = list(continuous)
 
     @classmethod
-    def from_batch(cls, batch, n_rows):
+    def from_batch(cls, batch, n_rows, *, continuous=None):
         """The covariates of ``fit``'s ``batch=`` (None for None).
 
         Parameters
         ----------
         batch : array-like of shape (n_rows,), DataFrame, dict of str to array-like, or None
         n_rows : int
+        continuous : sequence of str, default=None
+            The columns of ``batch`` that are continuous (the estimator's
+            ``continuous_covariates``); the others are categorical.
 
         Returns
         -------
         Covariates or None
         """
+        names = [] if continuous is None else [str(name) for name in continuous]
         if batch is None:
+            if names:
+                raise ValueError(f"continuous_covariates={names} names columns of batch=, but batch is None: pass "
+                                 f"them in batch=, e.g. adata.obs[{names!r}].")
             return None
-        return cls([CategoricalCovariate.from_labels(name, labels) for name, labels in _columns(batch, n_rows)])
+        if not names:
+            return cls([CategoricalCovariate.from_labels(name, labels) for name, labels in _columns(batch, n_rows)])
+        if not _named(batch):
+            raise ValueError(f"continuous_covariates={names} names columns of batch=, so batch= must be a DataFrame or "
+                             "dict of named columns (e.g. adata.obs[['sample', 'percent_mito']]), not one label per "
+                             "cell.")
+        given = {str(key): key for key in batch.keys()}
+        missing = [name for name in names if name not in given]
+        if missing:
+            raise ValueError(f"batch lacks the continuous covariate(s) {missing}; it has {list(given)}.")
+        categorical = {key: batch[key] for name, key in given.items() if name not in names}
+        columns = [CategoricalCovariate.from_labels(name, labels) for name, labels in _columns(categorical, n_rows)] \
+            if categorical else []
+        continuous = [ContinuousCovariate(name) for name in names]
+        for column in continuous:  # checked once, at fit, with the constant column refused
+            column.values(batch[given[column.name]], n_rows, fitting=True)
+        return cls(columns, continuous)
 
     @property
     def n_categories(self):
@@ -177,8 +284,18 @@ class Covariates:
         return tuple(len(column) for column in self.columns)
 
     @property
+    def n_continuous(self):
+        """The number of continuous covariates.
+
+        Returns
+        -------
+        int
+        """
+        return len(self.continuous)
+
+    @property
     def names(self):
-        """Each covariate's column name (None for ``batch=`` given as labels).
+        """Each categorical covariate's column name (None for ``batch=`` given as labels).
 
         Returns
         -------
@@ -206,9 +323,10 @@ class Covariates:
         str
         """
         parts = [f"{len(column)}: {listing(column.categories)}" for column in self.columns]
-        if len(parts) == 1:
+        numbers = [f"{column.name} (continuous)" for column in self.continuous]
+        if len(parts) == 1 and not numbers:
             return parts[0]
-        return ", ".join(f"{name} ({part})" for name, part in zip(self.names, parts, strict=True))
+        return ", ".join([*(f"{name} ({part})" for name, part in zip(self.names, parts, strict=True)), *numbers])
 
     def encode(self, batch, n_rows, *, one_for_all=False):
         """Each row's code of each covariate.
@@ -225,8 +343,10 @@ class Covariates:
 
         Returns
         -------
-        ndarray of int64 of shape (n_rows, n_covariates)
+        ndarray of int64 of shape (n_rows, n_covariates), or None without categorical covariates
         """
+        if not self.columns:
+            return None
         if len(self.columns) == 1 and not _named(batch):
             return self.columns[0].encode(batch_labels(batch, n_rows, one_for_all=one_for_all))[:, None]
         if self.names == [None]:  # fitted on unnamed labels: a single column of any name is them
@@ -237,6 +357,51 @@ class Covariates:
             return self.columns[0].encode(_column_labels(batch[keys[0]], n_rows, one_for_all, keys[0]))[:, None]
         given = dict(_columns(batch, n_rows, one_for_all=one_for_all, expected=self.names))
         return np.stack([column.encode(given[column.name]) for column in self.columns], axis=1)
+
+    def encode_continuous(self, batch, n_rows, *, one_for_all=False):
+        """Each row's value of each continuous covariate (None without any).
+
+        Parameters
+        ----------
+        batch : DataFrame or dict
+            Holding the continuous columns (with ``one_for_all``: one number each).
+        n_rows : int
+        one_for_all : bool, default=False
+
+        Returns
+        -------
+        ndarray of float64 of shape (n_rows, n_continuous) or None
+        """
+        if not self.continuous:
+            return None
+        if not _named(batch):
+            raise ValueError(f"This model was fitted with continuous covariates ({self.describe()}): pass batch= as a "
+                             "DataFrame or dict holding those columns.")
+        given = {str(key): key for key in batch.keys()}
+        missing = [column.name for column in self.continuous if column.name not in given]
+        if missing:
+            raise ValueError(f"batch lacks the continuous covariate(s) {missing} the model was fitted with; it has "
+                             f"{list(given)}.")
+        return np.stack([column.values(batch[given[column.name]], n_rows, one_for_all=one_for_all)
+                         for column in self.continuous], axis=1)
+
+    def group_labels(self, batch, n_rows):
+        """One label per row of the categorical covariates (:func:`combined_labels`): the groups cells come in.
+
+        Parameters
+        ----------
+        batch : array-like of shape (n_rows,), DataFrame or dict
+        n_rows : int
+
+        Returns
+        -------
+        ndarray of object of shape (n_rows,), or None without categorical covariates
+        """
+        if not self.continuous:
+            return combined_labels(batch, n_rows)
+        if not self.columns:
+            return None
+        return combined_labels(dict(_columns(batch, n_rows, expected=self.names)), n_rows)
 
     def extended(self, batch, n_rows):
         """These covariates with the categories of ``batch`` that they lack appended, each column's sorted.
@@ -270,7 +435,7 @@ class Covariates:
             new = new[~np.isin(new, column.categories)]
             columns.append(CategoricalCovariate(column.name, np.concatenate([column.categories, new])))
             added.append(new)
-        return Covariates(columns), added
+        return Covariates(columns, self.continuous), added
 
     def listed(self):
         """The categories as lists (one covariate) or a dict of lists by column: what ranks compare.
@@ -279,18 +444,21 @@ class Covariates:
         -------
         list or dict of str to list
         """
+        if self.continuous:
+            return {**{column.name: column.categories.tolist() for column in self.columns},
+                    "continuous": [column.name for column in self.continuous]}
         if len(self.columns) == 1:
             return self.columns[0].categories.tolist()
         return {column.name: column.categories.tolist() for column in self.columns}
 
     def to_saved(self):
-        """Every covariate as :meth:`CategoricalCovariate.to_saved` gives it.
+        """Every covariate as its :meth:`~CategoricalCovariate.to_saved` gives it, categorical ones first.
 
         Returns
         -------
         list of dict
         """
-        return [column.to_saved() for column in self.columns]
+        return [column.to_saved() for column in (*self.columns, *self.continuous)]
 
     @classmethod
     def from_saved(cls, saved, path):
@@ -309,11 +477,41 @@ class Covariates:
             return None
         if not isinstance(saved, list) or not saved:
             raise ValueError(f"{path} is damaged: its batch columns are not a list.")
-        covariates = cls([CategoricalCovariate.from_saved(column, path) for column in saved])
-        names = covariates.names
+        continuous = [column for column in saved if isinstance(column, dict) and column.get("kind") == "continuous"]
+        if not all(isinstance(column.get("name"), str) for column in continuous):
+            raise ValueError(f"{path} is damaged: a continuous covariate's name is not a string.")
+        covariates = cls([CategoricalCovariate.from_saved(column, path) for column in saved if column not in continuous],
+                         [ContinuousCovariate(column["name"]) for column in continuous])
+        names = [*covariates.names, *(column.name for column in covariates.continuous)]
         if len(names) > 1 and (None in names or len(set(names)) < len(names)):
             raise ValueError(f"{path} is damaged: its batch columns' names are missing or repeated ({names}).")
         return covariates
+
+
+def network_sizes(covariates, dispersion):
+    """What the covariates make of a network: each categorical covariate's categories, the continuous ones, and the
+    categories a dispersion per gene and batch has.
+
+    Parameters
+    ----------
+    covariates : Covariates or None
+    dispersion : {"gene", "gene-batch"}
+        The estimator's ``dispersion``: "gene-batch" follows the first categorical covariate.
+
+    Returns
+    -------
+    dict
+        ``n_categories`` (tuple of int), ``n_continuous`` (int) and ``dispersion_categories`` (int).
+
+    Examples
+    --------
+    >>> from skvae._covariates import Covariates, network_sizes
+    >>> network_sizes(Covariates.from_batch(["a", "b", "a"], 3), "gene-batch")
+    {'n_categories': (2,), 'n_continuous': 0, 'dispersion_categories': 2}
+    """
+    n_categories = () if covariates is None else covariates.n_categories
+    return {"n_categories": n_categories, "n_continuous": 0 if covariates is None else covariates.n_continuous,
+            "dispersion_categories": n_categories[0] if n_categories and dispersion == "gene-batch" else 0}
 
 
 def with_covariates(data, covariates, batch, *, reader, required, one_for_all=False):
@@ -336,6 +534,7 @@ def with_covariates(data, covariates, batch, *, reader, required, one_for_all=Fa
     Returns
     -------
     skvae.train.data.RowData
+        With the codes of the categorical covariates and the values of the continuous ones.
     """
     if covariates is None:
         if batch is not None:
@@ -347,7 +546,8 @@ def with_covariates(data, covariates, batch, *, reader, required, one_for_all=Fa
             raise ValueError(f"This {reader} was fitted with batches ({covariates.describe()}): pass each cell's "
                              "batch= as well.")
         return data
-    return data.with_covariates({"covariates": covariates.encode(batch, data.n_rows, one_for_all=one_for_all)})
+    return data.with_covariates(covariates.encode(batch, data.n_rows, one_for_all=one_for_all),
+                                covariates.encode_continuous(batch, data.n_rows, one_for_all=one_for_all))
 
 
 def combined_labels(batch, n_rows):

@@ -4,6 +4,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
 
@@ -211,17 +212,42 @@ def saved_attributes(state, path):
             for name, value in loaded.items()}
 
 
+#: The classes a save can name, by name: every :class:`Saveable` class registers itself.
+SAVEABLE = {}
+
+
+class Saveable:
+    """Mixin of an estimator saved without pickle: its class registers itself by name, so that a save can name it.
+
+    A subclass implements ``saved_state()`` (the dictionary of builtins and tensors
+    its file holds) and the class method ``from_saved_state(state, path)``;
+    :class:`skvae.EmbeddingPipeline` saves and loads its steps through them.
+
+    Examples
+    --------
+    >>> from skvae._persistence import SAVEABLE
+    >>> "BetaVAEClassifier" in SAVEABLE and "HighlyVariableGenes" in SAVEABLE
+    True
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        SAVEABLE[cls.__name__] = cls
+
+
 # old parameter name -> new one, for saves written before a rename
 _RENAMED_PARAMETERS = {"prior_sparsity": "prior_activity"}
 
 
-def embedder_state(estimator):
+def embedder_state(estimator, attributes):
     """A fitted embedder's parameters, weights and fitted attributes as builtins and tensors: what ``save`` writes.
 
     Parameters
     ----------
     estimator : skvae.base.BaseEmbedder
-        Fitted.
+        Fitted; only its public parameters and fitted attributes are read.
+    attributes : sequence of str
+        The fitted attributes beyond the module and history that the save keeps.
 
     Returns
     -------
@@ -243,8 +269,7 @@ def embedder_state(estimator):
         "history_": {key: [float(v) for v in values] for key, values in estimator.history_.items()},
         "algorithm_": estimator.algorithm_,
         # arrays keep their dtype (object strings stay objects), numbers stay numbers
-        "attributes": attributes_to_builtins(estimator, [name for name in estimator._saved_attributes
-                                                         if hasattr(estimator, name)]),
+        "attributes": attributes_to_builtins(estimator, [name for name in attributes if hasattr(estimator, name)]),
     }
     if covariates is None or covariates.names == [None]:
         # one unnamed covariate: the field every version reads
@@ -254,88 +279,158 @@ def embedder_state(estimator):
     return state
 
 
-def embedder_from_state(cls, state, path):
-    """The fitted embedder of :func:`embedder_state`'s dictionary, every field checked; ``path`` names the file.
+@dataclass
+class SavedEmbedder:
+    """What an embedder's save holds, every field checked (:meth:`read`); the estimator builds itself from it.
 
-    The stated sizes are checked against the stored tensors on the meta device before
-    any memory is taken; the module's own load hooks rename old keys and check values.
-
-    Parameters
+    Attributes
     ----------
-    cls : type
-        A subclass of :class:`skvae.base.BaseEmbedder`.
-    state : dict
+    params : dict
+        The constructor's parameters (renamed ones under today's names).
+    covariates : skvae._covariates.Covariates or None
+    attributes : dict of str to ndarray, int or float
+        Fitted attributes beyond the module and history.
+    n_features : int
+    feature_names : ndarray of object or None
+    history : dict of list of float
+    algorithm : str or None
+    weights : dict of str to torch.Tensor
+        The module's state dict, old keys renamed.
     path : str or path-like
-
-    Returns
-    -------
-    skvae.base.BaseEmbedder
+        The file, for messages.
     """
-    from ._covariates import Covariates
-    from ._validation import hidden_layer_sizes as validated_sizes
-    from .nn.models import renamed_keys
 
-    check_fields(state, ESTIMATOR_FIELDS, path)
-    params = {_RENAMED_PARAMETERS.get(name, name): value for name, value in state["params"].items()}
-    try:
-        estimator = cls(**params)
-        estimator._validate_params()
-        hidden_layer_sizes = validated_sizes(estimator.hidden_layer_sizes)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path} is not a skvae save (or it is damaged): its parameters are invalid: {exc}") from None
-    n_features = state["n_features_in_"]
-    if "covariates" in state:
-        estimator._set_covariates(Covariates.from_saved(state["covariates"], path))
-    else:
-        categories = state.get("batch_categories_")
-        estimator._set_covariates(None if categories is None else
-                                  Covariates.from_saved([{"name": None, "categories": categories}], path))
-    for name, value in saved_attributes(state, path).items():
-        if name in estimator._saved_attributes:
-            setattr(estimator, name, value)
-    weights = renamed_keys(state["state_dict"])
-    with torch.device("meta"):
-        module = estimator._make_module(n_features, hidden_layer_sizes)
-    expected = module.state_dict()
-    if {key: tuple(value.shape) for key, value in expected.items()} != {key: tuple(value.shape)
-                                                                        for key, value in weights.items()}:
-        raise ValueError(f"{path} is not a skvae save (or it is damaged): its weights do not match its parameters.")
-    # batch normalisation counts its batches in an integer buffer; everything else is a float
-    if not all(torch.isfinite(value).all() for value in weights.values()) or any(
-            weights[key].is_floating_point() != value.is_floating_point() for key, value in expected.items()):
-        raise ValueError(f"{path} is damaged: its weights are not all finite numbers.")
-    module = module.to_empty(device="cpu")
-    try:
-        module.load_state_dict(weights)
-    except ValueError as exc:  # a load hook's check of the values
-        raise ValueError(f"{path} is damaged: {exc}.") from None
-    estimator.n_features_in_ = n_features
-    names = state["feature_names_in_"]
-    if names is not None:
-        if len(names) != n_features:
+    params: dict
+    covariates: object
+    attributes: dict
+    n_features: int
+    feature_names: object
+    history: dict
+    algorithm: object
+    weights: dict
+    path: object
+
+    @classmethod
+    def read(cls, state, path):
+        """The checked contents of :func:`embedder_state`'s dictionary; ``path`` names the file.
+
+        Parameters
+        ----------
+        state : dict
+        path : str or path-like
+
+        Returns
+        -------
+        SavedEmbedder
+        """
+        from ._covariates import Covariates
+        from .nn.models import renamed_keys
+
+        check_fields(state, ESTIMATOR_FIELDS, path)
+        if "covariates" in state:
+            covariates = Covariates.from_saved(state["covariates"], path)
+        else:
+            categories = state.get("batch_categories_")
+            covariates = None if categories is None else Covariates.from_saved([{"name": None,
+                                                                                  "categories": categories}], path)
+        n_features, names = state["n_features_in_"], state["feature_names_in_"]
+        if names is not None and len(names) != n_features:
             raise ValueError(f"{path} is damaged: {len(names)} feature names for {n_features} features.")
-        estimator.feature_names_in_ = np.asarray(names, dtype=object)
-    estimator.algorithm_ = state.get("algorithm_", estimator.algorithm)
-    estimator._built_architecture = estimator._architecture()
-    return estimator._set_fitted(module, state["history_"])
+        return cls(params={_RENAMED_PARAMETERS.get(name, name): value for name, value in state["params"].items()},
+                   covariates=covariates, attributes=saved_attributes(state, path), n_features=n_features,
+                   feature_names=None if names is None else np.asarray(names, dtype=object),
+                   history=state["history_"], algorithm=state.get("algorithm_"),
+                   weights=renamed_keys(state["state_dict"]), path=path)
+
+    def estimator(self, cls, *, validate):
+        """A ``cls`` of the saved parameters, unfitted; a ValueError naming the file when they are invalid.
+
+        Parameters
+        ----------
+        cls : type
+        validate : callable
+            Checks an estimator's parameters (its ``_validate_params``), raising TypeError or ValueError.
+
+        Returns
+        -------
+        object
+        """
+        from ._validation import hidden_layer_sizes
+
+        try:
+            estimator = cls(**self.params)
+            validate(estimator)
+            hidden_layer_sizes(estimator.hidden_layer_sizes)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{self.path} is not a skvae save (or it is damaged): its parameters are invalid: "
+                             f"{exc}") from None
+        return estimator
+
+    def attributes_among(self, names):
+        """The saved fitted attributes among ``names`` (an estimator's own), by name.
+
+        Parameters
+        ----------
+        names : sequence of str
+
+        Returns
+        -------
+        dict
+        """
+        return {name: value for name, value in self.attributes.items() if name in names}
+
+    def module(self, build):
+        """The module of ``build()`` (made on the meta device: nothing allocated) holding the saved weights.
+
+        The stated sizes are checked against the stored tensors before any memory is taken;
+        the module's own load hooks check values.
+
+        Parameters
+        ----------
+        build : callable
+            Returns a fresh module for the saved parameters and covariates.
+
+        Returns
+        -------
+        torch.nn.Module
+            On CPU.
+        """
+        with torch.device("meta"):
+            module = build()
+        expected, weights = module.state_dict(), self.weights
+        if {key: tuple(value.shape) for key, value in expected.items()} != {key: tuple(value.shape)
+                                                                            for key, value in weights.items()}:
+            raise ValueError(f"{self.path} is not a skvae save (or it is damaged): its weights do not match its "
+                             "parameters.")
+        # batch normalisation counts its batches in an integer buffer; everything else is a float
+        if not all(torch.isfinite(value).all() for value in weights.values()) or any(
+                weights[key].is_floating_point() != value.is_floating_point() for key, value in expected.items()):
+            raise ValueError(f"{self.path} is damaged: its weights are not all finite numbers.")
+        module = module.to_empty(device="cpu")
+        try:
+            module.load_state_dict(weights)
+        except ValueError as exc:  # a load hook's check of the values
+            raise ValueError(f"{self.path} is damaged: {exc}.") from None
+        return module
 
 
 @contextlib.contextmanager
-def unchanged_on_failure(estimator, *, in_place):
-    """Undo every change to ``estimator`` when the block raises: its attributes, and weights trained in place.
+def unchanged_on_failure(estimator, module=None, state=None):
+    """Undo every change to ``estimator`` when the block raises: its attributes, and a module trained in place.
 
     Parameters
     ----------
-    estimator : skvae.base.BaseEmbedder
-    in_place : bool
-        The block trains the fitted ``module_`` and ``_training_state`` in place
-        (``partial_fit``): their values are copied first and put back on failure.
+    estimator : object
+        Its attributes (``__dict__``) are put back as they were.
+    module : torch.nn.Module, default=None
+        A module the block trains in place (``partial_fit``): its weights are
+        copied first and put back on failure.
+    state : skvae.train.loop.TrainingState, default=None
+        Its training state, likewise.
     """
     attributes = dict(estimator.__dict__)
-    module, state = getattr(estimator, "module_", None), getattr(estimator, "_training_state", None)
-    in_place = in_place and module is not None
-    weights = {key: value.clone() for key, value in module.state_dict().items()} if in_place else None
-    training = state.snapshot() if in_place and state is not None else None
+    weights = None if module is None else {key: value.clone() for key, value in module.state_dict().items()}
+    training = None if state is None else state.snapshot()
     try:
         yield
     except BaseException:

@@ -1,7 +1,8 @@
 """Query mapping, as scArches' surgery: a fitted model learns new cells' batches with every reference weight frozen.
 
 A model fitted with batches has a table of offsets per batch category in the decoder
-(and in the encoder when it reads batches). :func:`map_query` appends rows for the
+(and in the encoder when it reads batches). ``map_query`` (:meth:`skvae.base.BaseEmbedder.map_query`)
+appends rows for the
 query's new categories to each table, and, when the encoder reads no batch, gives the
 encoder's input layer such a table too (its rows for the reference's categories 0, so
 the reference's codes are unchanged to the bit); then it trains on the query's cells
@@ -10,12 +11,16 @@ and Adam moves a parameter with zero gradients by exactly 0), batch normalisatio
 the reference's statistics. The query's codes then move so that the reference's
 decoder, given the query's own batch offsets, explains its cells.
 
+The estimator trains through the same session steps as ``fit`` (agreement across ranks, a rank's
+share of the rows, training); the functions here take values and return values: the checks of
+a query's arguments, its covariates, the grown module, and the gradient rule that trains only
+the new rows.
+
 Lotfollahi et al., "Mapping single-cell data to reference atlases by transfer learning",
 Nature Biotechnology 40, 121-130 (2022).
 """
 
 import contextlib
-from dataclasses import replace
 from itertools import accumulate
 from numbers import Integral
 
@@ -23,63 +28,76 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._covariates import with_covariates
-from ._persistence import unchanged_on_failure
-from ._validation import hidden_layer_sizes, validated_rows
-from .train.loop import epochs_for
-from .train.session import TrainingSession, training_device
 
-
-def map_query(estimator, X, batch, *, max_epochs="auto"):
-    """Learn the new batch categories of ``batch`` from the cells of ``X``, every reference weight frozen.
+def check_query(covariates, batch, max_epochs, *, reader):
+    """Refuse a query mapping that cannot start, before anything is read: a bad budget, no batches.
 
     Parameters
     ----------
-    estimator : skvae.base.BaseEmbedder
-        Fitted with batches.
-    X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
-    batch : array-like of shape (n_samples,), DataFrame or dict
-    max_epochs : int or "auto", default="auto"
-
+    covariates : skvae._covariates.Covariates or None
+        The fitted model's covariates (None: fitted without batches).
+    batch : array-like, DataFrame, dict or None
+        The query cells' batches.
+    max_epochs : int or "auto"
+    reader : str
+        The estimator's name, for messages.
     """
-    estimator._check_fitted("map a query onto it")
     if isinstance(max_epochs, (bool, np.bool_)) or not (
             isinstance(max_epochs, Integral) and max_epochs >= 1 or isinstance(max_epochs, str) and max_epochs == "auto"):
         raise ValueError(f"map_query's max_epochs must be an int >= 1 or 'auto' (the estimator's max_epochs='auto' for "
                          f"the query's size), not {max_epochs!r}.")
-    reader = type(estimator).__name__
-    if getattr(estimator, "covariates_", None) is None:
+    if covariates is None:
         raise ValueError(f"map_query learns the batches of new cells, but this {reader} was fitted without batches: "
                          "its encoder embeds cells of any batch as they are (transform). Fit the reference with "
                          "batch= to map queries onto it.")
     if batch is None:
         raise ValueError("map_query needs each query cell's batch (batch=): the new categories it learns.")
-    with unchanged_on_failure(estimator, in_place=False):
-        rows = validated_rows(estimator, X, reset=False, training=True, counts=estimator._models_counts,
-                              whom=estimator._whom())
-        before = estimator.covariates_.n_categories
-        extended, added = estimator.covariates_.extended(batch, rows.n_rows)
-        if not any(len(new) for new in added):
-            raise ValueError(f"batch holds no category this {reader} lacks (it knows "
-                             f"{estimator.covariates_.describe()}): its cells need no mapping; embed them with "
-                             "transform.")
-        previous = estimator.module_
-        estimator._set_covariates(extended)
-        if not hasattr(estimator, "n_reference_categories_"):
-            estimator.n_reference_categories_ = np.asarray(before)
-        module = estimator._make_module(rows.n_features, hidden_layer_sizes(estimator.hidden_layer_sizes))
-        module.load_state_dict(grown_state(previous, module, before, extended.n_categories))
-        data = with_covariates(rows, extended, batch, reader=reader, required=True)
-        epochs = epochs_for(rows.n_rows) if max_epochs == "auto" else max_epochs
-        config = replace(estimator._training_config(incremental=False), max_epochs=epochs, kl_warmup_epochs=0)
-        session = TrainingSession(training_device(estimator.device))
-        session.begin(lambda: module, random_state=estimator.random_state, learning_rate=estimator.learning_rate)
-        with only_new_categories(module, before):
-            session.train(module, data, config=config, algorithm=estimator.algorithm_,
-                          center=not estimator._models_counts)
-        estimator.module_ = module.eval()
-        # partial_fit would continue the reference's optimiser, which knows none of the new weights
-        estimator.__dict__.pop("_training_state", None)
+
+
+def query_covariates(covariates, batch, n_rows, *, reader):
+    """The model's covariates grown by the new categories of ``batch``; a ValueError when it holds none.
+
+    Parameters
+    ----------
+    covariates : skvae._covariates.Covariates
+    batch : array-like, DataFrame or dict
+    n_rows : int
+    reader : str
+
+    Returns
+    -------
+    extended : skvae._covariates.Covariates
+    before : tuple of int
+        The number of categories of each covariate before.
+    """
+    extended, added = covariates.extended(batch, n_rows)
+    if not any(len(new) for new in added):
+        raise ValueError(f"batch holds no category this {reader} lacks (it knows {covariates.describe()}): its cells "
+                         "need no mapping; embed them with transform.")
+    return extended, covariates.n_categories
+
+
+def grown_module(previous, build, before):
+    """A module built for more categories, holding ``previous``'s weights (:func:`grown_state`).
+
+    Parameters
+    ----------
+    previous : torch.nn.Module
+        The fitted model.
+    build : callable
+        Returns a model for the grown covariates; it is built on the meta device (no random draws) and filled.
+    before : tuple of int
+        ``previous``'s numbers of categories.
+
+    Returns
+    -------
+    torch.nn.Module
+    """
+    with torch.device("meta"):
+        module = build()
+    module = module.to_empty(device="cpu")
+    module.load_state_dict(grown_state(previous, module, before, module.n_categories))
+    return module
 
 
 def grown_state(previous, module, before, after):
@@ -138,9 +156,9 @@ def _known_rows(name, n_rows, before, after):
 def only_new_categories(module, before):
     """Within the block, training ``module`` moves only the rows of its category tables for new categories.
 
-    Every other parameter is frozen (no gradient), the known categories' rows get zero gradients, batch
-    normalisation layers stay in evaluation mode (the reference's statistics, never updated), and the batch
-    adversary is off (its classes are the reference's batches; a query brings no cell-type labels either).
+    Every other parameter is frozen (no gradient), the known categories' rows get zero gradients, and batch
+    normalisation layers stay in evaluation mode (the reference's statistics, never updated). The caller trains
+    with the batch adversary's weight at 0 (its classes are the reference's batches).
     """
     after = module.n_categories
     hooks = []
@@ -153,12 +171,9 @@ def only_new_categories(module, before):
     norms = [layer for layer in module.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
     for layer in norms:
         layer.train = lambda mode=True, layer=layer: nn.Module.train(layer, False)
-    adversary = module.batch_adversary
-    module.batch_adversary = 0.0
     try:
         yield
     finally:
-        module.batch_adversary = adversary
         for layer in norms:
             del layer.train
         for hook in hooks:

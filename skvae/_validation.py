@@ -214,44 +214,104 @@ class ValueCheck:
                  "(LogNormalizer, then ClippedStandardScaler), or model the counts with likelihood='nb'.")
 
 
-def refuse_boolean_numbers(estimator):
+def is_on_disk(X):
+    """Whether ``X`` is a matrix on disk that skvae reads a block of rows at a time (a backed AnnData's ``X``).
+
+    Parameters
+    ----------
+    X : object
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae._validation import is_on_disk
+    >>> is_on_disk(np.eye(2))
+    False
+    """
+    from .train.data import is_backed_sparse
+
+    return is_backed_sparse(X)
+
+
+def holds_raw_counts(X):
+    """Whether every value of ``X`` is a non-negative whole number, streamed in blocks from a matrix on disk.
+
+    Parameters
+    ----------
+    X : array-like, sparse matrix or anndata.abc.CSRDataset
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae._validation import holds_raw_counts
+    >>> holds_raw_counts(np.array([[0.0, 3.0]])), holds_raw_counts(np.array([[0.5, -1.0]]))
+    (True, False)
+    """
+    from .train.data import RowData
+
+    return not any((values.size and values.min() < 0) or not is_integer_valued(values)
+                   for values in RowData.from_input(X).value_blocks())
+
+
+def refuse_boolean_numbers(estimator, constraints):
     """Raise a TypeError for a boolean given to a numeric parameter (Python counts True as 1).
 
     Parameters
     ----------
-    estimator : scikit-learn estimator with ``_parameter_constraints``
+    estimator : scikit-learn estimator
+    constraints : dict of str to list
+        Its parameters' constraints (scikit-learn's ``_parameter_constraints``).
 
     Examples
     --------
     >>> from skvae.preprocessing import HighlyVariableGenes
     >>> from skvae._validation import refuse_boolean_numbers
-    >>> refuse_boolean_numbers(HighlyVariableGenes(n_top_genes=True))
+    >>> from numbers import Integral
+    >>> from sklearn.utils._param_validation import Interval
+    >>> constraints = {"n_top_genes": [Interval(Integral, 1, None, closed="left")]}
+    >>> refuse_boolean_numbers(HighlyVariableGenes(n_top_genes=True), constraints)
     Traceback (most recent call last):
     ...
     TypeError: HighlyVariableGenes(n_top_genes=True): a boolean is not a number here; pass a number.
     """
     from sklearn.utils._param_validation import Interval
 
-    for name, constraints in estimator._parameter_constraints.items():
+    for name, allowed in constraints.items():
         value = getattr(estimator, name, None)
-        if isinstance(value, (bool, np.bool_)) and any(isinstance(c, Interval) for c in constraints) and \
-                "boolean" not in constraints:
+        if isinstance(value, (bool, np.bool_)) and any(isinstance(c, Interval) for c in allowed) and \
+                "boolean" not in allowed:
             raise TypeError(f"{type(estimator).__name__}({name}={value!r}): a boolean is not a number here; pass a "
                             "number.")
 
 
-def validated_input(estimator, X, batch, *, reset, training, required=True, one_for_all=False, float32_range=None):
+def validated_input(estimator, X, batch, *, covariates, counts, whom, reset, training, required=True,
+                    one_for_all=False, float32_range=None, continuous=None):
     """An embedder's input checked in one call: the rows (:func:`validated_rows`) with the covariates of ``batch``.
 
     Parameters
     ----------
     estimator : skvae.base.BaseEmbedder
+        Its features are recorded or checked (scikit-learn's ``validate_data``).
     X : array-like, sparse matrix, anndata.abc.CSRDataset or skvae.train.data.RowData
         A ``RowData`` (codes to decode) is taken as it is, its rows unchecked.
     batch : label, array-like, DataFrame, dict or None
         As the estimator's methods take it.
+    covariates : skvae._covariates.Covariates or None
+        The fitted model's (ignored with ``reset``).
+    counts : bool
+        The model reads raw counts.
+    whom : str
+        Who refuses negative counts, for the message.
     reset : bool
-        ``fit``: record the features and the covariates of ``batch``.
+        ``fit``: record the features, and make the covariates of ``batch``.
     training : bool
     required : bool, default=True
         A model fitted with batches needs them.
@@ -259,21 +319,122 @@ def validated_input(estimator, X, batch, *, reset, training, required=True, one_
         One label (or one per column) for every row.
     float32_range : bool, default=None
         As in :func:`validated_rows`.
+    continuous : sequence of str, default=None
+        With ``reset``: the columns of ``batch`` that are continuous covariates.
 
     Returns
     -------
-    skvae.train.data.RowData
+    data : skvae.train.data.RowData
         The rows, with the model's ``covariates`` (codes, n_rows x n_covariates) when it reads them.
+    covariates : skvae._covariates.Covariates or None
+        Those of ``batch`` (with ``reset``), or the model's.
     """
     from .train.data import RowData
 
     data = X if isinstance(X, RowData) else validated_rows(
-        estimator, X, reset=reset, training=training, counts=estimator._models_counts, whom=estimator._whom(),
-        float32_range=float32_range)
+        estimator, X, reset=reset, training=training, counts=counts, whom=whom, float32_range=float32_range)
     if reset:
-        estimator._set_covariates(Covariates.from_batch(batch, data.n_rows))
-    return with_covariates(data, getattr(estimator, "covariates_", None), batch, reader=type(estimator).__name__,
-                           required=required, one_for_all=one_for_all)
+        covariates = Covariates.from_batch(batch, data.n_rows, continuous=continuous_names(continuous))
+    return with_covariates(data, covariates, batch, reader=type(estimator).__name__, required=required,
+                           one_for_all=one_for_all), covariates
+
+
+def checked_codes(X, n_components, *, reader):
+    """Latent codes to decode, checked: a float matrix of ``n_components`` columns, as rows (no expression checks).
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_components)
+    n_components : int
+    reader : str
+        The estimator's name, for the message.
+
+    Returns
+    -------
+    skvae.train.data.RowData
+
+    Examples
+    --------
+    >>> from skvae._validation import checked_codes
+    >>> checked_codes([[0.0, 1.0]], 3, reader="BetaVAEEmbedder")
+    Traceback (most recent call last):
+    ...
+    ValueError: X has 2 columns, but BetaVAEEmbedder decodes codes of 3.
+    """
+    from sklearn.utils import check_array
+
+    from .train.data import RowData
+
+    X = check_array(X, dtype=[np.float64, np.float32])
+    if X.shape[1] != n_components:
+        raise ValueError(f"X has {X.shape[1]} columns, but {reader} decodes codes of {n_components}.")
+    return RowData.from_input(X)
+
+
+def continuous_names(continuous_covariates):
+    """The estimator's ``continuous_covariates`` as a tuple of column names (empty for None); a TypeError otherwise.
+
+    Parameters
+    ----------
+    continuous_covariates : str, sequence of str or None
+
+    Returns
+    -------
+    tuple of str
+
+    Examples
+    --------
+    >>> from skvae._validation import continuous_names
+    >>> continuous_names(["percent_mito", "S_score"]), continuous_names(None)
+    (('percent_mito', 'S_score'), ())
+    """
+    if continuous_covariates is None:
+        return ()
+    names = (continuous_covariates,) if isinstance(continuous_covariates, str) else tuple(continuous_covariates)
+    if not all(isinstance(name, str) for name in names) or len(set(names)) < len(names):
+        raise TypeError(f"continuous_covariates must name distinct columns of batch= (strings), got "
+                        f"{continuous_covariates!r}.")
+    return names
+
+
+def check_architecture(built, now, params, *, reader, doing):
+    """Refuse to continue or save a model whose shaping parameters ``set_params`` changed since it was built.
+
+    Parameters
+    ----------
+    built, now : dict
+        The shaping parameters' values (an estimator's ``_architecture()``) when the model was built (None: not
+        recorded, nothing to check) and now; of a weight, whether it is > 0 (whether the model has the part).
+    params : dict
+        The estimator's parameters now, as set.
+    reader : str
+        The estimator's name.
+    doing : str
+        What was asked, e.g. "continue it with partial_fit".
+
+    Examples
+    --------
+    >>> from skvae._validation import check_architecture
+    >>> check_architecture({"n_components": 6}, {"n_components": 8}, {"n_components": 8}, reader="BetaVAEEmbedder",
+    ...                    doing="save it")
+    Traceback (most recent call last):
+    ...
+    ValueError: set_params changed n_components=8 (the model has 6) after the model was built, which the fitted \
+network cannot follow, so BetaVAEEmbedder cannot save it: set them back, or call fit to build a new model.
+    """
+    changed = [] if built is None else [name for name, value in now.items() if built.get(name) != value]
+    if changed:
+        listing = ", ".join(f"{name}={params[name]!r} (the model has {_described(name, built[name])})"
+                            for name in changed)
+        raise ValueError(f"set_params changed {listing} after the model was built, which the fitted network cannot "
+                         f"follow, so {reader} cannot {doing}: set them back, or call fit to build a new model.")
+
+
+def _described(name, built):
+    """A shaping parameter's value as the built model has it (of a weight: whether the model has the part)."""
+    if name == "batch_adversary":
+        return "an adversary" if built else "no adversary"
+    return repr(built)
 
 
 def validated_rows(estimator, X, *, reset, training, counts, whom, float32_range=None):
@@ -327,7 +488,7 @@ def validated_rows(estimator, X, *, reset, training, counts, whom, float32_range
 
 
 def check_network_fits_memory(n_features, hidden_layer_sizes, *, n_heads, n_categories=(), encode_batch=False,
-                              dispersion_categories=0):
+                              dispersion_categories=0, n_continuous=0):
     """A ValueError, before anything is allocated, for a network whose genes-wide tables exceed this machine's memory.
 
     Parameters
@@ -340,6 +501,8 @@ def check_network_fits_memory(n_features, hidden_layer_sizes, *, n_heads, n_cate
         The categories of each covariate.
     encode_batch : bool, default=False
     dispersion_categories : int, default=0
+    n_continuous : int, default=0
+        Continuous covariates (a few weights per layer each: counted with the categories).
 
     Examples
     --------
@@ -347,10 +510,11 @@ def check_network_fits_memory(n_features, hidden_layer_sizes, *, n_heads, n_cate
     >>> check_network_fits_memory(2000, (128,), n_heads=1)  # a few MB: no error
     """
     n_batches = sum(n_categories)
+    n_inputs = n_batches + n_continuous
     # per weight: itself, its gradient and Adam's two moments, in float32
     weights = n_features * hidden_layer_sizes[0] * (1 + n_heads)  # the input layer and the output heads
     # one-hot covariates into every decoder layer (and the encoder's first), a dispersion per gene and category
-    weights += n_batches * (sum(hidden_layer_sizes) + hidden_layer_sizes[0] * encode_batch)
+    weights += n_inputs * (sum(hidden_layer_sizes) + hidden_layer_sizes[0] * encode_batch)
     weights += dispersion_categories * n_features
     needed = 4 * 4 * weights
     memory = _physical_memory()

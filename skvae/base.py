@@ -1,35 +1,46 @@
 """The base estimator shared by every skvae embedder: the scikit-learn face of the models.
 
-It owns the parameters and their constraints and the shape of every method: ``fit``
-and ``partial_fit`` check their input once (:func:`~skvae._validation.validated_input`:
-the rows, and the covariates of :mod:`skvae._covariates`) and hand it to a
-:class:`~skvae.train.session.TrainingSession`; ``transform`` / ``inverse_transform`` /
-``score`` map rows through the fitted module; ``save`` / ``load`` go through
-:mod:`skvae._persistence`. A subclass adds only the torch module it trains
-(``_build_module``) and, for variational models, the KL weight.
+It owns the parameters and their constraints, the fitted attributes (it alone writes
+them) and the shape of every method. ``fit``, ``partial_fit`` and ``map_query`` are one
+training path: the input checked once (:func:`~skvae._validation.validated_input`: the
+rows, and the covariates of :mod:`skvae._covariates`; a query's by :mod:`skvae._query`),
+then the same steps of a :class:`~skvae.train.session.TrainingSession` (every rank's
+agreement, a start or continuation of the training state, a rank's share of the rows,
+training), with the loss weights of this call in its
+:class:`~skvae.train.loop.TrainingConfig`. ``transform`` / ``inverse_transform`` /
+``score`` map rows through the fitted module; ``save`` / ``load`` read and write what
+:mod:`skvae._persistence` checks. Those modules take values and return values; none
+reads the estimator's private members. A subclass adds only the torch module it
+trains (``_build_module``) and, for variational models, the KL weight.
 """
 
 from abc import ABCMeta, abstractmethod
+from dataclasses import replace
 from numbers import Integral, Real
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
-from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._persistence import atomic_torch_save, embedder_from_state, embedder_state, read_save, unchanged_on_failure
+from ._covariates import network_sizes, with_covariates
+from ._persistence import Saveable, SavedEmbedder, atomic_torch_save, embedder_state, read_save, unchanged_on_failure
+from ._query import check_query, grown_module, only_new_categories, query_covariates
 from ._threads import limited_threads
 from ._validation import (
+    check_architecture,
+    continuous_names,
     check_network_fits_memory,
+    checked_codes,
     hidden_layer_sizes,
     refuse_boolean_numbers,
     validated_input,
+    validated_rows,
     warn_if_code_wider,
 )
 from .nn.likelihoods import LIKELIHOODS, make_likelihood
-from .train.data import RowData, map_minibatches
+from .train.data import map_minibatches
 from .train.loop import TrainingConfig, epochs_for, mean_loss
 from .train.session import TrainingSession, training_device
 
@@ -41,17 +52,17 @@ _INFERENCE_BATCH_SIZE = 2048
 DISK_SHUFFLE_BLOCK = 16
 
 
-class BaseEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator, metaclass=ABCMeta):
+class BaseEmbedder(Saveable, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator, metaclass=ABCMeta):
     """Base class for the neural embedders; not for direct use.
 
-    A subclass implements ``_build_module(n_features, hidden_layer_sizes, likelihood)``,
+    A subclass implements ``_build_module(n_features, hidden_layer_sizes, **options)``,
     returning a model of :mod:`skvae.nn.models`, and, for variational models,
     ``_kl_weight()``. Parameters are documented on the public estimators.
 
     Parameters
     ----------
-    n_components, hidden_layer_sizes, input_activation, likelihood, batch_norm, dropout, encode_batch, dispersion, \
-batch_adversary, batch_size, shuffle_block_size, learning_rate, max_epochs, early_stopping, validation_fraction, \
+    n_components, hidden_layer_sizes, input_activation, likelihood, batch_norm, dropout, encode_batch, \
+continuous_covariates, dispersion, batch_adversary, batch_size, shuffle_block_size, learning_rate, max_epochs, early_stopping, validation_fraction, \
 n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         As documented on the public estimators, e.g. :class:`~skvae.AutoencoderEmbedder`.
 
@@ -81,6 +92,7 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         "batch_norm": ["boolean"],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "encode_batch": ["boolean"],
+        "continuous_covariates": ["array-like", str, None],
         "dispersion": [StrOptions({"gene", "gene-batch"})],
         "batch_adversary": [Interval(Real, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -108,6 +120,7 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         batch_norm=False,
         dropout=0.0,
         encode_batch=False,
+        continuous_covariates=None,
         dispersion="gene",
         batch_adversary=0.0,
         batch_size=256,
@@ -131,6 +144,7 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         self.batch_norm = batch_norm
         self.dropout = dropout
         self.encode_batch = encode_batch
+        self.continuous_covariates = continuous_covariates
         self.dispersion = dispersion
         self.batch_adversary = batch_adversary
         self.batch_size = batch_size
@@ -153,16 +167,18 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
 
         ``options`` are the model's keyword arguments that every estimator sets the
         same way: ``likelihood``, ``input_activation``, ``batch_norm``, ``dropout``, ``n_categories``,
-        ``encode_batch`` and ``batch_adversary``.
+        ``n_continuous``, ``encode_batch`` and ``adversary`` (whether the model has an adversarial batch
+        classifier; its weight comes with each training call, :meth:`_training_config`).
         """
 
     def _make_module(self, n_features, hidden_layer_sizes):
-        likelihood = make_likelihood(self.likelihood, n_features, dispersion_categories=self._dispersion_categories())
+        sizes = network_sizes(self.covariates_, self.dispersion)
+        likelihood = make_likelihood(self.likelihood, n_features, dispersion_categories=sizes.pop("dispersion_categories"))
         mapped = hasattr(self, "n_reference_categories_")  # map_query added query categories
-        return self._build_module(n_features, hidden_layer_sizes, likelihood=likelihood,
+        return self._build_module(n_features, hidden_layer_sizes, likelihood=likelihood, **sizes,
                                   input_activation=self.input_activation, batch_norm=self.batch_norm,
-                                  dropout=self.dropout, n_categories=self._n_categories(),
-                                  encode_batch=self.encode_batch or mapped, batch_adversary=self.batch_adversary)
+                                  dropout=self.dropout, encode_batch=self.encode_batch or mapped,
+                                  adversary=self.batch_adversary > 0)
 
     @property
     def _models_counts(self):
@@ -181,26 +197,20 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
 
     def _validate_params(self):
         super()._validate_params()
-        refuse_boolean_numbers(self)
+        refuse_boolean_numbers(self, self._parameter_constraints)
 
     def _architecture(self):
-        """The parameters that shape the torch module: fixed once it is built."""
+        """The parameters that shape the torch module: fixed once it is built (of ``batch_adversary``, whether > 0)."""
         return {"n_components": self.n_components, "hidden_layer_sizes": hidden_layer_sizes(self.hidden_layer_sizes),
                 "input_activation": self.input_activation, "likelihood": self.likelihood,
                 "batch_norm": self.batch_norm, "dropout": self.dropout, "encode_batch": self.encode_batch,
-                "dispersion": self.dispersion, "batch_adversary": self.batch_adversary}
+                "continuous_covariates": continuous_names(self.continuous_covariates),
+                "dispersion": self.dispersion, "batch_adversary": self.batch_adversary > 0}
 
     def _check_architecture(self, doing):
         """Refuse to continue or save a model whose shaping parameters were changed by set_params since it was built."""
-        built = getattr(self, "_built_architecture", None)
-        if built is None:
-            return
-        changed = {name: value for name, value in self._architecture().items() if built.get(name) != value}
-        if changed:
-            listing = ", ".join(f"{name}={value!r} (the model has {built[name]!r})" for name, value in changed.items())
-            raise ValueError(f"set_params changed {listing} after the model was built, which the fitted network "
-                             f"cannot follow, so {type(self).__name__} cannot {doing}: set them back, or call fit to "
-                             "build a new model.")
+        check_architecture(getattr(self, "_built_architecture", None), self._architecture(), self.get_params(),
+                           reader=type(self).__name__, doing=doing)
 
     def _check_fitted(self, doing):
         """Refuse a model that is not fitted, or whose shaping parameters set_params changed since it was built."""
@@ -271,13 +281,16 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         ignored), and a collapse is recorded in ``active_components_`` but not
         warned of: early passes are expected to have few active dimensions.
 
-        Between calls, ``set_params`` may change how training goes on (a new
-        ``learning_rate``, ``beta``, ``batch_size`` applies from the next call);
-        a parameter that shapes the network (``n_components``,
+        Between calls, ``set_params`` may change how training goes on: a new
+        ``learning_rate``, ``batch_size`` or loss weight (``beta``, the
+        strength of ``batch_adversary``, a classifier's
+        ``classification_weight``) applies from the next call, each the same
+        way; a parameter that shapes the network (``n_components``,
         ``hidden_layer_sizes``, ``input_activation``, ``likelihood``,
-        ``batch_norm``, ``dropout``, ``encode_batch``, ``dispersion``,
-        ``batch_adversary``, the beta-VSC's prior) cannot follow, and the next
-        call raises a ValueError: call :meth:`fit` to build a new model.
+        ``batch_norm``, ``dropout``, ``encode_batch``,
+        ``continuous_covariates``, ``dispersion``, ``batch_adversary`` turned
+        on or off, the beta-VSC's prior) cannot follow, and the next call
+        raises a ValueError: call :meth:`fit` to build a new model.
 
         Parameters
         ----------
@@ -304,20 +317,18 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         Nothing is changed when it fails: the estimator keeps the attributes, weights and
         training state it had before the call.
         """
-        with unchanged_on_failure(self, in_place=incremental):
+        trained = (getattr(self, "module_", None), getattr(self, "_training_state", None)) if incremental else ()
+        with unchanged_on_failure(self, *trained):
             first = not (incremental and hasattr(self, "module_"))
             if first:  # a new model: the categories an earlier model mapped are gone with it
                 self.__dict__.pop("n_reference_categories_", None)
             session = TrainingSession(training_device(self.device))
             data, sizes = session.agree(lambda: self._training_data(X, batch, first, y))
-            state = None if first else getattr(self, "_training_state", None)
-            if state is not None:
-                session.resume(state, learning_rate=self.learning_rate)
-                module = self.module_
-            else:  # a new model, or one loaded from a file: a new optimiser, shuffling and noise
-                module = session.begin(lambda: self._make_module(data.n_features, sizes) if first else self.module_,
-                                       random_state=self.random_state, learning_rate=self.learning_rate,
-                                       same=self._same_on_every_rank)
+            # a new model, or one loaded from a file, gets a new optimiser, shuffling and noise
+            module = session.start(lambda: self._make_module(data.n_features, sizes) if first else self.module_,
+                                   state=None if first else getattr(self, "_training_state", None),
+                                   random_state=self.random_state, learning_rate=self.learning_rate,
+                                   same=self._same_on_every_rank)
             train_data, val_data = session.split(data, self.validation_fraction if self.early_stopping and not
                                                  incremental else None)
             self._resolve_budget(session.count(train_data), keep=incremental and not first)
@@ -340,17 +351,24 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
 
         ``y`` is ignored: an embedder learns from the expression alone (a classifier adds the labels).
         """
-        data = validated_input(self, X, batch, reset=first, training=True)
+        data = self._input(X, batch, reset=first, training=True)
         sizes = hidden_layer_sizes(self.hidden_layer_sizes)
         if first:
-            n_categories = self._n_categories()
             check_network_fits_memory(data.n_features, sizes, n_heads=len(LIKELIHOODS[self.likelihood].heads),
-                                      n_categories=n_categories, encode_batch=self.encode_batch,
-                                      dispersion_categories=self._dispersion_categories())
+                                      encode_batch=self.encode_batch, **network_sizes(self.covariates_, self.dispersion))
             warn_if_code_wider(self.n_components, sizes)
         else:
             self._check_architecture("continue it with partial_fit")
         return data, sizes
+
+    def _input(self, X, batch, *, reset=False, training=False, **options):
+        """:func:`~skvae._validation.validated_input` of this model; ``reset`` (fit) records the covariates of ``batch``."""
+        data, covariates = validated_input(self, X, batch, covariates=getattr(self, "covariates_", None), reset=reset,
+                                           training=training, counts=self._models_counts, whom=self._whom(),
+                                           continuous=self.continuous_covariates, **options)
+        if reset:
+            self._set_covariates(covariates)
+        return data
 
     def _same_on_every_rank(self):
         covariates = getattr(self, "covariates_", None)
@@ -367,29 +385,16 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
             self.max_epochs_ = epochs_for(n_cells) if self.max_epochs == "auto" else self.max_epochs
 
     def _training_config(self, incremental):
-        return TrainingConfig(
-            kl_weight=self._kl_weight(),
-            kl_warmup_epochs=self._kl_warmup_epochs(),
-            batch_size=self.batch_size,
-            shuffle_block_size=self.shuffle_block_size_,
-            max_epochs=1 if incremental else self.max_epochs_,
-            n_iter_no_change=self.n_iter_no_change,
-            tol=self.tol,
-            verbose=self.verbose,
-        )
+        """The settings the loop reads, this call's weights among them (a weight set_params changed applies now)."""
+        return TrainingConfig(kl_weight=self._kl_weight(), kl_warmup_epochs=self._kl_warmup_epochs(),
+                              batch_size=self.batch_size, shuffle_block_size=self.shuffle_block_size_,
+                              max_epochs=1 if incremental else self.max_epochs_, n_iter_no_change=self.n_iter_no_change,
+                              tol=self.tol, verbose=self.verbose, adversary_weight=self.batch_adversary)
 
     def _set_covariates(self, covariates):
         """Record the covariates of ``batch=`` (a :class:`~skvae._covariates.Covariates`, or None)."""
         self.covariates_ = covariates
         self.batch_categories_ = None if covariates is None else covariates.categories
-
-    def _n_categories(self):
-        covariates = getattr(self, "covariates_", None)
-        return () if covariates is None else covariates.n_categories
-
-    def _dispersion_categories(self):
-        n_categories = self._n_categories()
-        return n_categories[0] if n_categories and self.dispersion == "gene-batch" else 0
 
     def _check_active_components(self, data, warn=True):
         """Variational models: count the active latent dimensions of the codes of ``data``'s rows and warn of a collapse."""
@@ -421,7 +426,7 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         self._check_fitted("embed cells")
         # an encoder that sees expression only ignores the batch: codes do not depend on it (until map_query)
         reads = self.module_.encode_batch
-        return validated_input(self, X, batch if reads else None, reset=False, training=False, required=reads)
+        return self._input(X, batch if reads else None, required=reads)
 
     def transform(self, X, *, batch=None):
         """Embed ``X``: the deterministic latent code of each cell.
@@ -448,14 +453,19 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         The model learns the new categories of ``batch`` from the cells of ``X``:
         rows for them are added to the decoder's tables of batch offsets and to
         the encoder's (an encoder that reads no batch gets a table at its input
-        layer, zero for the reference's batches), and only those rows are
-        trained, on these cells, every other weight frozen and batch
-        normalisation on the reference's statistics. The reference's codes,
-        decoding and predictions stay the same to the bit; the query's cells
-        move to where the reference's decoder, given their batch's own
-        offsets, explains them. Afterwards :meth:`transform` (and a
-        classifier's ``predict``) reads ``batch=`` for every cell, and knows the
-        new categories; the reference's cells are embedded with their own.
+        layer, zero for the reference's batches), and, with
+        ``dispersion="gene-batch"``, to the table of dispersions; only those rows
+        are trained, on these cells, every other weight frozen, batch
+        normalisation (and the standardisation of continuous covariates) on the
+        reference's statistics, and the batch adversary off (its classes are
+        the reference's batches). The reference's codes, decoding and
+        predictions stay the same to the bit; the query's cells move to where
+        the reference's decoder, given their batch's own offsets, explains
+        them. Afterwards :meth:`transform` (and a classifier's ``predict``)
+        reads ``batch=`` for every cell, and knows the new categories; the
+        reference's cells are embedded with their own. Under ``torchrun`` it
+        trains as ``fit`` does: every rank checks its cells (one rank's error
+        stops all), a matrix on disk is shared out between the ranks.
 
         Parameters
         ----------
@@ -475,11 +485,32 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
             The estimator, with the new categories in ``batch_categories_`` (the
             counts of ``fit``'s in ``n_reference_categories_``).
         """
-        from ._query import map_query
-
-        with limited_threads(self.n_jobs):
-            map_query(self, X, batch, max_epochs=max_epochs)
+        self._check_fitted("map a query onto it")
+        check_query(self.covariates_, batch, max_epochs, reader=type(self).__name__)
+        with limited_threads(self.n_jobs), unchanged_on_failure(self):
+            session = TrainingSession(training_device(self.device))
+            data, before = session.agree(lambda: self._query_data(X, batch))
+            module = session.start(lambda: grown_module(self.module_, lambda: self._make_module(
+                data.n_features, hidden_layer_sizes(self.hidden_layer_sizes)), before),
+                random_state=self.random_state, learning_rate=self.learning_rate, same=self._same_on_every_rank)
+            train_data, _ = session.split(data)
+            config = replace(self._training_config(incremental=False), kl_warmup_epochs=0, adversary_weight=0.0,
+                             max_epochs=epochs_for(session.count(train_data)) if max_epochs == "auto" else max_epochs)
+            with only_new_categories(module, before):
+                session.train(module, train_data, config=config, algorithm=self.algorithm_,
+                              center=not self._models_counts)
+            self.module_ = module.eval()
+            # partial_fit would continue the reference's optimiser, which knows none of the new weights
+            self.__dict__.pop("_training_state", None)
         return self
+
+    def _query_data(self, X, batch):
+        """A query's checked rows with its covariates, the model's grown by its new categories; and the sizes before."""
+        rows = validated_rows(self, X, reset=False, training=True, counts=self._models_counts, whom=self._whom())
+        extended, before = query_covariates(self.covariates_, batch, rows.n_rows, reader=type(self).__name__)
+        self.n_reference_categories_ = getattr(self, "n_reference_categories_", np.asarray(before))
+        self._set_covariates(extended)
+        return with_covariates(rows, extended, batch, reader=type(self).__name__, required=True), before
 
     def inverse_transform(self, X, *, batch=None):
         """Decode latent codes back to feature space.
@@ -504,10 +535,7 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
             before its log).
         """
         self._check_fitted("decode codes")
-        X = check_array(X, dtype=[np.float64, np.float32])
-        if X.shape[1] != self.n_components:
-            raise ValueError(f"X has {X.shape[1]} columns, but {type(self).__name__} decodes codes of {self.n_components}.")
-        codes = validated_input(self, RowData.from_input(X), batch, reset=False, training=False, one_for_all=True)
+        codes = self._input(checked_codes(X, self.n_components, reader=type(self).__name__), batch, one_for_all=True)
         return self._map_rows("decode", codes)
 
     def score(self, X, y=None, *, batch=None):
@@ -536,7 +564,7 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         """
         self._check_fitted("score cells")
         # the loss is computed in float32, as in training
-        data = validated_input(self, X, batch, reset=False, training=False, float32_range=True)
+        data = self._input(X, batch, float32_range=True)
         source = data.source(algorithm=self.algorithm_, center=not self._models_counts)
         with limited_threads(self.n_jobs):
             return -mean_loss(self.module_, source, kl_weight=1.0, batch_size=_INFERENCE_BATCH_SIZE)
@@ -559,12 +587,18 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         path : str or path-like
             Destination file.
         """
-        self._check_fitted("save it")
-        atomic_torch_save(self._saved_state(), path)
+        atomic_torch_save(self.saved_state(), path)
 
-    def _saved_state(self):
-        """What :meth:`save` writes (:func:`~skvae._persistence.embedder_state`), also as a pipeline's step."""
-        return embedder_state(self)
+    def saved_state(self):
+        """What :meth:`save` writes, as a dictionary of builtins and tensors (also a pipeline's step).
+
+        Returns
+        -------
+        dict
+            Parameters, weights and fitted attributes (:func:`~skvae._persistence.embedder_state`).
+        """
+        self._check_fitted("save it")
+        return embedder_state(self, self._saved_attributes)
 
     @classmethod
     def load(cls, path):
@@ -580,12 +614,34 @@ n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         estimator : object
             A fitted estimator, on CPU.
         """
-        return cls._from_saved_state(read_save(path, reader=cls.__name__), path)
+        return cls.from_saved_state(read_save(path, reader=cls.__name__), path)
 
     @classmethod
-    def _from_saved_state(cls, state, path):
-        """The fitted estimator of :meth:`_saved_state`'s dictionary, every field checked; ``path`` names the file."""
-        return embedder_from_state(cls, state, path)
+    def from_saved_state(cls, state, path):
+        """The fitted estimator of :meth:`saved_state`'s dictionary, every field checked.
+
+        Parameters
+        ----------
+        state : dict
+        path : str or path-like
+            The file it was read from, for messages.
+
+        Returns
+        -------
+        estimator : object
+            Fitted, on CPU.
+        """
+        saved = SavedEmbedder.read(state, path)
+        estimator = saved.estimator(cls, validate=cls._validate_params)
+        estimator._set_covariates(saved.covariates)
+        estimator.__dict__.update(saved.attributes_among(cls._saved_attributes))
+        module = saved.module(lambda: estimator._make_module(saved.n_features,
+                                                             hidden_layer_sizes(estimator.hidden_layer_sizes)))
+        estimator.n_features_in_, estimator.algorithm_ = saved.n_features, saved.algorithm or estimator.algorithm
+        if saved.feature_names is not None:
+            estimator.feature_names_in_ = saved.feature_names
+        estimator._built_architecture = estimator._architecture()
+        return estimator._set_fitted(module, saved.history)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -21,6 +21,7 @@ then maximises), while an embedder's stays the evidence lower bound.
 """
 
 import warnings
+from dataclasses import replace
 from numbers import Real
 
 import numpy as np
@@ -31,8 +32,9 @@ from sklearn.base import ClassifierMixin
 from sklearn.covariance import ledoit_wolf
 from sklearn.metrics import accuracy_score
 from sklearn.utils._param_validation import Interval
+from sklearn.utils import check_array
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import column_or_1d
+from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from ._covariates import combined_labels
 from ._persistence import SAVE_FORMAT, saved_attributes
@@ -312,6 +314,7 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         batch_norm=False,
         dropout=0.0,
         encode_batch=False,
+        continuous_covariates=None,
         dispersion="gene",
         batch_adversary=0.0,
         beta=1.0,
@@ -340,6 +343,7 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
             batch_norm=batch_norm,
             dropout=dropout,
             encode_batch=encode_batch,
+            continuous_covariates=continuous_covariates,
             dispersion=dispersion,
             batch_adversary=batch_adversary,
             beta=beta,
@@ -363,7 +367,11 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
 
     def _build_module(self, n_features, hidden_layer_sizes, **options):
         return VariationalAutoencoder(n_features, self.n_components, hidden_layer_sizes, n_classes=len(self.classes_),
-                                      classification_weight=self.classification_weight, **options)
+                                      **options)
+
+    def _training_config(self, incremental):
+        # a weight set by set_params applies from the next call, as beta's does
+        return replace(super()._training_config(incremental), classification_weight=self.classification_weight)
 
     def fit(self, X, y=None, *, batch=None):
         """Train the model on ``X``, learning the cell types of its labelled cells.
@@ -442,8 +450,6 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
                 raise ValueError(f"y holds one class ({_plain(classes[0])!r}): a classifier needs labelled cells of at "
                                  f"least two types.{coded}")
             self.classes_ = classes
-        else:  # a weight set by set_params applies from this call, as beta's does
-            self.module_.classification_weight = float(self.classification_weight)
         given, known = _label_kinds(labels[labelled]), _label_kinds(self.classes_)
         if given and given != known:
             raise ValueError(f"y's labels are {' and '.join(sorted(given))} (e.g. {_plain(labels[labelled][0])!r}), but "
@@ -457,7 +463,7 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
                              f"{self.classes_.tolist()}.")
         codes = np.full(data.n_rows, UNLABELLED, dtype=np.int64)
         codes[labelled] = np.searchsorted(self.classes_, labels[labelled])
-        return data.with_covariates({**data.covariates, "labels": codes}), sizes
+        return data.with_labels(codes), sizes
 
     def _same_on_every_rank(self):
         remedy = ("each rank's labelled cells give the classes, so every rank needs labelled cells of every type; or "
@@ -465,18 +471,29 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         return {**super()._same_on_every_rank(), "the classes": Agreement(np.asarray(self.classes_).tolist(), remedy)}
 
     @classmethod
-    def _from_saved_state(cls, state, path):
-        """The fitted classifier of a save, its types' statistics checked before the network is built."""
+    def from_saved_state(cls, state, path):
+        """The fitted classifier of a save, its types' statistics checked before the network is built.
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`saved_state` gave.
+        path : str or path-like
+            The file it was read from, for messages.
+
+        Returns
+        -------
+        BetaVAEClassifier
+            Fitted, on CPU.
+        """
         if state.get("format") != SAVE_FORMAT:
             raise ValueError(f"{path} has the header {state.get('format')!r}, older than any {cls.__name__} (they are "
                              f"saved as {SAVE_FORMAT!r}): the file is damaged or not a classifier's.")
         _check_type_statistics(saved_attributes(state, path), state["params"].get("n_components"), path)
-        return super()._from_saved_state(state, path)
+        return super().from_saved_state(state, path)
 
     def _fitted_on(self, data, incremental, parallel=None):
-        covariates = dict(data.covariates)
-        labels = covariates.pop("labels")
-        data = data.with_covariates(covariates)
+        labels = data.labels
         super()._fitted_on(data, incremental, parallel)
         # up to _CALIBRATION_ROWS labelled cells of each type, evenly spaced
         keep = np.concatenate([rows[np.unique(np.linspace(0, len(rows) - 1, min(len(rows), _CALIBRATION_ROWS))
@@ -579,6 +596,13 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
                                                                                             self.n_components), 0.0))
             typical[rows] = np.where(own[rows] > quantiles[-1], tail, 1.0 + n * beyond) / (n + 1.0)
         return probabilities, typical
+
+    def _groups(self, batch, n_cells):
+        """Each cell's group, whose shift the typicality is calibrated within: its categorical covariates' labels."""
+        if batch is None:
+            return None
+        covariates = getattr(self, "covariates_", None)
+        return combined_labels(batch, n_cells) if covariates is None else covariates.group_labels(batch, n_cells)
 
     def _shift_scales(self, distances, called, groups):
         """Each cell's scale of its distance: how much farther the cells of its group lie from their types.
@@ -691,7 +715,45 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
             In [0, 1].
         """
         codes = self._fitted_codes(X, batch)
-        return self._scores(codes, None if batch is None else combined_labels(batch, len(codes)))[1]
+        return self._scores(codes, self._groups(batch, len(codes)))[1]
+
+    def classify_codes(self, codes, *, batch=None):
+        """:meth:`predict_proba` and :meth:`typicality` of codes already embedded (:meth:`transform`'s), in one pass.
+
+        For a caller that has the cells' codes (e.g. :func:`skvae.tl.annotate`,
+        which writes them too): the cells are not embedded again.
+
+        Parameters
+        ----------
+        codes : array-like of shape (n_samples, n_components)
+            The cells' codes, from this fitted model's :meth:`transform`.
+        batch : array-like of shape (n_samples,), DataFrame or dict, default=None
+            Each cell's batch: the groups whose shift the typicality is
+            calibrated within (all the cells together when None).
+
+        Returns
+        -------
+        probabilities : ndarray of shape (n_samples, n_classes)
+        typicality : ndarray of shape (n_samples,)
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skvae import BetaVAEClassifier
+        >>> rng = np.random.RandomState(0)
+        >>> X = rng.poisson(rng.gamma(0.5, 2.0, size=(2, 30))[np.arange(60) % 2]).astype(float)
+        >>> model = BetaVAEClassifier(2, hidden_layer_sizes=(16,), likelihood="nb", max_epochs=5,
+        ...                           random_state=0).fit(X, np.arange(60) % 2)
+        >>> probabilities, typicality = model.classify_codes(model.transform(X))
+        >>> np.allclose(probabilities, model.predict_proba(X)), np.allclose(typicality, model.typicality(X))
+        (True, True)
+        """
+        check_is_fitted(self)
+        codes = check_array(codes, dtype=np.float64)
+        if codes.shape[1] != self.n_components:
+            raise ValueError(f"codes has {codes.shape[1]} columns, but this {type(self).__name__} has "
+                             f"{self.n_components} components: pass its transform's codes.")
+        return self._scores(codes, self._groups(batch, len(codes)))
 
     def is_unknown(self, X, *, batch=None):
         """Whether each cell is of a type the reference lacks: its :meth:`typicality` is below ``unknown_threshold``.

@@ -11,7 +11,6 @@ import torch
 from sklearn.utils import check_random_state, check_scalar
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._validation import validated_input
 from ._validation import warn as warn_at_user
 from .base import BaseEmbedder
 from .nn.models import Autoencoder, SparseCodingVAE, VariationalAutoencoder
@@ -89,6 +88,19 @@ _SHARED_PARAMETERS = """\
         seen in ``fit`` embed onto the fitted model as they are (query mapping).
         With ``encode_batch=True``, :meth:`transform` needs each cell's batch,
         from those seen in ``fit``.
+
+    continuous_covariates : str or list of str, default=None
+        Columns of ``batch=`` (a DataFrame or dict, e.g. ``adata.obs[["sample",
+        "percent_mito"]]``) that hold a number per cell, such as percent
+        mitochondrial counts or cell-cycle scores (scVI's
+        ``continuous_covariate_keys``); the other columns are categories. Each
+        hidden layer of the decoder (and the encoder's input layer, with
+        ``encode_batch=True``) adds a learned linear function of them, so the
+        code need not carry them; the model standardises them by the cells it
+        is trained on. Values must be finite numbers, not constant in ``fit``;
+        every method that takes ``batch=`` then needs these columns (decode at
+        a chosen value with ``inverse_transform(codes, batch={..., "percent_mito":
+        0.0})``). None: every column of ``batch=`` is categorical.
 
     dispersion : {"gene", "gene-batch"}, default="gene"
         The negative binomial's dispersion ("nb" and "zinb"): one per gene, or,
@@ -379,7 +391,7 @@ class _VariationalEmbedder(BaseEmbedder):
         generator = torch.Generator().manual_seed(rng.randint(np.iinfo(np.int32).max))
         with torch.no_grad():
             codes = RowData.from_input(self.module_.sample_prior(n_samples, generator).numpy())
-        return self._map_rows("decode", validated_input(self, codes, batch, reset=False, training=False, one_for_all=True))
+        return self._map_rows("decode", self._input(codes, batch, one_for_all=True))
 
 
 @_docstring(
@@ -442,6 +454,7 @@ class BetaVAEEmbedder(_VariationalEmbedder):
         batch_norm=False,
         dropout=0.0,
         encode_batch=False,
+        continuous_covariates=None,
         dispersion="gene",
         batch_adversary=0.0,
         beta=1.0,
@@ -468,6 +481,7 @@ class BetaVAEEmbedder(_VariationalEmbedder):
             batch_norm=batch_norm,
             dropout=dropout,
             encode_batch=encode_batch,
+            continuous_covariates=continuous_covariates,
             dispersion=dispersion,
             batch_adversary=batch_adversary,
             batch_size=batch_size,
@@ -567,6 +581,7 @@ class BetaVSCEmbedder(_VariationalEmbedder):
         batch_norm=False,
         dropout=0.0,
         encode_batch=False,
+        continuous_covariates=None,
         dispersion="gene",
         batch_adversary=0.0,
         beta=1.0,
@@ -595,6 +610,7 @@ class BetaVSCEmbedder(_VariationalEmbedder):
             batch_norm=batch_norm,
             dropout=dropout,
             encode_batch=encode_batch,
+            continuous_covariates=continuous_covariates,
             dispersion=dispersion,
             batch_adversary=batch_adversary,
             batch_size=batch_size,

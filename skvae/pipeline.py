@@ -12,7 +12,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
-from ._persistence import atomic_torch_save, read_save
+from ._persistence import SAVEABLE, Saveable, atomic_torch_save, read_save
 
 
 def _flat_steps(estimator):
@@ -337,10 +337,10 @@ class EmbeddingPipeline(Pipeline):
         check_is_fitted(self)
         steps = []
         for name, step in self.steps:
-            if not hasattr(step, "_saved_state"):
+            if not isinstance(step, Saveable):
                 raise TypeError(f"EmbeddingPipeline.save saves skvae's estimators and HighlyVariableGenes; step "
                                 f"{name!r} is a {type(step).__name__}: save the pipeline with joblib instead.")
-            steps.append({"name": name, **step._saved_state()})
+            steps.append({"name": name, **step.saved_state()})
         atomic_torch_save({"estimator": type(self).__name__, "steps": steps}, path)
 
     @classmethod
@@ -356,18 +356,13 @@ class EmbeddingPipeline(Pipeline):
         pipeline : EmbeddingPipeline
             Fitted, on CPU.
         """
-        from . import classifier, estimators, preprocessing
-
         state = read_save(path, fields={"estimator": str, "steps": list}, reader=cls.__name__)
-        known = {cls.__name__: cls for cls in (estimators.AutoencoderEmbedder, estimators.BetaVAEEmbedder,
-                                               estimators.BetaVSCEmbedder, classifier.BetaVAEClassifier,
-                                               preprocessing.HighlyVariableGenes)}
         steps = []
         for step in state["steps"]:
-            if not (isinstance(step, dict) and isinstance(step.get("name"), str) and step.get("estimator") in known):
+            if not (isinstance(step, dict) and isinstance(step.get("name"), str) and step.get("estimator") in SAVEABLE):
                 raise ValueError(f"{path} is damaged: a step is not one EmbeddingPipeline saves.")
             # a step is of its pipeline's save format
-            steps.append((step["name"], known[step["estimator"]]._from_saved_state({**step, "format": state["format"]},
-                                                                                   path)))
+            steps.append((step["name"], SAVEABLE[step["estimator"]].from_saved_state({**step, "format": state["format"]},
+                                                                                     path)))
         return cls(steps)
 

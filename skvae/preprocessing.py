@@ -19,9 +19,9 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.sparsefuncs import mean_variance_axis
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
-from ._persistence import attributes_from_builtins, attributes_to_builtins, to_builtins
+from ._persistence import Saveable, attributes_from_builtins, attributes_to_builtins, to_builtins
 from ._covariates import combined_labels
-from ._validation import is_integer_valued, refuse_boolean_numbers
+from ._validation import continuous_names, is_integer_valued, refuse_boolean_numbers
 from .loess import loess
 from .train.data import BackedColumns, RowData, is_backed_sparse
 
@@ -50,13 +50,22 @@ def _validated_counts(X, gene_names=None):
     return X
 
 
-def _batch_groups(batch, n_cells):
-    """The rows of each batch, for per-batch statistics; each batch needs 2 cells for a variance."""
+def _batch_groups(batch, n_cells, continuous=()):
+    """The rows of each batch, for per-batch statistics; each batch needs 2 cells for a variance.
+
+    ``continuous``: columns of ``batch`` that are continuous covariates (numbers per cell), left out.
+    """
+    if continuous and isinstance(batch, (pd.DataFrame, dict)):
+        batch = {key: batch[key] for key in batch.keys() if str(key) not in continuous}
+        if not batch:
+            return []
     codes, categories = pd.factorize(combined_labels(batch, n_cells))
     groups = [np.flatnonzero(codes == code) for code in range(len(categories))]
     small = [repr(category) for category, rows in zip(categories, groups, strict=True) if len(rows) < 2]
     if small:
-        raise ValueError(f"batch {', '.join(small)} has fewer than 2 cells: a gene's variance needs at least 2.")
+        raise ValueError(f"batch {', '.join(small[:5])}{' and more' if len(small) > 5 else ''} has fewer than 2 cells: "
+                         "a gene's variance needs at least 2. (A column of numbers per cell, such as percent "
+                         "mitochondrial counts, is a continuous covariate: name it in continuous_covariates.)")
     return groups
 
 
@@ -371,7 +380,7 @@ class ClippedStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimato
         return tags
 
 
-class HighlyVariableGenes(SelectorMixin, BaseEstimator):
+class HighlyVariableGenes(Saveable, SelectorMixin, BaseEstimator):
     """Select the most variable genes by Seurat's vst method, from counts.
 
     A LOESS curve (degree 2) of log10 variance against log10 mean gives each
@@ -390,6 +399,10 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
         Number of genes to keep (all of them if there are fewer).
     span : float, default=0.3
         Share of genes in each local regression of the LOESS fit.
+    continuous_covariates : str or list of str, default=None
+        Columns of ``batch=`` that are continuous covariates (numbers per cell,
+        for the embedder that follows, e.g. ``"percent_mito"``): the genes are
+        ranked within the batches of the other columns.
 
     Attributes
     ----------
@@ -436,15 +449,17 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
     _parameter_constraints = {
         "n_top_genes": [Interval(Integral, 1, None, closed="left")],
         "span": [Interval(Real, 0, 1, closed="right")],
+        "continuous_covariates": ["array-like", str, None],
     }
 
-    def __init__(self, n_top_genes=2000, *, span=0.3):
+    def __init__(self, n_top_genes=2000, *, span=0.3, continuous_covariates=None):
         self.n_top_genes = n_top_genes
         self.span = span
+        self.continuous_covariates = continuous_covariates
 
     def _validate_params(self):
         super()._validate_params()
-        refuse_boolean_numbers(self)
+        refuse_boolean_numbers(self, self._parameter_constraints)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, *, batch=None):
@@ -472,11 +487,11 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
         """
         data = self._validated_counts(X)
         n = data.n_rows
-        groups = [] if batch is None else _batch_groups(batch, n)
+        groups = [] if batch is None else _batch_groups(batch, n, continuous_names(self.continuous_covariates))
         # the statistics of all cells, then of each batch's
         (self.means_, self.variances_, norm), *per_batch = self._standardised_variance(data, [None, *groups])
         self.n_batches_selected_ = None
-        if batch is None:
+        if not groups:  # no batches, or only continuous covariates
             self.variances_norm_ = norm
             top = np.argsort(-norm, kind="stable")[: self.n_top_genes]
         else:
@@ -579,16 +594,32 @@ class HighlyVariableGenes(SelectorMixin, BaseEstimator):
     _fitted_attributes = ("support_", "means_", "variances_", "variances_norm_", "n_batches_selected_",
                           "n_features_in_", "feature_names_in_")
 
-    def _saved_state(self):
-        """Parameters and fitted attributes as builtins, for :meth:`skvae.pipeline.EmbeddingPipeline.save`."""
+    def saved_state(self):
+        """Parameters and fitted attributes as builtins, for :meth:`skvae.pipeline.EmbeddingPipeline.save`.
+
+        Returns
+        -------
+        dict
+        """
         check_is_fitted(self)
         return {"estimator": type(self).__name__, "params": {name: to_builtins(value, name) for name, value in
                                                              self.get_params().items()},
                 "attributes": attributes_to_builtins(self, self._fitted_attributes)}
 
     @classmethod
-    def _from_saved_state(cls, state, path):
-        """The fitted selection of :meth:`_saved_state`'s dictionary, checked against itself."""
+    def from_saved_state(cls, state, path):
+        """The fitted selection of :meth:`saved_state`'s dictionary, checked against itself.
+
+        Parameters
+        ----------
+        state : dict
+        path : str or path-like
+            The file it was read from, for messages.
+
+        Returns
+        -------
+        HighlyVariableGenes
+        """
         try:
             selection = cls(**state["params"])
             selection._validate_params()

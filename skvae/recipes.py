@@ -121,7 +121,9 @@ def _recipe(cls, step, caller, overrides):
     n_top_genes = overrides.pop("n_top_genes", RECOMMENDED_N_TOP_GENES)
     return EmbeddingPipeline(
         [
-            ("genes", HighlyVariableGenes(n_top_genes=n_top_genes)),
+            # the selection ranks genes within the batches, leaving out the continuous covariates
+            ("genes", HighlyVariableGenes(n_top_genes=n_top_genes,
+                                          continuous_covariates=overrides.get("continuous_covariates"))),
             (step, cls(**{**RECOMMENDED_COUNT_SETTINGS, **overrides})),
         ]
     )

@@ -10,16 +10,15 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from sklearn.feature_selection import SelectorMixin
+from sklearn.utils import get_tags
 from sklearn.utils.validation import check_is_fitted
 
-from ._covariates import combined_labels
 from ._settings import settings
-from ._validation import is_integer_valued
-from .nn.likelihoods import LIKELIHOODS
+from ._validation import holds_raw_counts, is_on_disk
 from .pipeline import _batch_for, _fit_transform_steps, _flat_steps, _takes_batch, _transform_steps
-from .train.data import RowData
 
 
 def embed(adata, estimator, *, layer=None, batch_key=None, use_highly_variable=None, key_added=None, copy=False):
@@ -246,8 +245,7 @@ def annotate(adata, estimator, *, labels_key=None, layer=None, batch_key=None, u
         codes = run.fit(y=adata.obs[labels_key])
     # the classifier's predictions and typicality are of these codes (its predict_proba would embed the cells again)
     # (the typicality calibrated within each batch, as the classifier's typicality(X, batch=) does)
-    groups = None if run.batch is None else combined_labels(run.batch, len(codes))
-    probabilities, typicality = final._scores(np.asarray(codes, dtype=np.float64), groups)
+    probabilities, typicality = final.classify_codes(codes, batch=run.batch)
     records = _records(run, codes, estimator, layer, batch_key, (f"X_{prefix}", prefix))
     called = final.classes_[probabilities.argmax(axis=1)]
     unknown = typicality < final.unknown_threshold
@@ -324,23 +322,22 @@ class _Run:
         final = steps[-1]
         self.fitted = fitted = _is_fitted(final)
         X = _matrix(adata, layer)
-        data = RowData.from_input(X)
+        backed = is_on_disk(X)
         known_genes = getattr(steps[0], "feature_names_in_", None) if fitted else None
-        if data.on_disk:
+        if backed:
             _refuse_steps_off_disk(steps)
         if known_genes is not None:
             # a fitted model that knows its genes takes them from adata by name, in its order
-            genes = _genes_by_name(adata.var_names, known_genes, backed=data.on_disk)
+            genes = _genes_by_name(adata.var_names, known_genes, backed=backed)
         else:
-            genes = _gene_mask(adata, use_highly_variable, backed=data.on_disk, selects_genes=_selects_genes(estimator))
+            genes = _gene_mask(adata, use_highly_variable, backed=backed, selects_genes=_selects_genes(estimator))
         if genes is not None:
             X = X[:, genes]
-            data = RowData.from_input(X)
         self.var_names = np.asarray(adata.var_names if genes is None else adata.var_names[genes], dtype=object)
         _refuse_duplicate_names(self.var_names)
-        likelihood = getattr(final, "likelihood", None)
-        if isinstance(likelihood, str) and likelihood in LIKELIHOODS and LIKELIHOODS[likelihood].counts:
-            _require_raw_counts(data, layer, likelihood)
+        # a model of raw counts takes non-negative input only (its tag), and whole numbers
+        if isinstance(final, BaseEstimator) and get_tags(final).input_tags.positive_only:
+            _require_raw_counts(X, layer, final.likelihood)
         self.batch = _batch(adata, batch_key)
         if self.batch is not None:
             _check_batch_is_read(steps, fitted)
@@ -569,10 +566,10 @@ def _refuse_duplicate_names(var_names):
                          "them against a fitted model. Call adata.var_names_make_unique() first.")
 
 
-def _require_raw_counts(data, layer, likelihood):
+def _require_raw_counts(X, layer, likelihood):
     """Refuse a matrix that is not raw counts, whole or streamed from disk."""
     where = "adata.X" if layer is None else f"layer {layer!r}"
-    if any((values.size and values.min() < 0) or not is_integer_valued(values) for values in data.value_blocks()):
+    if not holds_raw_counts(X):
         raise ValueError(
             f"{where} does not hold raw counts (it has negative or non-integer values), but likelihood="
             f"{likelihood!r} models raw UMI counts. Pass the layer that holds them, e.g. layer='counts', or use "

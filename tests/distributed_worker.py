@@ -12,7 +12,10 @@ MODE "classes-mismatch": a BetaVAEClassifier whose rank 1 labels a type rank 0 l
 MODE "batchnorm": as "train", with batch normalisation (its running statistics must agree too);
 MODE "invalid": rank 1's rows hold a NaN; it catches its error and stays alive, as in a notebook, and each
 rank writes the error it got (none waits in a collective);
-MODE "dead": rank 1 dies during training (its process ends); rank 0 writes the error it got.
+MODE "dead": rank 1 dies during training (its process ends); rank 0 writes the error it got;
+MODE "map-query": both ranks load the reference saved in OUT/reference.pt and map the query of OUT/query.h5ad (a
+matrix on disk, which each rank reads its share of) onto it, then save the weights and the query's codes;
+MODE "map-query-invalid": as "map-query" from memory, rank 1's query holding a NaN; each rank writes its error.
 """
 
 import os
@@ -64,6 +67,9 @@ def main(out, mode):
             return original(epoch, *args)
 
         skvae.train.loop.kl_warmup_weight = die_in_the_second_epoch
+    if mode.startswith("map-query"):
+        map_query(out, mode, rank)
+        return
     if mode in ("classifier", "classes-mismatch"):
         rows = np.arange(len(shard)) + (0 if rank == 0 else 60)
         batch = np.where(rows % 2 == 0, "a", "b")
@@ -92,6 +98,25 @@ def main(out, mode):
     torch.save({"state": estimator.module_.state_dict(), "loss": estimator.history_["loss"],
                 "categories": {name: list(values) for name, values in estimator.batch_categories_.items()}
                 if isinstance(estimator.batch_categories_, dict) else None}, Path(out, f"rank{rank}.pt"))
+
+
+def map_query(out, mode, rank):
+    import anndata
+
+    reference = AutoencoderEmbedder.load(Path(out, "reference.pt"))
+    query = anndata.read_h5ad(Path(out, "query.h5ad"), backed="r")
+    if mode == "map-query-invalid":
+        X = query.X[:20].toarray() if rank == 0 else query.X[20:].toarray()
+        if rank == 1:
+            X[0, 0] = np.nan
+        try:
+            reference.map_query(X, batch=np.full(len(X), "q"), max_epochs=2)
+        except ValueError as exc:
+            Path(out, f"error{rank}.txt").write_text(str(exc))
+        return
+    reference.map_query(query.X, batch=query.obs["batch"].to_numpy(), max_epochs=2)
+    torch.save({"state": reference.module_.state_dict(),
+                "codes": reference.transform(query.X, batch=query.obs["batch"].to_numpy())}, Path(out, f"rank{rank}.pt"))
 
 
 if __name__ == "__main__":

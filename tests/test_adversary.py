@@ -9,7 +9,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from skvae import BetaVAEEmbedder
 from skvae.nn.likelihoods import make_likelihood
-from skvae.nn.models import Autoencoder, _ScaledGradient, shared_weight
+from skvae.nn.models import Autoencoder, GradientScale, LossWeights, _ScaledGradient, shared_weight
 
 
 @settings(max_examples=50, deadline=None)
@@ -45,21 +45,28 @@ def test_the_reversed_gradient_is_minus_its_scale_times_the_gradient():
 
 def test_the_reconstruction_gradient_is_measured_per_cell_at_the_code():
     torch.manual_seed(0)
-    module = Autoencoder(20, 3, (16,), likelihood=make_likelihood("nb", 20), n_categories=(2,),
-                         batch_adversary=0.3)
+    module = Autoencoder(20, 3, (16,), likelihood=make_likelihood("nb", 20), n_categories=(2,), adversary=True)
     x = torch.poisson(torch.rand(32, 20) * 4)
     batch = (torch.arange(32) % 2)[:, None]
     module.train()
-    assert module.reconstruction_gradient is None
-    module.loss(x, batch).total(1.0).mean().backward()
+    scale, twice = GradientScale(), GradientScale(n_processes=2)
+    assert scale.value is None
+    weights = LossWeights(adversary=0.3)
+    terms = module.loss(x, batch, weights=weights, gradient_scale=scale)
+    assert terms.adversarial is not None
+    terms.total(1.0).mean().backward()
     # the same, by hand: each cell's reconstruction gradient at its code, then their root mean square
     code = module.posterior(x)["code"].detach().requires_grad_()
     nll = module.likelihood.negative_log_likelihood(module.decoder(code, batch), x)
     (per_cell,) = torch.autograd.grad(nll.sum(), code)
-    assert module.reconstruction_gradient == pytest.approx(float(per_cell.norm(dim=1).pow(2).mean().sqrt()), rel=1e-4)
-    # outside training the adversary and the measurement are off
-    module.eval()
+    assert scale.value == pytest.approx(float(per_cell.norm(dim=1).pow(2).mean().sqrt()), rel=1e-4)
+    # a rank of a 2-process run holds half of each minibatch: its rows' gradients are half the cells' own
+    module.loss(x, batch, weights=weights, gradient_scale=twice).total(1.0).mean().backward()
+    assert twice.value == pytest.approx(2 * scale.value, rel=1e-4)
+    # the module keeps no weight and no scale: without a weight there is no adversarial term
     assert module.loss(x, batch).adversarial is None
+    assert module.loss(x, batch, weights=LossWeights(adversary=0.0)).adversarial is None
+    assert not hasattr(module, "batch_adversary") and not hasattr(module, "reconstruction_gradient")
 
 
 def _same_label_share(codes, labels, cells, k=15):

@@ -12,6 +12,7 @@ from sklearn.pipeline import Pipeline
 
 import skvae
 from skvae import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder
+from skvae.nn.models import LossWeights
 from skvae.preprocessing import HighlyVariableGenes
 
 SMALL = dict(n_components=3, hidden_layer_sizes=(16, 8), batch_size=32, max_epochs=3, random_state=0, likelihood="nb")
@@ -193,9 +194,8 @@ def test_the_adversary_trains_only_with_batches_and_leaves_the_score_alone(data)
     module = fitted.module_
     assert isinstance(module.adversary, torch.nn.Module)
     x, codes = torch.as_tensor(X[:8], dtype=torch.float32), torch.as_tensor([[0], [1]] * 4)
-    module.train()
-    assert module.loss(x, codes).adversarial.shape == (8,)
-    module.eval()
+    # training gives the adversary its weight with each step (the estimator's batch_adversary)
+    assert module.loss(x, codes, weights=LossWeights(adversary=1.0)).adversarial.shape == (8,)
     assert module.loss(x, codes).adversarial is None  # score and the validation loss are the ELBO alone
     # the same estimator without batches, or with one, has nothing to tell apart
     assert not hasattr(BetaVSCEmbedder(**SMALL, batch_adversary=1.0).fit(X).module_, "adversary")

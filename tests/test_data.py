@@ -27,9 +27,9 @@ def sources(tmp_path_factory):
     anndata.AnnData(sp.csr_matrix(X)).write_h5ad(path)
     batch = np.arange(len(X)) % 3
     return X, batch, {
-        "dense": RowData.from_input(X, {"batch": batch}),
-        "sparse": RowData.from_input(sp.csr_matrix(X), {"batch": batch}),
-        "backed": RowData.from_input(anndata.read_h5ad(path, backed="r").X, {"batch": batch}),
+        "dense": RowData.from_input(X, covariates=batch[:, None], labels=batch - 1),
+        "sparse": RowData.from_input(sp.csr_matrix(X), covariates=batch[:, None], labels=batch - 1),
+        "backed": RowData.from_input(anndata.read_h5ad(path, backed="r").X, covariates=batch[:, None], labels=batch - 1),
     }
 
 
@@ -48,15 +48,17 @@ def test_from_input_decides_once_what_the_input_is(sources):
 
 @pytest.mark.parametrize("kind", ["dense", "sparse", "backed"])
 @pytest.mark.parametrize("algorithm", ["dense", "sparse"])
-def test_every_source_gives_the_rows_and_their_covariates(sources, kind, algorithm):
+def test_every_source_gives_the_rows_and_their_covariates_and_labels(sources, kind, algorithm):
     X, batch, data = sources
     source = data[kind].source(algorithm=algorithm, center=False)
     minibatch = source.minibatch(np.array([5, 0, 17]))
     np.testing.assert_array_equal(_dense(minibatch), X[[5, 0, 17]])
-    np.testing.assert_array_equal(minibatch.covariates["batch"].numpy(), batch[[5, 0, 17]])
+    np.testing.assert_array_equal(minibatch.covariates[:, 0].numpy(), batch[[5, 0, 17]])
+    np.testing.assert_array_equal(minibatch.labels.numpy(), batch[[5, 0, 17]] - 1)  # in a slot of their own
     seen = list(iter_minibatches(source, 10))
     assert [len(m) for m in seen] == [10, 10, 3]
-    np.testing.assert_array_equal(np.concatenate([m.covariates["batch"].numpy() for m in seen]), batch)
+    np.testing.assert_array_equal(np.concatenate([m.covariates[:, 0].numpy() for m in seen]), batch)
+    np.testing.assert_array_equal(np.concatenate([m.labels.numpy() for m in seen]), batch - 1)
 
 
 @settings(max_examples=25, deadline=None)
@@ -71,11 +73,11 @@ def test_splits_partition_the_rows_with_their_covariates_the_same_way_in_memory_
         rows = [r.toarray() if sp.issparse(r) else r for r in rows]
         np.testing.assert_array_equal(rows[0], rows[1])
         np.testing.assert_array_equal(rows[0], rows[2])
-        batches = {tuple(splits[kind][part].covariates["batch"]) for kind in splits}
+        batches = {tuple(splits[kind][part].covariates[:, 0]) for kind in splits}
         assert len(batches) == 1
     # each row keeps its own covariate
     train = splits["dense"][0]
-    np.testing.assert_array_equal(train.covariates["batch"], batch[train.X[:, 0].astype(int) - 1])
+    np.testing.assert_array_equal(train.covariates[:, 0], batch[train.X[:, 0].astype(int) - 1])
 
 
 class _Rank(RankGroup):
@@ -89,7 +91,7 @@ def test_a_file_on_disk_is_sharded_into_contiguous_blocks_and_memory_is_each_ran
     X, batch, data = sources
     shards = [data["backed"].shard(_Rank(rank)) for rank in range(3)]
     np.testing.assert_array_equal(np.concatenate([s.rows for s in shards]), np.arange(len(X)))
-    np.testing.assert_array_equal(np.concatenate([s.covariates["batch"] for s in shards]), batch)
+    np.testing.assert_array_equal(np.concatenate([s.covariates[:, 0] for s in shards]), batch)
     assert data["dense"].shard(_Rank(1)) is data["dense"] and data["backed"].shard(None) is data["backed"]
 
 
@@ -101,7 +103,7 @@ def test_sample_takes_evenly_spaced_rows_into_memory(sources, kind):
     expected = np.unique(np.linspace(0, len(X) - 1, 5).astype(int))
     values = sample.X.toarray() if sp.issparse(sample.X) else sample.X
     np.testing.assert_array_equal(values, X[expected])
-    np.testing.assert_array_equal(sample.covariates["batch"], batch[expected])
+    np.testing.assert_array_equal(sample.covariates[:, 0], batch[expected])
     assert data["dense"].sample(100) is data["dense"]
 
 
@@ -113,5 +115,7 @@ def test_value_blocks_hold_every_stored_value(sources, kind):
 
 
 def test_a_covariate_of_the_wrong_length_is_refused():
-    with pytest.raises(ValueError, match="batch has 2 values for 3 rows of X"):
-        RowData.from_input(np.zeros((3, 2)), {"batch": [0, 1]})
+    with pytest.raises(ValueError, match="covariates has 2 values for 3 rows of X"):
+        RowData.from_input(np.zeros((3, 2)), covariates=[[0], [1]])
+    with pytest.raises(ValueError, match="labels has 2 values for 3 rows of X"):
+        RowData.from_input(np.zeros((3, 2))).with_labels([0, 1])

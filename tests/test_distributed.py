@@ -126,3 +126,46 @@ def test_a_rank_that_dies_during_training_gets_a_message_that_says_so_on_the_oth
     message = (tmp_path / "error0.txt").read_text()
     assert message.startswith("Rank 0: another process of this data-parallel run stopped"), message
     assert "torchrun prints each rank's error" in message and "exitcode" in result.stderr.lower()
+
+
+def _reference_and_query(folder):
+    """A reference fitted in one process with batches a and b, saved; query cells of batch q on disk."""
+    import anndata
+    import scipy.sparse as sp
+
+    X = np.abs(distributed_worker.data())
+    reference = AutoencoderEmbedder(**distributed_worker.PARAMS).fit(X, batch=np.where(np.arange(100) % 2, "a", "b"))
+    reference.save(folder / "reference.pt")
+    query = anndata.AnnData(sp.csr_matrix(X[:50] * 1.5 + 0.5))
+    query.obs["batch"] = "q"
+    query.write_h5ad(folder / "query.h5ad")
+    return reference, query
+
+
+def test_map_query_under_torchrun_shards_a_query_on_disk_and_ends_identical_on_both_ranks(tmp_path):
+    reference, query = _reference_and_query(tmp_path)
+    _torchrun(tmp_path, "map-query")
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), key
+    np.testing.assert_array_equal(ranks[0]["codes"], ranks[1]["codes"])
+    # each rank trained on its share of the file: together, the global minibatches of one process on all of it
+    single = AutoencoderEmbedder.load(tmp_path / "reference.pt")
+    single.map_query(query.X.toarray(), batch=np.full(query.n_obs, "q"), max_epochs=2)
+    for key, value in single.module_.state_dict().items():
+        torch.testing.assert_close(ranks[0]["state"][key], value, rtol=1e-4, atol=1e-5)
+    # the reference's own weights did not move (the query's offsets did)
+    moved = [key for key, value in reference.module_.state_dict().items()
+             if value.shape == ranks[0]["state"][key].shape and not torch.equal(value, ranks[0]["state"][key])]
+    assert moved == []
+    assert not torch.equal(ranks[0]["state"]["decoder.covariate_offsets.0.weight"][2],
+                           single.module_.state_dict()["decoder.covariate_offsets.0.weight"][0])
+
+
+def test_map_query_under_torchrun_reports_a_rank_whose_query_is_invalid_on_every_rank(tmp_path):
+    _reference_and_query(tmp_path)
+    _torchrun(tmp_path, "map-query-invalid")
+    assert "NaN" in (tmp_path / "error1.txt").read_text()
+    message = (tmp_path / "error0.txt").read_text()
+    assert "Another process of this data-parallel run failed before training (rank 1: ValueError: " in message
+    assert "NaN" in message

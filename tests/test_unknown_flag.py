@@ -104,11 +104,11 @@ def test_a_type_of_few_labelled_cells_flags_none_of_them_and_still_flags_a_far_c
 
 
 def test_a_classifier_saved_before_class_counts_loads_predicts_and_continues(tmp_path):
-    from skvae._persistence import atomic_torch_save, embedder_state
+    from skvae._persistence import atomic_torch_save
 
     counts, types = _three_types()
     model = _quietly(_small().fit, counts, types)
-    state = embedder_state(model)
+    state = model.saved_state()
     # the earlier format: no counts, arrays as bare lists
     state["attributes"] = {name: value["values"] if isinstance(value, dict) else value
                            for name, value in state["attributes"].items() if name != "class_counts_"}

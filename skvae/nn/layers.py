@@ -161,6 +161,9 @@ class Encoder(nn.Module):
     n_categories : sequence of int, default=()
         The number of categories of each categorical covariate the input layer
         also takes (:class:`CovariateOffsets`); empty: none.
+    n_continuous : int, default=0
+        The number of continuous covariates the input layer also takes
+        (:class:`ContinuousOffsets`).
 
     Examples
     --------
@@ -172,12 +175,14 @@ class Encoder(nn.Module):
     """
 
     def __init__(self, n_features, hidden_layer_sizes, n_outputs, branches, *, batch_norm=False, dropout=0.0,
-                 input_activation=False, n_categories=()):
+                 input_activation=False, n_categories=(), n_continuous=0):
         super().__init__()
         options = {"batch_norm": batch_norm, "dropout": dropout}
         self.input_layer = InputLinear(n_features, hidden_layer_sizes[0])
         if n_categories:
             self.covariate_offsets = CovariateOffsets(n_categories, hidden_layer_sizes[0])
+        if n_continuous:
+            self.continuous_offsets = ContinuousOffsets(n_continuous, hidden_layer_sizes[0])
         # None (the study's linear input layer) or the activation after it
         self.input_activation = activation(hidden_layer_sizes[0], **options) if input_activation else None
         self.trunk = linear_stack(hidden_layer_sizes[:-1], **options)
@@ -189,12 +194,13 @@ class Encoder(nn.Module):
             }
         )
 
-    def forward(self, x, covariates=None):
+    def forward(self, x, covariates=None, continuous=None):
         """Return a dict mapping each branch name to its output tensor.
 
         ``x`` is a dense tensor or :class:`skvae.nn.sparse.ShiftedSparseRows`;
         ``covariates`` the rows' category codes, of shape (n_rows, n_covariates)
-        (an encoder built with ``n_categories``), or None.
+        (an encoder built with ``n_categories``), or None; ``continuous`` their
+        standardised continuous covariates (built with ``n_continuous``), or None.
         """
         if self.input_activation is None and len(self.trunk) and not (self.training or torch.is_grad_enabled()):
             # The input layer has no activation, so at inference it merges with the next linear
@@ -207,11 +213,15 @@ class Encoder(nn.Module):
             h = input_product(x, weight, bias)
             if covariates is not None:
                 h = h + self.covariate_offsets(covariates) @ following.weight.T
+            if continuous is not None:
+                h = h + self.continuous_offsets(continuous) @ following.weight.T
             h = self.trunk[1:](h)
         else:
             h = self.input_layer(x)
             if covariates is not None:
                 h = h + self.covariate_offsets(covariates)
+            if continuous is not None:
+                h = h + self.continuous_offsets(continuous)
             if self.input_activation is not None:
                 h = self.input_activation(h)
             h = self.trunk(h)
@@ -237,6 +247,9 @@ class Decoder(nn.Module):
         The number of categories of each categorical covariate that every hidden
         layer also takes, as scVI injects covariates into every decoder layer: a
         :class:`CovariateOffsets` after each linear layer. Empty: none.
+    n_continuous : int, default=0
+        The number of continuous covariates every hidden layer also takes (a
+        :class:`ContinuousOffsets` after each linear layer).
 
     Examples
     --------
@@ -247,25 +260,31 @@ class Decoder(nn.Module):
     """
 
     def __init__(self, n_components, hidden_layer_sizes, n_features, heads=("mean",), *, batch_norm=False, dropout=0.0,
-                 n_categories=()):
+                 n_categories=(), n_continuous=0):
         super().__init__()
         self.hidden = linear_stack([n_components, *reversed(hidden_layer_sizes)], batch_norm=batch_norm, dropout=dropout)
         self.heads = nn.ModuleDict({name: nn.Linear(hidden_layer_sizes[0], n_features) for name in heads})
+        widths = [layer.out_features for layer in self.hidden if isinstance(layer, nn.Linear)]
         if n_categories:
-            self.covariate_offsets = nn.ModuleList(
-                [CovariateOffsets(n_categories, layer.out_features) for layer in self.hidden if isinstance(layer, nn.Linear)]
-            )
+            self.covariate_offsets = nn.ModuleList([CovariateOffsets(n_categories, width) for width in widths])
+        if n_continuous:
+            self.continuous_offsets = nn.ModuleList([ContinuousOffsets(n_continuous, width) for width in widths])
 
-    def forward(self, z, covariates=None):
-        """Return the heads' outputs by name (:class:`DecoderOutputs`), for the rows' ``covariates`` when built with them."""
-        if covariates is None:
+    def forward(self, z, covariates=None, continuous=None):
+        """Return the heads' outputs by name (:class:`DecoderOutputs`), for the rows' ``covariates`` (category codes)
+        and standardised ``continuous`` covariates when built with them."""
+        if covariates is None and continuous is None:
             return DecoderOutputs(self.hidden(z), self.heads)
-        offsets = iter(self.covariate_offsets)
+        offsets = iter(self.covariate_offsets) if covariates is not None else None
+        slopes = iter(self.continuous_offsets) if continuous is not None else None
         h = z
         for layer in self.hidden:
             h = layer(h)
             if isinstance(layer, nn.Linear):
-                h = h + next(offsets)(covariates)
+                if offsets is not None:
+                    h = h + next(offsets)(covariates)
+                if slopes is not None:
+                    h = h + next(slopes)(continuous)
         return DecoderOutputs(h, self.heads, covariates)
 
 
@@ -319,6 +338,114 @@ class CovariateOffsets(nn.Module):
         if len(self.starts) > 1:
             covariates = covariates + torch.as_tensor(self.starts, device=covariates.device)
         return F.embedding(covariates, self.weight).sum(dim=1)
+
+
+class ContinuousOffsets(nn.Module):
+    """An offset of ``width`` that is a linear function of each row's continuous covariates, 0 at first.
+
+    The part of a linear layer that reads the continuous covariates (scVI's
+    ``continuous_covariate_keys`` are concatenated to each layer's input), without a
+    bias: the layer's own bias is the offset at 0.
+
+    Parameters
+    ----------
+    n_continuous : int
+    width : int
+
+    Attributes
+    ----------
+    weight : torch.nn.Parameter of shape (width, n_continuous)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.layers import ContinuousOffsets
+    >>> ContinuousOffsets(2, 4)(torch.randn(3, 2)).shape
+    torch.Size([3, 4])
+    """
+
+    def __init__(self, n_continuous, width):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(width, n_continuous))
+
+    def forward(self, continuous):
+        """The offset of each row.
+
+        Parameters
+        ----------
+        continuous : torch.Tensor of shape (n_rows, n_continuous)
+
+        Returns
+        -------
+        torch.Tensor of shape (n_rows, width)
+        """
+        return continuous @ self.weight.T
+
+
+class ContinuousInputs(nn.Module):
+    """Standardise continuous covariates by their mean and variance over the cells trained on (a running estimate).
+
+    In a training step (training mode, gradients on) each minibatch updates the
+    estimates (all the rows seen so far, pooled; they are buffers, so a
+    data-parallel run averages them over ranks) and is standardised by them;
+    otherwise the estimates are only read. Before any training the values pass
+    unchanged.
+
+    Parameters
+    ----------
+    n_continuous : int
+
+    Attributes
+    ----------
+    mean, var : torch.Tensor of shape (n_continuous,)
+        Buffers: the estimates.
+    count : torch.Tensor
+        Buffer: the rows they come from (capped at 1e7, beyond which they move as
+        a slow running mean).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.layers import ContinuousInputs
+    >>> inputs = ContinuousInputs(1)
+    >>> _ = inputs(torch.tensor([[1.0], [3.0]]))  # training: the estimates learn mean 2, variance 1
+    >>> inputs.eval()(torch.tensor([[2.0], [4.0]])).squeeze(1)
+    tensor([0., 2.])
+    """
+
+    _MAX_COUNT = 1e7
+    _EPS = 1e-8
+
+    def __init__(self, n_continuous):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_continuous))
+        self.register_buffer("var", torch.ones(n_continuous))
+        self.register_buffer("count", torch.zeros(()))
+
+    def forward(self, continuous):
+        """The standardised values (updating the estimates first, in training).
+
+        Parameters
+        ----------
+        continuous : torch.Tensor of shape (n_rows, n_continuous)
+
+        Returns
+        -------
+        torch.Tensor of shape (n_rows, n_continuous)
+        """
+        if self.training and torch.is_grad_enabled() and len(continuous):  # a training step, not a check
+            with torch.no_grad():
+                n = float(len(continuous))
+                mean, var = continuous.mean(dim=0), continuous.var(dim=0, unbiased=False)
+                seen = float(self.count)
+                total = seen + n
+                delta = mean - self.mean
+                self.var.copy_((self.var * seen + var * n + delta.pow(2) * seen * n / total) / total)
+                self.mean.add_(delta * n / total)
+                self.count.fill_(min(total, self._MAX_COUNT))
+        if float(self.count) == 0:
+            return continuous
+        return (continuous - self.mean) / (self.var + self._EPS).sqrt()
 
 
 class DecoderOutputs:

@@ -13,7 +13,7 @@ from torch import nn
 from torch.autograd import Function
 
 from .kl import gaussian_kl, spike_and_slab_kl
-from .layers import Decoder, Encoder
+from .layers import ContinuousInputs, Decoder, Encoder
 from .likelihoods import Gaussian
 
 # Spike probabilities are kept inside (eps, 1 - eps) so the KL's logarithms
@@ -75,6 +75,78 @@ def _shared(neighbours, labels):
     return torch.where(expected > 0, (other / expected.clamp_min(1e-12)).clamp(max=1.0), torch.zeros_like(other))
 
 
+@dataclass(frozen=True)
+class LossWeights:
+    """How much each loss term counts in one training step: what the trainer decides, not the module.
+
+    Parameters
+    ----------
+    kl : float, default=1.0
+        The KL term's weight ``beta`` (applied by :meth:`LossTerms.total`).
+    adversary : float, default=0.0
+        The reversed gradient the adversarial batch classifier sends to the
+        encoder, in units of the reconstruction's gradient at the code (0: no
+        adversarial term).
+    classification : float, default=1.0
+        The gradient the cell-type classifier sends to the encoder, in the same units.
+
+    Examples
+    --------
+    >>> from skvae.nn.models import LossWeights
+    >>> LossWeights(kl=2.0).adversary
+    0.0
+    """
+
+    kl: float = 1.0
+    adversary: float = 0.0
+    classification: float = 1.0
+
+
+class GradientScale:
+    """The size of the reconstruction's gradient per cell at the code: a running mean over training steps.
+
+    The adversary's and the classifier's gradients at the code are scaled by it, so
+    that their weights mean the same at any depth and number of genes. It is
+    training state (it continues from one ``partial_fit`` to the next), kept by the
+    trainer and handed to :meth:`Autoencoder.loss` with each step.
+
+    Parameters
+    ----------
+    n_processes : int, default=1
+        Processes a minibatch is split over (a data-parallel run): the loss is a
+        mean over all of their cells, so a row's gradient is ``1 / n`` of its own.
+
+    Attributes
+    ----------
+    value : float or None
+        None before the first measurement.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.models import GradientScale
+    >>> scale = GradientScale()
+    >>> scale.measure(torch.full((4, 2), 0.25))  # each of 4 rows holds a quarter of its cell's gradient
+    >>> round(scale.value, 4)
+    1.4142
+    """
+
+    def __init__(self, n_processes=1):
+        self.n_processes = n_processes
+        self.value = None
+
+    def measure(self, grad):
+        """Fold one step's gradient at the code (rows: the minibatch's cells) into the running mean.
+
+        Parameters
+        ----------
+        grad : torch.Tensor of shape (n_samples, n_components)
+        """
+        size = float(grad.detach().norm(dim=1).pow(2).mean().sqrt()) * grad.shape[0] * self.n_processes
+        if math.isfinite(size):
+            self.value = size if self.value is None else 0.9 * self.value + 0.1 * size
+
+
 @dataclass
 class LossTerms:
     """Per-cell loss terms; the training objective is ``reconstruction + beta * kl`` (+ ``adversarial``, ``classification``).
@@ -90,15 +162,16 @@ class LossTerms:
     adversarial : torch.Tensor of shape (n_samples,), default=None
         The adversarial batch classifier's cross-entropy, each cell's weighted by
         how far its neighbourhood is shared with other batches
-        (:func:`shared_weight`), in training with ``batch_adversary`` only: the
-        classifier descends it, and the encoder ascends it through a reversed
-        gradient scaled by ``batch_adversary`` times the size of the
-        reconstruction's gradient at the code.
+        (:func:`shared_weight`), for a model built with ``adversary`` and a loss
+        whose :class:`LossWeights` give the adversary a weight: the classifier
+        descends it, and the encoder ascends it through a reversed gradient
+        scaled by that weight times the size of the reconstruction's gradient at
+        the code (:class:`GradientScale`).
     classification : torch.Tensor of shape (n_samples,), default=None
         The cell-type classifier's cross-entropy of each labelled cell (0 for an
         unlabelled one), for a model with ``n_classes`` given labels: the
         classifier descends it, and the encoder descends it through a gradient
-        scaled by ``classification_weight`` times the size of the
+        scaled by :class:`LossWeights`' ``classification`` times the size of the
         reconstruction's gradient at the code.
 
     Examples
@@ -156,39 +229,47 @@ class _LatentModel(nn.Module):
     adversary_covariates = "first"
 
     def __init__(self, n_features, n_components, hidden_layer_sizes, *, likelihood=None, input_activation=False,
-                 batch_norm=False, dropout=0.0, n_categories=(), encode_batch=False, batch_adversary=0.0,
-                 n_classes=0, classification_weight=1.0):
+                 batch_norm=False, dropout=0.0, n_categories=(), n_continuous=0, encode_batch=False, adversary=False,
+                 n_classes=0):
         super().__init__()
         options = {"batch_norm": batch_norm, "dropout": dropout}
         self.n_components = n_components
         self.n_categories = tuple(int(n) for n in n_categories)
-        self.encode_batch = bool(encode_batch and self.n_categories)
+        self.n_continuous = int(n_continuous)
+        self.encode_batch = bool(encode_batch and (self.n_categories or self.n_continuous))
         self.encoder = Encoder(n_features, hidden_layer_sizes, n_components, self.branches, **options,
                                n_categories=self.n_categories if self.encode_batch else (),
+                               n_continuous=self.n_continuous if self.encode_batch else 0,
                                input_activation=input_activation)
         self.likelihood = Gaussian() if likelihood is None else likelihood
         self.decoder = Decoder(n_components, hidden_layer_sizes, n_features, self.likelihood.heads, **options,
-                               n_categories=self.n_categories)
+                               n_categories=self.n_categories, n_continuous=self.n_continuous)
+        if self.n_continuous:  # standardised by the model itself, from the cells it trains on
+            self.continuous_inputs = ContinuousInputs(self.n_continuous)
         # a classifier of the covariates from the code, which the encoder learns to defeat: only where categories differ
         told = self.n_categories[:1] if self.adversary_covariates == "first" else self.n_categories
         self._told = len(told)
-        self.batch_adversary = float(batch_adversary) if any(n > 1 for n in told) else 0.0
-        # the size of the reconstruction's gradient per cell at the code, a running mean over training steps
-        # (None before the first): it scales the reversed gradient, so that batch_adversary weighs it against
-        # the reconstruction whatever the depth and number of genes
-        self.reconstruction_gradient = None
-        if self.batch_adversary:
+        self.has_adversary = bool(adversary and any(n > 1 for n in told))
+        if self.has_adversary:
             self.adversary = nn.Sequential(nn.Linear(n_components, _ADVERSARY_WIDTH), nn.ReLU(),
                                            nn.Linear(_ADVERSARY_WIDTH, _ADVERSARY_WIDTH), nn.ReLU(),
                                            nn.Linear(_ADVERSARY_WIDTH, sum(told)))
         # a classifier of the cell type from the code (multinomial logistic regression), learned with the code
         self.n_classes = int(n_classes)
-        self.classification_weight = float(classification_weight)
         if self.n_classes:
             self.classifier = nn.Linear(n_components, self.n_classes)
         self.register_load_state_dict_pre_hook(_renamed_keys_hook)
 
-    def posterior(self, x, covariates=None):
+    def _standardised(self, continuous):
+        return None if continuous is None else self.continuous_inputs(continuous)
+
+    def _posterior(self, x, covariates, values):
+        """:meth:`posterior` of standardised continuous covariates."""
+        if not self.encode_batch:
+            return self.encoder(self.likelihood.encoder_input(x))
+        return self.encoder(self.likelihood.encoder_input(x), covariates, values)
+
+    def posterior(self, x, covariates=None, continuous=None):
         """Posterior parameters of each cell.
 
         Parameters
@@ -196,6 +277,9 @@ class _LatentModel(nn.Module):
         x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
         covariates : torch.Tensor of shape (n_samples, n_covariates), int64, default=None
             Each cell's category of each covariate; read only by an encoder that takes them (``encode_batch``).
+        continuous : torch.Tensor of shape (n_samples, n_continuous), default=None
+            Each cell's continuous covariates (a model built with ``n_continuous``);
+            read only by an encoder that takes them.
 
         Returns
         -------
@@ -203,9 +287,9 @@ class _LatentModel(nn.Module):
             One entry per encoder branch: ``"code"``; ``"mu"`` and ``"logvar"``; for
             the sparse coding model also ``"spike"`` (probabilities).
         """
-        return self.encoder(self.likelihood.encoder_input(x), covariates if self.encode_batch else None)
+        return self._posterior(x, covariates, self._standardised(continuous) if self.encode_batch else None)
 
-    def decode(self, z, covariates=None):
+    def decode(self, z, covariates=None, continuous=None):
         """Expression decoded from latent codes: the likelihood's mean.
 
         Parameters
@@ -213,6 +297,8 @@ class _LatentModel(nn.Module):
         z : torch.Tensor of shape (n_samples, n_components)
         covariates : torch.Tensor of shape (n_samples, n_covariates), int64, default=None
             The categories to decode each code as measured in (a model built with ``n_categories``).
+        continuous : torch.Tensor of shape (n_samples, n_continuous), default=None
+            The continuous covariates to decode each code with (a model built with ``n_continuous``).
 
         Returns
         -------
@@ -220,9 +306,9 @@ class _LatentModel(nn.Module):
             The reconstruction (Gaussian) or normalised expression, proportions
             times 1e4 (count likelihoods).
         """
-        return self.likelihood.mean(self.decoder(z, covariates))
+        return self.likelihood.mean(self.decoder(z, covariates, self._standardised(continuous)))
 
-    def embed(self, x, covariates=None):
+    def embed(self, x, covariates=None, continuous=None):
         """Deterministic latent code of each cell (the posterior mean).
 
         Parameters
@@ -230,14 +316,17 @@ class _LatentModel(nn.Module):
         x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
         covariates : torch.Tensor of shape (n_samples, n_covariates), int64, default=None
             Each cell's categories; read only by an encoder that takes them.
+        continuous : torch.Tensor of shape (n_samples, n_continuous), default=None
+            Each cell's continuous covariates; read only by an encoder that takes them.
 
         Returns
         -------
         torch.Tensor of shape (n_samples, n_components)
         """
-        return self._mean_code(self.posterior(x, covariates))
+        return self._mean_code(self.posterior(x, covariates, continuous))
 
-    def loss(self, x, covariates=None, labels=None, *, generator=None, deterministic=False):
+    def loss(self, x, covariates=None, labels=None, *, continuous=None, generator=None, deterministic=False,
+             weights=None, gradient_scale=None):
         """Per-cell loss terms of a minibatch.
 
         Parameters
@@ -248,38 +337,48 @@ class _LatentModel(nn.Module):
         labels : torch.Tensor of shape (n_samples,), int64, default=None
             Each cell's type, an index of the ``n_classes``, or -1 for an unlabelled
             cell, for a model built with ``n_classes``.
+        continuous : torch.Tensor of shape (n_samples, n_continuous), default=None
+            Each cell's continuous covariates, for a model built with ``n_continuous``.
         generator : torch.Generator, default=None
             Source of the reparameterisation noise.
         deterministic : bool, default=False
             Decode the posterior mean instead of a random draw.
+        weights : LossWeights, default=None
+            This step's weights of the adversary and the classifier; None: no
+            adversarial term (evaluation).
+        gradient_scale : GradientScale, default=None
+            In training: measures the reconstruction's gradient at the code, which
+            scales the classifiers' gradients there; None outside training.
 
         Returns
         -------
         LossTerms
         """
-        q = self.posterior(x, covariates)
+        weights = LossWeights() if weights is None else weights
+        values = self._standardised(continuous)  # once: in training this updates the running estimates
+        q = self._posterior(x, covariates, values)
         z = self._mean_code(q) if deterministic else self._sample_code(q, generator)
         adversarial = classification = None
-        adversary = self.batch_adversary and self.training and covariates is not None
+        adversary = self.has_adversary and weights.adversary > 0 and covariates is not None
         classifying = self.n_classes and labels is not None
+        measured = 0.0 if gradient_scale is None else gradient_scale.value or 0.0
         if adversary or classifying:
             # the embedding itself (the posterior mean) is what the classifiers read
             code = self._mean_code(q)
-            if self.training:
+            if gradient_scale is not None:
                 z = z.view_as(z)  # a node of its own, whose gradient is the reconstruction's alone
                 if z.requires_grad:
-                    z.register_hook(self._measure_reconstruction_gradient)
+                    z.register_hook(gradient_scale.measure)
         if adversary:
             # it should not tell the categories apart where its neighbourhood is shared: a population of one batch
             # alone is left where it is
-            scale = -self.batch_adversary * (self.reconstruction_gradient or 0.0)
-            logits = self.adversary(_ScaledGradient.apply(code, scale))
+            logits = self.adversary(_ScaledGradient.apply(code, -weights.adversary * measured))
             adversarial = self._adversarial(logits, covariates[:, :self._told], code.detach())
         if classifying:
-            scale = self.classification_weight * (self.reconstruction_gradient or 0.0) if self.training else 1.0
+            scale = weights.classification * measured if gradient_scale is not None else 1.0
             logits = self.classifier(_ScaledGradient.apply(code, scale))
             classification = F.cross_entropy(logits, labels.clamp_min(0), reduction="none") * (labels >= 0)
-        reconstruction = self.likelihood.negative_log_likelihood(self.decoder(z, covariates), x)
+        reconstruction = self.likelihood.negative_log_likelihood(self.decoder(z, covariates, values), x)
         return LossTerms(reconstruction, self._kl(q), adversarial, classification)
 
     def _adversarial(self, logits, labels, code):
@@ -289,15 +388,6 @@ class _LatentModel(nn.Module):
                   for part, column in zip(logits.split(self.n_categories[:self._told], dim=1), labels.unbind(dim=1),
                                           strict=True)]
         return (torch.stack(losses, dim=1) * weights).sum(dim=1)
-
-    def _measure_reconstruction_gradient(self, grad):
-        # per cell: the loss is a mean over the minibatch's cells (of every process in a data-parallel run, each
-        # with an equal share), so each row's gradient is 1/n of the cell's own
-        processes = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        size = float(grad.detach().norm(dim=1).pow(2).mean().sqrt()) * grad.shape[0] * processes
-        if math.isfinite(size):
-            previous = self.reconstruction_gradient
-            self.reconstruction_gradient = size if previous is None else 0.9 * previous + 0.1 * size
 
 
 # saved weights' keys renamed since, old prefix -> new (saves from before still load)
@@ -369,28 +459,30 @@ class Autoencoder(_LatentModel):
         takes them in every hidden layer, so the code need not carry them. The
         methods take them as ``covariates``, an int64 tensor of shape (n_samples,
         n_covariates).
+    n_continuous : int, default=0
+        Condition on this many continuous covariates per cell (percent
+        mitochondrial counts, cell-cycle scores) as on categorical ones: each
+        hidden layer of the decoder adds a linear function of them. The model
+        standardises them itself (``continuous_inputs``, by the cells it is
+        trained on). The methods take them as ``continuous``, a float tensor of
+        shape (n_samples, n_continuous).
     encode_batch : bool, default=False
-        The encoder takes the covariates too (with ``n_categories``); by default it
-        sees the expression only, so cells of a batch never seen embed as they are.
-    batch_adversary : float, default=0.0
-        With a first covariate of more than one category and a weight > 0: a small
-        classifier learns to tell each cell's category of the first covariate (the
-        batch) from its code (the posterior mean), and the encoder learns to defeat
-        it through a reversed gradient, where the cell's neighbourhood in the
-        minibatch is shared with other categories (``LossTerms.adversarial``). The
-        reversed gradient is this weight times the size of the reconstruction's
-        gradient per cell at the code (a running mean, ``reconstruction_gradient``),
-        so the weight means the same at any depth and number of genes.
+        The encoder takes the covariates too (with ``n_categories`` or
+        ``n_continuous``); by default it sees the expression only, so cells of a
+        batch never seen embed as they are.
+    adversary : bool, default=False
+        With a first covariate of more than one category: a small classifier
+        learns to tell each cell's category of the first covariate (the batch)
+        from its code (the posterior mean), and the encoder learns to defeat it
+        through a reversed gradient, where the cell's neighbourhood in the
+        minibatch is shared with other categories (``LossTerms.adversarial``).
+        How strongly is the training step's (``weights`` of :meth:`loss`).
     n_classes : int, default=0
         With more than 0: a cell-type classifier (a linear map from the code to
         ``n_classes`` logits), learned from the labelled cells
         of each minibatch (``labels`` of :meth:`loss`; -1 for unlabelled) with the
-        rest of the model, so that the codes separate the labelled types.
-    classification_weight : float, default=1.0
-        How strongly the classifier shapes the code: its cross-entropy's gradient
-        at the code is scaled by this weight times the size of the
-        reconstruction's gradient per cell there (as ``batch_adversary``), so the
-        weight means the same at any depth and number of genes.
+        rest of the model, so that the codes separate the labelled types; how
+        strongly it shapes the code is the training step's (``weights``).
 
     Examples
     --------
@@ -428,8 +520,7 @@ class VariationalAutoencoder(_LatentModel):
     likelihood : torch.nn.Module, default=None
         A likelihood of :mod:`skvae.nn.likelihoods` for ``n_features`` genes;
         None means :class:`~skvae.nn.likelihoods.Gaussian`.
-    input_activation, batch_norm, dropout, n_categories, encode_batch, batch_adversary, n_classes, \
-classification_weight
+    input_activation, batch_norm, dropout, n_categories, n_continuous, encode_batch, adversary, n_classes
         As for :class:`Autoencoder`.
 
     Examples
@@ -481,8 +572,8 @@ class SparseCodingVAE(_LatentModel):
     spike_sharpness : float
         Sharpness ``c`` of the sigmoid that relaxes the spike selection.
     **options
-        ``likelihood``, ``input_activation``, ``batch_norm``, ``dropout``, ``n_categories``,
-        ``encode_batch``, ``batch_adversary``, ``n_classes`` and ``classification_weight``, as for :class:`VariationalAutoencoder`.
+        ``likelihood``, ``input_activation``, ``batch_norm``, ``dropout``, ``n_categories``, ``n_continuous``,
+        ``encode_batch``, ``adversary`` and ``n_classes``, as for :class:`VariationalAutoencoder`.
 
     Examples
     --------
@@ -500,26 +591,15 @@ class SparseCodingVAE(_LatentModel):
         self.prior_activity = prior_activity
         self.spike_sharpness = spike_sharpness
 
-    def posterior(self, x, covariates=None):
-        """Posterior parameters of each cell: slab ``"mu"``, ``"logvar"`` and ``"spike"`` probability.
-
-        Parameters
-        ----------
-        x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
-        covariates : torch.Tensor of shape (n_samples, n_covariates), int64, default=None
-            Each cell's categories; read only by an encoder that takes them.
-
-        Returns
-        -------
-        dict of str to torch.Tensor of shape (n_samples, n_components)
-        """
-        q = super().posterior(x, covariates)
+    def _posterior(self, x, covariates, values):
+        """Posterior parameters of each cell: slab ``"mu"``, ``"logvar"`` and ``"spike"`` probability."""
+        q = super()._posterior(x, covariates, values)
         # log spike probability must be <= 0
         logspike = -torch.relu(-q.pop("logspike"))
         q["spike"] = logspike.exp().clamp(_SPIKE_EPS, 1.0 - _SPIKE_EPS)
         return q
 
-    def spike_probability(self, x, covariates=None):
+    def spike_probability(self, x, covariates=None, continuous=None):
         """Posterior probability that each latent dimension is active.
 
         Parameters
@@ -527,12 +607,14 @@ class SparseCodingVAE(_LatentModel):
         x : torch.Tensor of shape (n_samples, n_features) or ShiftedSparseRows
         covariates : torch.Tensor of shape (n_samples, n_covariates), int64, default=None
             Each cell's categories; read only by an encoder that takes them.
+        continuous : torch.Tensor of shape (n_samples, n_continuous), default=None
+            Each cell's continuous covariates; read only by an encoder that takes them.
 
         Returns
         -------
         torch.Tensor of shape (n_samples, n_components)
         """
-        return self.posterior(x, covariates)["spike"]
+        return self.posterior(x, covariates, continuous)["spike"]
 
     def _mean_code(self, q):
         return q["spike"] * q["mu"]

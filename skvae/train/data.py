@@ -5,10 +5,14 @@
 (anndata's ``CSRDataset``: a backed ``X`` or ``sparse_dataset`` of a layer). From then on
 every step asks the object, never the input's type: its size, its values for validation
 (whole or streamed), a training / validation split, a rank's shard, minibatch sources for
-each algorithm, and a sample of rows. Per-row covariates (such as each cell's batch, as
-integer codes) travel with every split, shard and minibatch.
+each algorithm, and a sample of rows. What each row comes with travels with every split, shard
+and minibatch, each in a slot of its own: its ``covariates`` (each cell's categories, such
+as its batch, as integer codes), its ``continuous`` covariates (numbers, such as percent
+mitochondrial counts) and its ``labels`` (a classifier's cell types).
 
-A new kind of data source is one new subclass of :class:`RowData`.
+A new kind of data source is a subclass of :class:`RowData` (what it holds and how it is taken,
+split and read) and, where its rows are read in a way of their own, a row source of
+:mod:`skvae.train.rows`.
 """
 
 import contextlib
@@ -16,7 +20,7 @@ import copy
 import os
 import sys
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -104,53 +108,77 @@ class BackedColumns:
 
 @dataclass
 class Minibatch:
-    """The rows of one minibatch and their covariates, as tensors on the training device.
+    """The rows of one minibatch with what each comes with, as tensors on the training device.
 
     Parameters
     ----------
     x : torch.Tensor or skvae.nn.sparse.ShiftedSparseRows
         The rows.
-    covariates : dict of str to torch.Tensor of shape (n_rows, ...)
-        Keyword arguments of the model's ``loss``, ``embed`` and ``decode`` (the
-        estimators' ``covariates``: each row's category codes, n_rows x n_covariates).
+    covariates : torch.Tensor of shape (n_rows, n_covariates), int64, default=None
+        Each row's category codes (the models' ``covariates``), or None.
+    labels : torch.Tensor of shape (n_rows,), int64, default=None
+        Each row's cell type, an index of the classes or -1 for an unlabelled
+        cell (a classifier's ``labels``), or None.
+    continuous : torch.Tensor of shape (n_rows, n_continuous), default=None
+        Each row's continuous covariates (the models' ``continuous``), in the
+        rows' float type, or None.
 
     Examples
     --------
     >>> import torch
     >>> from skvae.train.data import Minibatch
-    >>> Minibatch(torch.zeros(2, 3)).covariates
-    {}
+    >>> Minibatch(torch.zeros(2, 3)).covariates is None
+    True
     """
 
     x: object
-    covariates: dict = field(default_factory=dict)
+    covariates: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    continuous: torch.Tensor | None = None
+
+    @property
+    def given(self):
+        """What the models' ``embed``, ``decode`` and ``loss`` take with the rows: ``covariates`` and ``continuous``.
+
+        Returns
+        -------
+        dict of str to torch.Tensor or None
+        """
+        return {"covariates": self.covariates, "continuous": self.continuous}
 
     def __len__(self):
         return len(self.x)
 
 
 class MinibatchSource:
-    """Minibatches of a row source, each with its rows' covariates.
+    """Minibatches of a row source, each with its rows' covariates, labels and continuous covariates.
 
     Parameters
     ----------
     rows : row source of :mod:`skvae.train.rows`
-    covariates : dict of str to ndarray of shape (rows.n_rows, ...)
+    covariates : ndarray of shape (rows.n_rows, n_covariates) or None
+    labels : ndarray of shape (rows.n_rows,) or None
     device : str or torch.device
+    continuous : ndarray of shape (rows.n_rows, n_continuous), default=None
+    dtype : numpy dtype, default=np.float32
+        The continuous covariates' type (the rows').
 
     Examples
     --------
     >>> import numpy as np
     >>> from skvae.train.data import MinibatchSource
     >>> from skvae.train.rows import make_row_source
-    >>> source = MinibatchSource(make_row_source(np.eye(3), algorithm="dense"), {"batch": np.array([0, 1, 1])}, "cpu")
+    >>> source = MinibatchSource(make_row_source(np.eye(3), algorithm="dense"), np.array([[0], [1], [1]]), None, "cpu")
     >>> source.minibatch(np.array([2, 0])).covariates
-    {'batch': tensor([1, 0])}
+    tensor([[1],
+            [0]])
     """
 
-    def __init__(self, rows, covariates, device):
+    def __init__(self, rows, covariates, labels, device, continuous=None, dtype=np.float32):
         self.rows, self.n_rows = rows, rows.n_rows
-        self._covariates = {name: torch.as_tensor(values, device=device) for name, values in covariates.items()}
+        continuous = None if continuous is None else np.asarray(continuous, dtype=dtype)
+        self._per_row = [None if values is None else torch.as_tensor(values, device=device)
+                         for values in (covariates, labels, continuous)]
 
     def minibatch(self, index):
         """The minibatch of ``index`` (a slice or an array of row indices).
@@ -163,7 +191,7 @@ class MinibatchSource:
         -------
         Minibatch
         """
-        return Minibatch(self.rows.minibatch(index), self._covariates_of(index))
+        return Minibatch(self.rows.minibatch(index), *self._per_row_of(index))
 
     def minibatches(self, indices):
         """Yield the minibatch of each of ``indices``; a source that reads from disk reads ahead.
@@ -177,11 +205,11 @@ class MinibatchSource:
         Minibatch
         """
         for index, x in zip(indices, minibatches(self.rows, indices), strict=True):
-            yield Minibatch(x, self._covariates_of(index))
+            yield Minibatch(x, *self._per_row_of(index))
 
-    def _covariates_of(self, index):
+    def _per_row_of(self, index):
         index = torch.as_tensor(index) if isinstance(index, np.ndarray) else index
-        return {name: values[index] for name, values in self._covariates.items()}
+        return [None if values is None else values[index] for values in self._per_row]
 
 
 def iter_minibatches(source, batch_size):
@@ -221,7 +249,7 @@ def map_minibatches(module, method, data, batch_size):
     method : str
         ``"embed"``, ``"decode"`` or ``"spike_probability"``.
     data : RowData
-        With the covariates the method reads.
+        With the covariates the method reads (its labels are not read).
     batch_size : int
 
     Returns
@@ -240,12 +268,12 @@ def map_minibatches(module, method, data, batch_size):
     module = module if dtype == np.float32 else copy.deepcopy(module).double()
     module.eval()
     source = data.source(algorithm="sparse" if data.stored_sparse else "dense", center=False, dtype=dtype)
-    return np.concatenate([getattr(module, method)(minibatch.x, **minibatch.covariates).numpy()
+    return np.concatenate([getattr(module, method)(minibatch.x, **minibatch.given).numpy()
                            for minibatch in iter_minibatches(source, batch_size)])
 
 
 class RowData(ABC):
-    """Rows of expression (cells x genes) and their per-row covariates.
+    """Rows of expression (cells x genes), each with its covariates and its label.
 
     Use :meth:`from_input` to make one from what the user passed; a subclass is one
     kind of data source.
@@ -255,14 +283,20 @@ class RowData(ABC):
     n_rows, n_features : int
     dtype : numpy dtype
         The stored values' type.
-    covariates : dict of str to array-like of shape (n_rows, ...) or None
-        One value per row each (checked).
+    covariates : array-like of shape (n_rows, n_covariates), default=None
+        Each row's category codes (checked: one row each).
+    labels : array-like of shape (n_rows,), default=None
+        Each row's class index, -1 for none.
+    continuous : array-like of shape (n_rows, n_continuous), default=None
+        Each row's continuous covariates.
 
     Attributes
     ----------
     n_rows, n_features : int
     dtype : numpy dtype
-    covariates : dict of str to ndarray of shape (n_rows, ...)
+    covariates : ndarray of shape (n_rows, n_covariates) or None
+    labels : ndarray of shape (n_rows,) or None
+    continuous : ndarray of shape (n_rows, n_continuous) or None
     on_disk : bool
         Whether the rows are read from a file as they are used.
     stored_sparse : bool
@@ -272,39 +306,66 @@ class RowData(ABC):
     --------
     >>> import numpy as np
     >>> from skvae.train.data import RowData
-    >>> data = RowData.from_input(np.arange(12.0).reshape(6, 2), {"batch": [0, 0, 0, 1, 1, 1]})
+    >>> data = RowData.from_input(np.arange(12.0).reshape(6, 2), covariates=[[0], [0], [0], [1], [1], [1]])
     >>> train, validation = data.split(0.5, np.random.RandomState(0))
-    >>> train.n_rows, validation.n_rows, sorted(train.covariates["batch"].tolist() + validation.covariates["batch"].tolist())
+    >>> train.n_rows, validation.n_rows, sorted(train.covariates[:, 0].tolist() + validation.covariates[:, 0].tolist())
     (3, 3, [0, 0, 0, 1, 1, 1])
     """
 
     on_disk = False
     stored_sparse = True
 
-    def __init__(self, n_rows, n_features, dtype, covariates):
+    def __init__(self, n_rows, n_features, dtype, covariates=None, labels=None, continuous=None):
         self.n_rows, self.n_features, self.dtype = n_rows, n_features, np.dtype(dtype)
-        self.covariates = self._checked(covariates)
+        self.covariates, self.labels = self._checked("covariates", covariates), self._checked("labels", labels)
+        self.continuous = self._checked("continuous", continuous)
 
-    def _checked(self, covariates):
-        covariates = {name: np.asarray(values) for name, values in (covariates or {}).items()}
-        for name, values in covariates.items():
-            if len(values) != self.n_rows:
-                raise ValueError(f"{name} has {len(values)} values for {self.n_rows} rows of X: one per cell.")
-        return covariates
+    def _checked(self, name, values):
+        if values is None:
+            return None
+        values = np.asarray(values)
+        if len(values) != self.n_rows:
+            raise ValueError(f"{name} has {len(values)} values for {self.n_rows} rows of X: one per cell.")
+        return values
 
-    def with_covariates(self, covariates):
+    def _per_row(self, rows=slice(None)):
+        """The covariates, labels and continuous covariates of ``rows``, as keyword arguments of a subclass's constructor."""
+        return {name: None if values is None else values[rows]
+                for name, values in (("covariates", self.covariates), ("labels", self.labels),
+                                     ("continuous", self.continuous))}
+
+    def with_covariates(self, covariates, continuous=None):
         """The same rows with these covariates.
 
         Parameters
         ----------
-        covariates : dict of str to array-like of shape (n_rows, ...)
+        covariates : array-like of shape (n_rows, n_covariates) or None
+            Category codes.
+        continuous : array-like of shape (n_rows, n_continuous), default=None
+            Values of continuous covariates.
 
         Returns
         -------
         RowData
         """
         data = copy.copy(self)
-        data.covariates = self._checked(covariates)
+        data.covariates = self._checked("covariates", covariates)
+        data.continuous = self._checked("continuous", continuous)
+        return data
+
+    def with_labels(self, labels):
+        """The same rows with these labels.
+
+        Parameters
+        ----------
+        labels : array-like of shape (n_rows,) or None
+
+        Returns
+        -------
+        RowData
+        """
+        data = copy.copy(self)
+        data.labels = self._checked("labels", labels)
         return data
 
     @property
@@ -312,13 +373,14 @@ class RowData(ABC):
         return self.n_rows, self.n_features
 
     @staticmethod
-    def from_input(X, covariates=None, *, check_in_memory=None):
+    def from_input(X, *, covariates=None, labels=None, check_in_memory=None):
         """The rows of ``X``: :class:`BackedRows` for a sparse matrix on disk, else :class:`InMemoryRows`.
 
         Parameters
         ----------
         X : array-like, scipy.sparse matrix or anndata.abc.CSRDataset
-        covariates : dict of str to array-like of shape (n_rows, ...), default=None
+        covariates : array-like of shape (n_rows, n_covariates), default=None
+        labels : array-like of shape (n_rows,), default=None
         check_in_memory : callable, default=None
             Applied to ``X`` when it is not on disk, returning the array or sparse
             matrix to hold (e.g. scikit-learn's ``validate_data``); None holds ``X`` as it is.
@@ -331,15 +393,15 @@ class RowData(ABC):
         --------
         >>> import numpy as np
         >>> from skvae.train.data import RowData
-        >>> data = RowData.from_input(np.zeros((5, 3)), {"batch": [0, 0, 1, 1, 1]})
-        >>> type(data).__name__, data.shape, data.take(np.array([4, 0])).covariates["batch"].tolist()
-        ('InMemoryRows', (5, 3), [1, 0])
+        >>> data = RowData.from_input(np.zeros((5, 3)), covariates=[[0], [0], [1], [1], [1]])
+        >>> type(data).__name__, data.shape, data.take(np.array([4, 0])).covariates.tolist()
+        ('InMemoryRows', (5, 3), [[1], [0]])
         """
         if isinstance(X, BackedColumns):
-            return BackedRows(X.dataset, covariates=covariates, columns=X.columns)
+            return BackedRows(X.dataset, covariates=covariates, labels=labels, columns=X.columns)
         if is_backed_sparse(X):
-            return BackedRows(X, covariates=covariates)
-        return InMemoryRows(X if check_in_memory is None else check_in_memory(X), covariates=covariates)
+            return BackedRows(X, covariates=covariates, labels=labels)
+        return InMemoryRows(X if check_in_memory is None else check_in_memory(X), covariates=covariates, labels=labels)
 
     @abstractmethod
     def take(self, rows):
@@ -403,7 +465,7 @@ class RowData(ABC):
 
     @abstractmethod
     def source(self, *, algorithm, center, dtype=np.float32, device="cpu", with_transpose=False):
-        """Minibatches of these rows, with their covariates.
+        """Minibatches of these rows, with their covariates and labels.
 
         Parameters
         ----------
@@ -469,7 +531,9 @@ class InMemoryRows(RowData):
     Parameters
     ----------
     X : ndarray or scipy.sparse CSR matrix of shape (n_rows, n_features)
-    covariates : dict of str to array-like of shape (n_rows, ...), default=None
+    covariates : array-like of shape (n_rows, n_covariates), default=None
+    labels : array-like of shape (n_rows,), default=None
+    continuous : array-like of shape (n_rows, n_continuous), default=None
 
     Examples
     --------
@@ -479,16 +543,16 @@ class InMemoryRows(RowData):
     [[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
     """
 
-    def __init__(self, X, covariates=None):
-        super().__init__(X.shape[0], X.shape[1], X.dtype, covariates)
+    def __init__(self, X, covariates=None, labels=None, continuous=None):
+        super().__init__(X.shape[0], X.shape[1], X.dtype, covariates, labels, continuous)
         self.X = X
         self.stored_sparse = sp.issparse(X)
 
     def astype(self, dtype):
-        return InMemoryRows(self.X.astype(dtype, copy=False), self.covariates)
+        return InMemoryRows(self.X.astype(dtype, copy=False), **self._per_row())
 
     def take(self, rows):
-        return InMemoryRows(self.X[rows], {name: values[rows] for name, values in self.covariates.items()})
+        return InMemoryRows(self.X[rows], **self._per_row(rows))
 
     def in_memory(self):
         """These rows (they are in memory already).
@@ -502,7 +566,7 @@ class InMemoryRows(RowData):
     def source(self, *, algorithm, center, dtype=np.float32, device="cpu", with_transpose=False):
         rows = make_row_source(self.X, algorithm=algorithm, center=center, dtype=dtype, device=device,
                                with_transpose=with_transpose)
-        return MinibatchSource(rows, self.covariates, device)
+        return MinibatchSource(rows, self.covariates, self.labels, device, self.continuous, dtype)
 
     def row_blocks(self, max_values=None):
         """Yield consecutive blocks of the rows, each of at most ``max_values`` values (stored ones, if sparse).
@@ -537,7 +601,9 @@ class BackedRows(RowData):
         E.g. ``anndata.read_h5ad(path, backed="r").X``.
     rows : ndarray of int, default=None
         The rows of ``dataset`` these are, in order; all of them when None.
-    covariates : dict of str to array-like of shape (len(rows), ...), default=None
+    covariates : array-like of shape (len(rows), n_covariates), default=None
+    labels : array-like of shape (len(rows),), default=None
+    continuous : array-like of shape (len(rows), n_continuous), default=None
     stored : skvae.train.rows.StoredCSR, default=None
         The file's arrays, once :meth:`check_layout` has checked them (shared by
         the rows taken from these).
@@ -562,11 +628,11 @@ class BackedRows(RowData):
 
     on_disk = True
 
-    def __init__(self, dataset, rows=None, covariates=None, stored=None, columns=None):
+    def __init__(self, dataset, rows=None, covariates=None, labels=None, continuous=None, stored=None, columns=None):
         self.rows = np.arange(dataset.shape[0]) if rows is None else np.asarray(rows)
         self.columns = columns
         super().__init__(len(self.rows), dataset.shape[1] if columns is None else len(columns), dataset.dtype,
-                         covariates)
+                         covariates, labels, continuous)
         self.dataset = dataset
         self._stored = stored
 
@@ -656,8 +722,8 @@ class BackedRows(RowData):
         return self
 
     def take(self, rows):
-        return BackedRows(self.dataset, self.rows[rows], {name: values[rows] for name, values in self.covariates.items()},
-                          self._stored, self.columns)
+        return BackedRows(self.dataset, self.rows[rows], **self._per_row(rows), stored=self._stored,
+                          columns=self.columns)
 
     def shard(self, parallel):
         return self if parallel is None else self.take(parallel.shard_of(self.n_rows))
@@ -671,12 +737,12 @@ class BackedRows(RowData):
         """
         source = BackedSparseRowSource(self.dataset, rows=self.rows, dtype=_readable(self.dtype), device="cpu",
                                        with_transpose=False, stored=self._stored, columns=self.columns)
-        return InMemoryRows(source.csr(slice(None)), self.covariates)
+        return InMemoryRows(source.csr(slice(None)), **self._per_row())
 
     def source(self, *, algorithm, center, dtype=np.float32, device="cpu", with_transpose=False):
         rows = BackedSparseRowSource(self.dataset, rows=self.rows, dtype=dtype, device=device,
                                      with_transpose=with_transpose, stored=self._stored, columns=self.columns)
-        return MinibatchSource(rows, self.covariates, device)
+        return MinibatchSource(rows, self.covariates, self.labels, device, self.continuous, dtype)
 
     def row_blocks(self, max_values=None):
         """Yield consecutive blocks of the rows, read into memory, each of at most ``max_values`` stored values.

@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
+from ..nn.models import GradientScale, LossWeights
 from .data import iter_minibatches
 from .progress import EpochProgress
 
 
-def _divergence_error(epoch, what, value, module):
-    adversary = getattr(module, "batch_adversary", 0.0)
+def _divergence_error(epoch, what, value, config):
+    adversary = config.adversary_weight
     causes = (f"a batch classifier's weight batch_adversary={adversary:g} too large (the recommended embedder uses "
               "0.3; lower it), " if adversary else "")
     return ValueError(
@@ -31,9 +32,10 @@ def _divergence_error(epoch, what, value, module):
 
 
 @torch.no_grad()
-def _loss_after_step(module, minibatch, kl_weight):
+def _loss_after_step(module, minibatch, weights):
     """Deterministic loss of the last minibatch under the weights the last step left (no noise drawn)."""
-    return module.loss(minibatch.x, deterministic=True, **minibatch.covariates).total(kl_weight).sum().item()
+    return module.loss(minibatch.x, labels=minibatch.labels, deterministic=True, weights=weights,
+                       **minibatch.given).total(weights.kl).sum().item()
 
 
 def adam(module, learning_rate):
@@ -83,6 +85,11 @@ class TrainingConfig:
         Show progress when > 0 (a bar, or one line per epoch; on rank 0 only, in a
         data-parallel run): :class:`~skvae.train.progress.EpochProgress`. Each
         epoch's line also goes to the ``"skvae"`` logger at INFO level.
+    adversary_weight : float, default=0.0
+        The adversarial batch classifier's weight (a model built with one;
+        :class:`~skvae.nn.models.LossWeights`).
+    classification_weight : float, default=1.0
+        The cell-type classifier's weight (a model built with one).
 
     Examples
     --------
@@ -99,10 +106,25 @@ class TrainingConfig:
     n_iter_no_change: int = 10
     tol: float = 1e-4
     verbose: int = 0
+    adversary_weight: float = 0.0
+    classification_weight: float = 1.0
+
+    def loss_weights(self, kl_weight):
+        """The :class:`~skvae.nn.models.LossWeights` of a training step whose KL weight is ``kl_weight``.
+
+        Parameters
+        ----------
+        kl_weight : float
+
+        Returns
+        -------
+        skvae.nn.models.LossWeights
+        """
+        return LossWeights(kl=kl_weight, adversary=self.adversary_weight, classification=self.classification_weight)
 
 
 class TrainingState:
-    """What training carries from one call to the next: shuffling, noise, optimiser and torch's RNG.
+    """What training carries from one call to the next: shuffling, noise, optimiser, torch's RNG, gradient scale.
 
     ``fit`` creates one; ``partial_fit`` continues it, so ``E`` calls give the model of
     ``E`` epochs of ``fit``. The optimiser's moments move between devices with the model
@@ -125,6 +147,11 @@ class TrainingState:
     torch_rng : torch.Tensor
         torch's CPU random state to train from (``torch.get_rng_state()``).
 
+    Attributes
+    ----------
+    gradient_scale : skvae.nn.models.GradientScale
+        The running size of the reconstruction's gradient at the code.
+
     Examples
     --------
     >>> import numpy as np
@@ -141,6 +168,7 @@ class TrainingState:
         self.generator = torch.Generator(device).manual_seed(seed)
         self.optimizer = adam(module, learning_rate)
         self.torch_rng = torch_rng
+        self.gradient_scale = GradientScale()
 
     def to(self, device):
         """Move the optimiser's moments to ``device``; returns self.
@@ -186,7 +214,7 @@ class TrainingState:
         tuple
         """
         return (copy.deepcopy(self.optimizer.state_dict()), self.rng.get_state(), self.generator,
-                self.generator.get_state(), self.torch_rng)
+                self.generator.get_state(), self.torch_rng, self.gradient_scale.value)
 
     def restore(self, snapshot):
         """Go back to the state of a :meth:`snapshot`.
@@ -195,7 +223,7 @@ class TrainingState:
         ----------
         snapshot : tuple
         """
-        optimizer_state, rng_state, generator, generator_state, self.torch_rng = snapshot
+        optimizer_state, rng_state, generator, generator_state, self.torch_rng, self.gradient_scale.value = snapshot
         self.optimizer.load_state_dict(optimizer_state)
         self.rng.set_state(rng_state)
         generator.set_state(generator_state)
@@ -334,7 +362,8 @@ def mean_loss(module, source, *, kl_weight, batch_size, parallel=None):
     module.eval()
     total = 0.0
     for minibatch in iter_minibatches(source, batch_size):
-        total += module.loss(minibatch.x, deterministic=True, **minibatch.covariates).total(kl_weight).sum().item()
+        total += module.loss(minibatch.x, labels=minibatch.labels, deterministic=True, **minibatch.given).total(
+            kl_weight).sum().item()
     if parallel is not None:
         total, n_rows = parallel.sum([total, source.n_rows])
         return total / n_rows
@@ -402,6 +431,7 @@ def train(module, train_source, val_source=None, *, config, state, device, paral
     (5, True)
     """
     n_train = train_source.n_rows if parallel is None else parallel.set_rows(train_source.n_rows)
+    state.gradient_scale.n_processes = 1 if parallel is None else parallel.world_size
     # batch normalisation cannot normalise a single row in training
     fewest_rows = 2 if any(isinstance(layer, torch.nn.BatchNorm1d) for layer in module.modules()) else 1
     progress = EpochProgress(config.max_epochs, config.verbose if parallel is None or parallel.rank == 0 else 0)
@@ -432,7 +462,7 @@ def train(module, train_source, val_source=None, *, config, state, device, paral
                 val_loss = mean_loss(module, val_source, kl_weight=config.kl_weight, batch_size=config.batch_size,
                                      parallel=parallel)
                 if not math.isfinite(val_loss):
-                    raise _divergence_error(epoch, "the validation loss", val_loss, module)
+                    raise _divergence_error(epoch, "the validation loss", val_loss, config)
                 history["val_loss"].append(val_loss)
                 message += f", validation loss {val_loss:.6g}"
                 stopping.update(module, val_loss, warming_up=kl_weight < config.kl_weight)
@@ -506,11 +536,13 @@ def run_epoch(module, source, *, config, state, kl_weight, n_rows, epoch, device
     module.train()
     sums = torch.zeros(2, device=device)
     last = None
+    weights = config.loss_weights(kl_weight)
     order = epoch_order(state.rng, n_rows, config.shuffle_block_size)
     for minibatch, global_size in _minibatches(source, config.batch_size, order, parallel, fewest_rows):
         state.optimizer.zero_grad(set_to_none=True)
         if minibatch is not None:
-            terms = module.loss(minibatch.x, generator=state.generator, **minibatch.covariates)
+            terms = module.loss(minibatch.x, labels=minibatch.labels, generator=state.generator, weights=weights,
+                                gradient_scale=state.gradient_scale, **minibatch.given)
             per_cell = terms.total(kl_weight)
             loss = per_cell.mean() if parallel is None else per_cell.sum() / global_size
             loss.backward()
@@ -523,16 +555,16 @@ def run_epoch(module, source, *, config, state, kl_weight, n_rows, epoch, device
     reconstruction, kl = (total / n_rows for total in sums)
     loss = reconstruction + kl_weight * kl
     if not math.isfinite(loss):
-        raise _divergence_error(epoch, "the training loss", loss, module)
+        raise _divergence_error(epoch, "the training loss", loss, config)
     # the losses above come from before each step: the last step can still diverge
-    after_step = 0.0 if last is None else _loss_after_step(module, last, kl_weight)
+    after_step = 0.0 if last is None else _loss_after_step(module, last, weights)
     if parallel is not None:
         after_step = parallel.sum([after_step])[0]
         # batch normalisation's running statistics come from each rank's part of the minibatches
         # (and from the check above, a forward pass in training mode)
         parallel.average_buffers(module)
     if not math.isfinite(after_step):
-        raise _divergence_error(epoch, "the loss after the last optimiser step", after_step, module)
+        raise _divergence_error(epoch, "the loss after the last optimiser step", after_step, config)
     return reconstruction, kl
 
 

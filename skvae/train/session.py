@@ -117,6 +117,27 @@ class TrainingSession:
                                    torch_rng=torch_rng)
         return module
 
+    def start(self, build, *, state=None, random_state, learning_rate, same=None):
+        """Continue ``state`` (:meth:`resume`) when given, else :meth:`begin` a new one; returns the module to train.
+
+        Parameters
+        ----------
+        build : callable
+            Returns the module: a new one (initialised from the local seed), or the one ``state`` trains.
+        state : skvae.train.loop.TrainingState, default=None
+            An earlier call's (``partial_fit``); None: a new optimiser, shuffling and noise.
+        random_state, learning_rate, same
+            As for :meth:`begin` (``learning_rate`` applies from now on when resuming).
+
+        Returns
+        -------
+        torch.nn.Module
+        """
+        if state is None:
+            return self.begin(build, random_state=random_state, learning_rate=learning_rate, same=same)
+        self.resume(state, learning_rate=learning_rate)
+        return build()
+
     def resume(self, state, *, learning_rate):
         """Continue a training state of an earlier call (``partial_fit``), at this learning rate from now on.
 

@@ -1,0 +1,48 @@
+"""A classifier's cell types as it learned them."""
+
+import numpy as np
+import pandas as pd
+from sklearn.utils.validation import check_is_fitted
+
+
+def type_statistics(classifier):
+    """One row per cell type of a fitted classifier: its labelled cells, its Gaussian's spread, how typical is typical.
+
+    Parameters
+    ----------
+    classifier : fitted BetaVAEClassifier, or an EmbeddingPipeline ending in one
+
+    Returns
+    -------
+    DataFrame
+        Indexed by the classes, with ``n_labelled`` (the labelled cells its
+        Gaussian comes from; 0 for a type no call labelled, never predicted),
+        ``spread`` (the square root of the mean variance of its Gaussian, in code
+        units) and ``median_distance`` (the median squared Mahalanobis distance
+        of its labelled cells to its centre: about ``n_components`` for a
+        Gaussian type).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae import BetaVAEClassifier
+    >>> from skvae.analysis import type_statistics
+    >>> rng = np.random.RandomState(0)
+    >>> counts = rng.poisson(rng.gamma(0.5, 2.0, size=(2, 30))[np.arange(60) % 2]).astype(float)
+    >>> model = BetaVAEClassifier(2, hidden_layer_sizes=(16,), likelihood="nb", max_epochs=5,
+    ...                           random_state=0).fit(counts, np.arange(60) % 2)
+    >>> type_statistics(model)["n_labelled"].tolist()
+    [30, 30]
+    """
+    final = classifier.steps[-1][1] if hasattr(classifier, "steps") else classifier
+    check_is_fitted(final, "class_means_")
+    precisions = np.asarray(final.class_precisions_)
+    known = ~np.isnan(final.class_means_[:, 0])
+    spread = np.full(len(final.classes_), np.nan)
+    for c in np.flatnonzero(known):
+        spread[c] = np.sqrt(np.trace(np.linalg.pinv(precisions[c], hermitian=True)) / precisions.shape[1])
+    quantiles = np.asarray(final.class_distance_quantiles_)
+    counts = getattr(final, "class_counts_", np.where(known, -1, 0))
+    return pd.DataFrame({"n_labelled": np.asarray(counts, dtype=np.int64), "spread": spread,
+                         "median_distance": quantiles[:, quantiles.shape[1] // 2]},
+                        index=pd.Index(final.classes_, name="type"))
