@@ -9,7 +9,7 @@ import sklearn
 import torch
 
 import skvae
-from skvae import AutoencoderEmbedder, BetaVAEEmbedder, BetaVSCEmbedder
+from skvae import BetaVAEEmbedder, BetaVSCEmbedder
 from skvae.pipeline import EmbeddingPipeline
 
 anndata = pytest.importorskip("anndata")

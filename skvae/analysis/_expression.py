@@ -1,6 +1,5 @@
 """Expression read through a fitted model's decoder."""
 
-import numpy as np
 
 
 def corrected_expression(estimator, X, *, batch=None, to_batch=None):
