@@ -10,7 +10,8 @@ from sklearn.exceptions import ConvergenceWarning
 import skvae.train.loop
 from skvae import AutoencoderEmbedder, BetaVAEEmbedder
 from skvae.nn.models import Autoencoder, VariationalAutoencoder
-from skvae.train.data import MinibatchSource, RowData
+from skvae.train.data import RowData
+from skvae.train.rows import RowSource
 from skvae.train.loop import TrainingConfig, TrainingState, kl_warmup_weight, train
 
 SMALL = dict(n_components=2, hidden_layer_sizes=(16, 8), batch_size=16, random_state=0)
@@ -56,7 +57,7 @@ def _state(module, seed=0):
 def _interrupting(after_batches):
     """A minibatch iterator that raises KeyboardInterrupt once ``after_batches`` batches were given."""
     given = 0
-    original = MinibatchSource.minibatches
+    original = RowSource.minibatches
 
     def iterate(source, indices):
         nonlocal given
@@ -80,7 +81,7 @@ def test_keyboard_interrupt_keeps_the_model_of_the_last_finished_epoch(data, mon
         return module, history
 
     two_epochs, _ = run(2)
-    monkeypatch.setattr(MinibatchSource, "minibatches", _interrupting(after_batches=4 * 2 + 1))  # mid epoch 3
+    monkeypatch.setattr(RowSource, "minibatches", _interrupting(after_batches=4 * 2 + 1))  # mid epoch 3
     with pytest.warns(UserWarning, match="interrupted during epoch 3: keeping the model of epoch 2"):
         interrupted, history = run(10)
     assert len(history["loss"]) == 2
@@ -89,7 +90,7 @@ def test_keyboard_interrupt_keeps_the_model_of_the_last_finished_epoch(data, mon
 
 
 def test_keyboard_interrupt_in_the_first_epoch_is_raised(data, monkeypatch):
-    monkeypatch.setattr(MinibatchSource, "minibatches", _interrupting(after_batches=1))
+    monkeypatch.setattr(RowSource, "minibatches", _interrupting(after_batches=1))
     with pytest.raises(KeyboardInterrupt):
         BetaVAEEmbedder(**SMALL, max_epochs=5).fit(data)
 

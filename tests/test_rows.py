@@ -23,7 +23,7 @@ def test_blockwise_auto_decision_and_rows_equal_the_whole_matrix_computation(den
     source = make_row_source(X, center=center, dtype=np.float64)
     sparse_expected, shift = _whole_matrix_choice(X, center)
     assert isinstance(source, ShiftedSparseRowSource if sparse_expected else DenseRowSource)
-    batch = source.minibatch(slice(0, 11))
+    batch = source.rows(slice(0, 11))
     dense = batch if not sparse_expected else batch.values.to_dense() + batch.shift
     np.testing.assert_allclose(np.asarray(dense), X, rtol=1e-14, atol=1e-15)  # (x - shift) + shift, rounded
     if sparse_expected:
@@ -33,10 +33,10 @@ def test_blockwise_auto_decision_and_rows_equal_the_whole_matrix_computation(den
 def test_uncentred_rows_keep_counts_sparse_with_no_shift():
     X = np.array([[0.0, 5.0, 5.0], [0.0, 5.0, 0.0], [1.0, 5.0, 0.0]])
     source = make_row_source(X, algorithm="sparse", center=False, dtype=np.float64)
-    batch = source.minibatch(slice(0, 3))
+    batch = source.rows(slice(0, 3))
     assert not batch.shift.any() and batch.values._nnz() == np.count_nonzero(X)
 
 
 def test_sparse_input_is_never_centred():
     source = make_row_source(sp.random(5, 4, density=0.5, format="csr", random_state=0), dtype=np.float64)
-    assert isinstance(source, ShiftedSparseRowSource) and not source.minibatch(slice(0, 5)).shift.any()
+    assert isinstance(source, ShiftedSparseRowSource) and not source.rows(slice(0, 5)).shift.any()

@@ -94,11 +94,11 @@ def test_row_source_picks_the_representation():
     rng = np.random.RandomState(0)
     mostly_constant = np.where(rng.uniform(size=(50, 20)) < 0.1, rng.normal(size=(50, 20)), -0.5)
     dense = rng.normal(size=(50, 20))
-    assert isinstance(make_row_source(sp.csr_matrix(dense)).minibatch(slice(0, 5)), ShiftedSparseRows)
-    assert isinstance(make_row_source(mostly_constant).minibatch(slice(0, 5)), ShiftedSparseRows)
-    assert isinstance(make_row_source(dense).minibatch(slice(0, 5)), torch.Tensor)
-    assert isinstance(make_row_source(mostly_constant, algorithm="dense").minibatch(slice(0, 5)), torch.Tensor)
-    rows = make_row_source(mostly_constant, algorithm="sparse", dtype=np.float64).minibatch(np.array([3, 1]))
+    assert isinstance(make_row_source(sp.csr_matrix(dense)).rows(slice(0, 5)), ShiftedSparseRows)
+    assert isinstance(make_row_source(mostly_constant).rows(slice(0, 5)), ShiftedSparseRows)
+    assert isinstance(make_row_source(dense).rows(slice(0, 5)), torch.Tensor)
+    assert isinstance(make_row_source(mostly_constant, algorithm="dense").rows(slice(0, 5)), torch.Tensor)
+    rows = make_row_source(mostly_constant, algorithm="sparse", dtype=np.float64).rows(np.array([3, 1]))
     np.testing.assert_allclose(rows.values.to_dense().numpy() + rows.shift.numpy(), mostly_constant[[3, 1]])
 
 

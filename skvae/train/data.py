@@ -20,7 +20,6 @@ import copy
 import os
 import sys
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -28,7 +27,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from sklearn.utils import gen_batches
 
-from .rows import BackedSparseRowSource, StoredCSR, make_row_source, minibatches
+from .rows import BackedSparseRowSource, StoredCSR, make_row_source
 
 # Stored values per block when a matrix on disk is checked: a bounded read, whatever the file's size.
 _VALUE_BLOCK = 2**22
@@ -106,118 +105,12 @@ class BackedColumns:
         self.shape, self.dtype, self.format = (dataset.shape[0], len(columns)), dataset.dtype, dataset.format
 
 
-@dataclass
-class Minibatch:
-    """The rows of one minibatch with what each comes with, as tensors on the training device.
-
-    Parameters
-    ----------
-    x : torch.Tensor or skvae.nn.sparse.ShiftedSparseRows
-        The rows.
-    covariates : torch.Tensor of shape (n_rows, n_covariates), int64, default=None
-        Each row's category codes (the models' ``covariates``), or None.
-    labels : torch.Tensor of shape (n_rows,), int64, default=None
-        Each row's cell type, an index of the classes or -1 for an unlabelled
-        cell (a classifier's ``labels``), or None.
-    continuous : torch.Tensor of shape (n_rows, n_continuous), default=None
-        Each row's continuous covariates (the models' ``continuous``), in the
-        rows' float type, or None.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from skvae.train.data import Minibatch
-    >>> Minibatch(torch.zeros(2, 3)).covariates is None
-    True
-    """
-
-    x: object
-    covariates: torch.Tensor | None = None
-    labels: torch.Tensor | None = None
-    continuous: torch.Tensor | None = None
-
-    @property
-    def given(self):
-        """What the models' ``embed``, ``decode`` and ``loss`` take with the rows: ``covariates`` and ``continuous``.
-
-        Returns
-        -------
-        dict of str to torch.Tensor or None
-        """
-        return {"covariates": self.covariates, "continuous": self.continuous}
-
-    def __len__(self):
-        return len(self.x)
-
-
-class MinibatchSource:
-    """Minibatches of a row source, each with its rows' covariates, labels and continuous covariates.
-
-    Parameters
-    ----------
-    rows : row source of :mod:`skvae.train.rows`
-    covariates : ndarray of shape (rows.n_rows, n_covariates) or None
-    labels : ndarray of shape (rows.n_rows,) or None
-    device : str or torch.device
-    continuous : ndarray of shape (rows.n_rows, n_continuous), default=None
-    dtype : numpy dtype, default=np.float32
-        The continuous covariates' type (the rows').
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from skvae.train.data import MinibatchSource
-    >>> from skvae.train.rows import make_row_source
-    >>> source = MinibatchSource(make_row_source(np.eye(3), algorithm="dense"), np.array([[0], [1], [1]]), None, "cpu")
-    >>> source.minibatch(np.array([2, 0])).covariates
-    tensor([[1],
-            [0]])
-    """
-
-    def __init__(self, rows, covariates, labels, device, continuous=None, dtype=np.float32):
-        self.rows, self.n_rows = rows, rows.n_rows
-        continuous = None if continuous is None else np.asarray(continuous, dtype=dtype)
-        self._per_row = [None if values is None else torch.as_tensor(values, device=device)
-                         for values in (covariates, labels, continuous)]
-
-    def minibatch(self, index):
-        """The minibatch of ``index`` (a slice or an array of row indices).
-
-        Parameters
-        ----------
-        index : slice or ndarray of int
-
-        Returns
-        -------
-        Minibatch
-        """
-        return Minibatch(self.rows.minibatch(index), *self._per_row_of(index))
-
-    def minibatches(self, indices):
-        """Yield the minibatch of each of ``indices``; a source that reads from disk reads ahead.
-
-        Parameters
-        ----------
-        indices : list of slice or ndarray of int
-
-        Yields
-        ------
-        Minibatch
-        """
-        for index, x in zip(indices, minibatches(self.rows, indices), strict=True):
-            yield Minibatch(x, *self._per_row_of(index))
-
-    def _per_row_of(self, index):
-        index = torch.as_tensor(index) if isinstance(index, np.ndarray) else index
-        return [None if values is None else values[index] for values in self._per_row]
-
-
 def iter_minibatches(source, batch_size):
     """Yield the minibatches of ``source`` in order, ``batch_size`` rows each.
 
     Parameters
     ----------
-    source : MinibatchSource
+    source : skvae.train.rows.RowSource
     batch_size : int
 
     Yields
@@ -481,7 +374,9 @@ class RowData(ABC):
 
         Returns
         -------
-        MinibatchSource
+        skvae.train.rows.RowSource
+            Serving :class:`~skvae.train.rows.Minibatch` es that carry the rows'
+            covariates, labels and continuous covariates.
         """
 
     @abstractmethod
@@ -564,9 +459,8 @@ class InMemoryRows(RowData):
         return self
 
     def source(self, *, algorithm, center, dtype=np.float32, device="cpu", with_transpose=False):
-        rows = make_row_source(self.X, algorithm=algorithm, center=center, dtype=dtype, device=device,
-                               with_transpose=with_transpose)
-        return MinibatchSource(rows, self.covariates, self.labels, device, self.continuous, dtype)
+        return make_row_source(self.X, algorithm=algorithm, center=center, dtype=dtype, device=device,
+                               with_transpose=with_transpose).carrying(self.covariates, self.labels, self.continuous)
 
     def row_blocks(self, max_values=None):
         """Yield consecutive blocks of the rows, each of at most ``max_values`` values (stored ones, if sparse).
@@ -740,9 +634,9 @@ class BackedRows(RowData):
         return InMemoryRows(source.csr(slice(None)), **self._per_row())
 
     def source(self, *, algorithm, center, dtype=np.float32, device="cpu", with_transpose=False):
-        rows = BackedSparseRowSource(self.dataset, rows=self.rows, dtype=dtype, device=device,
-                                     with_transpose=with_transpose, stored=self._stored, columns=self.columns)
-        return MinibatchSource(rows, self.covariates, self.labels, device, self.continuous, dtype)
+        return BackedSparseRowSource(self.dataset, rows=self.rows, dtype=dtype, device=device,
+                                     with_transpose=with_transpose, stored=self._stored,
+                                     columns=self.columns).carrying(self.covariates, self.labels, self.continuous)
 
     def row_blocks(self, max_values=None):
         """Yield consecutive blocks of the rows, read into memory, each of at most ``max_values`` stored values.

@@ -339,7 +339,7 @@ def mean_loss(module, source, *, kl_weight, batch_size, parallel=None):
     Parameters
     ----------
     module : skvae.nn.models model
-    source : skvae.train.data.MinibatchSource
+    source : skvae.train.rows.RowSource
     kl_weight : float
     batch_size : int
     parallel : skvae.train.distributed.RankGroup, default=None
@@ -377,9 +377,9 @@ def train(module, train_source, val_source=None, *, config, state, device, paral
     ----------
     module : skvae.nn.models model
         Already on ``device``.
-    train_source : skvae.train.data.MinibatchSource
+    train_source : skvae.train.rows.RowSource
         The training rows, on ``device``.
-    val_source : skvae.train.data.MinibatchSource, default=None
+    val_source : skvae.train.rows.RowSource, default=None
         Held-out rows. When given, training stops once the validation loss has not
         improved by at least ``config.tol`` for ``config.n_iter_no_change`` epochs,
         and the best weights are restored; a ConvergenceWarning says when
@@ -491,7 +491,7 @@ def run_epoch(module, source, *, config, state, kl_weight, n_rows, epoch, device
     Parameters
     ----------
     module : skvae.nn.models model
-    source : skvae.train.data.MinibatchSource
+    source : skvae.train.rows.RowSource
     config : TrainingConfig
         Its ``batch_size`` and ``shuffle_block_size``.
     state : TrainingState

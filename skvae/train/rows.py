@@ -1,6 +1,8 @@
 """Rows of a dense or sparse matrix as torch minibatches, made one minibatch at a time.
 
-Two representations, chosen by :func:`make_row_source`:
+A row source serves :class:`Minibatch` es: the rows, with what each row comes with (its
+covariates, label and continuous covariates; :meth:`RowSource.carrying`). Two
+representations of the rows, chosen by :func:`make_row_source`:
 
 - dense tensors (sparse input is densified one minibatch at a time, never whole);
 - :class:`skvae.nn.sparse.ShiftedSparseRows`: each row as a sparse vector plus a
@@ -11,6 +13,7 @@ Two representations, chosen by :func:`make_row_source`:
 
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -26,7 +29,136 @@ SPARSE_DENSITY_LIMIT = 0.3
 _BLOCK_ENTRIES = 2**22
 
 
-class DenseRowSource:
+@dataclass
+class Minibatch:
+    """The rows of one minibatch with what each comes with, as tensors on the training device.
+
+    Parameters
+    ----------
+    x : torch.Tensor or skvae.nn.sparse.ShiftedSparseRows
+        The rows.
+    covariates : torch.Tensor of shape (n_rows, n_covariates), int64, default=None
+        Each row's category codes (the models' ``covariates``), or None.
+    labels : torch.Tensor of shape (n_rows,), int64, default=None
+        Each row's cell type, an index of the classes or -1 for an unlabelled
+        cell (a classifier's ``labels``), or None.
+    continuous : torch.Tensor of shape (n_rows, n_continuous), default=None
+        Each row's continuous covariates (the models' ``continuous``), in the
+        rows' float type, or None.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.train.rows import Minibatch
+    >>> Minibatch(torch.zeros(2, 3)).covariates is None
+    True
+    """
+
+    x: object
+    covariates: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    continuous: torch.Tensor | None = None
+
+    @property
+    def given(self):
+        """What the models' ``embed``, ``decode`` and ``loss`` take with the rows: ``covariates`` and ``continuous``.
+
+        Returns
+        -------
+        dict of str to torch.Tensor or None
+        """
+        return {"covariates": self.covariates, "continuous": self.continuous}
+
+    def __len__(self):
+        return len(self.x)
+
+
+class RowSource:
+    """What every row source shares: ``n_rows`` rows served as :class:`Minibatch` es, with what each row carries.
+
+    A subclass says how a minibatch's rows are made (:meth:`rows`).
+
+    Parameters
+    ----------
+    n_rows : int
+    dtype : numpy dtype
+    device : str or torch.device
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae.train.rows import make_row_source
+    >>> source = make_row_source(np.eye(3), algorithm="dense").carrying(covariates=np.array([[0], [1], [1]]))
+    >>> minibatch = source.minibatch(np.array([2, 0]))
+    >>> minibatch.x.shape, minibatch.covariates.tolist()
+    (torch.Size([2, 3]), [[1], [0]])
+    """
+
+    def __init__(self, n_rows, *, dtype, device):
+        self.n_rows, self._dtype, self._device = n_rows, dtype, device
+        self._per_row = (None, None, None)
+
+    def carrying(self, covariates=None, labels=None, continuous=None):
+        """Give each row what it comes with, which every minibatch then carries; returns self.
+
+        Parameters
+        ----------
+        covariates : ndarray of shape (n_rows, n_covariates), default=None
+        labels : ndarray of shape (n_rows,), default=None
+        continuous : ndarray of shape (n_rows, n_continuous), default=None
+            Cast to the rows' float type.
+
+        Returns
+        -------
+        RowSource
+        """
+        continuous = None if continuous is None else np.asarray(continuous, dtype=self._dtype)
+        self._per_row = tuple(None if values is None else torch.as_tensor(values, device=self._device)
+                              for values in (covariates, labels, continuous))
+        return self
+
+    def rows(self, rows):
+        """The rows ``rows`` (a slice or an array of indices) as the model reads them, on the source's device.
+
+        Parameters
+        ----------
+        rows : slice or ndarray of int
+
+        Returns
+        -------
+        torch.Tensor or ShiftedSparseRows
+        """
+        raise NotImplementedError
+
+    def minibatch(self, rows):
+        """The minibatch of ``rows`` (a slice or an array of indices): the rows and what they carry.
+
+        Parameters
+        ----------
+        rows : slice or ndarray of int
+
+        Returns
+        -------
+        Minibatch
+        """
+        index = torch.as_tensor(rows) if isinstance(rows, np.ndarray) else rows
+        return Minibatch(self.rows(rows), *(None if values is None else values[index] for values in self._per_row))
+
+    def minibatches(self, indices):
+        """Yield the minibatch of each of ``indices``.
+
+        Parameters
+        ----------
+        indices : list of ndarray of int or slice
+
+        Yields
+        ------
+        Minibatch
+        """
+        yield from (self.minibatch(index) for index in indices)
+
+
+class DenseRowSource(RowSource):
     """Minibatches as dense tensors.
 
     Parameters
@@ -40,18 +172,17 @@ class DenseRowSource:
     --------
     >>> import numpy as np
     >>> from skvae.train.rows import DenseRowSource
-    >>> DenseRowSource(np.eye(4), dtype=np.float32, device="cpu").minibatch(slice(1, 3))
+    >>> DenseRowSource(np.eye(4), dtype=np.float32, device="cpu").minibatch(slice(1, 3)).x
     tensor([[0., 1., 0., 0.],
             [0., 0., 1., 0.]])
     """
 
     def __init__(self, X, *, dtype, device):
+        super().__init__(X.shape[0], dtype=dtype, device=device)
         # np.array/np.require copy read-only inputs (memmaps), which torch must not share
         self._X = X if sp.issparse(X) else torch.from_numpy(np.require(X, dtype=dtype, requirements=["C", "W"]))
-        self._dtype, self._device = dtype, device
-        self.n_rows = X.shape[0]
 
-    def minibatch(self, rows):
+    def rows(self, rows):
         """The dense tensor of ``rows`` (a slice or an array of indices), on the source's device.
 
         Parameters
@@ -67,14 +198,14 @@ class DenseRowSource:
         return self._X[torch.as_tensor(rows) if isinstance(rows, np.ndarray) else rows].to(self._device)
 
 
-class _SparseRowSource:
+class _SparseRowSource(RowSource):
     """Minibatches as :class:`~skvae.nn.sparse.ShiftedSparseRows`: a subclass says where a minibatch's CSR rows come from."""
 
     def __init__(self, n_rows, shift, *, dtype, device, with_transpose):
-        self.n_rows, self._shift = n_rows, shift
-        self._dtype, self._device, self._with_transpose = dtype, device, with_transpose
+        super().__init__(n_rows, dtype=dtype, device=device)
+        self._shift, self._with_transpose = shift, with_transpose
 
-    def minibatch(self, rows):
+    def rows(self, rows):
         """The shifted sparse rows ``rows`` (a slice or an array of indices), on the source's device.
 
         Parameters
@@ -122,7 +253,7 @@ class ShiftedSparseRowSource(_SparseRowSource):
     >>> from skvae.train.rows import ShiftedSparseRowSource
     >>> source = ShiftedSparseRowSource(sp.eye(4, format="csr"), np.ones(4), dtype=np.float32, device="cpu",
     ...                                 with_transpose=False)
-    >>> rows = source.minibatch(np.array([2, 0]))
+    >>> rows = source.minibatch(np.array([2, 0])).x
     >>> rows.values.to_dense() + rows.shift
     tensor([[1., 1., 2., 1.],
             [2., 1., 1., 1.]])
@@ -256,7 +387,7 @@ class BackedSparseRowSource(_SparseRowSource):
     >>> anndata.AnnData(sp.csr_matrix(np.arange(12.0).reshape(4, 3))).write_h5ad(path)
     >>> source = BackedSparseRowSource(anndata.read_h5ad(path, backed="r").X, dtype=np.float32, device="cpu",
     ...                                with_transpose=False)
-    >>> source.minibatch(np.array([3, 0])).values.to_dense()
+    >>> source.minibatch(np.array([3, 0])).x.values.to_dense()
     tensor([[ 9., 10., 11.],
             [ 0.,  1.,  2.]])
     """
@@ -265,14 +396,14 @@ class BackedSparseRowSource(_SparseRowSource):
                  columns=None):
         # the rows are read from disk, one minibatch at a time: there is no matrix in memory to hold
         self._stored = StoredCSR(dataset.group, dataset.shape) if stored is None else stored
-        self._rows = np.arange(dataset.shape[0])[rows]
+        self._row_ids = np.arange(dataset.shape[0])[rows]
         self._columns = columns
-        super().__init__(len(self._rows), np.zeros(dataset.shape[1] if columns is None else len(columns)),
+        super().__init__(len(self._row_ids), np.zeros(dataset.shape[1] if columns is None else len(columns)),
                          dtype=dtype, device=device, with_transpose=with_transpose)
         self._read_ahead = read_ahead
 
     def csr(self, rows):
-        wanted = self._rows[rows]
+        wanted = self._row_ids[rows]
         distinct, inverse = np.unique(wanted, return_inverse=True)  # ascending: what HDF5 reads in one pass
         try:
             block = self._stored.rows(distinct, self._dtype)
@@ -295,7 +426,7 @@ class BackedSparseRowSource(_SparseRowSource):
 
         Yields
         ------
-        ShiftedSparseRows
+        Minibatch
         """
         with ThreadPoolExecutor(max_workers=1) as reader:
             pending = deque()
@@ -344,8 +475,9 @@ def make_row_source(X, *, algorithm="auto", center=True, dtype=np.float32, devic
     Returns
     -------
     source : DenseRowSource or ShiftedSparseRowSource
-        ``source.minibatch(rows)`` gives the minibatch of ``rows`` (a slice or indices);
-        ``source.n_rows`` is the number of rows.
+        ``source.minibatch(rows)`` gives the :class:`Minibatch` of ``rows`` (a slice or
+        indices), ``source.carrying(...)`` what its rows carry; ``source.n_rows`` is the
+        number of rows.
 
     Examples
     --------
@@ -373,29 +505,3 @@ def make_row_source(X, *, algorithm="auto", center=True, dtype=np.float32, devic
     values = sp.hstack([sp.csr_matrix((X[:, columns] - shift[columns]).astype(dtype, copy=False))
                         for columns in column_blocks], format="csr")
     return ShiftedSparseRowSource(values, shift, dtype=dtype, device=device, with_transpose=with_transpose)
-
-
-def minibatches(source, indices):
-    """Yield ``source.minibatch(index)`` for each of ``indices``; a source that reads from disk reads ahead.
-
-    Parameters
-    ----------
-    source : row source
-    indices : list of ndarray of int or slice
-
-    Yields
-    ------
-    torch.Tensor or ShiftedSparseRows
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from skvae.train.rows import make_row_source, minibatches
-    >>> source = make_row_source(np.arange(6.0).reshape(3, 2), algorithm="dense")
-    >>> [x.tolist() for x in minibatches(source, [np.array([2]), np.array([0, 1])])]
-    [[[4.0, 5.0]], [[0.0, 1.0], [2.0, 3.0]]]
-    """
-    if hasattr(source, "minibatches"):
-        yield from source.minibatches(indices)
-    else:
-        yield from (source.minibatch(index) for index in indices)

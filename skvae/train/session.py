@@ -212,7 +212,7 @@ class TrainingSession:
             When a file trained from changed during training (its values are then a mix).
         """
         train_source = train_data.source(algorithm=algorithm, center=center, device=self.device, with_transpose=True)
-        algorithm = "dense" if isinstance(train_source.rows, DenseRowSource) else "sparse"
+        algorithm = "dense" if isinstance(train_source, DenseRowSource) else "sparse"
         val_source = None if val_data is None else val_data.source(algorithm=algorithm, center=center, device=self.device)
         fingerprint = train_data.fingerprint() if train_data.on_disk else None
         state = self.state
