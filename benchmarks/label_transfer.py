@@ -31,7 +31,8 @@ types against shared ones: ``1 - max probability`` for k-NN and scANVI, ``1 - ty
 whose ``1 - max probability`` is given too, with the share of absent and shared cells ``is_unknown`` flags, as the
 rule is and as the previous, reference-calibrated rule flags them on the same model; the ``mapped`` row also gives
 the reference-only model's naming and flags of the query before it is mapped); the F1
-of each shared type (``--per-type``); fit seconds. Rows with a seed: one per ``--seeds`` seed, summarised as mean
+of each shared type (``--per-type``); with ``--thresholds``, the shares flagged at other ``unknown_threshold`` values
+(the same typicality); fit seconds. Rows with a seed: one per ``--seeds`` seed, summarised as mean
 ± sd.
 
 Usage: python benchmarks/label_transfer.py [--data-home ../shared/data] [--datasets pair,semisynthetic]
@@ -64,6 +65,9 @@ import skvae  # noqa: E402
 from skvae import BetaVAEClassifier  # noqa: E402
 from skvae.recipes import RECOMMENDED_COUNT_SETTINGS  # noqa: E402
 from skvae.preprocessing import HighlyVariableGenes  # noqa: E402
+
+#: unknown_threshold values whose flagged shares flag_rates also gives (--thresholds)
+THRESHOLDS = ()
 
 #: (data set, reference batch, query batch)
 DIRECTIONS = {
@@ -227,6 +231,10 @@ def flag_rates(model, X, batch, truth, suffix=""):
         if not rule:
             for label in np.unique(truth[~shared]):
                 scores[f"flagged {label}{suffix}"] = flagged[truth == label].mean()
+            for threshold in THRESHOLDS:  # the rule at other unknown_threshold values, on the same typicality
+                scores[f"flagged shared @{threshold:g}{suffix}"] = (typical[shared] < threshold).mean()
+                if (~shared).any():
+                    scores[f"flagged absent @{threshold:g}{suffix}"] = (typical[~shared] < threshold).mean()
     return scores
 
 
@@ -302,10 +310,15 @@ def main():
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--per-type", action="store_true", help="also the F1 of each shared type")
     parser.add_argument("--threads", type=int, default=-1, help="torch threads of skvae's fits (-1: every core)")
+    parser.add_argument("--thresholds", default="",
+                        help="comma-separated unknown_threshold values: the classifier rows also give the shares of "
+                             "shared and absent types' cells flagged at each (the same fitted models)")
     parser.add_argument("--classification-weights", default="",
                         help="comma-separated classification_weight values of the classifier row (default: its default)")
     args = parser.parse_args()
     integration.THREADS = args.threads
+    global THRESHOLDS
+    THRESHOLDS = tuple(float(value) for value in args.thresholds.split(",") if value)
     weights = [float(weight) for weight in args.classification_weights.split(",") if weight] or [None]
     rows, seeds = set(args.rows.split(",")), [int(seed) for seed in args.seeds.split(",")]
     print(f"skvae {skvae.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "

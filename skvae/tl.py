@@ -680,6 +680,124 @@ def decode(adata, estimator, *, batch=None, obsm_key="X_skvae"):
     return decoded
 
 
+def differential_expression(adata, estimator, *, groupby, group1=None, group2=None, sample_key=None, batch_key=None,
+                            layer=None, fdr=0.05, key_added="skvae_de"):
+    """Genes that differ between groups of cells, tested over samples: :func:`skvae.analysis.differential_expression`
+    on an AnnData, written where scanpy's ``rank_genes_groups`` writes.
+
+    Each group of ``adata.obs[groupby]`` (``group1``, or every group in turn,
+    one against the rest) is compared with ``group2`` (or all other cells) by
+    pseudobulk PyDESeq2 over the samples of ``adata.obs[sample_key]``, after the
+    fitted model removed the batches of ``batch_key`` it learned. The result is
+    returned as a DataFrame and stored in ``adata.uns[key_added]`` in
+    ``rank_genes_groups``' layout, so ``scanpy.get.rank_genes_groups_df(adata,
+    group, key=key_added)`` and scanpy's plots of ranked genes read it.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        The cells, with raw counts in ``layer`` (or ``X``).
+    estimator : fitted estimator or Pipeline
+        A model of raw counts fitted on these genes (e.g. by :func:`embed` or
+        :func:`annotate`); the genes tested are the ones it models.
+    groupby : str
+        Column of ``adata.obs`` with each cell's group (cluster, cell type,
+        condition).
+    group1 : label, default=None
+        The group tested; None: every group, each against the rest.
+    group2 : label, default=None
+        The group compared with; None: every other cell.
+    sample_key : str, default=None
+        Column of ``adata.obs`` with each cell's sample (donor): the unit the test
+        counts. None: effect sizes only, no p-values (the result says why).
+    batch_key : str or list of str, default=None
+        The batch column(s) the model was fitted with.
+    layer : str, default=None
+        The layer of raw counts; ``X`` when None.
+    fdr : float, default=0.05
+        The false discovery rate of ``is_de``.
+    key_added : str, default="skvae_de"
+        Where the result goes in ``adata.uns``.
+
+    Returns
+    -------
+    DataFrame
+        The columns of :func:`skvae.analysis.differential_expression`, one row per
+        group and gene (a ``group`` column first), each group's genes by p-value.
+
+    Raises
+    ------
+    ValueError
+        An unfitted estimator, a ``groupby`` or ``sample_key`` that is not a
+        column of ``adata.obs``, and what
+        :func:`skvae.analysis.differential_expression` refuses.
+
+    Examples
+    --------
+    >>> import anndata
+    >>> import numpy as np
+    >>> import skvae
+    >>> rng = np.random.RandomState(0)
+    >>> donor = np.repeat(np.arange(6), 40)
+    >>> counts = rng.poisson(rng.gamma(1.0, 2.0, size=30) * np.where((donor >= 3)[:, None] & (np.arange(30) < 3), 4.0,
+    ...                                                                1.0)).astype(np.float32)
+    >>> adata = anndata.AnnData(counts, obs={"donor": donor.astype(str),
+    ...                                      "condition": np.where(donor >= 3, "treated", "control")})
+    >>> adata.var_names = [f"g{i}" for i in range(30)]
+    >>> model = skvae.BetaVAEEmbedder(2, hidden_layer_sizes=(16,), likelihood="nb", max_epochs=5, random_state=0)
+    >>> skvae.tl.embed(adata, model)
+    >>> table = skvae.tl.differential_expression(adata, model, groupby="condition", group1="treated",
+    ...                                          sample_key="donor")
+    >>> sorted(table.loc[table["is_de"], "gene"]), adata.uns["skvae_de"]["params"]["reference"]
+    (['g0', 'g1', 'g2'], 'rest')
+    """
+    from .analysis import differential_expression as tested
+
+    _require_anndata(adata)
+    steps = _flat_steps(estimator)
+    if not steps or not _is_fitted(steps[-1]):
+        raise ValueError("differential_expression reads a fitted model: fit it first (e.g. skvae.tl.embed).")
+    for name, key in (("groupby", groupby), ("sample_key", sample_key)):
+        if key is not None and (not isinstance(key, str) or key not in adata.obs.columns):
+            raise ValueError(f"{name}={key!r} is not a column of adata.obs (its columns are {list(adata.obs.columns)}).")
+    if groupby is None:
+        raise ValueError("differential_expression needs groupby=, the obs column of each cell's group.")
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
+    run = _Run(adata, estimator, layer, batch_key, None)
+    groups = adata.obs[groupby].to_numpy()
+    samples = None if sample_key is None else adata.obs[sample_key].to_numpy()
+    labels = [group1] if group1 is not None else [label for label in pd.unique(groups) if not pd.isna(label)
+                                                  and label != group2]
+    results = {}
+    with _unnamed_matrix(), warnings.catch_warnings():
+        if len(labels) > 1:
+            warnings.simplefilter("ignore", UserWarning)  # one note for all the groups, below
+        for label in labels:
+            result = tested(estimator, run.X, groups, label, group2, samples=samples, batch=run.batch, fdr=fdr)
+            result.index = pd.Index(_modelled_genes(steps, len(result)), name="gene")
+            # by p-value, then by the size of the effect (all of them, without p-values)
+            order = np.lexsort((-result["log2FoldChange"].abs().fillna(0).to_numpy(),
+                                result["pvalue"].fillna(np.inf).to_numpy()))
+            results[label] = result.iloc[order]
+    if samples is None and len(labels) > 1:
+        warnings.warn(next(iter(results.values())).attrs["note"], UserWarning, stacklevel=2)
+    fields = {"names": None, "scores": "stat", "logfoldchanges": "log2FoldChange", "pvals": "pvalue",
+              "pvals_adj": "padj"}
+    record = {"params": {"groupby": groupby, "reference": "rest" if group2 is None else str(group2),
+                         "method": "skvae pseudobulk PyDESeq2" if samples is not None else "skvae effect sizes",
+                         "sample_key": "None" if sample_key is None else sample_key, "fdr": fdr,
+                         "layer": "None" if layer is None else layer}}
+    for field, column in fields.items():
+        record[field] = np.rec.fromarrays(
+            [np.asarray(result.index if column is None else result[column], dtype=object if column is None
+                        else np.float64) for result in results.values()],
+            names=[str(label) for label in results])
+    _write(adata, uns={key_added: record})
+    return pd.concat([result.reset_index().assign(group=label) for label, result in results.items()],
+                     ignore_index=True)[["group", "gene", *next(iter(results.values())).columns]]
+
+
 def _modelled_genes(steps, n_genes):
     """The names of the genes the final step reconstructs: the first step's genes through the steps before it."""
     names = getattr(steps[0], "feature_names_in_", None)

@@ -60,3 +60,136 @@ def test_type_statistics_read_the_classifier_as_it_learned_the_types():
     table = type_statistics(model)
     assert table.index.tolist() == [0, 1, 2] and table["n_labelled"].tolist() == [40, 40, 40]
     assert (table["spread"] > 0).all() and np.isfinite(table["median_distance"]).all()
+
+
+def _donors(n_donors=6, cells=40, genes=40, seed=0, effect_genes=4, batch_effect=False):
+    """Counts of donors (half treated), a treatment effect on the first genes, and optionally a batch effect."""
+    rng = np.random.RandomState(seed)
+    donor = np.repeat(np.arange(n_donors), cells)
+    treated = donor >= n_donors // 2
+    means = rng.gamma(1.0, 3.0, size=genes) * np.exp(rng.normal(scale=0.2, size=(n_donors, genes)))[donor]
+    means = means * np.where(treated[:, None] & (np.arange(genes) < effect_genes), 4.0, 1.0)
+    batch = np.where(np.isin(donor, [0, 1, n_donors // 2]), "a", "b")
+    if batch_effect:
+        means = means * np.where((batch == "b")[:, None], np.exp(rng.normal(scale=1.0, size=genes)), 1.0)
+    return rng.poisson(means).astype(np.float64), np.where(treated, "treated", "control"), donor, batch
+
+
+def _model(counts, batch=None, epochs=10):
+    model = BetaVAEEmbedder(n_components=3, hidden_layer_sizes=(16,), likelihood="nb", max_epochs=epochs,
+                            random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model.fit(counts, batch=batch)
+
+
+def test_differential_expression_over_donors_finds_the_treated_genes_and_reads_as_deseq2():
+    pytest.importorskip("pydeseq2")
+    from skvae.analysis import differential_expression
+
+    counts, condition, donor, _ = _donors()
+    result = differential_expression(_model(counts), counts, condition, "treated", "control", samples=donor)
+    called, treated = set(result.index[result["is_de"]]), {"gene0", "gene1", "gene2", "gene3"}
+    assert treated <= called and len(called - treated) <= 1  # at 5 % FDR, a false call may come
+    assert result.loc[list(treated), "log2FoldChange"].between(1.5, 2.5).all()  # simulated log2(4) = 2
+    assert result.attrs["design"] == "~ group" and not result.attrs["paired"]
+    assert result[["n_samples_1", "n_samples_2"]].iloc[0].tolist() == [3, 3]
+    assert {"log2FoldChange", "lfcSE", "pvalue", "padj", "is_de", "mean_1", "fraction_2"} <= set(result.columns)
+    # one against the rest gives the same here (the rest is the control group)
+    rest = differential_expression(_model(counts), counts, condition, "treated", samples=donor)
+    np.testing.assert_allclose(rest["pvalue"], result["pvalue"])
+
+
+def test_differential_expression_without_samples_gives_effect_sizes_and_says_why():
+    from skvae.analysis import differential_expression
+
+    counts, condition, _, _ = _donors()
+    with pytest.warns(UserWarning, match="no p-values"):
+        result = differential_expression(_model(counts, epochs=30), counts, condition, "treated")
+    assert result["pvalue"].isna().all() and not result["is_de"].any() and "samples=" in result.attrs["note"]
+    assert result["log2FoldChange"][:4].mean() > result["log2FoldChange"][4:].mean() + 0.5
+
+
+def test_a_paired_design_within_donors_and_batches_corrected_through_the_decoder():
+    pytest.importorskip("pydeseq2")
+    from skvae.analysis import differential_expression
+
+    counts, _, donor, batch = _donors(batch_effect=True)
+    # two "types" within every donor: a paired design, one batch per donor, groups sharing both batches
+    kind = np.where(np.arange(len(counts)) % 2 == 0, "x", "y")
+    model = _model(counts, batch=batch)
+    result = differential_expression(model, counts, kind, "x", "y", samples=donor, batch=batch)
+    assert result.attrs["design"] == "~ sample + group" and result.attrs["paired"]
+    assert result.attrs["shared_batches"] == ["a", "b"]
+    assert result["is_de"].sum() <= 1  # no difference between the two random halves
+    with pytest.raises(ValueError, match="fitted with batches"):
+        differential_expression(model, counts, kind, "x", samples=donor)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (dict(group1="missing"), "has no cells"),
+    (dict(group1="treated", group2="treated"), "the same group"),
+    (dict(groups=np.array([None] * 240, dtype=object)), "missing labels"),
+    (dict(samples=np.where(np.arange(240) < 120, 0, 1)), "at least 2 in each"),
+    (dict(samples=np.where(np.arange(240) % 3 == 0, 7, np.repeat(np.arange(6), 40))), "paired"),
+    (dict(samples=np.full(240, np.nan)), "missing values"),
+])
+def test_differential_expression_refuses_what_it_cannot_test(change, message):
+    pytest.importorskip("pydeseq2")
+    from skvae.analysis import differential_expression
+
+    counts, condition, donor, _ = _donors()
+    arguments = dict(groups=condition, group1="treated", group2=None, samples=donor)
+    arguments.update(change)
+    with pytest.raises(ValueError, match=message):
+        differential_expression(_model(counts, epochs=1), counts, arguments.pop("groups"), arguments.pop("group1"),
+                                **arguments)
+
+
+def test_differential_expression_refuses_confounded_groups_and_a_model_of_scaled_data():
+    from skvae.analysis import differential_expression
+
+    counts, condition, donor, _ = _donors()
+    confounded = np.where(condition == "treated", "b", "a")  # each group in a batch of its own
+    with pytest.raises(ValueError, match="confounded"):
+        differential_expression(_model(counts, batch=confounded), counts, condition, "treated", samples=donor,
+                                batch=confounded)
+    scaled = BetaVAEEmbedder(n_components=2, hidden_layer_sizes=(8,), max_epochs=1, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scaled.fit(np.log1p(counts))
+    with pytest.raises(ValueError, match="tests counts"):
+        differential_expression(scaled, np.log1p(counts), condition, "treated", samples=donor)
+
+
+def test_tl_differential_expression_writes_what_rank_genes_groups_readers_read():
+    pytest.importorskip("pydeseq2")
+    anndata = pytest.importorskip("anndata")
+    import pandas as pd
+
+    import skvae
+
+    counts, condition, donor, _ = _donors()
+    kind = np.where(np.arange(len(counts)) % 2 == 0, "x", "y")
+    adata = anndata.AnnData(counts.astype(np.float32), obs=pd.DataFrame(
+        {"donor": donor.astype(str), "condition": condition, "kind": kind}, index=[f"c{i}" for i in range(len(counts))]))
+    adata.var_names = [f"g{i}" for i in range(counts.shape[1])]
+    model = BetaVAEEmbedder(n_components=3, hidden_layer_sizes=(16,), likelihood="nb", max_epochs=5, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        skvae.tl.embed(adata, model)
+    table = skvae.tl.differential_expression(adata, model, groupby="kind", sample_key="donor", key_added="de")
+    assert sorted(table["group"].unique()) == ["x", "y"]  # every group against the rest (paired within donors)
+    record = adata.uns["de"]
+    assert record["params"]["groupby"] == "kind" and record["params"]["reference"] == "rest"
+    for field in ("names", "scores", "logfoldchanges", "pvals", "pvals_adj"):
+        assert record[field].dtype.names == ("x", "y") and len(record[field]) == counts.shape[1]
+    # each group's genes by p-value, named as adata names them
+    assert list(record["names"]["x"]) == table.loc[table["group"] == "x", "gene"].tolist()
+    assert np.all(np.diff(record["pvals"]["x"][np.isfinite(record["pvals"]["x"])]) >= 0)
+    assert set(record["names"]["x"]) == set(adata.var_names)
+    with pytest.raises(ValueError, match="not a column of adata.obs"):
+        skvae.tl.differential_expression(adata, model, groupby="cluster")
+    with pytest.warns(UserWarning, match="no p-values"):
+        without = skvae.tl.differential_expression(adata, model, groupby="condition", group1="treated")
+    assert without["pvalue"].isna().all()

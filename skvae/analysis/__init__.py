@@ -8,9 +8,12 @@ methods only, and returns arrays or DataFrames.
 - :func:`corrected_expression`: each cell's expression decoded under chosen batches
   (batch-corrected expression, scVI's ``transform_batch``).
 - :func:`type_statistics`: a classifier's cell types as it learned them.
+- :func:`differential_expression`: genes that differ between two groups of cells, tested over
+  samples (pseudobulk PyDESeq2), batch-corrected through the decoder.
 """
 
+from ._de import differential_expression
 from ._expression import corrected_expression
 from ._labels import type_statistics
 
-__all__ = ["corrected_expression", "type_statistics"]
+__all__ = ["corrected_expression", "differential_expression", "type_statistics"]

@@ -1,0 +1,226 @@
+"""Differential expression over samples: calibration on donor nulls, power on known effects, batches.
+
+Cells of one population of real PBMC counts (pbmc3k's T cells: one technology, one donor) are split at random into
+6 pseudo-donors of unequal sizes, each with its own per-gene donor effect (log-normal, each gene's sd drawn from
+0.1-0.3, applied as ``Poisson(counts x exp(effect))``), so that donors differ as real donors do and cells of one
+donor are not independent replicates. Scenarios (``--scenarios``), each over ``--draws`` simulation draws (donors,
+effects, and the model's seed):
+
+1. ``null``: no difference between any donors; every split of the 6 donors into 3 against 3 (10) is compared: genes
+   called at 5 % FDR (median over splits and draws) and the share of p-values below 0.05 (0.05 when calibrated);
+2. ``effects``: the same, with fold changes injected into a random 7.5 % of the genes in the first 3 donors (half up,
+   half down, |log2 FC| uniform in 0.5-2): the FDR achieved and the power at 5 % FDR, all and small (|log2 FC| < 1);
+3. ``batches``: no true difference, the donors in two batches spread unevenly over the groups (group 1: donors 0, 1
+   in batch A, 2 in B; group 2: 3 in A, 4, 5 in B), batch B with a technology effect (per-gene log-ratio sd 0.5):
+   genes called at 5 % FDR.
+
+Methods: ``skvae``: :func:`skvae.analysis.differential_expression` on the count recipe (``make_count_embedder``,
+fitted on all the cells with their batches where there are any, no labels); without batches it is exactly pseudobulk
+DESeq2 on the raw counts, with them the counts are batch-corrected through the decoder first; ``pseudobulk``:
+PyDESeq2 on each donor's summed raw counts, ``~ group`` (and ``~ batch + group`` in ``batches``); ``wilcoxon``:
+scanpy's default cell-level test (the Mann-Whitney U test of each gene's log-normalised expression between the
+groups' cells, Benjamini-Hochberg), computed with scipy. scVI's ``differential_expression`` is not run here (no
+scvi-tools in this environment). Also the seconds of one comparison.
+
+Usage: python benchmarks/de.py [--data-home ../shared/data] [--scenarios null,effects,batches] [--draws 3]
+"""
+
+import argparse
+import itertools
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from scipy.stats import false_discovery_control, mannwhitneyu
+
+sys.path.insert(0, str(Path(__file__).parent))
+import integration  # noqa: E402 -- the benchmark folder is not a package
+
+import skvae  # noqa: E402
+from skvae.analysis import differential_expression  # noqa: E402
+from skvae.preprocessing import HighlyVariableGenes  # noqa: E402
+
+N_DONORS = 6
+FDR = 0.05
+
+
+def population(data_home, n_genes=2000):
+    """pbmc3k's T cells: counts of their most variable genes."""
+    counts, batch, labels = integration.LOADERS["pair"](data_home)
+    cells = (batch == "pbmc3k") & (labels == "T cell")
+    counts = sp.csr_matrix(counts[cells])
+    genes = HighlyVariableGenes(n_top_genes=n_genes).fit(counts).get_support()
+    return counts[:, genes].toarray()
+
+
+def donors(counts, rng, *, effects=None, batch_effect=None):
+    """Pseudo-donors of unequal sizes, each with a per-gene donor effect; optional true effects (in donors 0-2) and a
+    technology effect on batch B's donors (2, 4, 5)."""
+    n_cells, n_genes = counts.shape
+    sizes = rng.dirichlet(np.full(N_DONORS, 3.0))
+    donor = rng.choice(N_DONORS, size=n_cells, p=sizes)
+    log_effect = rng.normal(size=(N_DONORS, n_genes)) * rng.uniform(0.1, 0.3, size=n_genes)
+    if effects is not None:
+        log_effect[:3] += effects * np.log(2.0)
+    if batch_effect is not None:
+        log_effect[[2, 4, 5]] += batch_effect
+    return rng.poisson(counts * np.exp(log_effect[donor])).astype(np.float64), donor
+
+
+def true_effects(n_genes, rng, share=0.075):
+    """log2 fold changes: a random share of genes, half up and half down, |log2 FC| uniform in 0.5-2."""
+    effects = np.zeros(n_genes)
+    chosen = rng.choice(n_genes, size=int(share * n_genes), replace=False)
+    effects[chosen] = rng.uniform(0.5, 2.0, size=len(chosen)) * rng.choice([-1.0, 1.0], size=len(chosen))
+    return effects
+
+
+def fitted_model(counts, seed, batch=None):
+    model = skvae.make_count_embedder(n_top_genes=counts.shape[1], random_state=seed)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(counts, batch=batch)
+    return model, time.perf_counter() - start
+
+
+def skvae_de(model, counts, group, samples, batch=None):
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = differential_expression(model, counts, group, True, False, samples=samples, batch=batch, fdr=FDR)
+    return result["pvalue"].to_numpy(), result["padj"].to_numpy(), time.perf_counter() - start
+
+
+def pseudobulk(counts, group, samples, batch_of_sample=None):
+    """PyDESeq2 on each sample's summed raw counts: ``~ group``, or ``~ batch + group``."""
+    from pydeseq2.dds import DeseqDataSet
+    from pydeseq2.ds import DeseqStats
+
+    start = time.perf_counter()
+    units = sorted(set(samples))
+    sums = np.stack([counts[samples == unit].sum(axis=0) for unit in units]).astype(np.int64)
+    metadata = pd.DataFrame({"group": ["g1" if group[samples == unit][0] else "g2" for unit in units]},
+                            index=[f"s{unit}" for unit in units])
+    design = "~group"
+    if batch_of_sample is not None:
+        metadata["batch"] = [batch_of_sample[unit] for unit in units]
+        design = "~batch+group"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dds = DeseqDataSet(counts=pd.DataFrame(sums, index=metadata.index), metadata=metadata, design=design,
+                           quiet=True, n_cpus=1)
+        dds.deseq2()
+        stats = DeseqStats(dds, contrast=["group", "g1", "g2"], quiet=True, n_cpus=1)
+        stats.summary()
+    return stats.results_df["pvalue"].to_numpy(), stats.results_df["padj"].to_numpy(), time.perf_counter() - start
+
+
+def wilcoxon(counts, group):
+    """scanpy's default: Mann-Whitney U of log-normalised expression between the groups' cells, then BH."""
+    start = time.perf_counter()
+    logged = np.log1p(counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0) * 1e4)
+    pvalues = mannwhitneyu(logged[group], logged[~group], axis=0).pvalue
+    tested = np.isfinite(pvalues)
+    padj = np.full_like(pvalues, np.nan)
+    padj[tested] = false_discovery_control(pvalues[tested], method="bh")
+    return pvalues, padj, time.perf_counter() - start
+
+
+def called(padj):
+    return int(np.sum(np.nan_to_num(padj, nan=1.0) < FDR))
+
+
+def splits():
+    """Every split of the donors into 3 against 3, each once (donor 0 always in group 1)."""
+    return [set(first) for first in itertools.combinations(range(N_DONORS), 3) if 0 in first]
+
+
+def null(base, draw, rows):
+    rng = np.random.RandomState(draw)
+    counts, donor = donors(base, rng)
+    model, fit_seconds = fitted_model(counts, draw)
+    for first in splits():
+        group = np.isin(donor, list(first))
+        for method, (pvalues, padj, seconds) in (("skvae", skvae_de(model, counts, group, donor)),
+                                                 ("pseudobulk ~group", pseudobulk(counts, group, donor)),
+                                                 ("wilcoxon", wilcoxon(counts, group))):
+            tested = np.isfinite(pvalues)
+            rows.append({"scenario": "null", "draw": draw, "split": str(sorted(first)), "method": method,
+                         "called": called(padj), "share p<0.05": float(np.mean(pvalues[tested] < 0.05)),
+                         "seconds": seconds, "fit s": fit_seconds if method == "skvae" else 0.0})
+
+
+def effects(base, draw, rows):
+    rng = np.random.RandomState(100 + draw)
+    truth = true_effects(base.shape[1], rng)
+    counts, donor = donors(base, rng, effects=truth)
+    model, fit_seconds = fitted_model(counts, draw)
+    group = donor < 3
+    differs = truth != 0
+    small = differs & (np.abs(truth) < 1.0)
+    for method, (pvalues, padj, seconds) in (("skvae", skvae_de(model, counts, group, donor)),
+                                             ("pseudobulk ~group", pseudobulk(counts, group, donor)),
+                                             ("wilcoxon", wilcoxon(counts, group))):
+        call = np.nan_to_num(padj, nan=1.0) < FDR
+        rows.append({"scenario": "effects", "draw": draw, "method": method, "called": int(call.sum()),
+                     "FDR achieved": float((call & ~differs).sum() / max(call.sum(), 1)),
+                     "power": float((call & differs).sum() / differs.sum()),
+                     "power |log2 FC|<1": float((call & small).sum() / max(small.sum(), 1)),
+                     "seconds": seconds, "fit s": fit_seconds if method == "skvae" else 0.0})
+
+
+def batches(base, draw, rows):
+    rng = np.random.RandomState(200 + draw)
+    technology = rng.normal(scale=0.5, size=base.shape[1])
+    counts, donor = donors(base, rng, batch_effect=technology)
+    batch_of_donor = {0: "A", 1: "A", 3: "A", 2: "B", 4: "B", 5: "B"}
+    batch = np.array([batch_of_donor[d] for d in donor])
+    group = donor < 3
+    model, fit_seconds = fitted_model(counts, draw, batch=batch)
+    for method, (pvalues, padj, seconds) in (
+            ("skvae (batch-corrected)", skvae_de(model, counts, group, donor, batch=batch)),
+            ("pseudobulk ~group", pseudobulk(counts, group, donor)),
+            ("pseudobulk ~batch + group", pseudobulk(counts, group, donor, batch_of_donor)),
+            ("wilcoxon", wilcoxon(counts, group))):
+        tested = np.isfinite(pvalues)
+        rows.append({"scenario": "batches", "draw": draw, "method": method, "called": called(padj),
+                     "share p<0.05": float(np.mean(pvalues[tested] < 0.05)), "seconds": seconds,
+                     "fit s": fit_seconds if method.startswith("skvae") else 0.0})
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-home", default=os.environ.get("SKVAE_DATA", Path(__file__).parents[1] / ".." / "shared" / "data"))
+    parser.add_argument("--scenarios", default="null,effects,batches")
+    parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--genes", type=int, default=2000)
+    args = parser.parse_args()
+    print(f"skvae {skvae.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
+    base = population(args.data_home, args.genes)
+    print(f"{base.shape[0]} T cells of pbmc3k, {base.shape[1]} genes, {N_DONORS} pseudo-donors", flush=True)
+    rows = []
+    for scenario in args.scenarios.split(","):
+        for draw in range(args.draws):
+            {"null": null, "effects": effects, "batches": batches}[scenario](base, draw, rows)
+            print(f"  {scenario}, draw {draw} done", flush=True)
+    table = pd.DataFrame(rows)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        for scenario, part in table.groupby("scenario", sort=False):
+            numbers = part.drop(columns=["scenario", "draw", "split"], errors="ignore")
+            summary = numbers.groupby("method", sort=False).agg(["median", "mean", "std"])
+            print(f"\n== {scenario} ({part['draw'].nunique()} draws"
+                  + (f", {part['split'].nunique()} splits each" if "split" in part else "") + ")")
+            print(summary.round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()
