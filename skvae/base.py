@@ -30,9 +30,9 @@ from ._query import check_query, grown_module, only_new_categories, query_covari
 from ._threads import limited_threads
 from ._validation import (
     check_architecture,
-    continuous_names,
     check_network_fits_memory,
     checked_codes,
+    continuous_names,
     hidden_layer_sizes,
     refuse_boolean_numbers,
     validated_input,
@@ -62,8 +62,8 @@ class BaseEmbedder(Saveable, ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     Parameters
     ----------
     n_components, hidden_layer_sizes, input_activation, likelihood, batch_norm, dropout, encode_batch, \
-continuous_covariates, dispersion, batch_adversary, batch_size, shuffle_block_size, learning_rate, max_epochs, early_stopping, validation_fraction, \
-n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
+continuous_covariates, dispersion, batch_adversary, batch_size, shuffle_block_size, learning_rate, max_epochs, \
+early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         As documented on the public estimators, e.g. :class:`~skvae.AutoencoderEmbedder`.
 
     Attributes

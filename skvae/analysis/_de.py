@@ -15,6 +15,8 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.utils import get_tags
 
+from .._validation import is_on_disk
+
 # Cells whose counts are corrected at a time: bounded temporaries (cells x genes floats)
 _CELLS_PER_BLOCK = 4096
 
@@ -111,7 +113,12 @@ def differential_expression(estimator, X, groups, group1, group2=None, *, sample
                          f"likelihood={getattr(final, 'likelihood', None)!r}: fit a model of raw counts "
                          "(likelihood='nb', as make_count_embedder does).")
     counts = estimator[:-1].transform(X) if hasattr(estimator, "steps") and len(estimator.steps) > 1 else X
+    if is_on_disk(counts):
+        raise ValueError("differential_expression reads the counts in memory: load the cells compared first (e.g. "
+                         "adata[cells].to_memory()); a matrix on disk is not read here.")
     counts = counts.tocsr() if sp.issparse(counts) else np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 2 or not np.isfinite(counts.data if sp.issparse(counts) else counts).all():
+        raise ValueError("X must be a matrix of finite counts (cells x genes).")
     n_cells = counts.shape[0]
     first, second = _groups(groups, n_cells, group1, group2)
     design = _design(samples, n_cells, first, second)
