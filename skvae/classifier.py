@@ -31,8 +31,8 @@ from scipy.stats import chi2
 from sklearn.base import ClassifierMixin
 from sklearn.covariance import ledoit_wolf
 from sklearn.metrics import accuracy_score
-from sklearn.utils._param_validation import Interval
 from sklearn.utils import check_array
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 

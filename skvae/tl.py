@@ -335,8 +335,9 @@ class _Run:
             X = X[:, genes]
         self.var_names = np.asarray(adata.var_names if genes is None else adata.var_names[genes], dtype=object)
         _refuse_duplicate_names(self.var_names)
-        # a model of raw counts takes non-negative input only (its tag), and whole numbers
-        if isinstance(final, BaseEstimator) and get_tags(final).input_tags.positive_only:
+        # skvae's models of raw counts (a count likelihood) take non-negative input only (their tag), and whole numbers
+        if isinstance(getattr(final, "likelihood", None), str) and isinstance(final, BaseEstimator) and \
+                get_tags(final).input_tags.positive_only:
             _require_raw_counts(X, layer, final.likelihood)
         self.batch = _batch(adata, batch_key)
         if self.batch is not None:
