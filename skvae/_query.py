@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .nn.layers import ContinuousInputs
+
 
 def check_query(covariates, batch, max_epochs, *, reader):
     """Refuse a query mapping that cannot start, before anything is read: a bad budget, no batches.
@@ -157,7 +159,8 @@ def only_new_categories(module, before):
     """Within the block, training ``module`` moves only the rows of its category tables for new categories.
 
     Every other parameter is frozen (no gradient), the known categories' rows get zero gradients, and batch
-    normalisation layers stay in evaluation mode (the reference's statistics, never updated). The caller trains
+    normalisation layers and the continuous covariates' standardisation stay in evaluation mode (the reference's
+    statistics, never updated). The caller trains
     with the batch adversary's weight at 0 (its classes are the reference's batches).
     """
     after = module.n_categories
@@ -168,7 +171,9 @@ def only_new_categories(module, before):
         if table:
             mask = (~_known_rows(name, parameter.shape[0], before, after)).to(parameter.dtype)[:, None]
             hooks.append(parameter.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device)))
-    norms = [layer for layer in module.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
+    # statistics kept from the reference's cells: batch normalisation's, and the continuous covariates' standardisation
+    norms = [layer for layer in module.modules() if isinstance(layer, (nn.modules.batchnorm._BatchNorm,
+                                                                       ContinuousInputs))]
     for layer in norms:
         layer.train = lambda mode=True, layer=layer: nn.Module.train(layer, False)
     try:

@@ -147,10 +147,13 @@ def test_several_categorical_and_continuous_covariates_at_once_and_a_query_mappe
                      counts[reference], batch=obs.loc[reference, columns])
     assert list(model.batch_categories_) == ["sample", "technology"]
     before = model.transform(counts[reference])
+    decoded = model.inverse_transform(before, batch=obs.loc[reference, columns])
     query = obs.loc[~reference, columns].assign(sample="s9")
     _quietly(model.map_query, counts[~reference], batch=query, max_epochs=2)
     assert model.batch_categories_["sample"].tolist() == ["s1", "s9"]
     np.testing.assert_array_equal(model.transform(counts[reference], batch=obs.loc[reference, columns]), before)
+    # the reference's decoding too: the continuous covariates' standardisation stays the reference's
+    np.testing.assert_array_equal(model.inverse_transform(before, batch=obs.loc[reference, columns]), decoded)
     assert np.isfinite(model.transform(counts[~reference], batch=query)).all()
 
 
