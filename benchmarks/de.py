@@ -12,7 +12,12 @@ effects, and the model's seed):
    half down, |log2 FC| uniform in 0.5-2): the FDR achieved and the power at 5 % FDR, all and small (|log2 FC| < 1);
 3. ``batches``: no true difference, the donors in two batches spread unevenly over the groups (group 1: donors 0, 1
    in batch A, 2 in B; group 2: 3 in A, 4, 5 in B), batch B with a technology effect (per-gene log-ratio sd 0.5):
-   genes called at 5 % FDR.
+   genes called at 5 % FDR;
+4. ``batch-effects``: the known effects of 2. in the batches of 3.: FDR achieved and power (what a batch effect
+   left in the counts costs a test over samples);
+5. ``timing``: every cell of the PBMC pair (6,412, two technologies as the batches) in 6 pseudo-donors, each of the
+   8 cell types against the rest (``skvae.tl.differential_expression`` without ``group1``): seconds for all of them
+   and for one.
 
 Methods: ``skvae``: :func:`skvae.analysis.differential_expression` on the count recipe (``make_count_embedder``,
 fitted on all the cells with their batches where there are any, no labels); without batches it is exactly pseudobulk
@@ -22,7 +27,8 @@ scanpy's default cell-level test (the Mann-Whitney U test of each gene's log-nor
 groups' cells, Benjamini-Hochberg), computed with scipy. scVI's ``differential_expression`` is not run here (no
 scvi-tools in this environment). Also the seconds of one comparison.
 
-Usage: python benchmarks/de.py [--data-home ../shared/data] [--scenarios null,effects,batches] [--draws 3]
+Usage: python benchmarks/de.py [--data-home ../shared/data] [--scenarios null,effects,batches,batch-effects,timing]
+                              [--draws 3]
 """
 
 import argparse
@@ -196,10 +202,60 @@ def batches(base, draw, rows):
                      "fit s": fit_seconds if method.startswith("skvae") else 0.0})
 
 
+def batch_effects(base, draw, rows):
+    rng = np.random.RandomState(300 + draw)
+    truth = true_effects(base.shape[1], rng)
+    technology = rng.normal(scale=0.5, size=base.shape[1])
+    counts, donor = donors(base, rng, effects=truth, batch_effect=technology)
+    batch_of_donor = {0: "A", 1: "A", 3: "A", 2: "B", 4: "B", 5: "B"}
+    batch = np.array([batch_of_donor[d] for d in donor])
+    group = donor < 3
+    differs = truth != 0
+    model, fit_seconds = fitted_model(counts, draw, batch=batch)
+    for method, (pvalues, padj, seconds) in (
+            ("skvae (batch-corrected)", skvae_de(model, counts, group, donor, batch=batch)),
+            ("pseudobulk ~group", pseudobulk(counts, group, donor)),
+            ("pseudobulk ~batch + group", pseudobulk(counts, group, donor, batch_of_donor)),
+            ("wilcoxon", wilcoxon(counts, group))):
+        call = np.nan_to_num(padj, nan=1.0) < FDR
+        rows.append({"scenario": "batch-effects", "draw": draw, "method": method, "called": int(call.sum()),
+                     "FDR achieved": float((call & ~differs).sum() / max(call.sum(), 1)),
+                     "power": float((call & differs).sum() / differs.sum()), "seconds": seconds,
+                     "fit s": fit_seconds if method.startswith("skvae") else 0.0})
+
+
+def timing(data_home, draw, rows):
+    """One against the rest over every cell type of the PBMC pair, in pseudo-donors, on an AnnData."""
+    import anndata
+
+    counts, batch, labels = integration.LOADERS["pair"](data_home)
+    rng = np.random.RandomState(400 + draw)
+    donor = rng.choice(N_DONORS, size=counts.shape[0])
+    adata = anndata.AnnData(sp.csr_matrix(counts, dtype=np.float32), obs=pd.DataFrame(
+        {"donor": donor.astype(str), "batch": batch, "type": labels}, index=[f"c{i}" for i in range(len(labels))]))
+    adata.var_names = [f"g{i}" for i in range(counts.shape[1])]
+    model = skvae.make_count_embedder(random_state=draw)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        skvae.tl.embed(adata, model, batch_key="batch")
+        fit_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        skvae.tl.differential_expression(adata, model, groupby="type", group1="T cell", sample_key="donor",
+                                         batch_key="batch")
+        one = time.perf_counter() - start
+        start = time.perf_counter()
+        table = skvae.tl.differential_expression(adata, model, groupby="type", sample_key="donor", batch_key="batch")
+        every = time.perf_counter() - start
+    rows.append({"scenario": "timing", "draw": draw, "method": f"skvae, {adata.n_obs} cells, "
+                 f"{table['group'].nunique()} types, {table['gene'].nunique()} genes", "seconds": one,
+                 "every type against the rest s": every, "fit s": fit_seconds})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-home", default=os.environ.get("SKVAE_DATA", Path(__file__).parents[1] / ".." / "shared" / "data"))
-    parser.add_argument("--scenarios", default="null,effects,batches")
+    parser.add_argument("--scenarios", default="null,effects,batches,batch-effects,timing")
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--genes", type=int, default=2000)
     args = parser.parse_args()
@@ -210,7 +266,11 @@ def main():
     rows = []
     for scenario in args.scenarios.split(","):
         for draw in range(args.draws):
-            {"null": null, "effects": effects, "batches": batches}[scenario](base, draw, rows)
+            if scenario == "timing":
+                timing(args.data_home, draw, rows)
+            else:
+                {"null": null, "effects": effects, "batches": batches, "batch-effects": batch_effects}[scenario](
+                    base, draw, rows)
             print(f"  {scenario}, draw {draw} done", flush=True)
     table = pd.DataFrame(rows)
     with pd.option_context("display.width", 200, "display.max_columns", 20):

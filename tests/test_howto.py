@@ -37,7 +37,7 @@ def test_the_howto_snippets_run_in_order(tmp_path, monkeypatch):
     _write_10x(tmp_path / "pbmc_facs", range(20, 280), 120, 1)  # fewer genes: the pair joins on the shared ones
     monkeypatch.chdir(tmp_path)
     snippets = _snippets()
-    assert len(snippets) == 9
+    assert len(snippets) == 10
     namespace = {}
     for snippet in snippets:
         # the page's settings, made small: fewer genes than the toy data has, and few epochs
@@ -54,6 +54,11 @@ def test_the_howto_snippets_run_in_order(tmp_path, monkeypatch):
     assert set(query.obs["predicted"]) <= {"type A", "type B"}
     corrected = namespace["corrected"]
     assert corrected.shape == (270, 100) and list(corrected.var_names) == list(model[:-1].get_feature_names_out())
+    # differential expression over the two samples (paired), of the model's genes, where scanpy looks for it
+    table = namespace["table"]
+    assert set(table["gene"]) == set(model[:-1].get_feature_names_out())
+    assert adata.uns["skvae_de"]["params"]["groupby"] == "group" and len(adata.uns["skvae_de"]["names"]) == 100
+    assert table["n_samples_1"].eq(2).all() and table["pvalue"].notna().any()
     # naming a new sample: the reference's codes do not move when the query is mapped, and every cell is named
     new_sample, both = namespace["new_sample"], namespace["both"]
     assert set(new_sample.obs["skvae_label"]) <= {"type A", "type B", "unknown"}
