@@ -26,8 +26,10 @@ def differential_expression(estimator, X, groups, group1, group2=None, *, sample
 
     The counts of each sample's cells of each group are summed (pseudobulk) and the two
     groups compared with PyDESeq2's Wald test: ``~ group`` when each sample's cells
-    are all in one group (a condition over donors), ``~ sample + group`` when every
-    sample has cells in both (two cell types within donors: a paired design). With a
+    are all in one group (a condition over donors), ``~ sample + group`` when most
+    samples have cells in both (two cell types within donors: a paired design; a
+    sample holding one group only, such as a donor without cells of a rare type, is
+    left out of it, with a warning). With a
     model fitted with batches, each cell's counts are first scaled, gene by gene, by
     its expression decoded under the batches both groups share (their average) over
     that decoded under its own batch: the batch effects the decoder learned are
@@ -79,8 +81,9 @@ def differential_expression(estimator, X, groups, group1, group2=None, *, sample
     ValueError
         For a group without cells, group1 equal to group2, missing values in
         ``groups`` or ``samples``, fewer than two samples per group, samples that
-        span both groups in an otherwise unpaired design, groups that share no
-        batch, a model that does not model counts, or counts of the wrong shape.
+        span both groups where most samples hold one group only, groups that
+        share no batch, a model that does not model counts, or counts of the
+        wrong shape.
     ImportError
         Without PyDESeq2 (``pip install pydeseq2``), when ``samples`` is given.
 
@@ -125,7 +128,7 @@ def differential_expression(estimator, X, groups, group1, group2=None, *, sample
     own, shared = _decoding_batches(final, batch, first, second, n_cells)
     codes = None if shared is None else estimator.transform(X, batch=batch)  # read only to correct batches
     genes = _gene_names(estimator, final, counts.shape[1])
-    sums, decoded, expressing = _corrected_sums(final, codes, counts, own, shared, first | second, design)
+    sums, decoded, expressing = _corrected_sums(final, codes, counts, own, shared, design)
     table = pd.DataFrame(index=pd.Index(genes, name="gene"))
     for suffix, cells in (("1", first), ("2", second)):
         table[f"mean_{suffix}"] = decoded[cells].mean(axis=0) if cells.any() else np.nan
@@ -185,21 +188,28 @@ def _design(samples, n_cells, first, second):
     if pd.isna(samples).any():
         raise ValueError(f"samples has {int(pd.isna(samples).sum())} missing values: give every cell its sample.")
     in_first, in_second = set(samples[first]), set(samples[second])
-    both = in_first & in_second
-    paired = bool(both)
-    if paired and (both != in_first or both != in_second):
-        raise ValueError(f"samples {sorted(map(str, both))[:5]} have cells in both groups but samples "
-                         f"{sorted(map(str, (in_first | in_second) - both))[:5]} in one only: a design is either "
-                         "paired (every sample in both groups, e.g. two cell types within donors) or not (each "
-                         "sample in one group, e.g. treated and control donors). Select the cells of one design.")
-    n_samples = (len(in_first), len(in_second))
+    both, every = in_first & in_second, in_first | in_second
+    # paired: the groups are compared within samples (two cell types within donors), so most samples hold both;
+    # a sample with cells of one group only (a rare type a donor lacks) has nothing to pair and is left out
+    paired = len(both) * 2 >= len(every)
+    if both and not paired:
+        raise ValueError(f"samples {sorted(map(str, both))[:5]} have cells in both groups, but most samples "
+                         f"({len(every - both)} of {len(every)}) are in one group only: in a design over samples "
+                         "(e.g. treated and control donors) each sample belongs to one group. Check samples= and "
+                         "groups, or select the cells of one design.")
+    if paired and every - both:
+        warnings.warn(f"Samples {sorted(map(str, every - both))[:5]} have cells of one group only: they are left out "
+                      f"of the paired test, which compares the groups within the {len(both)} samples holding both.",
+                      UserWarning, stacklevel=3)
+    n_samples = (len(both), len(both)) if paired else (len(in_first), len(in_second))
     if min(n_samples) < 2:
-        raise ValueError(f"group1 has {n_samples[0]} sample(s) and group2 {n_samples[1]}: a test over samples needs "
-                         "at least 2 in each (the variation between samples is what a difference is measured "
-                         "against). With fewer, leave samples out for effect sizes only.")
-    units = pd.DataFrame({"sample": samples, "group": np.where(first, "1", np.where(second, "2", ""))})
-    units = units[first | second]
-    return {"units": units, "paired": paired, "n_samples": n_samples,
+        raise ValueError(f"group1 has {n_samples[0]} sample(s) and group2 {n_samples[1]}"
+                         f"{' (holding both groups)' if paired else ''}: a test over samples needs at least 2 in "
+                         "each (the variation between samples is what a difference is measured against). With "
+                         "fewer, leave samples out for effect sizes only.")
+    cells = (first | second) & (np.isin(samples, list(both)) if paired else True)
+    units = pd.DataFrame({"sample": samples[cells], "group": np.where(first[cells], "1", "2")})
+    return {"units": units, "cells": cells, "paired": paired, "n_samples": n_samples,
             "formula": "~ sample + group" if paired else "~ group"}
 
 
@@ -242,7 +252,7 @@ def _rows_of(batch, rows):
     return np.asarray(batch, dtype=object)[rows]
 
 
-def _corrected_sums(final, codes, counts, own, shared, used, design):
+def _corrected_sums(final, codes, counts, own, shared, design):
     """Per (sample, group): the summed batch-corrected counts; per cell: the corrected counts per 10,000 and which
     genes have a count."""
     n_cells, n_genes = counts.shape
@@ -251,7 +261,7 @@ def _corrected_sums(final, codes, counts, own, shared, used, design):
     units = None if design is None else design["units"].groupby(["sample", "group"], sort=True).indices
     cell_unit = np.full(n_cells, -1)
     if units is not None:
-        used_rows = np.flatnonzero(used)
+        used_rows = np.flatnonzero(design["cells"])
         for position, rows in enumerate(units.values()):
             cell_unit[used_rows[rows]] = position
     sums = None if units is None else np.zeros((len(units), n_genes))
