@@ -55,6 +55,8 @@ from skvae.preprocessing import HighlyVariableGenes  # noqa: E402
 
 N_DONORS = 6
 FDR = 0.05
+# the batches' donors: uneven over the groups (donors 0-2 are group 1: two in A, one in B)
+BATCH_OF_DONOR = {0: "A", 1: "A", 3: "A", 2: "B", 4: "B", 5: "B"}
 
 
 def population(data_home, n_genes=2000):
@@ -149,6 +151,29 @@ def splits():
     return [set(first) for first in itertools.combinations(range(N_DONORS), 3) if 0 in first]
 
 
+def known_effect_scores(padj, truth):
+    """Genes called at ``FDR``, the FDR achieved and the power, overall and for effects below 1 in log2."""
+    call = np.nan_to_num(padj, nan=1.0) < FDR
+    differs = truth != 0
+    small = differs & (np.abs(truth) < 1.0)
+    return {"called": int(call.sum()), "FDR achieved": float((call & ~differs).sum() / max(call.sum(), 1)),
+            "power": float((call & differs).sum() / differs.sum()),
+            "power |log2 FC|<1": float((call & small).sum() / max(small.sum(), 1))}
+
+
+def in_batches(base, rng, truth=None):
+    """Pseudo-donors in ``BATCH_OF_DONOR``'s batches, batch B with a technology effect; the model fitted with them,
+    and every method's test of donors 0-2 against 3-5."""
+    technology = rng.normal(scale=0.5, size=base.shape[1])
+    counts, donor = donors(base, rng, effects=truth, batch_effect=technology)
+    batch = np.array([BATCH_OF_DONOR[d] for d in donor])
+    group = donor < 3
+    return (("skvae (batch-corrected)", lambda model: skvae_de(model, counts, group, donor, batch=batch)),
+            ("pseudobulk ~group", lambda model: pseudobulk(counts, group, donor)),
+            ("pseudobulk ~batch + group", lambda model: pseudobulk(counts, group, donor, BATCH_OF_DONOR)),
+            ("wilcoxon", lambda model: wilcoxon(counts, group))), counts, batch
+
+
 def null(base, draw, rows):
     rng = np.random.RandomState(draw)
     counts, donor = donors(base, rng)
@@ -170,32 +195,18 @@ def effects(base, draw, rows):
     counts, donor = donors(base, rng, effects=truth)
     model, fit_seconds = fitted_model(counts, draw)
     group = donor < 3
-    differs = truth != 0
-    small = differs & (np.abs(truth) < 1.0)
     for method, (pvalues, padj, seconds) in (("skvae", skvae_de(model, counts, group, donor)),
                                              ("pseudobulk ~group", pseudobulk(counts, group, donor)),
                                              ("wilcoxon", wilcoxon(counts, group))):
-        call = np.nan_to_num(padj, nan=1.0) < FDR
-        rows.append({"scenario": "effects", "draw": draw, "method": method, "called": int(call.sum()),
-                     "FDR achieved": float((call & ~differs).sum() / max(call.sum(), 1)),
-                     "power": float((call & differs).sum() / differs.sum()),
-                     "power |log2 FC|<1": float((call & small).sum() / max(small.sum(), 1)),
+        rows.append({"scenario": "effects", "draw": draw, "method": method, **known_effect_scores(padj, truth),
                      "seconds": seconds, "fit s": fit_seconds if method == "skvae" else 0.0})
 
 
 def batches(base, draw, rows):
-    rng = np.random.RandomState(200 + draw)
-    technology = rng.normal(scale=0.5, size=base.shape[1])
-    counts, donor = donors(base, rng, batch_effect=technology)
-    batch_of_donor = {0: "A", 1: "A", 3: "A", 2: "B", 4: "B", 5: "B"}
-    batch = np.array([batch_of_donor[d] for d in donor])
-    group = donor < 3
+    methods, counts, batch = in_batches(base, np.random.RandomState(200 + draw))
     model, fit_seconds = fitted_model(counts, draw, batch=batch)
-    for method, (pvalues, padj, seconds) in (
-            ("skvae (batch-corrected)", skvae_de(model, counts, group, donor, batch=batch)),
-            ("pseudobulk ~group", pseudobulk(counts, group, donor)),
-            ("pseudobulk ~batch + group", pseudobulk(counts, group, donor, batch_of_donor)),
-            ("wilcoxon", wilcoxon(counts, group))):
+    for method, test in methods:
+        pvalues, padj, seconds = test(model)
         tested = np.isfinite(pvalues)
         rows.append({"scenario": "batches", "draw": draw, "method": method, "called": called(padj),
                      "share p<0.05": float(np.mean(pvalues[tested] < 0.05)), "seconds": seconds,
@@ -205,23 +216,12 @@ def batches(base, draw, rows):
 def batch_effects(base, draw, rows):
     rng = np.random.RandomState(300 + draw)
     truth = true_effects(base.shape[1], rng)
-    technology = rng.normal(scale=0.5, size=base.shape[1])
-    counts, donor = donors(base, rng, effects=truth, batch_effect=technology)
-    batch_of_donor = {0: "A", 1: "A", 3: "A", 2: "B", 4: "B", 5: "B"}
-    batch = np.array([batch_of_donor[d] for d in donor])
-    group = donor < 3
-    differs = truth != 0
+    methods, counts, batch = in_batches(base, rng, truth)
     model, fit_seconds = fitted_model(counts, draw, batch=batch)
-    for method, (pvalues, padj, seconds) in (
-            ("skvae (batch-corrected)", skvae_de(model, counts, group, donor, batch=batch)),
-            ("pseudobulk ~group", pseudobulk(counts, group, donor)),
-            ("pseudobulk ~batch + group", pseudobulk(counts, group, donor, batch_of_donor)),
-            ("wilcoxon", wilcoxon(counts, group))):
-        call = np.nan_to_num(padj, nan=1.0) < FDR
-        rows.append({"scenario": "batch-effects", "draw": draw, "method": method, "called": int(call.sum()),
-                     "FDR achieved": float((call & ~differs).sum() / max(call.sum(), 1)),
-                     "power": float((call & differs).sum() / differs.sum()), "seconds": seconds,
-                     "fit s": fit_seconds if method.startswith("skvae") else 0.0})
+    for method, test in methods:
+        pvalues, padj, seconds = test(model)
+        rows.append({"scenario": "batch-effects", "draw": draw, "method": method, **known_effect_scores(padj, truth),
+                     "seconds": seconds, "fit s": fit_seconds if method.startswith("skvae") else 0.0})
 
 
 def timing(data_home, draw, rows):
