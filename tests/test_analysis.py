@@ -167,7 +167,7 @@ def test_differential_expression_refuses_confounded_groups_and_a_model_of_scaled
         differential_expression(scaled, np.log1p(counts), condition, "treated", samples=donor)
 
 
-def test_tl_differential_expression_writes_what_rank_genes_groups_readers_read():
+def test_tl_differential_expression_writes_what_rank_genes_groups_readers_read(tmp_path):
     pytest.importorskip("pydeseq2")
     anndata = pytest.importorskip("anndata")
     import pandas as pd
@@ -193,6 +193,17 @@ def test_tl_differential_expression_writes_what_rank_genes_groups_readers_read()
     assert list(record["names"]["x"]) == table.loc[table["group"] == "x", "gene"].tolist()
     assert np.all(np.diff(record["pvals"]["x"][np.isfinite(record["pvals"]["x"])]) >= 0)
     assert set(record["names"]["x"]) == set(adata.var_names)
+    # scanpy.get.rank_genes_groups_df reads each field's column of the group, after checking params["method"]
+    assert record["params"]["method"] != "logreg"
+    read = pd.concat([pd.DataFrame(record[field])["x"] for field in ("names", "scores", "logfoldchanges", "pvals",
+                                                                      "pvals_adj")], axis=1)
+    ours = table[table["group"] == "x"]
+    np.testing.assert_allclose(read.iloc[:, 3].astype(float), ours["pvalue"], equal_nan=True)
+    # and it survives an h5ad file, as rank_genes_groups' does
+    adata.write_h5ad(tmp_path / "de.h5ad")
+    again = anndata.read_h5ad(tmp_path / "de.h5ad").uns["de"]
+    assert list(again["names"]["x"]) == list(record["names"]["x"])
+    np.testing.assert_array_equal(again["pvals"]["y"], record["pvals"]["y"])
     with pytest.raises(ValueError, match="not a column of adata.obs"):
         skvae.tl.differential_expression(adata, model, groupby="cluster")
     with pytest.warns(UserWarning, match="no p-values"):
