@@ -232,7 +232,8 @@ class Saveable:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        SAVEABLE[cls.__name__] = cls
+        # the first class of a name keeps it: a user's subclass named as one of skvae's does not take its files over
+        SAVEABLE.setdefault(cls.__name__, cls)
 
 
 # old parameter name -> new one, for saves written before a rename

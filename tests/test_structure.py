@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from sklearn.base import BaseEstimator, TransformerMixin
 
+import skvae
 from skvae import BetaVAEClassifier, BetaVAEEmbedder, EmbeddingPipeline
 from skvae._persistence import SAVEABLE, Saveable
 
@@ -90,6 +91,11 @@ class Doubler(Saveable, TransformerMixin, BaseEstimator):
 
 def test_a_loadable_class_registers_itself_and_a_pipeline_loads_it(tmp_path):
     assert SAVEABLE["Doubler"] is Doubler and SAVEABLE["BetaVAEClassifier"] is BetaVAEClassifier
+
+    class BetaVAEEmbedder(skvae.BetaVAEEmbedder):  # a user's subclass of one of skvae's names: skvae keeps it
+        pass
+
+    assert SAVEABLE["BetaVAEEmbedder"] is skvae.BetaVAEEmbedder
     X = np.abs(np.random.RandomState(0).normal(size=(60, 8)))
     pipeline = EmbeddingPipeline([("double", Doubler()), ("embedder", BetaVAEEmbedder(
         n_components=2, hidden_layer_sizes=(8,), max_epochs=2, random_state=0))])
