@@ -682,7 +682,7 @@ def decode(adata, estimator, *, batch=None, obsm_key="X_skvae"):
 
 
 def differential_expression(adata, estimator, *, groupby, group1=None, group2=None, sample_key=None, batch_key=None,
-                            layer=None, fdr=0.05, key_added="skvae_de"):
+                            layer=None, fdr=0.05, shrinkage="upward", key_added="skvae_de"):
     """Genes that differ between groups of cells, tested over samples: :func:`skvae.analysis.differential_expression`
     on an AnnData, written where scanpy's ``rank_genes_groups`` writes.
 
@@ -717,6 +717,9 @@ def differential_expression(adata, estimator, *, groupby, group1=None, group2=No
         The layer of raw counts; ``X`` when None.
     fdr : float, default=0.05
         The false discovery rate of ``is_de``.
+    shrinkage : {"upward", "deseq2"}, default="upward"
+        How each gene's dispersion is taken
+        (:func:`skvae.analysis.differential_expression`).
     key_added : str, default="skvae_de"
         Where the result goes in ``adata.uns``.
 
@@ -775,7 +778,8 @@ def differential_expression(adata, estimator, *, groupby, group1=None, group2=No
         if len(labels) > 1:
             warnings.simplefilter("ignore", UserWarning)  # one note for all the groups, below
         for label in labels:
-            result = tested(estimator, run.X, groups, label, group2, samples=samples, batch=run.batch, fdr=fdr)
+            result = tested(estimator, run.X, groups, label, group2, samples=samples, batch=run.batch, fdr=fdr,
+                            shrinkage=shrinkage)
             result.index = pd.Index(_modelled_genes(steps, len(result)), name="gene")
             # by p-value, then by the size of the effect (all of them, without p-values)
             order = np.lexsort((-result["log2FoldChange"].abs().fillna(0).to_numpy(),
@@ -788,6 +792,7 @@ def differential_expression(adata, estimator, *, groupby, group1=None, group2=No
     record = {"params": {"groupby": groupby, "reference": "rest" if group2 is None else str(group2),
                          "method": "skvae pseudobulk PyDESeq2" if samples is not None else "skvae effect sizes",
                          "sample_key": "None" if sample_key is None else sample_key, "fdr": fdr,
+                         "shrinkage": shrinkage,
                          "layer": "None" if layer is None else layer}}
     for field, column in fields.items():
         record[field] = np.rec.fromarrays(

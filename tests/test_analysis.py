@@ -98,6 +98,13 @@ def test_differential_expression_over_donors_finds_the_treated_genes_and_reads_a
     # one against the rest gives the same here (the rest is the control group)
     rest = differential_expression(_model(counts), counts, condition, "treated", samples=donor)
     np.testing.assert_allclose(rest["pvalue"], result["pvalue"])
+    # DESeq2's own shrinkage lowers some genes' dispersions below their own estimates: never larger p-values overall
+    deseq2 = differential_expression(_model(counts), counts, condition, "treated", samples=donor, shrinkage="deseq2")
+    assert result.attrs["shrinkage"] == "upward" and deseq2.attrs["shrinkage"] == "deseq2"
+    assert np.nanmedian(deseq2["pvalue"]) <= np.nanmedian(result["pvalue"])
+    assert (deseq2["lfcSE"] <= result["lfcSE"] + 1e-9).mean() > 0.95  # the upward dispersions widen the errors
+    with pytest.raises(ValueError, match="shrinkage"):
+        differential_expression(_model(counts), counts, condition, "treated", samples=donor, shrinkage="none")
 
 
 def test_differential_expression_without_samples_gives_effect_sizes_and_says_why():

@@ -21,7 +21,8 @@ from .._validation import is_on_disk
 _CELLS_PER_BLOCK = 4096
 
 
-def differential_expression(estimator, X, groups, group1, group2=None, *, samples=None, batch=None, fdr=0.05):
+def differential_expression(estimator, X, groups, group1, group2=None, *, samples=None, batch=None, fdr=0.05,
+                            shrinkage="upward"):
     """Which genes differ between two groups of cells, tested over samples (donors): pseudobulk DESeq2, batch-corrected.
 
     The counts of each sample's cells of each group are summed (pseudobulk) and the two
@@ -64,6 +65,14 @@ def differential_expression(estimator, X, groups, group1, group2=None, *, sample
         fitted with batches).
     fdr : float, default=0.05
         The false discovery rate of the ``is_de`` call (on ``padj``).
+    shrinkage : {"upward", "deseq2"}, default="upward"
+        How each gene's dispersion (its variation between samples) is taken.
+        "deseq2": DESeq2's, shrunk towards the trend over genes, down as well as
+        up; with few samples per group a gene more variable than the trend is
+        then under-dispersed and called too often (13.8 % of calls false at a
+        nominal 5 % with 3 donors against 3 in ``benchmarks/de.py``). "upward":
+        the larger of the gene's own estimate and the shrunk one, so shrinkage
+        only raises it (6.1 % false, with 12 % less power, in the same runs).
 
     Returns
     -------
@@ -146,11 +155,13 @@ def differential_expression(estimator, X, groups, group1, group2=None, *, sample
         table["n_samples_1"] = table["n_samples_2"] = 0
         table.attrs.update(design=None, note=note)
         return table[_COLUMNS]
-    results = _deseq2(sums, design, genes)
+    if shrinkage not in ("upward", "deseq2"):
+        raise ValueError(f"shrinkage must be 'upward' or 'deseq2', got {shrinkage!r}.")
+    results = _deseq2(sums, design, genes, shrinkage)
     table = pd.concat([results, table], axis=1)
     table["is_de"] = (table["padj"] < fdr).fillna(False).astype(bool)
     table["n_samples_1"], table["n_samples_2"] = design["n_samples"]
-    table.attrs.update(design=design["formula"], paired=design["paired"], fdr=fdr,
+    table.attrs.update(design=design["formula"], paired=design["paired"], fdr=fdr, shrinkage=shrinkage,
                        shared_batches=None if shared is None else [str(label) for label in shared["labels"]])
     return table[_COLUMNS]
 
@@ -288,8 +299,9 @@ def _corrected_sums(final, codes, counts, own, shared, design):
     return sums, decoded, expressing
 
 
-def _deseq2(sums, design, genes):
-    """PyDESeq2's Wald test of group 1 against group 2 on the pseudobulk sums."""
+def _deseq2(sums, design, genes, shrinkage):
+    """PyDESeq2's Wald test of group 1 against group 2 on the pseudobulk sums; ``shrinkage="upward"`` refits the
+    coefficients with each gene's dispersion the larger of its own estimate and DESeq2's shrunk one."""
     try:
         from pydeseq2.dds import DeseqDataSet
         from pydeseq2.ds import DeseqStats
@@ -305,6 +317,10 @@ def _deseq2(sums, design, genes):
         dds = DeseqDataSet(counts=matrix, metadata=metadata, design=design["formula"].replace(" ", ""), quiet=True,
                            n_cpus=1)
         dds.deseq2()
+        if shrinkage == "upward":
+            dds.var["dispersions"] = np.maximum(dds.var["genewise_dispersions"], dds.var["MAP_dispersions"])
+            dds.fit_LFC()
+            dds.calculate_cooks()
         stats = DeseqStats(dds, contrast=["group", "g1", "g2"], quiet=True, n_cpus=1)
         stats.summary()
     results = stats.results_df.reindex(matrix.columns)
