@@ -95,6 +95,11 @@ def test_differential_expression_over_donors_finds_the_treated_genes_and_reads_a
     assert result.attrs["design"] == "~ group" and not result.attrs["paired"]
     assert result[["n_samples_1", "n_samples_2"]].iloc[0].tolist() == [3, 3]
     assert {"log2FoldChange", "lfcSE", "pvalue", "padj", "is_de", "mean_1", "fraction_2"} <= set(result.columns)
+    # each group's mean counts per 10,000 and share of cells with a count (no batches: the counts as they are)
+    per_10k = counts / counts.sum(axis=1, keepdims=True) * 1e4
+    treated = condition == "treated"
+    np.testing.assert_allclose(result["mean_1"], per_10k[treated].mean(axis=0))
+    np.testing.assert_allclose(result["fraction_2"], (counts[~treated] > 0).mean(axis=0))
     # one against the rest gives the same here (the rest is the control group)
     rest = differential_expression(_model(counts), counts, condition, "treated", samples=donor)
     np.testing.assert_allclose(rest["pvalue"], result["pvalue"])

@@ -137,11 +137,10 @@ def differential_expression(estimator, X, groups, group1, group2=None, *, sample
     own, shared = _decoding_batches(final, batch, first, second, n_cells)
     codes = None if shared is None else estimator.transform(X, batch=batch)  # read only to correct batches
     genes = _gene_names(estimator, final, counts.shape[1])
-    sums, decoded, expressing = _corrected_sums(final, codes, counts, own, shared, design)
+    sums, means, fractions = _corrected_sums(final, codes, counts, own, shared, design, first, second)
     table = pd.DataFrame(index=pd.Index(genes, name="gene"))
-    for suffix, cells in (("1", first), ("2", second)):
-        table[f"mean_{suffix}"] = decoded[cells].mean(axis=0) if cells.any() else np.nan
-        table[f"fraction_{suffix}"] = expressing[cells].mean(axis=0)
+    for index, suffix in enumerate(("1", "2")):
+        table[f"mean_{suffix}"], table[f"fraction_{suffix}"] = means[index], fractions[index]
     if design is None:
         note = ("No samples were given: cells of one sample are not independent replicates, so there are no p-values "
                 "(a cell-level test calls many genes between groups of donors that do not differ). log2FoldChange is "
@@ -263,12 +262,10 @@ def _rows_of(batch, rows):
     return np.asarray(batch, dtype=object)[rows]
 
 
-def _corrected_sums(final, codes, counts, own, shared, design):
-    """Per (sample, group): the summed batch-corrected counts; per cell: the corrected counts per 10,000 and which
-    genes have a count."""
+def _corrected_sums(final, codes, counts, own, shared, design, first, second):
+    """Per (sample, group): the summed batch-corrected counts; per group: its cells' mean corrected counts per 10,000
+    and the share of them with a count, of each gene. Only the two groups' cells are read, a block at a time."""
     n_cells, n_genes = counts.shape
-    decoded = np.empty((n_cells, n_genes))
-    expressing = np.empty((n_cells, n_genes), dtype=bool)
     units = None if design is None else design["units"].groupby(["sample", "group"], sort=True).indices
     cell_unit = np.full(n_cells, -1)
     if units is not None:
@@ -276,10 +273,12 @@ def _corrected_sums(final, codes, counts, own, shared, design):
         for position, rows in enumerate(units.values()):
             cell_unit[used_rows[rows]] = position
     sums = None if units is None else np.zeros((len(units), n_genes))
-    for start in range(0, n_cells, _CELLS_PER_BLOCK):
-        rows = np.arange(start, min(start + _CELLS_PER_BLOCK, n_cells))
+    group_of = np.where(first, 0, np.where(second, 1, -1))
+    normalised, expressing = np.zeros((2, n_genes)), np.zeros((2, n_genes))
+    cells = np.flatnonzero(group_of >= 0)
+    for start in range(0, len(cells), _CELLS_PER_BLOCK):
+        rows = cells[start:start + _CELLS_PER_BLOCK]
         block = counts[rows].toarray() if sp.issparse(counts) else counts[rows]
-        expressing[rows] = block > 0
         if shared is None:
             corrected = block
         else:
@@ -288,15 +287,19 @@ def _corrected_sums(final, codes, counts, own, shared, design):
                                     for label in shared["labels"]], axis=0)
             under_own = final.inverse_transform(codes[rows], batch=_rows_of(own, rows))
             corrected = block * (under_shared / np.maximum(under_own, 1e-12))
-        totals = np.maximum(block.sum(axis=1, keepdims=True), 1.0)
-        decoded[rows] = corrected / totals * 1e4
+        per_10k = corrected / np.maximum(block.sum(axis=1, keepdims=True), 1.0) * 1e4
+        for group in (0, 1):
+            inside = group_of[rows] == group
+            normalised[group] += per_10k[inside].sum(axis=0)
+            expressing[group] += (block[inside] > 0).sum(axis=0)
         if sums is not None:
             inside = cell_unit[rows] >= 0
             np.add.at(sums, cell_unit[rows][inside], corrected[inside])
     if sums is not None:
         sums = pd.DataFrame(np.rint(sums).astype(np.int64), index=pd.MultiIndex.from_tuples(list(units),
                                                                                           names=["sample", "group"]))
-    return sums, decoded, expressing
+    sizes = np.array([first.sum(), second.sum()], dtype=np.float64)[:, None]
+    return sums, normalised / sizes, expressing / sizes
 
 
 def _deseq2(sums, design, genes, shrinkage):
