@@ -150,6 +150,8 @@ def test_a_paired_design_within_donors_and_batches_corrected_through_the_decoder
     (dict(samples=np.where(np.arange(240) < 120, 0, 1)), "at least 2 in each"),
     (dict(samples=np.where(np.arange(240) % 3 == 0, 7, np.repeat(np.arange(6), 40))), "each sample belongs to one"),
     (dict(samples=np.full(240, np.nan)), "missing values"),
+    (dict(fdr=1.5), "fdr must be"),
+    (dict(fdr=True), "fdr must be"),
 ])
 def test_differential_expression_refuses_what_it_cannot_test(change, message):
     pytest.importorskip("pydeseq2")

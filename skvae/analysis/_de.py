@@ -91,8 +91,8 @@ def differential_expression(estimator, X, groups, group1, group2=None, *, sample
         For a group without cells, group1 equal to group2, missing values in
         ``groups`` or ``samples``, fewer than two samples per group, samples that
         span both groups where most samples hold one group only, groups that
-        share no batch, a model that does not model counts, or counts of the
-        wrong shape.
+        share no batch, a model that does not model counts, counts of the wrong
+        shape, an ``fdr`` outside (0, 1) or an unknown ``shrinkage``.
     ImportError
         Without PyDESeq2 (``pip install pydeseq2``), when ``samples`` is given.
 
@@ -120,6 +120,10 @@ def differential_expression(estimator, X, groups, group1, group2=None, *, sample
     ['gene0', 'gene1', 'gene2']
     """
     final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    if shrinkage not in ("upward", "deseq2"):
+        raise ValueError(f"shrinkage must be 'upward' or 'deseq2', got {shrinkage!r}.")
+    if isinstance(fdr, bool) or not isinstance(fdr, (int, float, np.floating)) or not 0 < fdr < 1:
+        raise ValueError(f"fdr must be a false discovery rate between 0 and 1, got {fdr!r}.")
     if not get_tags(final).input_tags.positive_only:
         raise ValueError(f"differential_expression tests counts, but this {type(final).__name__} models "
                          f"likelihood={getattr(final, 'likelihood', None)!r}: fit a model of raw counts "
@@ -154,8 +158,6 @@ def differential_expression(estimator, X, groups, group1, group2=None, *, sample
         table["n_samples_1"] = table["n_samples_2"] = 0
         table.attrs.update(design=None, note=note)
         return table[_COLUMNS]
-    if shrinkage not in ("upward", "deseq2"):
-        raise ValueError(f"shrinkage must be 'upward' or 'deseq2', got {shrinkage!r}.")
     results = _deseq2(sums, design, genes, shrinkage)
     table = pd.concat([results, table], axis=1)
     table["is_de"] = (table["padj"] < fdr).fillna(False).astype(bool)
