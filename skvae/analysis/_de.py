@@ -16,6 +16,7 @@ import scipy.sparse as sp
 from sklearn.utils import get_tags
 
 from .._validation import is_on_disk
+from ..pipeline import _flat_steps
 
 # Cells whose counts are corrected at a time: bounded temporaries (cells x genes floats)
 _CELLS_PER_BLOCK = 4096
@@ -119,7 +120,7 @@ def differential_expression(estimator, X, groups, group1, group2=None, *, sample
     >>> result.index[result["is_de"]].tolist()
     ['gene0', 'gene1', 'gene2']
     """
-    final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    final = _flat_steps(estimator)[-1]  # the model itself, or a pipeline's last step
     if shrinkage not in ("upward", "deseq2"):
         raise ValueError(f"shrinkage must be 'upward' or 'deseq2', got {shrinkage!r}.")
     if isinstance(fdr, bool) or not isinstance(fdr, (int, float, np.floating)) or not 0 < fdr < 1:

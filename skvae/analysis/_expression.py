@@ -1,5 +1,6 @@
 """Expression read through a fitted model's decoder."""
 
+from ..pipeline import _flat_steps
 
 
 def corrected_expression(estimator, X, *, batch=None, to_batch=None):
@@ -46,7 +47,7 @@ def corrected_expression(estimator, X, *, batch=None, to_batch=None):
     >>> corrected_expression(model, counts, to_batch=["a", "b"]).shape
     (80, 40)
     """
-    final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    final = _flat_steps(estimator)[-1]  # the model itself, or a pipeline's last step
     codes = estimator.transform(X, batch=batch)
     if getattr(final, "covariates_", None) is None:
         if to_batch is not None:

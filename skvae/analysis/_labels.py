@@ -4,6 +4,8 @@ import numpy as np
 import pandas as pd
 from sklearn.utils.validation import check_is_fitted
 
+from ..pipeline import _flat_steps
+
 
 def type_statistics(classifier):
     """One row per cell type of a fitted classifier: its labelled cells, its Gaussian's spread, how typical is typical.
@@ -34,7 +36,7 @@ def type_statistics(classifier):
     >>> type_statistics(model)["n_labelled"].tolist()
     [30, 30]
     """
-    final = classifier.steps[-1][1] if hasattr(classifier, "steps") else classifier
+    final = _flat_steps(classifier)[-1]  # the model itself, or a pipeline's last step
     check_is_fitted(final, "class_means_")
     precisions = np.asarray(final.class_precisions_)
     known = ~np.isnan(final.class_means_[:, 0])
