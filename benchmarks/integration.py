@@ -493,7 +493,8 @@ def scaling(data_home, seed, epochs):
             scores = calibration_scores(codes, batch, labels, np.ones(len(batch), dtype=bool))
             rows[f"depth x{depth:g}, {n_genes} genes"] = {
                 "median counts": float(np.median(np.asarray(thinned.sum(axis=1)).ravel())),
-                "reconstruction gradient": recipe["embedder"].module_.reconstruction_gradient,
+                # the running size of the reconstruction's gradient at the code: training state, kept for partial_fit
+                "reconstruction gradient": recipe["embedder"]._training_state.gradient_scale.value,
                 **{key: scores[key] for key in ("shared mixing", "15-NN accuracy")}, "fit s": seconds}
             print(f"  depth x{depth:g}, {n_genes} genes: {rows[f'depth x{depth:g}, {n_genes} genes']}", flush=True)
     table = pd.DataFrame(rows).T
