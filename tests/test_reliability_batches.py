@@ -149,6 +149,11 @@ def test_a_huge_adversary_weight_is_named_when_training_diverges(data):
     X, batch = data
     with pytest.raises(ValueError, match="diverged.*batch_adversary=1e\\+300 too large"):
         BetaVAEEmbedder(**SMALL, batch_adversary=1e300).fit(X, batch=batch)
+    # fitted without batches the model has no adversary: a divergence is not blamed on its weight
+    with pytest.raises(ValueError, match="diverged") as caught:
+        huge = np.where(np.arange(len(X))[:, None] % 2, 1e25, -1e25) * np.ones(X.shape[1])
+        BetaVAEEmbedder(**{**SMALL, "likelihood": "gaussian"}, batch_adversary=0.3).fit(huge)
+    assert "batch_adversary" not in str(caught.value)
 
 
 # 10, 11, 12: tl.embed walks a Pipeline's steps itself, with or without metadata routing

@@ -20,8 +20,9 @@ from .data import iter_minibatches
 from .progress import EpochProgress
 
 
-def _divergence_error(epoch, what, value, config):
-    adversary = config.adversary_weight
+def _divergence_error(epoch, what, value, module, config):
+    # the adversary's weight counts only in a model that has one (one fitted without batches has none)
+    adversary = config.adversary_weight if getattr(module, "has_adversary", False) else 0.0
     causes = (f"a batch classifier's weight batch_adversary={adversary:g} too large (the recommended embedder uses "
               "0.3; lower it), " if adversary else "")
     return ValueError(
@@ -462,7 +463,7 @@ def train(module, train_source, val_source=None, *, config, state, device, paral
                 val_loss = mean_loss(module, val_source, kl_weight=config.kl_weight, batch_size=config.batch_size,
                                      parallel=parallel)
                 if not math.isfinite(val_loss):
-                    raise _divergence_error(epoch, "the validation loss", val_loss, config)
+                    raise _divergence_error(epoch, "the validation loss", val_loss, module, config)
                 history["val_loss"].append(val_loss)
                 message += f", validation loss {val_loss:.6g}"
                 stopping.update(module, val_loss, warming_up=kl_weight < config.kl_weight)
@@ -555,7 +556,7 @@ def run_epoch(module, source, *, config, state, kl_weight, n_rows, epoch, device
     reconstruction, kl = (total / n_rows for total in sums)
     loss = reconstruction + kl_weight * kl
     if not math.isfinite(loss):
-        raise _divergence_error(epoch, "the training loss", loss, config)
+        raise _divergence_error(epoch, "the training loss", loss, module, config)
     # the losses above come from before each step: the last step can still diverge
     after_step = 0.0 if last is None else _loss_after_step(module, last, weights)
     if parallel is not None:
@@ -564,7 +565,7 @@ def run_epoch(module, source, *, config, state, kl_weight, n_rows, epoch, device
         # (and from the check above, a forward pass in training mode)
         parallel.average_buffers(module)
     if not math.isfinite(after_step):
-        raise _divergence_error(epoch, "the loss after the last optimiser step", after_step, config)
+        raise _divergence_error(epoch, "the loss after the last optimiser step", after_step, module, config)
     return reconstruction, kl
 
 
