@@ -136,6 +136,14 @@ def test_a_paired_design_within_donors_and_batches_corrected_through_the_decoder
     assert result["is_de"].sum() <= 1  # no difference between the two random halves
     with pytest.raises(ValueError, match="fitted with batches"):
         differential_expression(model, counts, kind, "x", samples=donor)
+    # several batch columns, as a DataFrame or a dict: decoded under the first column's shared batches
+    import pandas as pd
+
+    obs = pd.DataFrame({"batch": batch, "tech": np.where(np.arange(len(batch)) % 3, "x", "y")})
+    two = _model(counts, batch=obs)
+    for given in (obs, {key: obs[key].to_numpy() for key in obs}):
+        columns = differential_expression(two, counts, kind, "x", "y", samples=donor, batch=given)
+        assert columns.attrs["shared_batches"] == ["a", "b"] and columns["is_de"].sum() <= 1
     # a donor without cells of one group (a rare type it lacks) has nothing to pair: left out, with a warning
     kind[donor == 5] = "x"
     with pytest.warns(UserWarning, match=r"Samples \['5'\] have cells of one group only"):

@@ -251,13 +251,13 @@ def _as_batch(batch, name, label, rows):
     """``batch`` of the cells ``rows`` with its first categorical column set to ``label``."""
     if name is None:
         return np.full(len(rows), label, dtype=object)
-    taken = batch.iloc[rows].copy() if isinstance(batch, pd.DataFrame) else pd.DataFrame(
-        {key: np.asarray(values, dtype=object)[rows] for key, values in batch.items()})
+    taken = pd.DataFrame(_rows_of(batch, rows)).copy()
     taken[name] = label
     return taken
 
 
 def _rows_of(batch, rows):
+    """``batch`` (labels, a DataFrame or a dict of columns) of the cells ``rows``."""
     if isinstance(batch, pd.DataFrame):
         return batch.iloc[rows]
     if isinstance(batch, dict):
