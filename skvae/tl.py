@@ -775,8 +775,8 @@ def differential_expression(adata, estimator, *, groupby, group1=None, group2=No
                                                   and label != group2]
     results = {}
     with _unnamed_matrix(), warnings.catch_warnings():
-        if len(labels) > 1:
-            warnings.simplefilter("ignore", UserWarning)  # one note for all the groups, below
+        if len(labels) > 1:  # the note of no p-values once for all the groups, below; other warnings each time
+            warnings.filterwarnings("ignore", message="No samples were given", category=UserWarning)
         for label in labels:
             result = tested(estimator, run.X, groups, label, group2, samples=samples, batch=run.batch, fdr=fdr,
                             shrinkage=shrinkage)

@@ -231,3 +231,11 @@ def test_tl_differential_expression_writes_what_rank_genes_groups_readers_read(t
     with pytest.warns(UserWarning, match="no p-values"):
         without = skvae.tl.differential_expression(adata, model, groupby="condition", group1="treated")
     assert without["pvalue"].isna().all()
+    # every group against the rest: the note of no p-values once; a donor lacking a group still says so each time
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        skvae.tl.differential_expression(adata, model, groupby="kind")
+    assert sum("no p-values" in str(warning.message) for warning in caught) == 1
+    adata.obs.loc[adata.obs["donor"] == "5", "kind"] = "x"
+    with pytest.warns(UserWarning, match=r"Samples \['5'\] have cells of one group only"):
+        skvae.tl.differential_expression(adata, model, groupby="kind", sample_key="donor")
