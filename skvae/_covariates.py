@@ -261,10 +261,7 @@ class Covariates:
             raise ValueError(f"continuous_covariates={names} names columns of batch=, so batch= must be a DataFrame or "
                              "dict of named columns (e.g. adata.obs[['sample', 'percent_mito']]), not one label per "
                              "cell.")
-        given = {str(key): key for key in batch.keys()}
-        missing = [name for name in names if name not in given]
-        if missing:
-            raise ValueError(f"batch lacks the continuous covariate(s) {missing}; it has {list(given)}.")
+        given = _holding(batch, names)
         categorical = {key: batch[key] for name, key in given.items() if name not in names}
         columns = [CategoricalCovariate.from_labels(name, labels) for name, labels in _columns(categorical, n_rows)] \
             if categorical else []
@@ -377,11 +374,7 @@ class Covariates:
         if not _named(batch):
             raise ValueError(f"This model was fitted with continuous covariates ({self.describe()}): pass batch= as a "
                              "DataFrame or dict holding those columns.")
-        given = {str(key): key for key in batch.keys()}
-        missing = [column.name for column in self.continuous if column.name not in given]
-        if missing:
-            raise ValueError(f"batch lacks the continuous covariate(s) {missing} the model was fitted with; it has "
-                             f"{list(given)}.")
+        given = _holding(batch, [column.name for column in self.continuous], fitted=True)
         return np.stack([column.values(batch[given[column.name]], n_rows, one_for_all=one_for_all)
                          for column in self.continuous], axis=1)
 
@@ -574,6 +567,16 @@ def combined_labels(batch, n_rows):
     labels = np.empty(n_rows, dtype=object)
     labels[:] = [" | ".join(map(str, values)) for values in zip(*(column for _, column in columns), strict=True)]
     return labels
+
+
+def _holding(batch, names, *, fitted=False):
+    """``batch``'s column keys by their names as strings, checked to hold the continuous covariates ``names``."""
+    given = {str(key): key for key in batch.keys()}
+    missing = [name for name in names if name not in given]
+    if missing:
+        raise ValueError(f"batch lacks the continuous covariate(s) {missing}{' the model was fitted with' * fitted}; "
+                         f"it has {list(given)}.")
+    return given
 
 
 def _named(batch):
