@@ -16,6 +16,7 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 import pandas as pd
 
+from .nn.likelihoods import LIKELIHOODS
 
 
 class CategoricalCovariate:
@@ -86,7 +87,7 @@ class CategoricalCovariate:
         if (codes < 0).any():
             unseen = pd.unique(labels[codes < 0])
             raise ValueError(f"{self.what} has categories not seen in fit: {listing(unseen)}; the model knows "
-                             f"{listing(self.categories)}.")
+                             f"{listing(self.categories)} (map_query adds new batches to a fitted model).")
         return codes.astype(np.int64)
 
     def to_saved(self):
@@ -481,30 +482,40 @@ class Covariates:
         return covariates
 
 
-def network_sizes(covariates, dispersion):
-    """What the covariates make of a network: each categorical covariate's categories, the continuous ones, and the
-    categories a dispersion per gene and batch has.
+def network_sizes(covariates, dispersion, batch_model="layers", likelihood="nb"):
+    """What the covariates make of a network: each categorical covariate's categories, the continuous ones, the
+    categories a dispersion per gene and batch has, and whether they act as factors per gene.
 
     Parameters
     ----------
     covariates : Covariates or None
     dispersion : {"gene", "gene-batch"}
         The estimator's ``dispersion``: "gene-batch" follows the first categorical covariate.
+    batch_model : {"layers", "genes"}, default="layers"
+        The estimator's ``batch_model``: "genes" makes a factor per gene and category (with categorical covariates).
+    likelihood : str, default="nb"
+        The estimator's ``likelihood``: factors per gene multiply counts, so "genes" needs a count likelihood.
 
     Returns
     -------
     dict
-        ``n_categories`` (tuple of int), ``n_continuous`` (int) and ``dispersion_categories`` (int).
+        ``n_categories`` (tuple of int), ``n_continuous`` (int), ``dispersion_categories`` (int) and
+        ``gene_factors`` (bool).
 
     Examples
     --------
     >>> from skvae._covariates import Covariates, network_sizes
     >>> network_sizes(Covariates.from_batch(["a", "b", "a"], 3), "gene-batch")
-    {'n_categories': (2,), 'n_continuous': 0, 'dispersion_categories': 2}
+    {'n_categories': (2,), 'n_continuous': 0, 'dispersion_categories': 2, 'gene_factors': False}
     """
     n_categories = () if covariates is None else covariates.n_categories
+    if batch_model == "genes" and n_categories and not LIKELIHOODS[likelihood].counts:
+        raise ValueError(f"batch_model='genes' multiplies each gene's counts by a factor per batch, and "
+                         f"likelihood={likelihood!r} models scaled data, not counts: use a count likelihood (e.g. "
+                         "likelihood='nb' on raw counts, as make_count_embedder does) or batch_model='layers'.")
     return {"n_categories": n_categories, "n_continuous": 0 if covariates is None else covariates.n_continuous,
-            "dispersion_categories": n_categories[0] if n_categories and dispersion == "gene-batch" else 0}
+            "dispersion_categories": n_categories[0] if n_categories and dispersion == "gene-batch" else 0,
+            "gene_factors": bool(n_categories) and batch_model == "genes"}
 
 
 def with_covariates(data, covariates, batch, *, reader, required, one_for_all=False):

@@ -1,8 +1,8 @@
 """Query mapping, as scArches' surgery: a fitted model learns new cells' batches with every reference weight frozen.
 
 A model fitted with batches has a table of offsets per batch category in the decoder
-(and in the encoder when it reads batches). ``map_query`` (:meth:`skvae.base.BaseEmbedder.map_query`)
-appends rows for the
+(and in the encoder when it reads batches; with ``batch_model="genes"`` one log factor per gene
+instead of the decoder's). ``map_query`` (:meth:`skvae.base.BaseEmbedder.map_query`) appends rows for the
 query's new categories to each table, and, when the encoder reads no batch, gives the
 encoder's input layer such a table too (its rows for the reference's categories 0, so
 the reference's codes are unchanged to the bit); then it trains on the query's cells
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .nn.layers import ContinuousInputs
+from .nn.layers import ContinuousInputs, CovariateOffsets
 
 
 def check_query(covariates, batch, max_epochs, *, reader):
@@ -164,9 +164,10 @@ def only_new_categories(module, before):
     with the batch adversary's weight at 0 (its classes are the reference's batches).
     """
     after = module.n_categories
+    tables = {f"{name}.weight" for name, layer in module.named_modules() if isinstance(layer, CovariateOffsets)}
     hooks = []
     for name, parameter in module.named_parameters():
-        table = name.endswith("covariate_offsets.weight") or name.endswith("log_theta") and parameter.dim() == 2
+        table = name in tables or name.endswith("log_theta") and parameter.dim() == 2
         parameter.requires_grad_(table)
         if table:
             mask = (~_known_rows(name, parameter.shape[0], before, after)).to(parameter.dtype)[:, None]

@@ -17,6 +17,7 @@ import sklearn
 from sklearn.utils.validation import check_non_negative, validate_data
 
 from ._covariates import Covariates, with_covariates
+from .nn.likelihoods import LIKELIHOODS
 
 # warnings point past the frames of these packages, at the user's code
 _LIBRARY_FOLDERS = tuple(os.path.dirname(module.__file__) + os.sep for module in (sklearn, sys.modules[__package__]))
@@ -487,35 +488,38 @@ def validated_rows(estimator, X, *, reset, training, counts, whom, float32_range
     return data.astype(np.float32) if training else data
 
 
-def check_network_fits_memory(n_features, hidden_layer_sizes, *, n_heads, n_categories=(), encode_batch=False,
-                              dispersion_categories=0, n_continuous=0):
+def check_network_fits_memory(n_features, hidden_layer_sizes, *, likelihood, n_categories=(), encode_batch=False,
+                              dispersion_categories=0, n_continuous=0, gene_factors=False):
     """A ValueError, before anything is allocated, for a network whose genes-wide tables exceed this machine's memory.
 
     Parameters
     ----------
     n_features : int
     hidden_layer_sizes : tuple of int
-    n_heads : int
-        The decoder's output layers (the likelihood's heads).
+    likelihood : str
+        The estimator's ``likelihood``: its heads are the decoder's output layers.
     n_categories : tuple of int, default=()
         The categories of each covariate.
     encode_batch : bool, default=False
     dispersion_categories : int, default=0
     n_continuous : int, default=0
         Continuous covariates (a few weights per layer each: counted with the categories).
+    gene_factors : bool, default=False
+        A factor per gene and category (``batch_model="genes"``).
 
     Examples
     --------
     >>> from skvae._validation import check_network_fits_memory
-    >>> check_network_fits_memory(2000, (128,), n_heads=1)  # a few MB: no error
+    >>> check_network_fits_memory(2000, (128,), likelihood="nb")  # a few MB: no error
     """
     n_batches = sum(n_categories)
     n_inputs = n_batches + n_continuous
     # per weight: itself, its gradient and Adam's two moments, in float32
-    weights = n_features * hidden_layer_sizes[0] * (1 + n_heads)  # the input layer and the output heads
+    # the input layer and the output heads
+    weights = n_features * hidden_layer_sizes[0] * (1 + len(LIKELIHOODS[likelihood].heads))
     # one-hot covariates into every decoder layer (and the encoder's first), a dispersion per gene and category
     weights += n_inputs * (sum(hidden_layer_sizes) + hidden_layer_sizes[0] * encode_batch)
-    weights += dispersion_categories * n_features
+    weights += (dispersion_categories + n_batches * gene_factors) * n_features
     needed = 4 * 4 * weights
     memory = _physical_memory()
     if memory and needed > memory:

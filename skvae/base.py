@@ -62,7 +62,7 @@ class BaseEmbedder(Saveable, ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     Parameters
     ----------
     n_components, hidden_layer_sizes, input_activation, likelihood, batch_norm, dropout, encode_batch, \
-continuous_covariates, dispersion, batch_adversary, batch_size, shuffle_block_size, learning_rate, max_epochs, \
+continuous_covariates, dispersion, batch_adversary, batch_model, batch_size, shuffle_block_size, learning_rate, max_epochs, \
 early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         As documented on the public estimators, e.g. :class:`~skvae.AutoencoderEmbedder`.
 
@@ -95,6 +95,7 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
         "continuous_covariates": ["array-like", str, None],
         "dispersion": [StrOptions({"gene", "gene-batch"})],
         "batch_adversary": [Interval(Real, 0, None, closed="left")],
+        "batch_model": [StrOptions({"layers", "genes"})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "shuffle_block_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
@@ -123,6 +124,7 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
         continuous_covariates=None,
         dispersion="gene",
         batch_adversary=0.0,
+        batch_model="layers",
         batch_size=256,
         shuffle_block_size="auto",
         learning_rate=1e-3,
@@ -147,6 +149,7 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
         self.continuous_covariates = continuous_covariates
         self.dispersion = dispersion
         self.batch_adversary = batch_adversary
+        self.batch_model = batch_model
         self.batch_size = batch_size
         self.shuffle_block_size = shuffle_block_size
         self.learning_rate = learning_rate
@@ -167,12 +170,12 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
 
         ``options`` are the model's keyword arguments that every estimator sets the
         same way: ``likelihood``, ``input_activation``, ``batch_norm``, ``dropout``, ``n_categories``,
-        ``n_continuous``, ``encode_batch`` and ``adversary`` (whether the model has an adversarial batch
-        classifier; its weight comes with each training call, :meth:`_training_config`).
+        ``n_continuous``, ``encode_batch``, ``gene_factors`` (``batch_model="genes"``) and ``adversary`` (whether the
+        model has an adversarial batch classifier; its weight comes with each training call, :meth:`_training_config`).
         """
 
     def _make_module(self, n_features, hidden_layer_sizes):
-        sizes = network_sizes(self.covariates_, self.dispersion)
+        sizes = network_sizes(self.covariates_, self.dispersion, self.batch_model, self.likelihood)
         likelihood = make_likelihood(self.likelihood, n_features, dispersion_categories=sizes.pop("dispersion_categories"))
         mapped = hasattr(self, "n_reference_categories_")  # map_query added query categories
         return self._build_module(n_features, hidden_layer_sizes, likelihood=likelihood, **sizes,
@@ -204,8 +207,8 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
         return {"n_components": self.n_components, "hidden_layer_sizes": hidden_layer_sizes(self.hidden_layer_sizes),
                 "input_activation": self.input_activation, "likelihood": self.likelihood,
                 "batch_norm": self.batch_norm, "dropout": self.dropout, "encode_batch": self.encode_batch,
-                "continuous_covariates": continuous_names(self.continuous_covariates),
-                "dispersion": self.dispersion, "batch_adversary": self.batch_adversary > 0}
+                "continuous_covariates": continuous_names(self.continuous_covariates), "dispersion": self.dispersion,
+                "batch_adversary": self.batch_adversary > 0, "batch_model": self.batch_model}
 
     def _check_architecture(self, doing):
         """Refuse to continue or save a model whose shaping parameters were changed by set_params since it was built."""
@@ -289,7 +292,7 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
         ``hidden_layer_sizes``, ``input_activation``, ``likelihood``,
         ``batch_norm``, ``dropout``, ``encode_batch``,
         ``continuous_covariates``, ``dispersion``, ``batch_adversary`` turned
-        on or off, the beta-VSC's prior) cannot follow, and the next call
+        on or off, ``batch_model``, the beta-VSC's prior) cannot follow, and the next call
         raises a ValueError: call :meth:`fit` to build a new model.
 
         Parameters
@@ -354,8 +357,8 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
         data = self._input(X, batch, reset=first, training=True)
         sizes = hidden_layer_sizes(self.hidden_layer_sizes)
         if first:
-            check_network_fits_memory(data.n_features, sizes, n_heads=len(LIKELIHOODS[self.likelihood].heads),
-                                      encode_batch=self.encode_batch, **network_sizes(self.covariates_, self.dispersion))
+            check_network_fits_memory(data.n_features, sizes, likelihood=self.likelihood, encode_batch=self.encode_batch,
+                                      **network_sizes(self.covariates_, self.dispersion, self.batch_model, self.likelihood))
             warn_if_code_wider(self.n_components, sizes)
         else:
             self._check_architecture("continue it with partial_fit")

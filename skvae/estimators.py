@@ -125,7 +125,24 @@ _SHARED_PARAMETERS = """\
         same strength whatever the depth and number of genes (the recommendation
         uses 0.3). With several batch columns it tells the first (put the
         finest first, e.g. the sample before its technology). 0 (the default)
-        leaves it out; the user guide's "Integrating batches" section measures it."""
+        leaves it out; the user guide's "Integrating batches" section measures it.
+
+    batch_model : {"layers", "genes"}, default="layers"
+        How the batches enter the model (with batches and a count likelihood
+        for "genes"). "layers": the decoder takes the batch in every hidden
+        layer, as scVI's does, so it can learn any batch effect, including one
+        that differs between cell types; it can also learn to draw one cell
+        type of one batch from the code of another type of another batch, and
+        with ``batch_adversary`` a population that only some batches hold may
+        be folded into a shared one. "genes": each batch multiplies each gene's
+        expected counts by a factor the model learns (one log factor per gene
+        and batch, 0 at first), the encoder reads the counts divided by the
+        cell's batch's factors, and the decoder's hidden layers never see the
+        batch: a technology's per-gene effect is removed before encoding, and
+        what a batch alone holds keeps its own codes. :meth:`transform` then
+        needs each cell's batch. It cannot remove an effect that differs
+        between cell types of one batch (add ``batch_adversary`` for the
+        rest). The user guide's "Integrating batches" section measures both."""
 
 _TRAINING_PARAMETERS = """\
     batch_size : int, default=256
@@ -457,6 +474,7 @@ class BetaVAEEmbedder(_VariationalEmbedder):
         continuous_covariates=None,
         dispersion="gene",
         batch_adversary=0.0,
+        batch_model="layers",
         beta=1.0,
         kl_warmup_epochs=0,
         batch_size=256,
@@ -484,6 +502,7 @@ class BetaVAEEmbedder(_VariationalEmbedder):
             continuous_covariates=continuous_covariates,
             dispersion=dispersion,
             batch_adversary=batch_adversary,
+            batch_model=batch_model,
             batch_size=batch_size,
             shuffle_block_size=shuffle_block_size,
             learning_rate=learning_rate,
@@ -584,6 +603,7 @@ class BetaVSCEmbedder(_VariationalEmbedder):
         continuous_covariates=None,
         dispersion="gene",
         batch_adversary=0.0,
+        batch_model="layers",
         beta=1.0,
         prior_activity=0.5,
         spike_sharpness=50.0,
@@ -613,6 +633,7 @@ class BetaVSCEmbedder(_VariationalEmbedder):
             continuous_covariates=continuous_covariates,
             dispersion=dispersion,
             batch_adversary=batch_adversary,
+            batch_model=batch_model,
             batch_size=batch_size,
             shuffle_block_size=shuffle_block_size,
             learning_rate=learning_rate,

@@ -64,10 +64,13 @@ def make_count_embedder(**overrides):
     ``skvae.tl.embed(adata, make_count_embedder(), layer="counts", batch_key=...)``):
     the genes are then ranked within each batch, the decoder is conditioned on
     the batch, and an adversarial batch classifier (``batch_adversary=0.3``)
-    mixes the batches further where their neighbourhoods are shared, leaving
-    cell types of one batch alone where they are. Without batches the
-    classifier does not exist; ``batch_adversary=0`` keeps the decoder's
-    conditioning alone (the user guide says what each does).
+    mixes the batches further where their neighbourhoods are shared. Without
+    batches the classifier does not exist; ``batch_adversary=0`` keeps the
+    decoder's conditioning alone. Where batches hold different populations or
+    come from different technologies, ``batch_model="genes"`` (a factor per
+    gene and batch instead of a decoder that takes the batch) keeps what one
+    batch alone holds from being folded into a shared type (the user guide
+    says what each does, with the figures).
 
     Parameters
     ----------

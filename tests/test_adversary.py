@@ -88,7 +88,8 @@ PARAMS = dict(n_components=8, hidden_layer_sizes=(64,), input_activation=True, l
 
 
 @pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")
-def test_a_population_of_one_batch_keeps_its_neighbours_under_the_adversary():
+@pytest.mark.parametrize("batch_model", ["layers", "genes"])
+def test_a_population_of_one_batch_keeps_its_neighbours_under_the_adversary(batch_model):
     """Composition shift, small: type 3 (close to type 2) in batch b only, a batch effect on b: it stays as pure as
     without batches. An adversary that pushes every cell (``shared_weight`` replaced by ones) folds it into type 2
     here, and fails this test."""
@@ -99,7 +100,8 @@ def test_a_population_of_one_batch_keeps_its_neighbours_under_the_adversary():
     alone = types == 3
     without = BetaVAEEmbedder(**PARAMS).fit_transform(X)
     labels = np.array(["a", "b"])[batch]
-    with_adversary = BetaVAEEmbedder(**PARAMS, batch_adversary=0.3).fit_transform(X, batch=labels)
+    with_adversary = BetaVAEEmbedder(**PARAMS, batch_adversary=0.3, batch_model=batch_model).fit_transform(
+        X, batch=labels)
     assert _same_label_share(with_adversary, types, alone) >= _same_label_share(without, types, alone) - 0.02
     # and the shared types mix: fewer of their neighbours from their own batch than without batches
     shared = ~alone

@@ -32,12 +32,13 @@ def _fit(cls=BetaVAEEmbedder, counts=None, batch=None, y=None, **settings):
     {"input_activation": True, "batch_norm": True, "dropout": 0.1},  # the count recipe's network
     {"encode_batch": True, "dispersion": "gene-batch", "hidden_layer_sizes": (32, 16)},
     {"batch_adversary": 0.3, "hidden_layer_sizes": (32, 16)},
+    {"batch_model": "genes", "input_activation": True, "batch_norm": True},  # a factor per gene and batch
 ])
 def test_the_reference_is_bit_identical_and_the_query_moves(settings):
     counts, _, batch = _cells()
     reference = batch != "query"
     model = _fit(counts=counts[reference], batch=batch[reference], **settings)
-    read = {"batch": batch[reference]} if settings.get("encode_batch") else {}
+    read = {"batch": batch[reference]} if settings.get("encode_batch") or settings.get("batch_model") else {}
     codes = model.transform(counts[reference], **read)
     decoded = model.inverse_transform(codes[:20], batch="a")
     state = {key: value.clone() for key, value in model.module_.state_dict().items()}
@@ -51,11 +52,19 @@ def test_the_reference_is_bit_identical_and_the_query_moves(settings):
     assert model.n_reference_categories_.tolist() == [2]
     after = model.transform(counts[~reference], batch=batch[~reference])
     assert np.abs(after - before).max() > 1e-3
-    # every weight of the reference is as it was; the tables' known rows too
+    # every weight of the reference is as it was; the tables' known rows too, and every table's new row was learned
+    tables = [key for key, value in model.module_.state_dict().items() if key.endswith(".weight")
+              and "offsets" in key and value.shape[0] == 3]
+    assert any(key.startswith("decoder.") or key.startswith("gene_offsets") for key in tables)
     for key, value in state.items():
         new = model.module_.state_dict()[key]
         if new.shape == value.shape:
             assert np.array_equal(new.numpy(), value.numpy()), key
+    for key in tables:
+        new = model.module_.state_dict()[key].numpy()
+        known = state[key].numpy() if key in state else np.zeros_like(new[:2])
+        assert np.array_equal(new[:2], known), key
+        assert not np.allclose(new[2], known.mean(axis=0)), key  # moved from where it started
 
 
 def test_mapping_learns_the_query_batch():

@@ -46,7 +46,9 @@ def _imports(path):
 
 
 def test_the_base_estimator_stays_small():
-    assert _code_lines(PACKAGE / "base.py") <= 290
+    # 290 when the orchestration moved out (issue 40), + the three lines scikit-learn's convention gives a constructor
+    # parameter (batch_model: its constraint, its place in the signature, its assignment)
+    assert _code_lines(PACKAGE / "base.py") <= 293
 
 
 def test_torch_modules_know_nothing_of_ranks_and_tl_nothing_of_torch_internals():

@@ -270,12 +270,13 @@ class Decoder(nn.Module):
         if n_continuous:
             self.continuous_offsets = nn.ModuleList([ContinuousOffsets(n_continuous, width) for width in widths])
 
-    def forward(self, z, covariates=None, continuous=None):
+    def forward(self, z, covariates=None, continuous=None, offset=None):
         """Return the heads' outputs by name (:class:`DecoderOutputs`), for the rows' ``covariates`` (category codes)
-        and standardised ``continuous`` covariates when built with them."""
+        and standardised ``continuous`` covariates when built with them; ``offset`` (n_rows, n_features), if given, is
+        added to the first head's output (the likelihood's mean parameter)."""
         if covariates is None and continuous is None:
-            return DecoderOutputs(self.hidden(z), self.heads)
-        offsets = iter(self.covariate_offsets) if covariates is not None else None
+            return DecoderOutputs(self.hidden(z), self.heads, offset=offset)
+        offsets = iter(self.covariate_offsets) if covariates is not None and hasattr(self, "covariate_offsets") else None
         slopes = iter(self.continuous_offsets) if continuous is not None else None
         h = z
         for layer in self.hidden:
@@ -285,7 +286,7 @@ class Decoder(nn.Module):
                     h = h + next(offsets)(covariates)
                 if slopes is not None:
                     h = h + next(slopes)(continuous)
-        return DecoderOutputs(h, self.heads, covariates)
+        return DecoderOutputs(h, self.heads, covariates, offset)
 
 
 class CovariateOffsets(nn.Module):
@@ -463,6 +464,8 @@ class DecoderOutputs:
         The output layers, by name.
     covariates : torch.Tensor of shape (n_rows, n_covariates), int64, default=None
         The rows' category codes, for a likelihood with parameters per category.
+    offset : torch.Tensor of shape (n_rows, n_features), default=None
+        Added to the first head's output (a model's per-gene batch factors, on the log scale).
 
     Examples
     --------
@@ -473,13 +476,16 @@ class DecoderOutputs:
     (['mean'], torch.Size([2, 4]))
     """
 
-    def __init__(self, hidden, heads, covariates=None):
-        self.hidden, self.heads, self.covariates = hidden, heads, covariates
+    def __init__(self, hidden, heads, covariates=None, offset=None):
+        self.hidden, self.heads, self.covariates, self.offset = hidden, heads, covariates, offset
         self._computed = {}
 
     def __getitem__(self, name):
         if name not in self._computed:
-            self._computed[name] = self.heads[name](self.hidden)
+            output = self.heads[name](self.hidden)
+            if self.offset is not None and name == next(iter(self.heads)):
+                output = output + self.offset
+            self._computed[name] = output
         return self._computed[name]
 
     def __iter__(self):

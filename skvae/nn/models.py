@@ -13,8 +13,9 @@ from torch import nn
 from torch.autograd import Function
 
 from .kl import gaussian_kl, spike_and_slab_kl
-from .layers import ContinuousInputs, Decoder, Encoder
-from .likelihoods import Gaussian
+from .layers import ContinuousInputs, CovariateOffsets, Decoder, Encoder
+from .likelihoods import CountLikelihood, Gaussian
+from .sparse import ShiftedSparseRows
 
 # Spike probabilities are kept inside (eps, 1 - eps) so the KL's logarithms
 # and their gradients stay finite.
@@ -230,20 +231,29 @@ class _LatentModel(nn.Module):
 
     def __init__(self, n_features, n_components, hidden_layer_sizes, *, likelihood=None, input_activation=False,
                  batch_norm=False, dropout=0.0, n_categories=(), n_continuous=0, encode_batch=False, adversary=False,
-                 n_classes=0):
+                 n_classes=0, gene_factors=False):
         super().__init__()
         options = {"batch_norm": batch_norm, "dropout": dropout}
         self.n_components = n_components
         self.n_categories = tuple(int(n) for n in n_categories)
         self.n_continuous = int(n_continuous)
-        self.encode_batch = bool(encode_batch and (self.n_categories or self.n_continuous))
+        likelihood = Gaussian() if likelihood is None else likelihood
+        self.gene_factors = bool(gene_factors and self.n_categories)
+        if self.gene_factors and not isinstance(likelihood, CountLikelihood):
+            raise ValueError(f"gene_factors multiply counts: they need a count likelihood, not {type(likelihood).__name__}.")
+        # the encoder's own offsets per covariate (encode_batch); with gene factors it reads the batch as well
+        self._encoder_offsets = bool(encode_batch and (self.n_categories or self.n_continuous))
+        self.encode_batch = self._encoder_offsets or self.gene_factors
         self.encoder = Encoder(n_features, hidden_layer_sizes, n_components, self.branches, **options,
-                               n_categories=self.n_categories if self.encode_batch else (),
-                               n_continuous=self.n_continuous if self.encode_batch else 0,
+                               n_categories=self.n_categories if self._encoder_offsets else (),
+                               n_continuous=self.n_continuous if self._encoder_offsets else 0,
                                input_activation=input_activation)
-        self.likelihood = Gaussian() if likelihood is None else likelihood
+        self.likelihood = likelihood
+        if self.gene_factors:  # one log factor per gene and category; the decoder's hidden layers see no category
+            self.gene_offsets = CovariateOffsets(self.n_categories, n_features)
         self.decoder = Decoder(n_components, hidden_layer_sizes, n_features, self.likelihood.heads, **options,
-                               n_categories=self.n_categories, n_continuous=self.n_continuous)
+                               n_categories=() if self.gene_factors else self.n_categories,
+                               n_continuous=self.n_continuous)
         if self.n_continuous:  # standardised by the model itself, from the cells it trains on
             self.continuous_inputs = ContinuousInputs(self.n_continuous)
         # a classifier of the covariates from the code, which the encoder learns to defeat: only where categories differ
@@ -263,9 +273,19 @@ class _LatentModel(nn.Module):
     def _standardised(self, continuous):
         return None if continuous is None else self.continuous_inputs(continuous)
 
+    def _gene_offset(self, covariates):
+        """Each row's log factor per gene (``gene_factors``), or None."""
+        return self.gene_offsets(covariates) if self.gene_factors and covariates is not None else None
+
     def _posterior(self, x, covariates, values):
         """:meth:`posterior` of standardised continuous covariates."""
-        if not self.encode_batch:
+        offset = self._gene_offset(covariates)
+        if offset is not None:
+            # the counts as the batch-free decoder would see them: each gene divided by the batch's factor (learned
+            # by the reconstruction alone)
+            factor = torch.exp(-offset.detach())
+            x = x.scaled(factor) if isinstance(x, ShiftedSparseRows) else x * factor
+        if not self._encoder_offsets:
             return self.encoder(self.likelihood.encoder_input(x))
         return self.encoder(self.likelihood.encoder_input(x), covariates, values)
 
@@ -287,7 +307,7 @@ class _LatentModel(nn.Module):
             One entry per encoder branch: ``"code"``; ``"mu"`` and ``"logvar"``; for
             the sparse coding model also ``"spike"`` (probabilities).
         """
-        return self._posterior(x, covariates, self._standardised(continuous) if self.encode_batch else None)
+        return self._posterior(x, covariates, self._standardised(continuous) if self._encoder_offsets else None)
 
     def decode(self, z, covariates=None, continuous=None):
         """Expression decoded from latent codes: the likelihood's mean.
@@ -306,7 +326,8 @@ class _LatentModel(nn.Module):
             The reconstruction (Gaussian) or normalised expression, proportions
             times 1e4 (count likelihoods).
         """
-        return self.likelihood.mean(self.decoder(z, covariates, self._standardised(continuous)))
+        return self.likelihood.mean(self.decoder(z, covariates, self._standardised(continuous),
+                                                 self._gene_offset(covariates)))
 
     def embed(self, x, covariates=None, continuous=None):
         """Deterministic latent code of each cell (the posterior mean).
@@ -378,7 +399,8 @@ class _LatentModel(nn.Module):
             scale = weights.classification * measured if gradient_scale is not None else 1.0
             logits = self.classifier(_ScaledGradient.apply(code, scale))
             classification = F.cross_entropy(logits, labels.clamp_min(0), reduction="none") * (labels >= 0)
-        reconstruction = self.likelihood.negative_log_likelihood(self.decoder(z, covariates, values), x)
+        outputs = self.decoder(z, covariates, values, self._gene_offset(covariates))
+        reconstruction = self.likelihood.negative_log_likelihood(outputs, x)
         return LossTerms(reconstruction, self._kl(q), adversarial, classification)
 
     def _adversarial(self, logits, labels, code):
@@ -483,6 +505,14 @@ class Autoencoder(_LatentModel):
         of each minibatch (``labels`` of :meth:`loss`; -1 for unlabelled) with the
         rest of the model, so that the codes separate the labelled types; how
         strongly it shapes the code is the training step's (``weights``).
+    gene_factors : bool, default=False
+        With ``n_categories`` and a count likelihood: one log factor per gene
+        and category (``gene_offsets``, 0 at first) is added to the decoder's
+        output, so each category multiplies each gene's expected counts, and
+        the decoder's hidden layers take no category; the encoder reads the
+        counts divided by the cell's factors (taken as constants: the
+        reconstruction alone learns them), so the methods need ``covariates``
+        (``encode_batch`` is then True).
 
     Examples
     --------
@@ -520,7 +550,7 @@ class VariationalAutoencoder(_LatentModel):
     likelihood : torch.nn.Module, default=None
         A likelihood of :mod:`skvae.nn.likelihoods` for ``n_features`` genes;
         None means :class:`~skvae.nn.likelihoods.Gaussian`.
-    input_activation, batch_norm, dropout, n_categories, n_continuous, encode_batch, adversary, n_classes
+    input_activation, batch_norm, dropout, n_categories, n_continuous, encode_batch, adversary, n_classes, gene_factors
         As for :class:`Autoencoder`.
 
     Examples
@@ -573,7 +603,7 @@ class SparseCodingVAE(_LatentModel):
         Sharpness ``c`` of the sigmoid that relaxes the spike selection.
     **options
         ``likelihood``, ``input_activation``, ``batch_norm``, ``dropout``, ``n_categories``, ``n_continuous``,
-        ``encode_batch``, ``adversary`` and ``n_classes``, as for :class:`VariationalAutoencoder`.
+        ``encode_batch``, ``adversary``, ``n_classes`` and ``gene_factors``, as for :class:`VariationalAutoencoder`.
 
     Examples
     --------

@@ -221,14 +221,35 @@ class ShiftedSparseRows:
         -------
         ShiftedSparseRows
         """
+        return self._stored_changed("log1p_scaled", lambda stored, rows, _: torch.log1p(stored * row_scale[rows]))
+
+    def scaled(self, factor):
+        """Rows of no shift with each entry ``x[i, j]`` times ``factor[i, j]``, still sparse.
+
+        Parameters
+        ----------
+        factor : torch.Tensor of shape (n_rows, n_features)
+
+        Returns
+        -------
+        ShiftedSparseRows
+        """
+        return self._stored_changed("scaled", lambda stored, rows, columns: stored * factor[rows, columns()])
+
+    def _stored_changed(self, name, change):
+        """Rows with no shift whose stored entries are ``change(stored, rows, columns)``: their zeros stay zeros.
+
+        ``columns`` is a function that gives the entries' columns (computed only when asked: the transpose's cost
+        a pass over its entries).
+        """
         if self.shift.any():
-            raise ValueError("log1p_scaled needs rows with no shift: log1p(0) = 0 keeps them sparse.")
-        values = _with_values(self.values, torch.log1p(self.values.values() * row_scale[self.value_rows]))
+            raise ValueError(f"{name} needs rows with no shift: only the stored entries change, so zeros stay zeros.")
+        values = _with_values(self.values, change(self.values.values(), self.value_rows, self.values.col_indices))
         values_t = None
         if self.values_t is not None:
-            # the transpose's columns are the rows
-            scaled = self.values_t.values() * row_scale[self.values_t.col_indices()]
-            values_t = _with_values(self.values_t, torch.log1p(scaled))
+            # the transpose's columns are the rows, its rows the features
+            values_t = _with_values(self.values_t, change(self.values_t.values(), self.values_t.col_indices(),
+                                                          lambda: _row_of_each_value(self.values_t)))
         return ShiftedSparseRows(values, values_t, self.shift)
 
 
