@@ -36,6 +36,16 @@ depth. Rows: PCA, Harmony, the recipe without batches, with batches and (shift) 
 batch-specific populations' 15-NN label purity, the shared populations' mixing, and the overlap of
 each cell's 15 neighbours with the fit without batches of the same seed (:func:`calibration_scores`).
 
+``--shift-suite relatives,deep,pair``: integration where batches differ in composition and by a technology-sized
+effect (:func:`load_shift`): ``relatives`` (pbmc_facs halved; batch B simulated in another technology, a per-gene
+effect of log sd 0.5; CD8 T cells in batch B only, NK cells in batch A only: close relatives of the shared CD4 T
+cells), ``deep`` (the same effect with batch B 10x deeper; NK cells and CD14+ monocytes in batch A only, CD34+
+progenitors in batch B only) and any data set above. Rows: PCA, Harmony and scVI's defaults (first seed) and the
+recipe without batches, with ``batch_model="layers"`` (its default), with ``batch_model="genes"`` and with
+``"genes"`` and no adversary (``SHIFT_VARIANTS``; ``--variants`` picks), each seed; columns:
+:func:`calibration_scores` (the overlap is with the fit without batches of the same seed) and, where installed,
+scib-metrics' batch correction, bio conservation and total.
+
 ``--covariates``: two covariates at once on ``two-level`` (:func:`load_two_level`, pbmc_facs as 6 samples nested in
 2 technologies, each thinned by both): the recipe given the sample alone, the sample and the technology (the adversary
 on the first column, the default; sample first or technology first), and both with the adversary on every column;
@@ -51,7 +61,9 @@ that the adversary's reversed gradient is scaled by (:func:`scaling`).
 the evidence for the current recipe's settings (the user guide's "Integrating batches").
 
 Usage: python benchmarks/integration.py [--data-home ../shared/data] [--datasets pair,semisynthetic]
-                                        [--calibration null,shift] [--covariates] [--seeds 0,1,2] [--epochs 200]
+                                        [--calibration null,shift] [--shift-suite relatives,deep,pair]
+                                        [--variants "skvae recipe, no batch;..."] [--covariates] [--seeds 0,1,2]
+                                        [--epochs 200]
                                         [--rows pca,harmony,scvi,scvi-scarches,scanvi,skvae] [--out table.csv]
                                         [--sweep "previous recipe;batch_adversary=10"]
 """
@@ -135,35 +147,85 @@ def load_semisynthetic_depth(data_home, seed=0):
     return load_semisynthetic(data_home, seed, library_factor=(1.0, 0.75, 0.1))
 
 
+def _deep_cells(counts, labels, rows, depth_of, rng, effect_sd, depth):
+    """Deep cells in another technology simulated from the cells ``rows`` (the same draws for every caller).
+
+    Each simulated cell's counts are drawn (Poisson) from its own expression proportions mixed half and half with its
+    population's mean (its state is kept, its zeros are not all kept), times a per-gene technology effect
+    ``exp(N(0, effect_sd))`` (the log-ratio sd between protocols), at ``depth`` times the median library of the cells
+    ``depth_of`` (log-normal, sd 0.3, across cells).
+    """
+    library = np.asarray(counts.sum(axis=1)).ravel()
+    proportions = sp.diags(1.0 / library) @ counts
+    means = {label: np.asarray(proportions[labels == label].mean(axis=0)).ravel() for label in np.unique(labels)}
+    effect = np.exp(rng.normal(0.0, effect_sd, size=counts.shape[1]))
+    profile = 0.5 * proportions[rows].toarray() + 0.5 * np.vstack([means[label] for label in labels[rows]])
+    profile *= effect
+    profile /= profile.sum(axis=1, keepdims=True)
+    size = np.median(library[depth_of]) * depth * rng.lognormal(0.0, 0.3, size=(len(rows), 1))
+    return sp.csr_matrix(rng.poisson(profile * size).astype(np.float32))
+
+
 def load_deep_query(data_home, seed=0, absent=("NK cell", "CD34+"), effect_sd=0.5, depth=10.0):
     """pbmc_facs as a shallow reference and a deep, technology-shifted query holding types the reference lacks.
 
     The cells are halved at random. The reference: the real cells of one half, without the populations of
     ``absent`` (NK cells are close relatives of the T cells it keeps; CD34+ progenitors are not). The query: a deep
-    cell simulated from each cell of the other half, of every population: counts drawn (Poisson) from the cell's own
-    expression proportions mixed half and half with its population's mean (the cell's state is kept, its zeros are
-    not all kept), times a per-gene technology effect ``exp(N(0, effect_sd))`` (the log-ratio sd between protocols),
-    at ``depth`` times the reference's median library (log-normal, sd 0.3, across cells). Labels: ``subpop``.
+    cell simulated from each cell of the other half, of every population (:func:`_deep_cells`). Labels: ``subpop``.
     """
     facs, labels = _facs(data_home)
     counts = facs.data.tocsr().astype(np.float64)
     labels = labels["subpop"].to_numpy()
     rng = np.random.RandomState(seed)
     query = rng.rand(counts.shape[0]) < 0.5
-    library = np.asarray(counts.sum(axis=1)).ravel()
-    proportions = sp.diags(1.0 / library) @ counts
-    means = {label: np.asarray(proportions[labels == label].mean(axis=0)).ravel() for label in np.unique(labels)}
-    effect = np.exp(rng.normal(0.0, effect_sd, size=counts.shape[1]))
     rows = np.flatnonzero(query)
-    profile = 0.5 * proportions[rows].toarray() + 0.5 * np.vstack([means[label] for label in labels[rows]])
-    profile *= effect
-    profile /= profile.sum(axis=1, keepdims=True)
-    size = np.median(library[~query]) * depth * rng.lognormal(0.0, 0.3, size=(len(rows), 1))
-    simulated = sp.csr_matrix(rng.poisson(profile * size).astype(np.float32))
+    simulated = _deep_cells(counts, labels, rows, ~query, rng, effect_sd, depth)
     keep = ~query & ~np.isin(labels, absent)
     counts = sp.vstack([counts[keep].astype(np.float32), simulated], format="csr")
     batch = np.array(["reference (10x)"] * int(keep.sum()) + ["query (deep)"] * len(rows), dtype=object)
     return counts, batch, np.concatenate([labels[keep], labels[rows]])
+
+
+#: pbmc_facs' purified populations, CD4 and CD8 T cells apart (the shift suite's labels: close relatives)
+FINE = {"CD19+ B": "B", "CD14+ Monocyte": "CD14+ Mono", "CD34+": "CD34+", "CD56+ NK": "NK",
+        "CD4+ T Helper2": "CD4 T", "CD4+/CD25 T Reg": "CD4 T", "CD4+/CD45RA+/CD25- Naive T": "CD4 T",
+        "CD4+/CD45RO+ Memory": "CD4 T", "CD8+ Cytotoxic T": "CD8 T", "CD8+/CD45RA+ Naive Cytotoxic": "CD8 T"}
+#: ``--shift-suite``: which populations only batch A (real 10x cells) or only batch B (simulated cells of another
+#: technology) holds, the per-gene technology effect's log sd, and batch B's depth over batch A's
+SHIFT_SUITE = {
+    "relatives": {"only_a": ("NK",), "only_b": ("CD8 T",), "effect_sd": 0.5, "depth": 1.0},
+    "deep": {"only_a": ("NK", "CD14+ Mono"), "only_b": ("CD34+",), "effect_sd": 0.5, "depth": 10.0},
+}
+
+
+def load_shift(data_home, name, seed=0):
+    """A set of the shift suite: counts, batch, labels (``FINE``), and which cells' population both batches hold.
+
+    pbmc_facs halved at random into batch A (the real cells, 10x) and batch B (a cell of another technology simulated
+    from each, :func:`_deep_cells`), the populations of ``SHIFT_SUITE[name]`` in one batch only. ``relatives``: CD8 T
+    cells in batch B only, NK cells in batch A only (close relatives of the shared CD4 T cells and of each other),
+    the same depth. ``deep``: batch B 10x deeper, 2 of 6 populations (NK, CD14+ monocytes) in batch A only and CD34+
+    progenitors in batch B only. Another name is a data set of ``LOADERS`` (``pair``: its shared types the README's;
+    the others: every population shared).
+    """
+    if name not in SHIFT_SUITE:  # a data set of LOADERS: every population shared but the pair's four
+        counts, batch, labels = LOADERS[name](data_home)
+        shared = np.isin(labels, ["T cell", "B cell", "NK cell", "CD14+"]) if name == "pair" else np.ones(len(labels), bool)
+        return counts, batch, labels, shared
+    design = SHIFT_SUITE[name]
+    facs, labels = _facs(data_home)
+    counts = facs.data.tocsr().astype(np.float64)
+    labels = labels["celltype"].map(FINE).to_numpy()
+    rng = np.random.RandomState(seed)
+    in_b = rng.rand(counts.shape[0]) < 0.5
+    in_b[np.isin(labels, design["only_a"])] = False
+    in_b[np.isin(labels, design["only_b"])] = True
+    rows = np.flatnonzero(in_b)
+    simulated = _deep_cells(counts, labels, rows, ~in_b, rng, design["effect_sd"], design["depth"])
+    counts = sp.vstack([counts[~in_b].astype(np.float32), simulated], format="csr")
+    batch = np.array(["batch A (10x)"] * int((~in_b).sum()) + ["batch B (simulated)"] * len(rows), dtype=object)
+    labels = np.concatenate([labels[~in_b], labels[rows]])
+    return counts, batch, labels, ~np.isin(labels, design["only_a"] + design["only_b"])
 
 
 LOADERS = {"pair": load_pair, "semisynthetic": load_semisynthetic, "semisynthetic-depth": load_semisynthetic_depth,
@@ -287,6 +349,53 @@ def load_calibration(data_home, kind, seed=0):
         counts = _thin(counts, batch, gene_factor, (1.0, 0.5), rng)
     return counts.astype(np.float32), np.array(["batch A", "batch B"], dtype=object)[batch], \
         labels["subpop"].to_numpy(), shared
+
+
+#: ``--shift-suite``'s skvae rows: the recipe's changes (None: fitted without batches)
+SHIFT_VARIANTS = {
+    "skvae recipe, no batch": None,
+    "skvae recipe, batch (batch_model='layers')": {},
+    "skvae recipe, batch_model='genes'": {"batch_model": "genes"},
+    "skvae recipe, batch_model='genes', batch_adversary=0": {"batch_model": "genes", "batch_adversary": 0.0},
+    # a sweep of the adversary's weight with factors per gene (--variants)
+    "skvae recipe, batch_model='genes', batch_adversary=0.1": {"batch_model": "genes", "batch_adversary": 0.1},
+    "skvae recipe, batch_model='genes', batch_adversary=1": {"batch_model": "genes", "batch_adversary": 1.0},
+}
+#: ``--shift-suite``'s rows by default (the sweep's only with ``--variants``)
+DEFAULT_SHIFT_VARIANTS = list(SHIFT_VARIANTS)[:4]
+
+
+def shift_suite(name, data_home, seeds, epochs, rows, variants=None):
+    """One set of the shift suite (:func:`load_shift`): PCA, Harmony and scVI's defaults (first seed) and the recipe's
+    ``SHIFT_VARIANTS``, each seed; :func:`calibration_scores` (the overlap with the fit without batches of the same
+    seed) and, where scib-metrics is installed, its batch correction, bio conservation and total."""
+    counts, batch, labels, shared = load_shift(data_home, name)
+    print(f"\n== shift suite, {name}: {counts.shape[0]} cells, batches "
+          f"{dict(zip(*np.unique(batch, return_counts=True), strict=True))}, median counts "
+          f"{ {b: float(np.median(np.asarray(counts[batch == b].sum(axis=1)))) for b in np.unique(batch)} }, "
+          f"batch-specific cells {int((~shared).sum())}", flush=True)
+    fits = {name: (codes, seconds, None)
+            for name, codes, seconds in embeddings(counts, batch, rows & {"harmony", "scvi"}, epochs, seeds[:1])}
+    for seed in seeds:
+        for variant in variants or DEFAULT_SHIFT_VARIANTS:
+            change = SHIFT_VARIANTS[variant]
+            recipe = make_count_embedder(random_state=seed, n_jobs=THREADS, max_epochs=epochs, **(change or {}))
+            given = {} if change is None else {"batch": batch}
+            codes, seconds = timed(lambda r=recipe, given=given: r.fit(counts, **given).transform(counts, **given))
+            reference = f"skvae recipe, no batch, seed {seed}"
+            fits[f"{variant}, seed {seed}"] = (codes, seconds, None if change is None else reference)
+            print(f"  {variant}, seed {seed}: fit {seconds:.1f} s", flush=True)
+    table = pd.DataFrame({row: {**calibration_scores(codes, batch, labels, shared, None if ref not in fits
+                                                     else fits[ref][0]), "fit s": seconds}
+                          for row, (codes, seconds, ref) in fits.items()}).T
+    try:
+        scib = scib_table({row: codes for row, (codes, _, _) in fits.items()}, batch, labels)
+    except ImportError:
+        print("[skip] scib-metrics is not installed (pip install scib-metrics): 15-NN scores only")
+    else:
+        table = table.join(scib[["Batch correction", "Bio conservation", "Total"]])
+    table.insert(0, "data", f"shift {name}")
+    return table
 
 
 def timed(fit):
@@ -540,6 +649,10 @@ def main():
                         help=f"comma-separated, of {', '.join(LOADERS)}; empty for none")
     parser.add_argument("--calibration", default="",
                         help="also the calibration checks on pbmc_facs, comma-separated: null, shift")
+    parser.add_argument("--shift-suite", default="",
+                        help=f"also the shift suite, comma-separated, of {', '.join([*SHIFT_SUITE, *LOADERS])}")
+    parser.add_argument("--variants", default=None,
+                        help=f"--shift-suite's skvae rows (';'-separated), of {'; '.join(SHIFT_VARIANTS)}")
     parser.add_argument("--covariates", action="store_true",
                         help="also two nested covariates (samples in technologies): where the adversary looks")
     parser.add_argument("--scaling", action="store_true",
@@ -579,6 +692,12 @@ def main():
                   flush=True)
     for kind in filter(None, args.calibration.split(",")):
         table = calibrate(kind, args.data_home, seeds, args.epochs, rows)
+        tables.append(table)
+        with pd.option_context("display.width", 250, "display.max_columns", 20):
+            print(summarise(table).to_string(), flush=True)
+    for name in filter(None, args.shift_suite.split(",")):
+        table = shift_suite(name, args.data_home, seeds, args.epochs, rows,
+                            args.variants.split(";") if args.variants else None)
         tables.append(table)
         with pd.option_context("display.width", 250, "display.max_columns", 20):
             print(summarise(table).to_string(), flush=True)

@@ -6,7 +6,7 @@ Rows (``--rows``):
   their batches and no labels, then a distance-weighted 15-NN classifier from the reference cells' codes;
 - ``classifier``: skvae's :class:`~skvae.BetaVAEClassifier` with the count recipe's settings, fitted on the reference
   and query cells with the reference's labels only (scANVI's route), ``predict``; ``--classification-weights``
-  compares weights;
+  compares weights, ``--batch-model genes`` fits the classifier and mapped rows with factors per gene and batch;
 - ``mapped``: the same classifier fitted on the reference alone (its batches and labels), the query mapped onto it
   with ``map_query`` (the reference frozen), ``predict``; also whether the reference's codes stayed bit-identical
   and the query's mixing with the reference (:func:`mixing`) before and after mapping;
@@ -37,7 +37,7 @@ of each shared type (``--per-type``); with ``--thresholds``, the shares flagged 
 
 Usage: python benchmarks/label_transfer.py [--data-home ../shared/data] [--datasets pair,semisynthetic]
                                            [--rows pca,harmony,skvae,classifier,mapped,scanvi,scarches]
-                                           [--seeds 0,1,2] [--threads 1] [--per-type]
+                                           [--seeds 0,1,2] [--threads 1] [--per-type] [--batch-model genes]
 """
 
 import argparse
@@ -186,19 +186,20 @@ def skvae_classifier(counts, batch, labels, reference, query, seed, epochs, **se
     model = BetaVAEClassifier(**{**RECOMMENDED_COUNT_SETTINGS, "random_state": seed, "n_jobs": integration.THREADS,
                                  "max_epochs": epochs, **settings})
     _, seconds = timed_model(lambda: model.fit(selected[use], given[use], batch=batch[use]))
-    on_query = selected[batch == query]
-    probabilities = model.predict_proba(on_query)
-    typical = model.typicality(on_query)
+    on_query, query_batch = selected[batch == query], batch[batch == query]
+    probabilities = model.predict_proba(on_query, batch=query_batch)
+    typical = model.typicality(on_query, batch=query_batch)
     truth = labels[batch == query]
     scores, per_type = scored(truth, model.classes_[probabilities.argmax(axis=1)], 1 - typical, model.classes_)
     shared = np.isin(truth, model.classes_)
     scores["AUROC 1-max p"] = roc_auc_score(~shared, 1 - probabilities.max(axis=1)) if (~shared).any() else np.nan
     # the linear classifier that shapes the codes in training, as a predictor (the estimator predicts with Gaussians)
     with torch.no_grad():
-        logits = model.module_.classifier(torch.as_tensor(model.transform(on_query), dtype=torch.float32)).numpy()
+        logits = model.module_.classifier(torch.as_tensor(model.transform(on_query, batch=query_batch),
+                                                          dtype=torch.float32)).numpy()
     scores["macro-F1 linear head"] = scored(truth, model.classes_[logits.argmax(axis=1)], 1 - typical,
                                             model.classes_)[0]["macro-F1"]
-    scores.update(flag_rates(model, on_query, None, truth))
+    scores.update(flag_rates(model, on_query, query_batch, truth))
     return (scores, per_type), seconds
 
 
@@ -238,18 +239,19 @@ def flag_rates(model, X, batch, truth, suffix=""):
     return scores
 
 
-def skvae_mapped(counts, batch, labels, reference, query, seed, epochs, k=15):
+def skvae_mapped(counts, batch, labels, reference, query, seed, epochs, k=15, **settings):
     """skvae's classifier fitted on the reference alone (its batches, its labels), then the query mapped onto it with
     ``map_query`` (the reference frozen) and named; also the query's mixing with the reference before and after.
 
     Mixing: each cell's share of its 15 nearest codes (reference and query together) from the other side, over the
     share perfect mixing gives, capped at 1, averaged over the cells; "before" embeds the query with the reference's
-    batch-free encoder (``transform``), "after" with the mapped model.
+    batch-free encoder (``transform``), "after" with the mapped model. With ``batch_model="genes"`` the encoder reads
+    the batch, and a batch it has not seen cannot be embedded before mapping: no "before" scores.
     """
     selected, is_reference = _reference_genes(counts, batch, reference)
     on_query = batch == query
     model = BetaVAEClassifier(**{**RECOMMENDED_COUNT_SETTINGS, "random_state": seed, "n_jobs": integration.THREADS,
-                                 "max_epochs": epochs})
+                                 "max_epochs": epochs, **settings})
     reference_codes = []
 
     truth = labels[on_query]
@@ -257,7 +259,11 @@ def skvae_mapped(counts, batch, labels, reference, query, seed, epochs, k=15):
 
     def fit():
         model.fit(selected[is_reference], labels[is_reference], batch=batch[is_reference])
-        reference_codes.append(model.transform(selected[is_reference]))
+        reference_codes.append(model.transform(selected[is_reference], batch=batch[is_reference]))
+        if model.batch_model == "genes":
+            before["seconds"] = 0.0
+            model.map_query(selected[on_query], batch=batch[on_query])
+            return model
         reference_codes.append(model.transform(selected[on_query]))  # before mapping
         # the reference-only model names the query (a batch it has not seen) as it is
         start = time.perf_counter()
@@ -280,7 +286,7 @@ def skvae_mapped(counts, batch, labels, reference, query, seed, epochs, k=15):
     scores.update(before)
     scores["reference codes unchanged"] = float(np.array_equal(after, reference_codes[0]))
     side = np.r_[np.zeros(len(after), bool), np.ones(len(query_codes), bool)]
-    scores["mixing before"] = mixing(np.vstack([reference_codes[0], reference_codes[1]]), side, k)
+    scores["mixing before"] = mixing(np.vstack(reference_codes), side, k) if len(reference_codes) == 2 else np.nan
     scores["mixing after"] = mixing(np.vstack([after, query_codes]), side, k)
     return (scores, per_type), seconds
 
@@ -313,6 +319,8 @@ def main():
     parser.add_argument("--thresholds", default="",
                         help="comma-separated unknown_threshold values: the classifier rows also give the shares of "
                              "shared and absent types' cells flagged at each (the same fitted models)")
+    parser.add_argument("--batch-model", default="layers",
+                        help="batch_model of the classifier and mapped rows (layers or genes)")
     parser.add_argument("--classification-weights", default="",
                         help="comma-separated classification_weight values of the classifier row (default: its default)")
     args = parser.parse_args()
@@ -321,6 +329,7 @@ def main():
     THRESHOLDS = tuple(float(value) for value in args.thresholds.split(",") if value)
     weights = [float(weight) for weight in args.classification_weights.split(",") if weight] or [None]
     rows, seeds = set(args.rows.split(",")), [int(seed) for seed in args.seeds.split(",")]
+    model_note = "" if args.batch_model == "layers" else f", batch_model={args.batch_model!r}"
     print(f"skvae {skvae.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores; seeds {seeds}")
     tables = []
@@ -343,15 +352,18 @@ def main():
         for seed in seeds:
             for reference, query in DIRECTIONS[dataset]:
                 for weight in (weights if "classifier" in rows else []):
-                    settings = {} if weight is None else {"classification_weight": weight}
+                    settings = {"batch_model": args.batch_model, **({} if weight is None else
+                                                                    {"classification_weight": weight})}
                     result, seconds = skvae_classifier(counts, batch, labels, reference, query, seed, args.epochs,
                                                        **settings)
-                    add(f"skvae BetaVAEClassifier (recipe settings{'' if weight is None else f', weight {weight}'}, "
+                    add(f"skvae BetaVAEClassifier (recipe settings{'' if weight is None else f', weight {weight}'}"
+                        f"{model_note}, "
                         f"reference labels), seed {seed}", reference, query, result, seconds)
                 if "mapped" in rows:
-                    result, seconds = skvae_mapped(counts, batch, labels, reference, query, seed, args.epochs)
-                    add(f"skvae BetaVAEClassifier on the reference, map_query, seed {seed}", reference, query, result,
-                        seconds)
+                    result, seconds = skvae_mapped(counts, batch, labels, reference, query, seed, args.epochs,
+                                                   batch_model=args.batch_model)
+                    add(f"skvae BetaVAEClassifier on the reference{model_note}, map_query, seed {seed}", reference, query,
+                        result, seconds)
                 for row, method in (("scanvi", scanvi), ("scarches", scarches)):
                     if row in rows:
                         import scvi
