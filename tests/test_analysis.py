@@ -144,6 +144,11 @@ def test_a_paired_design_within_donors_and_batches_corrected_through_the_decoder
     for given in (obs, {key: obs[key].to_numpy() for key in obs}):
         columns = differential_expression(two, counts, kind, "x", "y", samples=donor, batch=given)
         assert columns.attrs["shared_batches"] == ["a", "b"] and columns["is_de"].sum() <= 1
+    # batch= checked as every method checks it, before the test: a missing column, a wrong length
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['batch'\]"):
+        differential_expression(two, counts, kind, "x", "y", samples=donor, batch=obs[["tech"]])
+    with pytest.raises(ValueError, match="batch"):
+        differential_expression(model, counts, kind, "x", "y", samples=donor, batch=batch[:-1])
     # a donor without cells of one group (a rare type it lacks) has nothing to pair: left out, with a warning
     kind[donor == 5] = "x"
     with pytest.warns(UserWarning, match=r"Samples \['5'\] have cells of one group only"):

@@ -235,10 +235,10 @@ def _decoding_batches(final, batch, first, second, n_cells):
         raise ValueError(f"This {type(final).__name__} was fitted with batches ({covariates.describe()}): pass each "
                          "cell's batch= to correct them before the test.")
     name = covariates.names[0]
-    column = np.asarray(batch[name] if name is not None else batch, dtype=object)
-    if len(column) != n_cells:
-        raise ValueError(f"batch has {len(column)} labels for {n_cells} cells.")
-    labels = [label for label in pd.unique(column[first]) if label in set(column[second])]
+    # the first column's categories, checked as every method checks batch= (length, columns, unseen labels)
+    column = covariates.columns[0].categories[covariates.encode(batch, n_cells)[:, 0]]
+    in_second = set(column[second])
+    labels = [label for label in pd.unique(column[first]) if label in in_second]
     if not labels:
         raise ValueError(f"The two groups share no batch ({name or 'batch'}: group1 has "
                          f"{sorted(map(str, pd.unique(column[first])))[:5]}, group2 "
