@@ -43,7 +43,8 @@ cells), ``deep`` (the same effect with batch B 10x deeper; NK cells and CD14+ mo
 progenitors in batch B only) and any data set above. Rows: PCA, Harmony and scVI's defaults (first seed) and the
 recipe without batches, with ``batch_model="layers"`` (its default), with ``batch_model="genes"`` and with
 ``"genes"`` and no adversary (``SHIFT_VARIANTS``; ``--variants`` picks), each seed; columns:
-:func:`calibration_scores` (the overlap is with the fit without batches of the same seed) and, where installed,
+:func:`calibration_scores` (as ``--calibration``'s: the overlap is with the fit without batches of the same seed, or
+for a fit without batches the first seed's) and, where installed,
 scib-metrics' batch correction, bio conservation and total.
 
 ``--covariates``: two covariates at once on ``two-level`` (:func:`load_two_level`, pbmc_facs as 6 samples nested in
@@ -367,29 +368,18 @@ DEFAULT_SHIFT_VARIANTS = list(SHIFT_VARIANTS)[:4]
 
 def shift_suite(name, data_home, seeds, epochs, rows, variants=None):
     """One set of the shift suite (:func:`load_shift`): PCA, Harmony and scVI's defaults (first seed) and the recipe's
-    ``SHIFT_VARIANTS``, each seed; :func:`calibration_scores` (the overlap with the fit without batches of the same
-    seed) and, where scib-metrics is installed, its batch correction, bio conservation and total."""
+    ``SHIFT_VARIANTS``, each seed (:func:`fitted_and_scored`: the overlap with the fit without batches of the same
+    seed, or of the first seed for a fit without batches) and, where scib-metrics is installed, its batch
+    correction, bio conservation and total."""
     counts, batch, labels, shared = load_shift(data_home, name)
     print(f"\n== shift suite, {name}: {counts.shape[0]} cells, batches "
           f"{dict(zip(*np.unique(batch, return_counts=True), strict=True))}, median counts "
           f"{ {b: float(np.median(np.asarray(counts[batch == b].sum(axis=1)))) for b in np.unique(batch)} }, "
           f"batch-specific cells {int((~shared).sum())}", flush=True)
-    fits = {name: (codes, seconds, None)
-            for name, codes, seconds in embeddings(counts, batch, rows & {"harmony", "scvi"}, epochs, seeds[:1])}
-    for seed in seeds:
-        for variant in variants or DEFAULT_SHIFT_VARIANTS:
-            change = SHIFT_VARIANTS[variant]
-            recipe = make_count_embedder(random_state=seed, n_jobs=THREADS, max_epochs=epochs, **(change or {}))
-            given = {} if change is None else {"batch": batch}
-            codes, seconds = timed(lambda r=recipe, given=given: r.fit(counts, **given).transform(counts, **given))
-            reference = f"skvae recipe, no batch, seed {seed}"
-            fits[f"{variant}, seed {seed}"] = (codes, seconds, None if change is None else reference)
-            print(f"  {variant}, seed {seed}: fit {seconds:.1f} s", flush=True)
-    table = pd.DataFrame({row: {**calibration_scores(codes, batch, labels, shared, None if ref not in fits
-                                                     else fits[ref][0]), "fit s": seconds}
-                          for row, (codes, seconds, ref) in fits.items()}).T
+    variants = {variant: SHIFT_VARIANTS[variant] for variant in variants or DEFAULT_SHIFT_VARIANTS}
+    table, codes = fitted_and_scored(counts, batch, labels, shared, variants, seeds, epochs, rows)
     try:
-        scib = scib_table({row: codes for row, (codes, _, _) in fits.items()}, batch, labels)
+        scib = scib_table(codes, batch, labels)
     except ImportError:
         print("[skip] scib-metrics is not installed (pip install scib-metrics): 15-NN scores only")
     else:
@@ -551,24 +541,21 @@ def calibration_scores(codes, batch, labels, shared, reference=None):
     return scores
 
 
-def calibrate(kind, data_home, seeds, epochs, rows):
-    """The null or composition-shift check: a table of :func:`calibration_scores`, one row per method and seed."""
-    counts, batch, labels, shared = load_calibration(data_home, kind)
-    print(f"\n== calibration {kind}: {counts.shape[0]} cells, batches "
-          f"{dict(zip(*np.unique(batch, return_counts=True), strict=True))}, batch-specific cells {int((~shared).sum())}",
-          flush=True)
+def fitted_and_scored(counts, batch, labels, shared, variants, seeds, epochs, rows):
+    """Harmony and scVI's defaults (first seed, where ``rows`` asks) and the recipe with each of ``variants`` (name ->
+    its changes, None: fitted without batches) per seed, each scored by :func:`calibration_scores`: a fit with
+    batches against the fit without batches of its own seed, a fit without batches against the first seed's.
+
+    Returns the table (one row per fit, with its fit seconds) and each row's codes by the row's name.
+    """
     fits = {}
     for name, codes, seconds in embeddings(counts, batch, rows & {"harmony", "scvi"}, epochs, seeds[:1]):
         fits[name] = (codes, seconds, None)
-    variants = {"skvae recipe, no batch": None, "skvae recipe, batch": {}}
-    if kind == "shift":
-        variants["skvae recipe, batch, batch_adversary=0"] = {"batch_adversary": 0.0}
     for seed in seeds:
         for name, change in variants.items():
             recipe = make_count_embedder(random_state=seed, n_jobs=THREADS, max_epochs=epochs, **(change or {}))
             given = {} if change is None else {"batch": batch}
             codes, seconds = timed(lambda r=recipe, given=given: r.fit_transform(counts, **given))
-            # the yardstick: a fit without batches against the first seed's; with batches, against its own seed's
             reference = seeds[0] if change is None else seed
             fits[f"{name}, seed {seed}"] = (codes, seconds, f"skvae recipe, no batch, seed {reference}")
             print(f"  {name}, seed {seed}: fit {seconds:.1f} s", flush=True)
@@ -576,6 +563,19 @@ def calibrate(kind, data_home, seeds, epochs, rows):
                                                       None if ref is None or ref == name else fits[ref][0]),
                                  "fit s": seconds}
                           for name, (codes, seconds, ref) in fits.items()}).T
+    return table, {name: codes for name, (codes, _, _) in fits.items()}
+
+
+def calibrate(kind, data_home, seeds, epochs, rows):
+    """The null or composition-shift check: a table of :func:`calibration_scores`, one row per method and seed."""
+    counts, batch, labels, shared = load_calibration(data_home, kind)
+    print(f"\n== calibration {kind}: {counts.shape[0]} cells, batches "
+          f"{dict(zip(*np.unique(batch, return_counts=True), strict=True))}, batch-specific cells {int((~shared).sum())}",
+          flush=True)
+    variants = {"skvae recipe, no batch": None, "skvae recipe, batch": {}}
+    if kind == "shift":
+        variants["skvae recipe, batch, batch_adversary=0"] = {"batch_adversary": 0.0}
+    table, _ = fitted_and_scored(counts, batch, labels, shared, variants, seeds, epochs, rows)
     table.insert(0, "data", f"calibration {kind}")
     return table
 
