@@ -17,7 +17,7 @@ effects, and the model's seed):
    left in the counts costs a test over samples);
 5. ``timing``: every cell of the PBMC pair (6,412, two technologies as the batches) in 6 pseudo-donors, each of the
    8 cell types against the rest (``skvae.tl.differential_expression`` without ``group1``): seconds for all of them
-   and for one.
+   and for one; ``--timing-cells 10000`` adds cells resampled from the pair's (each count thinned to 80 %).
 
 Methods: ``skvae``: :func:`skvae.analysis.differential_expression` on the count recipe (``make_count_embedder``,
 fitted on all the cells with their batches where there are any, no labels); without batches it is exactly pseudobulk
@@ -28,7 +28,7 @@ groups' cells, Benjamini-Hochberg), computed with scipy. scVI's ``differential_e
 scvi-tools in this environment). Also the seconds of one comparison.
 
 Usage: python benchmarks/de.py [--data-home ../shared/data] [--scenarios null,effects,batches,batch-effects,timing]
-                              [--draws 3]
+                              [--draws 3] [--timing-cells 10000]
 """
 
 import argparse
@@ -224,12 +224,23 @@ def batch_effects(base, draw, rows):
                      "seconds": seconds, "fit s": fit_seconds if method.startswith("skvae") else 0.0})
 
 
-def timing(data_home, draw, rows):
-    """One against the rest over every cell type of the PBMC pair, in pseudo-donors, on an AnnData."""
+def timing(data_home, draw, rows, n_cells=0):
+    """One against the rest over every cell type of the PBMC pair, in pseudo-donors, on an AnnData.
+
+    ``n_cells`` beyond the pair's 6,412: the rest drawn from the pair's cells at random, each count thinned binomially
+    to 80 % (a cell like its source, not a copy of it).
+    """
     import anndata
 
     counts, batch, labels = integration.LOADERS["pair"](data_home)
     rng = np.random.RandomState(400 + draw)
+    if n_cells > counts.shape[0]:
+        extra = rng.choice(counts.shape[0], size=n_cells - counts.shape[0])
+        resampled = sp.csr_matrix(counts[extra])
+        resampled.data = rng.binomial(resampled.data.astype(np.int64), 0.8).astype(np.float32)
+        resampled.eliminate_zeros()
+        counts = sp.vstack([counts, resampled], format="csr")
+        batch, labels = np.concatenate([batch, batch[extra]]), np.concatenate([labels, labels[extra]])
     donor = rng.choice(N_DONORS, size=counts.shape[0])
     adata = anndata.AnnData(sp.csr_matrix(counts, dtype=np.float32), obs=pd.DataFrame(
         {"donor": donor.astype(str), "batch": batch, "type": labels}, index=[f"c{i}" for i in range(len(labels))]))
@@ -258,6 +269,8 @@ def main():
     parser.add_argument("--scenarios", default="null,effects,batches,batch-effects,timing")
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--genes", type=int, default=2000)
+    parser.add_argument("--timing-cells", type=int, default=0,
+                        help="cells of the timing scenario (more than the pair's 6,412: the rest resampled from them)")
     args = parser.parse_args()
     print(f"skvae {skvae.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
@@ -267,7 +280,7 @@ def main():
     for scenario in args.scenarios.split(","):
         for draw in range(args.draws):
             if scenario == "timing":
-                timing(args.data_home, draw, rows)
+                timing(args.data_home, draw, rows, args.timing_cells)
             else:
                 {"null": null, "effects": effects, "batches": batches, "batch-effects": batch_effects}[scenario](
                     base, draw, rows)

@@ -204,13 +204,25 @@ def skvae_classifier(counts, batch, labels, reference, query, seed, epochs, **se
 
 
 @contextlib.contextmanager
+def codes_only(model):
+    """Within the block, ``model``'s typicality is its codes' alone (no marker test; as before 0.6)."""
+    markers = model.class_markers_
+    model.class_markers_ = markers[:, :0]
+    try:
+        yield
+    finally:
+        model.class_markers_ = markers
+
+
+@contextlib.contextmanager
 def previous_rule(model):
     """Within the block, ``model``'s typicality is the previous rule's: the reference's own distances, no query
     calibration, no correction for a type's count of labelled cells (for comparisons on the same model)."""
     counts = model.__dict__.pop("class_counts_", None)
     model._shift_scales = lambda *args: 1.0
     try:
-        yield
+        with codes_only(model):
+            yield
     finally:
         del model._shift_scales
         if counts is not None:
@@ -218,11 +230,12 @@ def previous_rule(model):
 
 
 def flag_rates(model, X, batch, truth, suffix=""):
-    """The shares of absent and shared types' cells ``is_unknown`` flags, by the rule and by the previous one, and the
-    AUROC of each rule's ``1 - typicality``; per absent type, the share flagged."""
+    """The shares of absent and shared types' cells ``is_unknown`` flags, by the rule, by the codes' test alone and
+    by the previous rule, and the AUROC of each rule's ``1 - typicality``; per absent type, the share flagged."""
     shared = np.isin(truth, model.classes_)
     scores = {}
-    for rule, context in (("", contextlib.nullcontext()), (" (previous rule)", previous_rule(model))):
+    for rule, context in (("", contextlib.nullcontext()), (" (codes only)", codes_only(model)),
+                          (" (previous rule)", previous_rule(model))):
         with context:
             typical = model.typicality(X, batch=batch)
         flagged = typical < model.unknown_threshold
@@ -230,6 +243,9 @@ def flag_rates(model, X, batch, truth, suffix=""):
         scores[f"flagged shared{rule}{suffix}"] = flagged[shared].mean()
         scores[f"unknown AUROC{rule}{suffix}"] = roc_auc_score(~shared, 1 - typical) if (~shared).any() else np.nan
         if not rule:
+            # the known types' cells named right and still flagged (a right name turned "unknown")
+            right = shared & (model.predict(X, batch=batch) == truth)
+            scores[f"flagged right-named{suffix}"] = flagged[right].mean()
             for label in np.unique(truth[~shared]):
                 scores[f"flagged {label}{suffix}"] = flagged[truth == label].mean()
             for threshold in THRESHOLDS:  # the rule at other unknown_threshold values, on the same typicality

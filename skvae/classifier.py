@@ -36,6 +36,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
+from . import _markers
 from ._covariates import combined_labels
 from ._persistence import SAVE_FORMAT, saved_attributes
 from .estimators import BetaVAEEmbedder, _docstring
@@ -188,11 +189,13 @@ _CLASSIFIER_PARAMETERS = """\
         A cell is of a type the reference lacks (:meth:`is_unknown`) when its
         :meth:`typicality` is below this: fewer than this share of the labelled
         cells of the type it is called lie as far from that type's centre (after
-        the query's calibration). In the reference itself about this share of
-        each type is flagged; in a query, where integration leaves a shift, the
-        user guide gives the measured shares and how to choose it. A type of
-        fewer than ``1 / unknown_threshold - 1`` labelled cells flags only cells
-        beyond the farthest of them."""
+        the query's calibration), or, in a model of counts, the cell holds
+        fewer of the type's marker genes' counts than about this share of the
+        type's cells would. In the reference itself about this share of each
+        type is flagged by each of the two tests; in a query, where integration
+        leaves a shift, the user guide gives the measured shares and how to
+        choose it. A type of fewer than ``1 / unknown_threshold - 1`` labelled
+        cells flags only cells beyond the farthest of them."""
 
 
 @_docstring(
@@ -218,7 +221,11 @@ _CLASSIFIER_PARAMETERS = """\
     :meth:`typicality` and :meth:`is_unknown` say which cells are of no type the
     reference has: a cell's typicality is the share of its predicted type's
     labelled cells that lie farther (in Mahalanobis distance) from the type's
-    centre than it does. The linear classifier that shapes the codes in
+    centre than it does; in a model of counts, it is also at most the
+    p-value of the cell's shortfall of its type's marker genes (the genes its
+    labelled cells express most above every other type), which tells a cell
+    that lies among a type's codes without expressing what marks the type. The
+    linear classifier that shapes the codes in
     training is not used to predict: on the PBMC pair, the Gaussians gave a
     higher macro-F1 (the user guide's "Label transfer").
 
@@ -258,6 +265,21 @@ _CLASSIFIER_PARAMETERS = """\
     class_counts_ : ndarray of int of shape (n_classes,)
         How many labelled cells of each type gave its Gaussian (at most 20,000,
         evenly spaced): the ``n`` of :meth:`typicality`'s p-value.
+
+    class_expression_ : ndarray of shape (n_classes, n_features)
+        The mean log-normalised expression (``log1p`` of counts per 10,000) of
+        each type's labelled cells (NaN for a type not labelled); no columns
+        for a model of scaled data.
+
+    class_markers_ : ndarray of int of shape (n_classes, 20)
+        Each type's marker genes (column indices, the most specific first, -1
+        pads): genes its labelled cells express above every other labelled
+        type's; no columns for a model of scaled data (no marker test).
+
+    class_marker_shares_, class_marker_centres_, class_marker_spreads_ : ndarray of shape (n_classes,)
+        Each type's mean share of a cell's counts on its markers, and the median
+        and spread beyond counting noise of its labelled cells' log shortfall of
+        them (NaN for a type of fewer than 50 labelled cells: not tested).
 
 {fitted}
 
@@ -302,7 +324,8 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         "unknown_threshold": [Interval(Real, 0, 1, closed="left")],
     }
     _saved_attributes = (*BetaVAEEmbedder._saved_attributes, "classes_", "class_means_", "class_precisions_",
-                         "class_distance_quantiles_", "class_counts_")
+                         "class_distance_quantiles_", "class_counts_", "class_expression_", "class_markers_",
+                         "class_marker_shares_", "class_marker_centres_", "class_marker_spreads_")
 
     def __init__(
         self,
@@ -491,7 +514,9 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         if state.get("format") != SAVE_FORMAT:
             raise ValueError(f"{path} has the header {state.get('format')!r}, older than any {cls.__name__} (they are "
                              f"saved as {SAVE_FORMAT!r}): the file is damaged or not a classifier's.")
-        _check_type_statistics(saved_attributes(state, path), state["params"].get("n_components"), path)
+        attributes = saved_attributes(state, path)
+        _check_type_statistics(attributes, state["params"].get("n_components"), path)
+        _check_markers(attributes, state.get("n_features_in_"), path)
         return super().from_saved_state(state, path)
 
     def _fitted_on(self, data, incremental, parallel=None):
@@ -513,6 +538,49 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
             keep_labels = labels[keep]
         # with no labelled cell (a partial_fit chunk), every type keeps what earlier calls learned of it, if any
         self._calibrate(codes, keep_labels, incremental)
+        self._learn_markers(data.take(keep), labels[keep], incremental, parallel)
+
+    def _learn_markers(self, data, labels, incremental, parallel):
+        """Each labelled type's marker genes, their share of its cells' counts, and its cells' shortfall of them.
+
+        A model of counts only (a model of scaled data has no markers: its rows of ``class_markers_`` are empty and
+        only the codes tell). A type a partial_fit call labels no cell of keeps what earlier calls learned of it.
+        """
+        n_classes, n_features = len(self.classes_), self.n_features_in_
+        fresh = not (incremental and hasattr(self, "class_markers_"))
+        if not self._models_counts:
+            self.class_expression_ = np.zeros((n_classes, 0), dtype=np.float32)
+            self.class_markers_ = np.zeros((n_classes, 0), dtype=np.int64)
+            self.class_marker_shares_, self.class_marker_centres_, self.class_marker_spreads_ = (
+                np.full(n_classes, np.nan) for _ in range(3))
+            return
+        sums = _markers.expression_sums(data.row_blocks(), labels, n_classes, n_features)
+        if parallel is not None:  # every rank's labelled cells: the same markers on every rank
+            sums = [sum(parts) for parts in zip(*parallel.gather(sums), strict=True)]
+        counts, log_sums, share_sums = sums
+        present = np.flatnonzero(counts)
+        if fresh:
+            expression = np.full((n_classes, n_features), np.nan, dtype=np.float32)
+            markers = np.full((n_classes, _markers.N_MARKERS), -1, dtype=np.int64)
+            shares, centres, spreads = (np.full(n_classes, np.nan) for _ in range(3))
+        else:
+            expression, markers, shares, centres, spreads = (getattr(self, name).copy() for name in (
+                "class_expression_", "class_markers_", "class_marker_shares_", "class_marker_centres_",
+                "class_marker_spreads_"))
+        expression[present] = log_sums[present] / counts[present, None]
+        for c, genes in _markers.choose_markers(expression, present).items():
+            markers[c] = -1
+            markers[c, :len(genes)] = genes
+            shares[c] = share_sums[c, genes].sum() / counts[c]
+        shortfall, expected = _markers.shortfalls(data.row_blocks(), labels,
+                                                  _markers.marker_indicator(markers, n_features), shares)
+        if parallel is not None:
+            gathered = parallel.gather((shortfall, expected, labels))
+            shortfall, expected, labels = (np.concatenate(parts) for parts in zip(*gathered, strict=True))
+        new_centres, new_spreads = _markers.centres_and_spreads(shortfall, expected, labels, n_classes)
+        centres[present], spreads[present] = new_centres[present], new_spreads[present]
+        self.class_expression_, self.class_markers_ = expression, markers
+        self.class_marker_shares_, self.class_marker_centres_, self.class_marker_spreads_ = shares, centres, spreads
 
     def _calibrate(self, codes, labels, incremental):
         """Each type's centre, precision and quantiles of its cells' squared Mahalanobis distances to it."""
@@ -557,15 +625,22 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         self.class_means_, self.class_precisions_, self.class_distance_quantiles_ = means, precisions, quantiles
         self.class_counts_ = counts
 
+    @property
+    def _tests_markers(self):
+        # a model of scaled data has no markers; a save from before 0.6 none either
+        return getattr(self, "class_markers_", np.zeros((0, 0))).shape[1] > 0
+
     def _fitted_codes(self, X, batch):
         return self._map_rows("embed", self._fitted_data(X, batch)).astype(np.float64)
 
-    def _scores(self, codes, groups=None):
+    def _scores(self, codes, groups=None, data=None):
         """Each cell's posterior probability of each type and its typicality of the most probable one.
 
         The probabilities are the types' Gaussian densities of the code, every type equally likely a priori; one
         squared Mahalanobis distance per cell and type serves both. ``groups``: each cell's batch (the typicality is
-        calibrated within each, :meth:`_shift_scales`), or None (all cells one group).
+        calibrated within each, :meth:`_shift_scales`), or None (all cells one group). ``data``: the cells' counts
+        (a RowData), whose shortfall of the called type's markers gives a second p-value (:mod:`skvae._markers`);
+        the typicality is the smaller of the two.
         """
         if np.isnan(self.class_means_).all():
             raise ValueError(f"This {type(self).__name__} has seen no labelled cell yet, so it knows no type to name: "
@@ -597,6 +672,13 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
             tail = np.exp(np.minimum(chi2.logsf(own[rows], self.n_components) - chi2.logsf(quantiles[-1],
                                                                                             self.n_components), 0.0))
             typical[rows] = np.where(own[rows] > quantiles[-1], tail, 1.0 + n * beyond) / (n + 1.0)
+        if data is not None and self._tests_markers:
+            shortfall, expected = _markers.shortfalls(
+                data.row_blocks(), called, _markers.marker_indicator(self.class_markers_, self.n_features_in_),
+                self.class_marker_shares_)
+            typical = np.minimum(typical, _markers.marker_pvalues(shortfall, expected, called,
+                                                                  self.class_marker_centres_,
+                                                                  self.class_marker_spreads_, groups))
         return probabilities, typical
 
     def _groups(self, batch, n_cells):
@@ -704,6 +786,17 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         with it. This assumes at least a quarter of a batch's cells are of types
         the reference has; the user guide gives the evidence.
 
+        In a model of counts, the typicality is the smaller of that and a
+        second p-value: whether the cell holds its called type's marker genes
+        (``class_markers_``). Its shortfall, ``log((observed + 1/2) / (expected
+        + 1/2))`` with ``expected`` its total count times the type's share
+        on them, is compared with the type's labelled cells' (median and spread
+        beyond counting noise, so deep and shallow cells are judged alike), each
+        batch then centred on its own median and widened to its own spread,
+        and read in the normal's lower tail. A cell whose code lies among a
+        type's but which lacks what marks the type (a population the reference
+        lacks, folded onto its nearest type) is flagged by it.
+
         Parameters
         ----------
         X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features)
@@ -716,10 +809,11 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         ndarray of shape (n_samples,)
             In [0, 1].
         """
-        codes = self._fitted_codes(X, batch)
-        return self._scores(codes, self._groups(batch, len(codes)))[1]
+        data = self._fitted_data(X, batch)
+        codes = self._map_rows("embed", data).astype(np.float64)
+        return self._scores(codes, self._groups(batch, len(codes)), data)[1]
 
-    def classify_codes(self, codes, *, batch=None):
+    def classify_codes(self, codes, *, X=None, batch=None):
         """:meth:`predict_proba` and :meth:`typicality` of codes already embedded (:meth:`transform`'s), in one pass.
 
         For a caller that has the cells' codes (e.g. :func:`skvae.tl.annotate`,
@@ -729,6 +823,9 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         ----------
         codes : array-like of shape (n_samples, n_components)
             The cells' codes, from this fitted model's :meth:`transform`.
+        X : {array-like, sparse matrix, anndata.abc.CSRDataset} of shape (n_samples, n_features), default=None
+            The same cells' data: a model of counts needs it for the typicality's
+            marker test (None is refused then); a model of scaled data ignores it.
         batch : array-like of shape (n_samples,), DataFrame or dict, default=None
             Each cell's batch: the groups whose shift the typicality is
             calibrated within (all the cells together when None).
@@ -746,7 +843,7 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         >>> X = rng.poisson(rng.gamma(0.5, 2.0, size=(2, 30))[np.arange(60) % 2]).astype(float)
         >>> model = BetaVAEClassifier(2, hidden_layer_sizes=(16,), likelihood="nb", max_epochs=5,
         ...                           random_state=0).fit(X, np.arange(60) % 2)
-        >>> probabilities, typicality = model.classify_codes(model.transform(X))
+        >>> probabilities, typicality = model.classify_codes(model.transform(X), X=X)
         >>> np.allclose(probabilities, model.predict_proba(X)), np.allclose(typicality, model.typicality(X))
         (True, True)
         """
@@ -755,7 +852,17 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         if codes.shape[1] != self.n_components:
             raise ValueError(f"codes has {codes.shape[1]} columns, but this {type(self).__name__} has "
                              f"{self.n_components} components: pass its transform's codes.")
-        return self._scores(codes, self._groups(batch, len(codes)))
+        data = None
+        if self._tests_markers:
+            if X is None:
+                raise ValueError(f"This {type(self).__name__} models counts, and its typicality also asks whether "
+                                 "each cell holds its type's marker genes: pass X=, the cells' counts (what "
+                                 "transform embedded into codes).")
+            data = self._input(X, None, required=False)
+            if data.n_rows != len(codes):
+                raise ValueError(f"X has {data.n_rows} cells but codes {len(codes)}: pass the same cells' codes and "
+                                 "data.")
+        return self._scores(codes, self._groups(batch, len(codes)), data)
 
     def is_unknown(self, X, *, batch=None):
         """Whether each cell is of a type the reference lacks: its :meth:`typicality` is below ``unknown_threshold``.
@@ -844,3 +951,23 @@ def _check_type_statistics(attributes, n_components, path):
             raise damaged(f"precision of type {classes[c]!r} is not a symmetric, positive semi-definite matrix")
         if quantiles[c][0] < 0 or (np.diff(quantiles[c]) < 0).any():
             raise damaged(f"distance quantiles of type {classes[c]!r} are negative or decreasing")
+
+
+def _check_markers(attributes, n_features, path):
+    """A ValueError naming ``path`` unless a save's marker genes fit its classes and genes (a save from before 0.6
+    has none: its typicality is its codes' alone)."""
+    names = ("class_expression_", "class_markers_", "class_marker_shares_", "class_marker_centres_",
+             "class_marker_spreads_")
+    if not any(name in attributes for name in names):
+        return
+    if not all(isinstance(attributes.get(name), np.ndarray) for name in names):
+        raise ValueError(f"{path} is damaged: its classifier's marker fields are missing or malformed.")
+    expression, markers, *per_type = (attributes[name] for name in names)
+    n = len(attributes["classes_"])
+    width = markers.shape[1] if markers.ndim == 2 else -1
+    if not (markers.shape == (n, width) and width in (0, _markers.N_MARKERS) and markers.dtype.kind in "iu"
+            and expression.shape == (n, n_features if width else 0) and expression.dtype.kind == "f"
+            and all(values.shape == (n,) and values.dtype.kind == "f" for values in per_type)
+            and (markers.size == 0 or (markers.min() >= -1 and markers.max() < n_features))):
+        raise ValueError(f"{path} is damaged: its classifier's marker genes are not of the shapes of its {n} classes "
+                         f"and {n_features} genes.")

@@ -245,7 +245,8 @@ def annotate(adata, estimator, *, labels_key=None, layer=None, batch_key=None, u
         codes = run.fit(y=adata.obs[labels_key])
     # the classifier's predictions and typicality are of these codes (its predict_proba would embed the cells again)
     # (the typicality calibrated within each batch, as the classifier's typicality(X, batch=) does)
-    probabilities, typicality = final.classify_codes(codes, batch=run.batch)
+    with _unnamed_matrix():
+        probabilities, typicality = final.classify_codes(codes, X=run.final_input(), batch=run.batch)
     records = _records(run, codes, estimator, layer, batch_key, (f"X_{prefix}", prefix))
     called = final.classes_[probabilities.argmax(axis=1)]
     unknown = typicality < final.unknown_threshold

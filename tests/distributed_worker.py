@@ -8,6 +8,7 @@ MODE "batch-mismatch": rank 1 holds a batch rank 0 does not, and each rank write
 MODE "covariates": as "batches", with two named columns (sample and technology) and the batch adversary;
 MODE "classifier": a BetaVAEClassifier with batches, each rank's cells partly labelled (its types' Gaussians must
 come from every rank's labelled cells);
+MODE "classifier-counts": as "classifier" on counts (a Poisson model), saving the types' marker genes too;
 MODE "classes-mismatch": a BetaVAEClassifier whose rank 1 labels a type rank 0 lacks; each rank writes its error;
 MODE "batchnorm": as "train", with batch normalisation (its running statistics must agree too);
 MODE "invalid": rank 1's rows hold a NaN; it catches its error and stays alive, as in a notebook, and each
@@ -34,6 +35,11 @@ PARAMS = dict(n_components=2, hidden_layer_sizes=(16, 8), batch_size=32, max_epo
 def data():
     rng = np.random.RandomState(0)
     return rng.normal(size=(100, 12)) + 3.0 * rng.randint(2, size=(100, 1))
+
+
+def counts(X):
+    """Whole non-negative numbers from ``data()``'s values (for a model of counts)."""
+    return np.round(np.abs(X) * 3.0)
 
 
 def main(out, mode):
@@ -70,11 +76,13 @@ def main(out, mode):
     if mode.startswith("map-query"):
         map_query(out, mode, rank)
         return
-    if mode in ("classifier", "classes-mismatch"):
+    if mode == "classifier-counts":
+        shard = counts(shard)
+    if mode in ("classifier", "classes-mismatch", "classifier-counts"):
         rows = np.arange(len(shard)) + (0 if rank == 0 else 60)
         batch = np.where(rows % 2 == 0, "a", "b")
         # the types follow the data's two groups; rank 0 labels a third of its cells, rank 1 two thirds
-        types = np.where(shard[:, 0] > 1.5, "high", "low").astype(object)
+        types = np.where(shard[:, 0] > (4.5 if mode == "classifier-counts" else 1.5), "high", "low").astype(object)
         types[rows % 3 == (0 if rank == 0 else 1)] = None
         if mode == "classes-mismatch":
             if rank == 1:
@@ -84,9 +92,12 @@ def main(out, mode):
             except ValueError as exc:
                 Path(out, f"error{rank}.txt").write_text(str(exc))
             return
-        estimator = BetaVAEClassifier(**PARAMS).fit(shard, types, batch=batch)
+        likelihood = "poisson" if mode == "classifier-counts" else "gaussian"
+        estimator = BetaVAEClassifier(**PARAMS, likelihood=likelihood).fit(shard, types, batch=batch)
         torch.save({"state": estimator.module_.state_dict(), "means": estimator.class_means_,
-                    "quantiles": estimator.class_distance_quantiles_}, Path(out, f"rank{rank}.pt"))
+                    "quantiles": estimator.class_distance_quantiles_, "markers": estimator.class_markers_,
+                    "expression": estimator.class_expression_, "shares": estimator.class_marker_shares_},
+                   Path(out, f"rank{rank}.pt"))
         return
     try:
         estimator = AutoencoderEmbedder(**params).fit(shard, batch=batch)

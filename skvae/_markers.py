@@ -1,0 +1,237 @@
+"""The classifier's second question: does a cell hold the counts of its called type's marker genes?
+
+A cell can lie among a type's codes and not be of it: a population the reference
+lacks is drawn to the nearest type the codes were taught (on the PBMC pair,
+dendritic cells are named CD34+ progenitors and express no CD34), and its code then
+looks typical. The counts still tell: each type's markers are the genes its
+labelled cells express most above every other labelled type (mean log-normalised
+expression, at most :data:`N_MARKERS`), and a cell of the type holds about the
+share of its counts on them that the type's labelled cells hold.
+
+A cell's shortfall is ``log((observed + 1/2) / (expected + 1/2))``: its counts on
+its called type's markers against its total times the type's mean share. Among a
+type's labelled cells it has a centre (median) and a spread beyond counting noise
+(the robust variance less the counting noise's, :func:`centres_and_spreads`); a cell's
+z-score divides its distance from the centre by the spread and its own counting
+noise (``1 / (expected + 1/2)``, so deep and shallow cells are judged alike), and a
+group of cells (a batch) is then calibrated to its own centre and spread (only ever
+widened), as the codes' typicality is to its shift: a technology that moves every
+type's markers moves them together. Its p-value is the normal's lower tail.
+
+Functions of arrays only: the classifier gathers the sums over ranks and keeps the results.
+"""
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.stats import norm
+
+#: The most marker genes a type keeps
+N_MARKERS = 20
+# Cells that calibrate a group to its own centre and spread (and labelled cells a type needs for a test)
+MIN_CELLS = 50
+# Counts per cell the log-normalised expression is scaled to (scanpy's and Seurat's 1e4)
+_SCALE = 1e4
+# The smallest spread beyond counting noise of a type's shortfall (in log units)
+_MIN_SPREAD = 0.1
+
+
+def _normalised(X):
+    """Each row's share of its counts (CSR), and the row totals."""
+    X = sp.csr_matrix(X, dtype=np.float64)
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    return sp.diags(1.0 / np.maximum(totals, 1.0)) @ X, totals
+
+
+def expression_sums(blocks, labels, n_classes, n_features):
+    """Per type, over its labelled cells: their number, and the sums of their log-normalised expression and shares.
+
+    Parameters
+    ----------
+    blocks : iterable of (slice, array or sparse matrix)
+        Consecutive blocks of counts (:meth:`skvae.train.data.RowData.row_blocks`).
+    labels : ndarray of int of shape (n_rows,)
+        Each row's type index, -1 for none.
+    n_classes, n_features : int
+
+    Returns
+    -------
+    counts : ndarray of shape (n_classes,)
+    log_sums, share_sums : ndarray of shape (n_classes, n_features)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> counts, log_sums, share_sums = expression_sums([(slice(0, 2), np.array([[1.0, 3.0], [2.0, 2.0]]))],
+    ...                                                np.array([0, 1]), 2, 2)
+    >>> counts.tolist(), share_sums.tolist()
+    ([1, 1], [[0.25, 0.75], [0.5, 0.5]])
+    """
+    counts = np.zeros(n_classes, dtype=np.int64)
+    log_sums, share_sums = np.zeros((n_classes, n_features)), np.zeros((n_classes, n_features))
+    for rows, X in blocks:
+        own = labels[rows]
+        labelled = np.flatnonzero(own >= 0)
+        if not len(labelled):
+            continue
+        shares, _ = _normalised(X[labelled])
+        logged = shares.copy()
+        logged.data = np.log1p(_SCALE * logged.data)
+        types = sp.csr_matrix((np.ones(len(labelled)), (own[labelled], np.arange(len(labelled)))),
+                              shape=(n_classes, len(labelled)))
+        counts += np.bincount(own[labelled], minlength=n_classes)
+        log_sums += np.asarray((types @ logged).todense())
+        share_sums += np.asarray((types @ shares).todense())
+    return counts, log_sums, share_sums
+
+
+def choose_markers(expression, types, n_markers=N_MARKERS):
+    """Each of ``types``' markers: the genes it expresses most above every other type, at most ``n_markers``.
+
+    Parameters
+    ----------
+    expression : ndarray of shape (n_classes, n_features)
+        Each type's mean log-normalised expression; NaN rows for types not labelled.
+    types : iterable of int
+        The types to choose for.
+    n_markers : int, default=N_MARKERS
+
+    Returns
+    -------
+    dict of int to ndarray of int
+        Each type's marker genes, the most specific first: only genes it expresses
+        above every other labelled type.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> choose_markers(np.array([[3.0, 0.0, 1.0], [0.0, 2.0, 1.0]]), [0, 1])
+    {0: array([0]), 1: array([1])}
+    """
+    labelled = ~np.isnan(expression[:, 0]) if expression.shape[1] else np.zeros(len(expression), bool)
+    markers = {}
+    for c in types:
+        others = labelled.copy()
+        others[c] = False
+        above = expression[c] - (expression[others].max(axis=0) if others.any() else 0.0)
+        order = np.argsort(-above, kind="stable")[:n_markers]
+        markers[c] = order[above[order] > 0]
+    return markers
+
+
+def marker_indicator(markers, n_features):
+    """A sparse (n_features, n_classes) matrix, 1 where a gene is a marker of a type (``markers``: -1 padded rows)."""
+    types, slots = np.nonzero(markers >= 0)
+    return sp.csr_matrix((np.ones(len(types)), (markers[types, slots], types)), shape=(n_features, len(markers)))
+
+
+def shortfalls(blocks, called, indicator, shares):
+    """Each row's log shortfall of its called type's markers, and the marker counts its total leads to expect.
+
+    Parameters
+    ----------
+    blocks : iterable of (slice, array or sparse matrix)
+    called : ndarray of int of shape (n_rows,)
+        Each row's type index (-1: none; its values are NaN).
+    indicator : sparse matrix of shape (n_features, n_classes)
+        :func:`marker_indicator`'s.
+    shares : ndarray of shape (n_classes,)
+        Each type's mean share of a cell's counts on its markers.
+
+    Returns
+    -------
+    shortfall, expected : ndarray of shape (n_rows,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> indicator = marker_indicator(np.array([[0], [1]]), 2)
+    >>> shortfall, expected = shortfalls([(slice(0, 2), np.array([[8.0, 2.0], [8.0, 2.0]]))], np.array([0, 1]),
+    ...                                  indicator, np.array([0.8, 0.8]))
+    >>> np.round(shortfall, 2).tolist(), expected.tolist()
+    ([0.0, -1.22], [8.0, 8.0])
+    """
+    shortfall, expected = np.full(len(called), np.nan), np.full(len(called), np.nan)
+    for rows, X in blocks:
+        own = called[rows]
+        named = np.flatnonzero(own >= 0)
+        X = sp.csr_matrix(X[named], dtype=np.float64)
+        observed = np.asarray((X @ indicator).todense())[np.arange(len(named)), own[named]]
+        totals = np.asarray(X.sum(axis=1)).ravel()
+        block_expected = totals * shares[own[named]]
+        shortfall[np.arange(len(called))[rows][named]] = np.log((observed + 0.5) / (block_expected + 0.5))
+        expected[np.arange(len(called))[rows][named]] = block_expected
+    return shortfall, expected
+
+
+def centres_and_spreads(shortfall, expected, labels, n_classes):
+    """Each type's median shortfall among its labelled cells, and its spread beyond counting noise.
+
+    The spread is the robust variance (1.4826 x the median absolute deviation,
+    squared) less the median counting noise ``1 / (expected + 1/2)``, at least
+    ``_MIN_SPREAD`` squared; a type of fewer than :data:`MIN_CELLS` labelled cells
+    gets NaN (it is not tested).
+
+    Returns
+    -------
+    centres, spreads : ndarray of shape (n_classes,)
+    """
+    centres, spreads = np.full(n_classes, np.nan), np.full(n_classes, np.nan)
+    for c in range(n_classes):
+        own = (labels == c) & ~np.isnan(shortfall)
+        if own.sum() < MIN_CELLS:
+            continue
+        centres[c] = np.median(shortfall[own])
+        robust = (1.4826 * np.median(np.abs(shortfall[own] - centres[c]))) ** 2
+        spreads[c] = np.sqrt(max(robust - np.median(1.0 / (expected[own] + 0.5)), _MIN_SPREAD ** 2))
+    return centres, spreads
+
+
+def marker_pvalues(shortfall, expected, called, centres, spreads, groups=None):
+    """Each cell's p-value of holding so few of its called type's markers' counts, calibrated within its group.
+
+    Parameters
+    ----------
+    shortfall, expected : ndarray of shape (n_cells,)
+        :func:`shortfalls`'.
+    called : ndarray of int of shape (n_cells,)
+    centres, spreads : ndarray of shape (n_classes,)
+        :func:`centres_and_spreads`'; a type whose are NaN is not tested (p-value 1).
+    groups : ndarray of shape (n_cells,), default=None
+        Each cell's batch: each group of at least :data:`MIN_CELLS` tested cells
+        is centred on its own median z-score and divided by its own robust spread
+        where that exceeds 1 (a smaller group takes all the cells', fewer in all
+        take none).
+
+    Returns
+    -------
+    ndarray of shape (n_cells,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = marker_pvalues(np.array([0.0, -3.0]), np.array([100.0, 100.0]), np.array([0, 0]), np.array([0.0]),
+    ...                    np.array([0.3]))
+    >>> bool(p[0] == 0.5), bool(p[1] < 1e-6)
+    (True, True)
+    """
+    tested = ~np.isnan(centres[called]) & ~np.isnan(shortfall)
+    z = np.zeros(len(called))
+    z[tested] = (shortfall[tested] - centres[called[tested]]) / np.sqrt(spreads[called[tested]] ** 2
+                                                                      + 1.0 / (expected[tested] + 0.5))
+
+    def calibration(rows):
+        values = z[rows & tested]
+        if len(values) < MIN_CELLS:
+            return None
+        centre = np.median(values)
+        return centre, max(1.0, 1.4826 * np.median(np.abs(values - centre)))
+
+    overall = calibration(np.ones(len(z), bool)) or (0.0, 1.0)
+    p = np.ones(len(z))
+    for group in (pd.unique(groups) if groups is not None else [None]):
+        rows = np.ones(len(z), bool) if group is None else groups == group
+        centre, spread = calibration(rows) or overall
+        rows &= tested
+        p[rows] = norm.cdf((z[rows] - centre) / spread)
+    return p

@@ -1,0 +1,194 @@
+"""The classifier's marker test: a cell named a type must hold the counts of the type's marker genes (issue 39: the
+PBMC pair's dendritic cells named CD34+ progenitors, expressing no CD34)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from skvae import BetaVAEClassifier, _markers
+from skvae._persistence import SAVE_FORMAT, content_checksum
+
+SETTINGS = dict(likelihood="nb", n_components=6, hidden_layer_sizes=(64,), input_activation=True, batch_norm=True,
+                max_epochs=60)
+
+
+def _lacking(seed, n=1600, n_genes=200):
+    """A reference of 3 types and a query that also holds a fourth population: type 0 without the genes that mark
+    it (each gene of type 0 above twice every other type's, lowered to the others' highest)."""
+    rng = np.random.RandomState(seed)
+    profiles = rng.gamma(0.5, 2.0, size=(3, n_genes))
+    lacking = profiles[0].copy()
+    marks = profiles[0] > 2 * profiles[1:].max(axis=0)
+    lacking[marks] = profiles[1:, marks].max(axis=0)
+    profiles = np.vstack([profiles, lacking])
+    batch = np.repeat([0, 1], n // 2)
+    types = np.where(batch == 0, rng.randint(3, size=n), rng.randint(4, size=n))
+    return rng.poisson(profiles[types]).astype(np.float32), types, batch == 0
+
+
+def _marker_pvalues(model, X, batch=None):
+    """The marker test's p-values alone, from the fitted model's attributes."""
+    called = model.predict(X)
+    indices = np.searchsorted(model.classes_, called)
+    shortfall, expected = _markers.shortfalls([(slice(0, len(X)), X)], indices,
+                                              _markers.marker_indicator(model.class_markers_, X.shape[1]),
+                                              model.class_marker_shares_)
+    return _markers.marker_pvalues(shortfall, expected, indices, model.class_marker_centres_,
+                                   model.class_marker_spreads_, batch), called
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cells_named_a_type_without_its_markers_are_flagged_and_the_types_own_are_not(seed):
+    counts, types, reference = _lacking(seed)
+    query = ~reference
+    model = BetaVAEClassifier(**SETTINGS, random_state=seed).fit(counts[reference], types[reference])
+    assert (model.class_markers_ >= 0).sum(axis=1).min() >= 5
+    p, called = _marker_pvalues(model, counts[query])
+    lacking, known = types[query] == 3, types[query] != 3
+    assert (called[lacking] == 0).mean() > 0.9  # named as the type whose markers they lack
+    # the marker test alone flags them, and few of the known types' cells
+    assert (p[lacking] < 0.01).mean() >= 0.9 and (p[known] < 0.01).mean() <= 0.02
+    typicality = model.typicality(counts[query])
+    assert np.all(typicality <= p + 1e-12)  # the smaller of the two tests' p-values
+    unknown = model.is_unknown(counts[query])
+    assert unknown[lacking].mean() >= 0.9 and unknown[known].mean() <= 0.05
+
+
+def test_a_deeper_query_batch_is_not_flagged_for_its_depth():
+    counts, types, reference = _lacking(0)
+    deep = counts.copy()
+    rng = np.random.RandomState(1)
+    deep[~reference] = rng.poisson(deep[~reference] * 10).astype(np.float32)  # 10x the counts (and more noise)
+    batch = np.where(reference, "ref", "deep")
+    model = BetaVAEClassifier(**SETTINGS, random_state=0).fit(deep[reference], types[reference])
+    p, _ = _marker_pvalues(model, deep[~reference], batch[~reference])
+    assert (p[types[~reference] != 3] < 0.01).mean() <= 0.02
+    assert (p[types[~reference] == 3] < 0.01).mean() >= 0.9
+
+
+def test_a_model_of_scaled_data_has_no_markers_and_its_codes_alone_tell():
+    rng = np.random.RandomState(0)
+    X, y = rng.normal(size=(120, 8)), np.arange(120) % 2
+    model = BetaVAEClassifier(2, hidden_layer_sizes=(8,), max_epochs=3, random_state=0).fit(X, y)
+    assert model.class_markers_.shape == (2, 0)
+    _, typicality = model.classify_codes(model.transform(X))  # no X needed
+    np.testing.assert_allclose(typicality, model.typicality(X))
+
+
+def test_classify_codes_of_a_model_of_counts_needs_the_same_cells_counts():
+    counts, types, _ = _lacking(0, n=400, n_genes=40)
+    model = BetaVAEClassifier(**{**SETTINGS, "max_epochs": 3}, random_state=0).fit(counts, types)
+    codes = model.transform(counts)
+    with pytest.raises(ValueError, match="pass X=, the cells' counts"):
+        model.classify_codes(codes)
+    with pytest.raises(ValueError, match="X has 10 cells but codes 400"):
+        model.classify_codes(codes, X=counts[:10])
+    _, typicality = model.classify_codes(codes, X=sp.csr_matrix(counts))
+    np.testing.assert_allclose(typicality, model.typicality(counts))
+
+
+def test_markers_are_saved_checked_and_a_save_without_them_loads_with_the_codes_test(tmp_path):
+    import torch
+
+    counts, types, _ = _lacking(0, n=600, n_genes=60)
+    model = BetaVAEClassifier(**{**SETTINGS, "max_epochs": 5}, random_state=0).fit(counts, types)
+    path = tmp_path / "model.pt"
+    model.save(path)
+    loaded = BetaVAEClassifier.load(path)
+    np.testing.assert_array_equal(loaded.class_markers_, model.class_markers_)
+    np.testing.assert_array_equal(loaded.typicality(counts), model.typicality(counts))
+    state = torch.load(path, weights_only=True)
+    assert state["format"] == SAVE_FORMAT
+    # a save from before the markers: the codes' typicality, as it was
+    for name in ("class_expression_", "class_markers_", "class_marker_shares_", "class_marker_centres_",
+                 "class_marker_spreads_"):
+        del state["attributes"][name]
+    state["checksum"] = content_checksum(state)
+    torch.save(state, tmp_path / "old.pt")
+    old = BetaVAEClassifier.load(tmp_path / "old.pt")
+    model.class_markers_ = model.class_markers_[:, :0]
+    np.testing.assert_array_equal(old.typicality(counts), model.typicality(counts))
+    # a damaged one is refused by name
+    state = torch.load(path, weights_only=True)
+    state["attributes"]["class_markers_"]["values"] = state["attributes"]["class_markers_"]["values"][:1]
+    state["checksum"] = content_checksum(state)
+    torch.save(state, tmp_path / "damaged.pt")
+    with pytest.raises(ValueError, match="damaged.*marker"):
+        BetaVAEClassifier.load(tmp_path / "damaged.pt")
+
+
+def test_partial_fit_keeps_the_markers_of_a_type_a_chunk_does_not_label():
+    counts, types, _ = _lacking(0, n=900, n_genes=60)
+    types = np.minimum(types, 2)
+    model = BetaVAEClassifier(**{**SETTINGS, "max_epochs": 3}, random_state=0)
+    model.partial_fit(counts, types, classes=[0, 1, 2])
+    before = [getattr(model, name).copy() for name in ("class_markers_", "class_marker_shares_",
+                                                        "class_marker_centres_", "class_expression_")]
+    unlabelled_two = np.where(types == 2, -1, types)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the stale-Gaussian warning, tested elsewhere
+        model.partial_fit(counts, unlabelled_two)
+    after = [getattr(model, name) for name in ("class_markers_", "class_marker_shares_", "class_marker_centres_",
+                                               "class_expression_")]
+    for old, new in zip(before, after, strict=True):
+        np.testing.assert_array_equal(old[2], new[2])
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.int64, (12, 7), elements=st.integers(0, 30)), st.integers(1, 11), st.integers(0, 2**31 - 1))
+def test_sums_and_shortfalls_are_the_same_over_any_blocks_and_agree_with_their_definition(counts, cut, seed):
+    rng = np.random.RandomState(seed)
+    labels = rng.randint(-1, 3, size=len(counts))
+    X = counts.astype(np.float64)
+    whole = _markers.expression_sums([(slice(0, 12), X)], labels, 3, 7)
+    blocks = _markers.expression_sums([(slice(0, cut), X[:cut]), (slice(cut, 12), sp.csr_matrix(X[cut:]))],
+                                      labels, 3, 7)
+    for a, b in zip(whole, blocks, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-9)
+    totals = np.maximum(X.sum(axis=1), 1.0)
+    for c in range(3):
+        own = labels == c
+        np.testing.assert_allclose(whole[2][c], (X[own] / totals[own, None]).sum(axis=0), atol=1e-9)
+        np.testing.assert_allclose(whole[1][c], np.log1p(1e4 * X[own] / totals[own, None]).sum(axis=0), atol=1e-9)
+    markers = np.array([[0, 1, -1], [2, -1, -1], [3, 4, 5]])
+    shares = np.array([0.2, 0.1, 0.3])
+    called = rng.randint(-1, 3, size=len(counts))
+    indicator = _markers.marker_indicator(markers, 7)
+    shortfall, expected = _markers.shortfalls([(slice(0, cut), X[:cut]), (slice(cut, 12), X[cut:])], called,
+                                              indicator, shares)
+    for i, c in enumerate(called):
+        if c < 0:
+            assert np.isnan(shortfall[i]) and np.isnan(expected[i])
+            continue
+        genes = markers[c][markers[c] >= 0]
+        assert expected[i] == pytest.approx(X[i].sum() * shares[c])
+        assert shortfall[i] == pytest.approx(np.log((X[i, genes].sum() + 0.5) / (X[i].sum() * shares[c] + 0.5)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float64, 60, elements=st.floats(-4, 2)), arrays(np.float64, 60, elements=st.floats(0, 500)))
+def test_marker_pvalues_are_probabilities_that_fall_with_the_shortfall(shortfall, expected):
+    called = np.arange(60) % 2
+    centres, spreads = np.array([0.0, np.nan]), np.array([0.3, np.nan])
+    p = _markers.marker_pvalues(shortfall, expected, called, centres, spreads)
+    assert ((p >= 0) & (p <= 1)).all()
+    assert (p[called == 1] == 1).all()  # a type without a centre is not tested
+    same = (called == 0) & (expected == expected[0])
+    order = np.argsort(shortfall[same])
+    assert (np.diff(p[same][order]) >= -1e-12).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float64, (4, 9), elements=st.floats(0, 8)))
+def test_every_marker_is_expressed_above_every_other_labelled_type(expression):
+    expression[3] = np.nan  # a type not labelled yet
+    markers = _markers.choose_markers(expression, [0, 1, 2], n_markers=4)
+    for c, genes in markers.items():
+        assert len(genes) <= 4
+        others = np.delete(expression[:3], c, axis=0)
+        assert all((expression[c, g] > others[:, g]).all() for g in genes)
