@@ -24,11 +24,13 @@ fitted on all the cells with their batches where there are any, no labels); with
 DESeq2 on the raw counts, with them the counts are batch-corrected through the decoder first; ``pseudobulk``:
 PyDESeq2 on each donor's summed raw counts, ``~ group`` (and ``~ batch + group`` in ``batches``); ``wilcoxon``:
 scanpy's default cell-level test (the Mann-Whitney U test of each gene's log-normalised expression between the
-groups' cells, Benjamini-Hochberg), computed with scipy. scVI's ``differential_expression`` is not run here (no
-scvi-tools in this environment). Also the seconds of one comparison.
+groups' cells, Benjamini-Hochberg), computed with scipy; with ``--scvi`` (scenarios ``effects``, ``batches`` and
+``batch-effects``), ``scvi change``: scVI with its defaults (the batches as its batch key) and its
+``differential_expression(mode="change", batch_correction=True)``, whose ``is_de_fdr_0.05`` are its calls (it gives
+no p-values). Also the seconds of one comparison.
 
 Usage: python benchmarks/de.py [--data-home ../shared/data] [--scenarios null,effects,batches,batch-effects,timing]
-                              [--draws 3] [--timing-cells 10000]
+                              [--draws 3] [--scvi] [--timing-cells 10000]
 """
 
 import argparse
@@ -55,6 +57,8 @@ from skvae.preprocessing import HighlyVariableGenes  # noqa: E402
 
 N_DONORS = 6
 FDR = 0.05
+#: whether scVI's differential_expression is compared (--scvi; needs scvi-tools)
+SCVI = False
 # the batches' donors: uneven over the groups (donors 0-2 are group 1: two in A, one in B)
 BATCH_OF_DONOR = {0: "A", 1: "A", 3: "A", 2: "B", 4: "B", 5: "B"}
 
@@ -142,6 +146,35 @@ def wilcoxon(counts, group):
     return pvalues, padj, time.perf_counter() - start
 
 
+def scvi_change(counts, group, seed, batch=None):
+    """scVI's defaults (``batch`` as its batch key) and its ``differential_expression(mode="change")``, batch-corrected,
+    group 1 against group 2: its calls at 5 % FDR (``is_de_fdr_0.05``) as a padj of 0 or 1 (it gives no p-values).
+
+    The seconds are the DE call's; the training's are returned apart.
+    """
+    import anndata
+    import scvi
+
+    scvi.settings.seed = seed
+    obs = pd.DataFrame({"batch": "one" if batch is None else batch, "group": np.where(group, "g1", "g2")},
+                       index=[f"c{i}" for i in range(len(group))])
+    adata = anndata.AnnData(sp.csr_matrix(counts, dtype=np.float32), obs=obs)
+    adata.var_names = [f"g{i}" for i in range(counts.shape[1])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scvi.model.SCVI.setup_anndata(adata, batch_key="batch")
+        model = scvi.model.SCVI(adata)
+        start = time.perf_counter()
+        model.train(accelerator="cpu", enable_progress_bar=False)
+        fit_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        result = model.differential_expression(groupby="group", group1="g1", group2="g2", mode="change",
+                                               batch_correction=batch is not None, fdr_target=FDR)
+    seconds = time.perf_counter() - start
+    calls = result[f"is_de_fdr_{FDR}"].reindex(adata.var_names).to_numpy(dtype=bool)
+    return np.full(len(calls), np.nan), np.where(calls, 0.0, 1.0), seconds, fit_seconds
+
+
 def called(padj):
     return int(np.sum(np.nan_to_num(padj, nan=1.0) < FDR))
 
@@ -161,17 +194,20 @@ def known_effect_scores(padj, truth):
             "power |log2 FC|<1": float((call & small).sum() / max(small.sum(), 1))}
 
 
-def in_batches(base, rng, truth=None):
+def in_batches(base, rng, truth=None, seed=0):
     """Pseudo-donors in ``BATCH_OF_DONOR``'s batches, batch B with a technology effect; the model fitted with them,
-    and every method's test of donors 0-2 against 3-5."""
+    and every method's test of donors 0-2 against 3-5 (scVI's too with ``--scvi``: a 4th value, its fit seconds)."""
     technology = rng.normal(scale=0.5, size=base.shape[1])
     counts, donor = donors(base, rng, effects=truth, batch_effect=technology)
     batch = np.array([BATCH_OF_DONOR[d] for d in donor])
     group = donor < 3
-    return (("skvae (batch-corrected)", lambda model: skvae_de(model, counts, group, donor, batch=batch)),
-            ("pseudobulk ~group", lambda model: pseudobulk(counts, group, donor)),
-            ("pseudobulk ~batch + group", lambda model: pseudobulk(counts, group, donor, BATCH_OF_DONOR)),
-            ("wilcoxon", lambda model: wilcoxon(counts, group))), counts, batch
+    methods = (("skvae (batch-corrected)", lambda model: skvae_de(model, counts, group, donor, batch=batch)),
+               ("pseudobulk ~group", lambda model: pseudobulk(counts, group, donor)),
+               ("pseudobulk ~batch + group", lambda model: pseudobulk(counts, group, donor, BATCH_OF_DONOR)),
+               ("wilcoxon", lambda model: wilcoxon(counts, group)))
+    if SCVI:
+        methods += (("scvi change (batch-corrected)", lambda model: scvi_change(counts, group, seed, batch=batch)),)
+    return methods, counts, batch
 
 
 def null(base, draw, rows):
@@ -200,28 +236,32 @@ def effects(base, draw, rows):
                                              ("wilcoxon", wilcoxon(counts, group))):
         rows.append({"scenario": "effects", "draw": draw, "method": method, **known_effect_scores(padj, truth),
                      "seconds": seconds, "fit s": fit_seconds if method == "skvae" else 0.0})
+    if SCVI:
+        _, padj, seconds, scvi_seconds = scvi_change(counts, group, draw)
+        rows.append({"scenario": "effects", "draw": draw, "method": "scvi change", **known_effect_scores(padj, truth),
+                     "seconds": seconds, "fit s": scvi_seconds})
 
 
 def batches(base, draw, rows):
-    methods, counts, batch = in_batches(base, np.random.RandomState(200 + draw))
+    methods, counts, batch = in_batches(base, np.random.RandomState(200 + draw), seed=draw)
     model, fit_seconds = fitted_model(counts, draw, batch=batch)
     for method, test in methods:
-        pvalues, padj, seconds = test(model)
+        pvalues, padj, seconds, *fit = test(model)
         tested = np.isfinite(pvalues)
         rows.append({"scenario": "batches", "draw": draw, "method": method, "called": called(padj),
-                     "share p<0.05": float(np.mean(pvalues[tested] < 0.05)), "seconds": seconds,
-                     "fit s": fit_seconds if method.startswith("skvae") else 0.0})
+                     "share p<0.05": float(np.mean(pvalues[tested] < 0.05)) if tested.any() else np.nan,
+                     "seconds": seconds, "fit s": fit[0] if fit else fit_seconds if method.startswith("skvae") else 0.0})
 
 
 def batch_effects(base, draw, rows):
     rng = np.random.RandomState(300 + draw)
     truth = true_effects(base.shape[1], rng)
-    methods, counts, batch = in_batches(base, rng, truth)
+    methods, counts, batch = in_batches(base, rng, truth, seed=draw)
     model, fit_seconds = fitted_model(counts, draw, batch=batch)
     for method, test in methods:
-        pvalues, padj, seconds = test(model)
+        pvalues, padj, seconds, *fit = test(model)
         rows.append({"scenario": "batch-effects", "draw": draw, "method": method, **known_effect_scores(padj, truth),
-                     "seconds": seconds, "fit s": fit_seconds if method.startswith("skvae") else 0.0})
+                     "seconds": seconds, "fit s": fit[0] if fit else fit_seconds if method.startswith("skvae") else 0.0})
 
 
 def timing(data_home, draw, rows, n_cells=0):
@@ -269,9 +309,13 @@ def main():
     parser.add_argument("--scenarios", default="null,effects,batches,batch-effects,timing")
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--genes", type=int, default=2000)
+    parser.add_argument("--scvi", action="store_true",
+                        help="also scVI's defaults and differential_expression(mode='change') in effects and batches")
     parser.add_argument("--timing-cells", type=int, default=0,
                         help="cells of the timing scenario (more than the pair's 6,412: the rest resampled from them)")
     args = parser.parse_args()
+    global SCVI
+    SCVI = args.scvi
     print(f"skvae {skvae.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
     base = population(args.data_home, args.genes)

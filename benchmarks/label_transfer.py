@@ -205,7 +205,7 @@ def skvae_classifier(counts, batch, labels, reference, query, seed, epochs, **se
 
 @contextlib.contextmanager
 def codes_only(model):
-    """Within the block, ``model``'s typicality is its codes' alone (no marker test; as before 0.6)."""
+    """Within the block, ``model``'s typicality is its codes' alone (no marker test; as before round 11)."""
     markers = model.class_markers_
     model.class_markers_ = markers[:, :0]
     try:

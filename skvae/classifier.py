@@ -627,7 +627,7 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
 
     @property
     def _tests_markers(self):
-        # a model of scaled data has no markers; a save from before 0.6 none either
+        # a model of scaled data has no markers; a save from before round 11 none either
         return getattr(self, "class_markers_", np.zeros((0, 0))).shape[1] > 0
 
     def _fitted_codes(self, X, batch):
@@ -954,7 +954,7 @@ def _check_type_statistics(attributes, n_components, path):
 
 
 def _check_markers(attributes, n_features, path):
-    """A ValueError naming ``path`` unless a save's marker genes fit its classes and genes (a save from before 0.6
+    """A ValueError naming ``path`` unless a save's marker genes fit its classes and genes (a save from before round 11
     has none: its typicality is its codes' alone)."""
     names = ("class_expression_", "class_markers_", "class_marker_shares_", "class_marker_centres_",
              "class_marker_spreads_")

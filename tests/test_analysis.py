@@ -3,9 +3,10 @@
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from skvae import BetaVAEClassifier, BetaVAEEmbedder, make_count_embedder
+from skvae import BetaVAEClassifier, BetaVAEEmbedder, make_count_classifier, make_count_embedder
 from skvae.analysis import corrected_expression, type_statistics
 
 
@@ -56,10 +57,31 @@ def test_corrected_expression_of_a_pipeline_is_of_its_selected_genes():
 
 
 def test_type_statistics_read_the_classifier_as_it_learned_the_types():
-    model, _, _, types = _fitted(BetaVAEClassifier, y=True)
+    model, counts, batch, types = _fitted(BetaVAEClassifier, y=True)
     table = type_statistics(model)
     assert table.index.tolist() == [0, 1, 2] and table["n_labelled"].tolist() == [40, 40, 40]
     assert (table["spread"] > 0).all() and np.isfinite(table["median_distance"]).all()
+    # each type's markers: genes it expresses above the other types, as the unknown flag checks them
+    for c, row in zip(range(3), table["markers"], strict=True):
+        assert len(row) >= 1 and row == model.class_markers_[c][model.class_markers_[c] >= 0].tolist()
+        logged = np.log1p(1e4 * counts / counts.sum(axis=1, keepdims=True))  # log-normalised, as markers are chosen
+        means = np.array([logged[types == t].mean(axis=0) for t in range(3)])
+        assert all((means[c, g] > np.delete(means, c, axis=0)[:, g]).all() for g in row)
+    assert ((table["marker_share"] > 0) & (table["marker_share"] < 1)).all()
+
+
+def test_type_statistics_name_the_markers_by_the_genes_of_a_recipe():
+    rng = np.random.RandomState(0)
+    types = np.arange(150) % 3
+    counts = pd.DataFrame(rng.poisson(rng.gamma(0.6, 3.0, size=(3, 30))[types]).astype(np.float64),
+                          columns=[f"gene{i}" for i in range(30)])
+    recipe = make_count_classifier(n_top_genes=20, max_epochs=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        recipe.fit(counts, types)
+    table = type_statistics(recipe)
+    kept = set(recipe[:-1].get_feature_names_out())
+    assert all(isinstance(name, str) and name in kept for row in table["markers"] for name in row)
 
 
 def _donors(n_donors=6, cells=40, genes=40, seed=0, effect_genes=4, batch_effect=False):
