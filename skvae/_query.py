@@ -4,12 +4,14 @@ A model fitted with batches has a table of offsets per batch category in the dec
 (and in the encoder when it reads batches; with ``batch_model="genes"`` one log factor per gene
 instead of the decoder's). ``map_query`` (:meth:`skvae.base.BaseEmbedder.map_query`) appends rows for the
 query's new categories to each table, and, when the encoder reads no batch, gives the
-encoder's input layer such a table too (its rows for the reference's categories 0, so
-the reference's codes are unchanged to the bit); then it trains on the query's cells
-with every other weight, and the reference's rows, frozen (their gradients are zeroed
-and Adam moves a parameter with zero gradients by exactly 0), batch normalisation using
-the reference's statistics. The query's codes then move so that the reference's
-decoder, given the query's own batch offsets, explains its cells.
+encoder's input layer such a table too, all zeros and never trained (such an encoder
+embeds a query as it embeds any cell, as scArches leaves scVI's default encoder); then
+it trains on the query's cells with every other weight, and the reference's rows, frozen
+(their gradients are zeroed and Adam moves a parameter with zero gradients by exactly
+0), batch normalisation using the reference's statistics. The decoder then draws the
+query's cells with their own batch's offsets; with an encoder that reads batches (or a
+factor per gene and batch), the query's codes move too, to where the reference's
+decoder explains them.
 
 The estimator trains through the same session steps as ``fit`` (agreement across ranks, a rank's
 share of the rows, training); the functions here take values and return values: the checks of
@@ -155,16 +157,18 @@ def _known_rows(name, n_rows, before, after):
 
 
 @contextlib.contextmanager
-def only_new_categories(module, before):
+def only_new_categories(module, before, *, encoder=True):
     """Within the block, training ``module`` moves only the rows of its category tables for new categories.
 
     Every other parameter is frozen (no gradient), the known categories' rows get zero gradients, and batch
     normalisation layers and the continuous covariates' standardisation stay in evaluation mode (the reference's
-    statistics, never updated). The caller trains
+    statistics, never updated). ``encoder=False``: the encoder's tables stay frozen too (an encoder that reads no
+    batch embeds a query as it embeds any cell). The caller trains
     with the batch adversary's weight at 0 (its classes are the reference's batches).
     """
     after = module.n_categories
-    tables = {f"{name}.weight" for name, layer in module.named_modules() if isinstance(layer, CovariateOffsets)}
+    tables = {f"{name}.weight" for name, layer in module.named_modules() if isinstance(layer, CovariateOffsets)
+              and (encoder or not name.startswith("encoder."))}
     hooks = []
     for name, parameter in module.named_parameters():
         table = name in tables or name.endswith("log_theta") and parameter.dim() == 2

@@ -455,16 +455,20 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
 
         The model learns the new categories of ``batch`` from the cells of ``X``:
         rows for them are added to the decoder's tables of batch offsets and to
-        the encoder's (an encoder that reads no batch gets a table at its input
-        layer, zero for the reference's batches), and, with
-        ``dispersion="gene-batch"``, to the table of dispersions; only those rows
-        are trained, on these cells, every other weight frozen, batch
-        normalisation (and the standardisation of continuous covariates) on the
-        reference's statistics, and the batch adversary off (its classes are
-        the reference's batches). The reference's codes, decoding and
-        predictions stay the same to the bit; the query's cells move to where
-        the reference's decoder, given their batch's own offsets, explains
-        them. Afterwards :meth:`transform` (and a classifier's ``predict``)
+        the encoder's, and, with ``dispersion="gene-batch"``, to the table of
+        dispersions; only those rows are trained, on these cells, every other
+        weight frozen, batch normalisation (and the standardisation of
+        continuous covariates) on the reference's statistics, and the batch
+        adversary off (its classes are the reference's batches). The
+        reference's codes, decoding and predictions stay the same to the bit.
+        An encoder that reads no batch (``encode_batch=False``) is not trained:
+        it gets a table of zeros at its input layer, so the query's codes are
+        those :meth:`transform` gave before mapping, never farther from the
+        reference (scArches leaves scVI's default encoder so); the decoder
+        learns to draw them in their own batch. With ``encode_batch=True`` (or
+        ``batch_model="genes"``) the query's codes move to where the
+        reference's decoder, given their batch's own rows, explains them.
+        Afterwards :meth:`transform` (and a classifier's ``predict``)
         reads ``batch=`` for every cell, and knows the new categories; the
         reference's cells are embedded with their own. Under ``torchrun`` it
         trains as ``fit`` does: every rank checks its cells (one rank's error
@@ -499,7 +503,8 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
             train_data, _ = session.split(data)
             config = replace(self._training_config(incremental=False), kl_warmup_epochs=0, adversary_weight=0.0,
                              max_epochs=epochs_for(session.count(train_data)) if max_epochs == "auto" else max_epochs)
-            with only_new_categories(module, before):
+            # an encoder that reads no batch stays as it was: mapping never moves a query from where transform puts it
+            with only_new_categories(module, before, encoder=self.encode_batch):
                 session.train(module, train_data, config=config, algorithm=self.algorithm_,
                               center=not self._models_counts)
             self.module_ = module.eval()
