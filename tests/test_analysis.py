@@ -57,7 +57,7 @@ def test_corrected_expression_of_a_pipeline_is_of_its_selected_genes():
 
 
 def test_type_statistics_read_the_classifier_as_it_learned_the_types():
-    model, counts, batch, types = _fitted(BetaVAEClassifier, y=True)
+    model, counts, _, types = _fitted(BetaVAEClassifier, y=True)
     table = type_statistics(model)
     assert table.index.tolist() == [0, 1, 2] and table["n_labelled"].tolist() == [40, 40, 40]
     assert (table["spread"] > 0).all() and np.isfinite(table["median_distance"]).all()
