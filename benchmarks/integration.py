@@ -40,7 +40,9 @@ each cell's 15 neighbours with the fit without batches of the same seed (:func:`
 effect (:func:`load_shift`): ``relatives`` (pbmc_facs halved; batch B simulated in another technology, a per-gene
 effect of log sd 0.5; CD8 T cells in batch B only, NK cells in batch A only: close relatives of the shared CD4 T
 cells), ``deep`` (the same effect with batch B 10x deeper; NK cells and CD14+ monocytes in batch A only, CD34+
-progenitors in batch B only) and any data set above. Rows: PCA, Harmony and scVI's defaults (first seed) and the
+progenitors in batch B only), ``donors`` (pbmc_facs as 4 pseudo-donors of unequal sizes, each with a per-gene
+donor effect of log sd 0.1-0.3; one lacks CD8 T cells, one NK cells, one CD14+ monocytes: :func:`load_donors`)
+and any data set above. Rows: PCA, Harmony and scVI's defaults (first seed) and the
 recipe without batches, with ``batch_model="layers"`` (its default), with ``batch_model="genes"`` and with
 ``"genes"`` and no adversary (``SHIFT_VARIANTS``; ``--variants`` picks), each seed; columns:
 :func:`calibration_scores` (as ``--calibration``'s: the overlap is with the fit without batches of the same seed, or
@@ -199,6 +201,33 @@ SHIFT_SUITE = {
 }
 
 
+#: ``--shift-suite donors``: pbmc_facs as pseudo-donors (the batches) of unequal sizes, each with its own per-gene
+#: effect (log-normal, each gene's sd drawn from 0.1-0.3, as benchmarks/de.py's donors), some lacking a population
+DONORS = {"n_donors": 4, "lacking": {"donor 1": ("CD8 T",), "donor 2": ("NK",), "donor 3": ("CD14+ Mono",)}}
+
+
+def load_donors(data_home, seed=0):
+    """pbmc_facs as ``DONORS``' pseudo-donors: counts (each cell's resampled, Poisson(counts x its donor's per-gene
+    factor)), donor, label (``FINE``), and which cells' population every donor holds."""
+    facs, labels = _facs(data_home)
+    counts = facs.data.tocsr().astype(np.float64)
+    labels = labels["celltype"].map(FINE).to_numpy()
+    rng = np.random.RandomState(seed)
+    n_donors = DONORS["n_donors"]
+    donor = rng.choice(n_donors, size=counts.shape[0], p=rng.dirichlet(np.full(n_donors, 3.0)))
+    names = np.array([f"donor {d}" for d in range(n_donors)], dtype=object)[donor]
+    lacking = np.zeros(len(labels), bool)
+    for name, populations in DONORS["lacking"].items():
+        lacking |= (names == name) & np.isin(labels, populations)
+    counts, donor, names, labels = counts[~lacking], donor[~lacking], names[~lacking], labels[~lacking]
+    log_effect = rng.normal(size=(n_donors, counts.shape[1])) * rng.uniform(0.1, 0.3, size=counts.shape[1])
+    rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+    counts.data = rng.poisson(counts.data * np.exp(log_effect[donor[rows], counts.indices])).astype(np.float64)
+    counts.eliminate_zeros()
+    absent_somewhere = [population for populations in DONORS["lacking"].values() for population in populations]
+    return counts.astype(np.float32), names, labels, ~np.isin(labels, absent_somewhere)
+
+
 def load_shift(data_home, name, seed=0):
     """A set of the shift suite: counts, batch, labels (``FINE``), and which cells' population both batches hold.
 
@@ -206,9 +235,11 @@ def load_shift(data_home, name, seed=0):
     from each, :func:`_deep_cells`), the populations of ``SHIFT_SUITE[name]`` in one batch only. ``relatives``: CD8 T
     cells in batch B only, NK cells in batch A only (close relatives of the shared CD4 T cells and of each other),
     the same depth. ``deep``: batch B 10x deeper, 2 of 6 populations (NK, CD14+ monocytes) in batch A only and CD34+
-    progenitors in batch B only. Another name is a data set of ``LOADERS`` (``pair``: its shared types the README's;
-    the others: every population shared).
+    progenitors in batch B only. ``donors``: :func:`load_donors`. Another name is a data set of ``LOADERS``
+    (``pair``: its shared types the README's; the others: every population shared).
     """
+    if name == "donors":
+        return load_donors(data_home, seed)
     if name not in SHIFT_SUITE:  # a data set of LOADERS: every population shared but the pair's four
         counts, batch, labels = LOADERS[name](data_home)
         shared = np.isin(labels, ["T cell", "B cell", "NK cell", "CD14+"]) if name == "pair" else np.ones(len(labels), bool)
