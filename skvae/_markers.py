@@ -108,7 +108,7 @@ def choose_markers(expression, types, n_markers=N_MARKERS):
     >>> choose_markers(np.array([[3.0, 0.0, 1.0], [0.0, 2.0, 1.0]]), [0, 1])
     {0: array([0]), 1: array([1])}
     """
-    labelled = ~np.isnan(expression[:, 0]) if expression.shape[1] else np.zeros(len(expression), bool)
+    labelled = ~np.isnan(expression).all(axis=1)
     markers = {}
     for c in types:
         others = labelled.copy()
@@ -157,10 +157,9 @@ def shortfalls(blocks, called, indicator, shares):
         named = np.flatnonzero(own >= 0)
         X = sp.csr_matrix(X[named], dtype=np.float64)
         observed = np.asarray((X @ indicator).todense())[np.arange(len(named)), own[named]]
-        totals = np.asarray(X.sum(axis=1)).ravel()
-        block_expected = totals * shares[own[named]]
-        shortfall[np.arange(len(called))[rows][named]] = np.log((observed + 0.5) / (block_expected + 0.5))
-        expected[np.arange(len(called))[rows][named]] = block_expected
+        at = np.arange(len(called))[rows][named]
+        expected[at] = np.asarray(X.sum(axis=1)).ravel() * shares[own[named]]
+        shortfall[at] = np.log((observed + 0.5) / (expected[at] + 0.5))
     return shortfall, expected
 
 
@@ -185,6 +184,49 @@ def centres_and_spreads(shortfall, expected, labels, n_classes):
         robust = (1.4826 * np.median(np.abs(shortfall[own] - centres[c]))) ** 2
         spreads[c] = np.sqrt(max(robust - np.median(1.0 / (expected[own] + 0.5)), _MIN_SPREAD ** 2))
     return centres, spreads
+
+
+def group_calibrations(values, groups, statistic):
+    """Yield each group's rows and its calibration: ``statistic`` of its values that are not NaN.
+
+    The calibration rule both of the classifier's tests share: a group (a batch of
+    ``groups``; all the rows one group when None) of at least :data:`MIN_CELLS`
+    such values gets its own; a smaller group, or one whose statistic is None, gets
+    all the values'; None where they are fewer too.
+
+    Parameters
+    ----------
+    values : ndarray of shape (n_rows,)
+        NaN for a row that does not count.
+    groups : ndarray of shape (n_rows,) or None
+    statistic : callable
+        Of the values of at least :data:`MIN_CELLS` rows; None where it has none.
+
+    Yields
+    ------
+    rows : ndarray of bool of shape (n_rows,)
+    calibration : object or None
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> values = np.r_[np.zeros(60), np.ones(60), np.full(10, 5.0)]
+    >>> groups = np.repeat(["a", "b", "c"], [60, 60, 10])
+    >>> [(int(rows.sum()), round(float(mean), 3)) for rows, mean in group_calibrations(values, groups, np.mean)]
+    [(60, 0.0), (60, 1.0), (10, 0.846)]
+    """
+    def of(selected):
+        selected = selected[~np.isnan(selected)]
+        return statistic(selected) if len(selected) >= MIN_CELLS else None
+
+    overall = of(values)
+    if groups is None:
+        yield np.ones(len(values), bool), overall
+        return
+    for group in pd.unique(groups):
+        rows = groups == group
+        own = of(values[rows])
+        yield rows, overall if own is None else own
 
 
 def marker_pvalues(shortfall, expected, called, centres, spreads, groups=None):
@@ -216,22 +258,17 @@ def marker_pvalues(shortfall, expected, called, centres, spreads, groups=None):
     (True, True)
     """
     tested = ~np.isnan(centres[called]) & ~np.isnan(shortfall)
-    z = np.zeros(len(called))
+    z = np.full(len(called), np.nan)
     z[tested] = (shortfall[tested] - centres[called[tested]]) / np.sqrt(spreads[called[tested]] ** 2
                                                                       + 1.0 / (expected[tested] + 0.5))
 
-    def calibration(rows):
-        values = z[rows & tested]
-        if len(values) < MIN_CELLS:
-            return None
+    def centre_and_spread(values):
         centre = np.median(values)
         return centre, max(1.0, 1.4826 * np.median(np.abs(values - centre)))
 
-    overall = calibration(np.ones(len(z), bool)) or (0.0, 1.0)
     p = np.ones(len(z))
-    for group in (pd.unique(groups) if groups is not None else [None]):
-        rows = np.ones(len(z), bool) if group is None else groups == group
-        centre, spread = calibration(rows) or overall
+    for rows, calibration in group_calibrations(z, groups, centre_and_spread):
+        centre, spread = calibration or (0.0, 1.0)
         rows &= tested
         p[rows] = norm.cdf((z[rows] - centre) / spread)
     return p

@@ -49,8 +49,9 @@ UNLABELLED = -1
 _CALIBRATION_ROWS = 20_000
 # Quantiles of each type's reference distances kept (the typicality's resolution: 1 / (_QUANTILES - 1))
 _QUANTILES = 1001
-# Cells that calibrate a group's typicality to its shift (and labelled cells a type needs to take part)
-_CALIBRATION_CELLS = 50
+# Cells that calibrate a group's typicality to its shift (and labelled cells a type needs to take part): the marker
+# test's
+_CALIBRATION_CELLS = _markers.MIN_CELLS
 
 
 def _missing(values):
@@ -540,13 +541,14 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
             keep_labels = labels[keep]
         # with no labelled cell (a partial_fit chunk), every type keeps what earlier calls learned of it, if any
         self._calibrate(codes, keep_labels, incremental)
-        self._learn_markers(data.take(keep), labels[keep], incremental, parallel)
+        self._learn_markers(data, keep, labels[keep], incremental, parallel)
 
-    def _learn_markers(self, data, labels, incremental, parallel):
+    def _learn_markers(self, data, keep, labels, incremental, parallel):
         """Each labelled type's marker genes, their share of its cells' counts, and its cells' shortfall of them.
 
-        A model of counts only (a model of scaled data has no markers: its rows of ``class_markers_`` are empty and
-        only the codes tell). A type a partial_fit call labels no cell of keeps what earlier calls learned of it.
+        From the rows ``keep`` of ``data`` (``labels`` theirs). A model of counts only (a model of scaled data has no
+        markers: its rows of ``class_markers_`` are empty and only the codes tell). A type a partial_fit call labels
+        no cell of keeps what earlier calls learned of it.
         """
         n_classes, n_features = len(self.classes_), self.n_features_in_
         fresh = not (incremental and hasattr(self, "class_markers_"))
@@ -556,6 +558,7 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
             self.class_marker_shares_, self.class_marker_centres_, self.class_marker_spreads_ = (
                 np.full(n_classes, np.nan) for _ in range(3))
             return
+        data = data.take(keep)
         sums = _markers.expression_sums(data.row_blocks(), labels, n_classes, n_features)
         if parallel is not None:  # every rank's labelled cells: the same markers on every rank
             sums = [sum(parts) for parts in zip(*parallel.gather(sums), strict=True)]
@@ -704,18 +707,11 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         counts = getattr(self, "class_counts_", np.full(len(self.classes_), np.inf))
         reliable = (counts >= _CALIBRATION_CELLS) & (quartiles > 0)
         ratios = np.where(reliable[called], distances / np.where(reliable, quartiles, 1.0)[called], np.nan)
-
-        def scale(values):
-            values = values[~np.isnan(values)]
-            return float(np.quantile(values, 0.25)) if len(values) >= _CALIBRATION_CELLS else None
-
-        overall = scale(ratios) or 1.0
-        if groups is None:
-            return np.full(len(distances), overall)
         scales = np.empty(len(distances))
-        for group in pd.unique(groups):
-            rows = groups == group
-            scales[rows] = scale(ratios[rows]) or overall
+        # a lower quartile of 0 calibrates nothing: the group takes all the cells' (or none)
+        for rows, scale in _markers.group_calibrations(ratios, groups,
+                                                       lambda values: float(np.quantile(values, 0.25)) or None):
+            scales[rows] = scale or 1.0
         return scales
 
     def predict_proba(self, X, *, batch=None):

@@ -237,16 +237,19 @@ def annotate(adata, estimator, *, labels_key=None, layer=None, batch_key=None, u
     adata = _copied(adata, copy)
     run = _Run(adata, estimator, layer, batch_key, use_highly_variable)
     if run.fitted:
+        inputs = run.final_input()  # what the classifier reads: mapped, embedded and tested from one pass of the steps
         if map_query and _has_new_categories(final, run.batch):
             with _unnamed_matrix(), _progress_shown(run.steps):
-                final.map_query(run.final_input(), batch=run.batch)
-        codes = run.transform()
+                final.map_query(inputs, batch=run.batch)
+        with _unnamed_matrix():
+            codes = _transform_steps([final], inputs, run.batch)
     else:
         codes = run.fit(y=adata.obs[labels_key])
+        inputs = run.final_input()
     # the classifier's predictions and typicality are of these codes (its predict_proba would embed the cells again)
     # (the typicality calibrated within each batch, as the classifier's typicality(X, batch=) does)
     with _unnamed_matrix():
-        probabilities, typicality = final.classify_codes(codes, X=run.final_input(), batch=run.batch)
+        probabilities, typicality = final.classify_codes(codes, X=inputs, batch=run.batch)
     records = _records(run, codes, estimator, layer, batch_key, (f"X_{prefix}", prefix))
     called = final.classes_[probabilities.argmax(axis=1)]
     unknown = typicality < final.unknown_threshold
