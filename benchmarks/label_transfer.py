@@ -29,11 +29,13 @@ Directions:
 Columns: accuracy and macro-F1 over the query cells whose type the reference has; AUROC of an unknown score (absent
 types against shared ones: ``1 - max probability`` for k-NN and scANVI, ``1 - typicality`` for skvae's classifier,
 whose ``1 - max probability`` is given too, with the share of absent and shared cells ``is_unknown`` flags, as the
-rule is and as the previous, reference-calibrated rule flags them on the same model; the ``mapped`` row also gives
-the reference-only model's naming and flags of the query before it is mapped); the F1
-of each shared type (``--per-type``); with ``--thresholds``, the shares flagged at other ``unknown_threshold`` values
-(the same typicality); fit seconds. Rows with a seed: one per ``--seeds`` seed, summarised as mean
-± sd.
+rule is, with each cell judged alone (``unknown_neighbors=0``), without the marker test's technology allowance,
+without both (the round 11 rule), by the codes' test alone (each cell alone, as before round 11), and as the
+previous, reference-calibrated rule flags them on the same model; the ``mapped`` row also gives the reference-only
+model's naming and flags of the query before it is mapped); the F1 of each shared type (``--per-type``); with
+``--thresholds``, the shares flagged at other ``unknown_threshold`` values (the same typicality; also by the round
+11 rule, and the share of correctly named cells flagged); fit seconds. Rows with a seed: one per ``--seeds`` seed,
+summarised as mean ± sd.
 
 Usage: python benchmarks/label_transfer.py [--data-home ../shared/data] [--datasets pair,semisynthetic]
                                            [--rows pca,harmony,skvae,classifier,mapped,scanvi,scarches]
@@ -205,7 +207,7 @@ def skvae_classifier(counts, batch, labels, reference, query, seed, epochs, **se
 
 @contextlib.contextmanager
 def codes_only(model):
-    """Within the block, ``model``'s typicality is its codes' alone (no marker test; as before round 11)."""
+    """Within the block, ``model``'s typicality is its codes' alone (no marker test)."""
     markers = model.class_markers_
     model.class_markers_ = markers[:, :0]
     try:
@@ -215,13 +217,35 @@ def codes_only(model):
 
 
 @contextlib.contextmanager
+def each_cell_alone(model):
+    """Within the block, ``model``'s typicality is each cell's own (``unknown_neighbors=0``; as before round 12)."""
+    neighbours = model.unknown_neighbors
+    model.unknown_neighbors = 0
+    try:
+        yield
+    finally:
+        model.unknown_neighbors = neighbours
+
+
+@contextlib.contextmanager
+def no_technology_allowance(model):
+    """Within the block, ``model``'s marker test does not widen for a batch's technology (as before round 12)."""
+    shares = model.__dict__.pop("class_shares_", None)
+    try:
+        yield
+    finally:
+        if shares is not None:
+            model.class_shares_ = shares
+
+
+@contextlib.contextmanager
 def previous_rule(model):
     """Within the block, ``model``'s typicality is the previous rule's: the reference's own distances, no query
     calibration, no correction for a type's count of labelled cells (for comparisons on the same model)."""
     counts = model.__dict__.pop("class_counts_", None)
     model._shift_scales = lambda *args: 1.0
     try:
-        with codes_only(model):
+        with codes_only(model), each_cell_alone(model):
             yield
     finally:
         del model._shift_scales
@@ -234,9 +258,13 @@ def flag_rates(model, X, batch, truth, suffix=""):
     by the previous rule, and the AUROC of each rule's ``1 - typicality``; per absent type, the share flagged."""
     shared = np.isin(truth, model.classes_)
     scores = {}
-    for rule, context in (("", contextlib.nullcontext()), (" (codes only)", codes_only(model)),
-                          (" (previous rule)", previous_rule(model))):
-        with context:
+    for rule, contexts in (("", ()), (" (each cell alone)", (each_cell_alone,)),
+                           (" (no technology allowance)", (no_technology_allowance,)),
+                           (" (round 11 rule)", (each_cell_alone, no_technology_allowance)),
+                           (" (codes only)", (codes_only, each_cell_alone)), (" (previous rule)", (previous_rule,))):
+        with contextlib.ExitStack() as stack:
+            for context in contexts:
+                stack.enter_context(context(model))
             typical = model.typicality(X, batch=batch)
         flagged = typical < model.unknown_threshold
         scores[f"flagged absent{rule}{suffix}"] = flagged[~shared].mean() if (~shared).any() else np.nan
@@ -248,10 +276,13 @@ def flag_rates(model, X, batch, truth, suffix=""):
             scores[f"flagged right-named{suffix}"] = flagged[right].mean()
             for label in np.unique(truth[~shared]):
                 scores[f"flagged {label}{suffix}"] = flagged[truth == label].mean()
+        if rule in ("", " (round 11 rule)"):
             for threshold in THRESHOLDS:  # the rule at other unknown_threshold values, on the same typicality
-                scores[f"flagged shared @{threshold:g}{suffix}"] = (typical[shared] < threshold).mean()
+                scores[f"flagged shared @{threshold:g}{rule}{suffix}"] = (typical[shared] < threshold).mean()
+                if not rule:
+                    scores[f"flagged right-named @{threshold:g}{suffix}"] = (typical[right] < threshold).mean()
                 if (~shared).any():
-                    scores[f"flagged absent @{threshold:g}{suffix}"] = (typical[~shared] < threshold).mean()
+                    scores[f"flagged absent @{threshold:g}{rule}{suffix}"] = (typical[~shared] < threshold).mean()
     return scores
 
 

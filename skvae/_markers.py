@@ -16,7 +16,11 @@ z-score divides its distance from the centre by the spread and its own counting
 noise (``1 / (expected + 1/2)``, so deep and shallow cells are judged alike), and a
 group of cells (a batch) is then calibrated to its own centre and spread (only ever
 widened), as the codes' typicality is to its shift: a technology that moves every
-type's markers moves them together. Its p-value is the normal's lower tail.
+type's markers moves them together. A technology also moves each gene by its own
+factor, and so each type's markers by a different amount: the spread is widened by
+what the group's per-gene factors, measured against the reference's labelled cells,
+move the type's share on its markers (:func:`technology_variances`). Its p-value is
+the normal's lower tail.
 
 Functions of arrays only: the classifier gathers the sums over ranks and keeps the results.
 """
@@ -34,6 +38,8 @@ MIN_CELLS = 50
 _SCALE = 1e4
 # The smallest spread beyond counting noise of a type's shortfall (in log units)
 _MIN_SPREAD = 0.1
+# The smallest mean share of a type's counts on a gene whose change between batches measures a technology (10 in 10,000)
+_MIN_SHARE = 1e-3
 
 
 def _normalised(X):
@@ -125,7 +131,7 @@ def marker_indicator(markers, n_features):
     return sp.csr_matrix((np.ones(len(types)), (markers[types, slots], types)), shape=(n_features, len(markers)))
 
 
-def shortfalls(blocks, called, indicator, shares):
+def shortfalls(blocks, called, indicator, shares, *, sums=None, group_of=None, genes=None):
     """Each row's log shortfall of its called type's markers, and the marker counts its total leads to expect.
 
     Parameters
@@ -137,6 +143,13 @@ def shortfalls(blocks, called, indicator, shares):
         :func:`marker_indicator`'s.
     shares : ndarray of shape (n_classes,)
         Each type's mean share of a cell's counts on its markers.
+    sums : ndarray of shape (n_groups, n_classes, len(genes)), default=None
+        In the same pass, each row's shares of ``genes`` are added to
+        ``sums[group_of[row], called[row]]`` (for :func:`technology_variances`).
+    group_of : ndarray of int of shape (n_rows,), default=None
+        Each row's group, with ``sums``.
+    genes : ndarray of int, default=None
+        The genes whose shares ``sums`` gathers.
 
     Returns
     -------
@@ -158,8 +171,12 @@ def shortfalls(blocks, called, indicator, shares):
         X = sp.csr_matrix(X[named], dtype=np.float64)
         observed = np.asarray((X @ indicator).todense())[np.arange(len(named)), own[named]]
         at = np.arange(len(called))[rows][named]
-        expected[at] = np.asarray(X.sum(axis=1)).ravel() * shares[own[named]]
+        totals = np.asarray(X.sum(axis=1)).ravel()
+        expected[at] = totals * shares[own[named]]
         shortfall[at] = np.log((observed + 0.5) / (expected[at] + 0.5))
+        if sums is not None:
+            taken = (sp.diags(1.0 / np.maximum(totals, 1.0)) @ X[:, genes]).toarray()
+            np.add.at(sums, (group_of[at], own[named]), taken)
     return shortfall, expected
 
 
@@ -184,6 +201,82 @@ def centres_and_spreads(shortfall, expected, labels, n_classes):
         robust = (1.4826 * np.median(np.abs(shortfall[own] - centres[c]))) ** 2
         spreads[c] = np.sqrt(max(robust - np.median(1.0 / (expected[own] + 0.5)), _MIN_SPREAD ** 2))
     return centres, spreads
+
+
+def tracked_genes(reference_shares):
+    """The genes :func:`technology_variances` compares: those some labelled type gives a share of ``_MIN_SHARE`` or
+    more of its counts (well measured in a few dozen cells)."""
+    with np.errstate(invalid="ignore"):
+        return np.flatnonzero(np.nanmax(np.where(np.isnan(reference_shares), -1.0, reference_shares), axis=0)
+                              >= _MIN_SHARE) if reference_shares.size else np.zeros(0, dtype=np.int64)
+
+
+def technology_variances(sums, counts, reference_shares, markers):
+    """Per group and type, the variance a technology's per-gene effects add to a type's shortfall of its markers.
+
+    A technology (or any batch effect) multiplies each gene's counts by its own
+    factor, so it moves a type's share on its markers even when every cell is of
+    the type: by about ``sum(w * e) / sum(w)`` in log, ``w`` the type's shares of
+    its markers and ``e`` the genes' log factors. The factors' spread ``sigma``
+    is measured between the group's cells and the reference's labelled ones:
+    per gene, the log ratio of the mean share of the cells called each type to
+    the type's (types called on :data:`MIN_CELLS` cells or more, genes both give
+    ``_MIN_SHARE`` or more), its median over the types (a population named a type
+    it is not moves its type's ratios, not the median), then the robust
+    variance over the genes (from 20 genes; fewer give 0). The variance added
+    is ``sigma**2 * sum(w**2) / sum(w)**2``: a marker test of a few strong
+    markers is moved more than one of many. It is 0 for the reference's own
+    cells.
+
+    Parameters
+    ----------
+    sums : ndarray of shape (n_groups, n_classes, n_genes)
+        The sums of the group's cells' shares of the tracked genes, per called
+        type (:func:`shortfalls`' ``sums``; the genes :func:`tracked_genes`').
+    counts : ndarray of shape (n_groups, n_classes)
+        The group's cells called each type.
+    reference_shares : ndarray of shape (n_classes, n_features)
+        Each type's labelled cells' mean share of each gene (NaN rows: not labelled).
+    markers : ndarray of int of shape (n_classes, N_MARKERS)
+        -1 padded.
+
+    Returns
+    -------
+    ndarray of shape (n_groups, n_classes)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.RandomState(0)
+    >>> reference = rng.dirichlet(np.ones(400), size=2) * 0.5 + 0.5 / 400
+    >>> factors = np.exp(rng.normal(0.0, 0.5, size=400))  # a technology's per-gene effect, sd 0.5 in log
+    >>> genes = tracked_genes(reference)
+    >>> sums = np.stack([reference[:, genes] * 100, reference[:, genes] * factors[genes] * 100])
+    >>> variances = technology_variances(sums, np.full((2, 2), 100), reference, np.array([[0, 1], [2, 3]]))
+    >>> variances[0].tolist(), bool(0.1 < variances[1, 0] / 0.25 * 2 < 4)
+    ([0.0, 0.0], True)
+    """
+    variances = np.zeros(counts.shape)
+    genes = tracked_genes(reference_shares)
+    typed = (counts >= MIN_CELLS) & ~np.isnan(reference_shares).any(axis=1)
+    for group in range(len(counts)):
+        types = np.flatnonzero(typed[group])
+        if not len(types) or not len(genes):
+            continue
+        observed = sums[group, types] / counts[group, types, None]
+        expected = reference_shares[np.ix_(types, genes)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = np.where((observed >= _MIN_SHARE) & (expected >= _MIN_SHARE), np.log(observed / expected), np.nan)
+        measured = ~np.isnan(ratios).all(axis=0)
+        if measured.sum() < 20:
+            continue
+        per_gene = np.nanmedian(ratios[:, measured], axis=0)
+        sigma2 = (1.4826 * np.median(np.abs(per_gene - np.median(per_gene)))) ** 2
+        for c in np.flatnonzero(~np.isnan(reference_shares).any(axis=1)):
+            weights = reference_shares[c, markers[c][markers[c] >= 0]]
+            if weights.sum() > 0:
+                variances[group, c] = sigma2 * (weights ** 2).sum() / weights.sum() ** 2
+    return variances
 
 
 def group_calibrations(values, groups, statistic):
@@ -229,7 +322,7 @@ def group_calibrations(values, groups, statistic):
         yield rows, overall if own is None else own
 
 
-def marker_pvalues(shortfall, expected, called, centres, spreads, groups=None):
+def marker_pvalues(shortfall, expected, called, centres, spreads, groups=None, added=None):
     """Each cell's p-value of holding so few of its called type's markers' counts, calibrated within its group.
 
     Parameters
@@ -244,6 +337,8 @@ def marker_pvalues(shortfall, expected, called, centres, spreads, groups=None):
         is centred on its own median z-score and divided by its own robust spread
         where that exceeds 1 (a smaller group takes all the cells', fewer in all
         take none).
+    added : ndarray of shape (n_cells,), default=None
+        A variance added to each cell's type's spread (:func:`technology_variances`').
 
     Returns
     -------
@@ -259,7 +354,8 @@ def marker_pvalues(shortfall, expected, called, centres, spreads, groups=None):
     """
     tested = ~np.isnan(centres[called]) & ~np.isnan(shortfall)
     z = np.full(len(called), np.nan)
-    z[tested] = (shortfall[tested] - centres[called[tested]]) / np.sqrt(spreads[called[tested]] ** 2
+    added = np.zeros(len(called)) if added is None else added
+    z[tested] = (shortfall[tested] - centres[called[tested]]) / np.sqrt(spreads[called[tested]] ** 2 + added[tested]
                                                                       + 1.0 / (expected[tested] + 0.5))
 
     def centre_and_spread(values):

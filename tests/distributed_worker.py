@@ -96,7 +96,8 @@ def main(out, mode):
         estimator = BetaVAEClassifier(**PARAMS, likelihood=likelihood).fit(shard, types, batch=batch)
         torch.save({"state": estimator.module_.state_dict(), "means": estimator.class_means_,
                     "quantiles": estimator.class_distance_quantiles_, "markers": estimator.class_markers_,
-                    "expression": estimator.class_expression_, "shares": estimator.class_marker_shares_},
+                    "expression": estimator.class_expression_, "shares": estimator.class_marker_shares_,
+                    "gene_shares": estimator.class_shares_},
                    Path(out, f"rank{rank}.pt"))
         return
     try:

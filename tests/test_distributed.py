@@ -98,15 +98,16 @@ def test_two_ranks_train_one_classifier_with_the_same_type_gaussians(tmp_path):
 def test_two_ranks_choose_the_same_marker_genes_from_every_ranks_labelled_cells(tmp_path):
     _torchrun(tmp_path, "classifier-counts")
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
-    for name in ("markers", "expression", "shares", "means"):
+    for name in ("markers", "expression", "shares", "gene_shares", "means"):
         np.testing.assert_array_equal(ranks[0][name], ranks[1][name])
     # the types' mean expression of all labelled cells of both ranks, as one process computes it
     X = distributed_worker.counts(distributed_worker.data())
     rows = np.arange(len(X))
     types = np.where(X[:, 0] > 4.5, 0, 1)  # "high" sorts before "low"
     types[np.where(rows < 60, rows % 3 == 0, rows % 3 == 1)] = -1
-    n, log_sums, _ = _markers.expression_sums([(slice(0, len(X)), X)], types, 2, X.shape[1])
+    n, log_sums, share_sums = _markers.expression_sums([(slice(0, len(X)), X)], types, 2, X.shape[1])
     np.testing.assert_allclose(ranks[0]["expression"], log_sums / n[:, None], rtol=1e-5)
+    np.testing.assert_allclose(ranks[0]["gene_shares"], share_sums / n[:, None], rtol=1e-5)
     assert (ranks[0]["markers"] >= 0).any()
 
 

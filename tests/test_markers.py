@@ -35,11 +35,7 @@ def _marker_pvalues(model, X, batch=None):
     """The marker test's p-values alone, from the fitted model's attributes."""
     called = model.predict(X)
     indices = np.searchsorted(model.classes_, called)
-    shortfall, expected = _markers.shortfalls([(slice(0, len(X)), X)], indices,
-                                              _markers.marker_indicator(model.class_markers_, X.shape[1]),
-                                              model.class_marker_shares_)
-    return _markers.marker_pvalues(shortfall, expected, indices, model.class_marker_centres_,
-                                   model.class_marker_spreads_, batch), called
+    return model._marker_pvalues(model._input(X, None, required=False), indices, model._groups(batch, len(X))), called
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -53,9 +49,9 @@ def test_cells_named_a_type_without_its_markers_are_flagged_and_the_types_own_ar
     assert (called[lacking] == 0).mean() > 0.9  # named as the type whose markers they lack
     # the marker test alone flags them, and few of the known types' cells
     assert (p[lacking] < 0.01).mean() >= 0.9 and (p[known] < 0.01).mean() <= 0.02
-    typicality = model.typicality(counts[query])
-    assert np.all(typicality <= p + 1e-12)  # the smaller of the two tests' p-values
-    unknown = model.is_unknown(counts[query])
+    alone = model.set_params(unknown_neighbors=0).typicality(counts[query])
+    assert np.all(alone <= p + 1e-12)  # each cell alone: the smaller of the two tests' p-values
+    unknown = model.set_params(unknown_neighbors=10).is_unknown(counts[query])
     assert unknown[lacking].mean() >= 0.9 and unknown[known].mean() <= 0.05
 
 
@@ -122,19 +118,50 @@ def test_markers_are_saved_checked_and_a_save_without_them_loads_with_the_codes_
         BetaVAEClassifier.load(tmp_path / "damaged.pt")
 
 
+def test_a_save_without_genes_shares_loads_and_its_marker_test_allows_for_no_technology(tmp_path):
+    import torch
+
+    counts, types, reference = _lacking(0, n=600, n_genes=60)
+    batch = np.where(reference, "ref", "query")
+    model = BetaVAEClassifier(**{**SETTINGS, "max_epochs": 5}, random_state=0).fit(counts[reference],
+                                                                                   types[reference])
+    assert model.class_shares_.shape == model.class_expression_.shape
+    np.testing.assert_allclose(model.class_shares_.sum(axis=1), 1.0, rtol=1e-5)  # each type's mean shares
+    path = tmp_path / "model.pt"
+    model.save(path)
+    np.testing.assert_array_equal(BetaVAEClassifier.load(path).class_shares_, model.class_shares_)
+    # a save from round 11: markers, but no genes' shares
+    state = torch.load(path, weights_only=True)
+    del state["attributes"]["class_shares_"]
+    state["checksum"] = content_checksum(state)
+    torch.save(state, tmp_path / "old.pt")
+    old = BetaVAEClassifier.load(tmp_path / "old.pt")
+    assert not hasattr(old, "class_shares_")
+    del model.class_shares_
+    np.testing.assert_array_equal(old.typicality(counts, batch=batch), model.typicality(counts, batch=batch))
+    # damaged shares are refused by name
+    state = torch.load(path, weights_only=True)
+    state["attributes"]["class_shares_"]["values"] = state["attributes"]["class_shares_"]["values"][:1]
+    state["checksum"] = content_checksum(state)
+    torch.save(state, tmp_path / "damaged.pt")
+    with pytest.raises(ValueError, match="damaged.*class_shares_"):
+        BetaVAEClassifier.load(tmp_path / "damaged.pt")
+
+
 def test_partial_fit_keeps_the_markers_of_a_type_a_chunk_does_not_label():
     counts, types, _ = _lacking(0, n=900, n_genes=60)
     types = np.minimum(types, 2)
     model = BetaVAEClassifier(**{**SETTINGS, "max_epochs": 3}, random_state=0)
     model.partial_fit(counts, types, classes=[0, 1, 2])
     before = [getattr(model, name).copy() for name in ("class_markers_", "class_marker_shares_",
-                                                        "class_marker_centres_", "class_expression_")]
+                                                        "class_marker_centres_", "class_expression_",
+                                                        "class_shares_")]
     unlabelled_two = np.where(types == 2, -1, types)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the stale-Gaussian warning, tested elsewhere
         model.partial_fit(counts, unlabelled_two)
     after = [getattr(model, name) for name in ("class_markers_", "class_marker_shares_", "class_marker_centres_",
-                                               "class_expression_")]
+                                               "class_expression_", "class_shares_")]
     for old, new in zip(before, after, strict=True):
         np.testing.assert_array_equal(old[2], new[2])
 
@@ -192,3 +219,26 @@ def test_every_marker_is_expressed_above_every_other_labelled_type(expression):
         assert len(genes) <= 4
         others = np.delete(expression[:3], c, axis=0)
         assert all((expression[c, g] > others[:, g]).all() for g in genes)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(30, 100), st.integers(0, 2**31 - 1), st.floats(0.8, 1.25))
+def test_technology_variances_measure_the_spread_of_the_genes_factors_alone(n_genes, seed, common):
+    rng = np.random.RandomState(seed)
+    reference = 5e-3 + rng.dirichlet(np.ones(n_genes), size=3) * (1 - n_genes * 5e-3)  # every gene tracked
+    factors = np.exp(np.clip(rng.normal(0.0, 0.3, size=n_genes), -0.69, 0.69))  # a technology's, within 1/2 and 2
+    markers = np.array([[0, 1, 2, -1], [3, 4, -1, -1], [5, 6, 7, 8]])
+    assert len(_markers.tracked_genes(reference)) == n_genes
+    groups = [reference, reference * factors * common, reference * factors ** 2, reference * factors, reference]
+    counts = np.full((len(groups), 3), 60)
+    counts[4] = _markers.MIN_CELLS - 1  # too few cells of every type to measure
+    sums = np.stack([means * 60 for means in groups])
+    variances = _markers.technology_variances(sums, counts, reference, markers)
+    assert (variances >= 0).all()
+    assert (variances[[0, 4]] == 0).all()  # the reference's own cells, and too few cells
+    np.testing.assert_allclose(variances[1], variances[3], rtol=1e-9)  # a factor common to every gene is not one
+    np.testing.assert_allclose(variances[2], 4 * variances[3], rtol=1e-9)  # twice the log factors: 4x the variance
+    # a type of few strong markers moves more than one of many even ones
+    weights = [reference[c, row[row >= 0]] for c, row in enumerate(markers)]
+    concentration = np.array([(w ** 2).sum() / w.sum() ** 2 for w in weights])
+    np.testing.assert_allclose(variances[3] * concentration[0], variances[3][0] * concentration, rtol=1e-9)

@@ -5,8 +5,12 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from skvae import BetaVAEClassifier
+from skvae.classifier import _neighbourhood_medians
 
 SETTINGS = dict(likelihood="nb", n_components=6, hidden_layer_sizes=(64,), input_activation=True, batch_norm=True,
                 max_epochs=60)
@@ -37,7 +41,7 @@ def _quietly(call, *args, **kwargs):
         return call(*args, **kwargs)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("use", ["reference", "joint", "mapped"])
 def test_the_flag_holds_under_a_strong_batch_effect(use, seed):
     counts, types, batch = _shifted(seed)
@@ -119,3 +123,40 @@ def test_a_classifier_saved_before_class_counts_loads_predicts_and_continues(tmp
     assert ((loaded.typicality(counts) >= 0) & (loaded.typicality(counts) <= 1)).all()
     _quietly(loaded.partial_fit, counts, np.where(types == "B", "B", None).astype(object))
     assert loaded.class_counts_.tolist() == [int((types == "B").sum()), 20_000, 20_000]
+
+
+def test_the_flag_judges_neighbourhoods_a_lone_unlike_cell_only_with_unknown_neighbors_0():
+    counts, types = _three_types(n=900)
+    model = _quietly(_small(max_epochs=40).fit, counts, types)
+    codes = model.transform(counts)
+    far = codes[:1] + 100.0  # the code of one cell unlike any type, among 900 of known types
+    with_it = np.vstack([codes, far])
+    alone = model.set_params(unknown_neighbors=0)._scores(with_it)[1]
+    assert alone[-1] < model.unknown_threshold
+    assert model.set_params(unknown_neighbors=10)._scores(with_it)[1][-1] >= model.unknown_threshold
+    # a population of them is flagged as one; the known cells' scattered flags are not
+    population = codes[:30] + 100.0
+    typicality = model._scores(np.vstack([codes, population]))[1]
+    assert (typicality[-30:] < model.unknown_threshold).all()
+    assert (typicality[:-30] < model.unknown_threshold).mean() <= (alone[:-1] < model.unknown_threshold).mean()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 40).flatmap(lambda n: st.tuples(
+    arrays(np.float64, (n, 2), elements=st.floats(-10, 10)), arrays(np.float64, n, elements=st.floats(0, 1)),
+    arrays(np.int64, n, elements=st.integers(0, 2)))), st.integers(0, 12))
+def test_neighbourhood_medians_stay_within_each_group_and_are_the_values_alone_for_0(case, n_neighbors):
+    codes, values, groups = case
+    medians = _neighbourhood_medians(codes, values, groups, n_neighbors)
+    for group in np.unique(groups):
+        rows = groups == group
+        assert values[rows].min() <= medians[rows].min() and medians[rows].max() <= values[rows].max()
+        # another group's values do not change this group's medians
+        changed = np.where(rows, values, 1.0 - values)
+        np.testing.assert_array_equal(_neighbourhood_medians(codes, changed, groups, n_neighbors)[rows], medians[rows])
+        if rows.sum() == 1 or n_neighbors == 0:  # a lone cell keeps its own value, as every cell with 0
+            np.testing.assert_array_equal(medians[rows], values[rows])
+    np.testing.assert_array_equal(_neighbourhood_medians(codes, values, groups, 0), values)
+    # with every neighbour, a group's median of all its values
+    everyone = _neighbourhood_medians(codes, values, None, len(values))
+    np.testing.assert_allclose(everyone, np.median(values))
