@@ -88,6 +88,24 @@ def test_classify_codes_of_a_model_of_counts_needs_the_same_cells_counts():
     np.testing.assert_allclose(typicality, model.typicality(counts))
 
 
+def _edited_save(path, target, edit):
+    """A copy of the save at ``path`` written to ``target`` with ``edit(state)`` applied and its checksum renewed."""
+    import torch
+
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    state["checksum"] = content_checksum(state)
+    torch.save(state, target)
+    return target
+
+
+def _first_row_only(name):
+    """An edit of a save: its attribute ``name`` cut to its first row (damaged)."""
+    def edit(state):
+        state["attributes"][name]["values"] = state["attributes"][name]["values"][:1]
+    return edit
+
+
 def test_markers_are_saved_checked_and_a_save_without_them_loads_with_the_codes_test(tmp_path):
     import torch
 
@@ -98,29 +116,22 @@ def test_markers_are_saved_checked_and_a_save_without_them_loads_with_the_codes_
     loaded = BetaVAEClassifier.load(path)
     np.testing.assert_array_equal(loaded.class_markers_, model.class_markers_)
     np.testing.assert_array_equal(loaded.typicality(counts), model.typicality(counts))
-    state = torch.load(path, weights_only=True)
-    assert state["format"] == SAVE_FORMAT
-    # a save from before the markers: the codes' typicality, as it was
-    for name in ("class_expression_", "class_markers_", "class_marker_shares_", "class_marker_centres_",
-                 "class_marker_spreads_"):
-        del state["attributes"][name]
-    state["checksum"] = content_checksum(state)
-    torch.save(state, tmp_path / "old.pt")
-    old = BetaVAEClassifier.load(tmp_path / "old.pt")
+    assert torch.load(path, weights_only=True)["format"] == SAVE_FORMAT
+
+    def without_markers(state):  # a save from before the markers: the codes' typicality, as it was
+        for name in ("class_expression_", "class_markers_", "class_marker_shares_", "class_marker_centres_",
+                     "class_marker_spreads_", "class_shares_"):
+            del state["attributes"][name]
+
+    old = BetaVAEClassifier.load(_edited_save(path, tmp_path / "old.pt", without_markers))
     model.class_markers_ = model.class_markers_[:, :0]
     np.testing.assert_array_equal(old.typicality(counts), model.typicality(counts))
     # a damaged one is refused by name
-    state = torch.load(path, weights_only=True)
-    state["attributes"]["class_markers_"]["values"] = state["attributes"]["class_markers_"]["values"][:1]
-    state["checksum"] = content_checksum(state)
-    torch.save(state, tmp_path / "damaged.pt")
     with pytest.raises(ValueError, match="damaged.*marker"):
-        BetaVAEClassifier.load(tmp_path / "damaged.pt")
+        BetaVAEClassifier.load(_edited_save(path, tmp_path / "damaged.pt", _first_row_only("class_markers_")))
 
 
 def test_a_save_without_genes_shares_loads_and_its_marker_test_allows_for_no_technology(tmp_path):
-    import torch
-
     counts, types, reference = _lacking(0, n=600, n_genes=60)
     batch = np.where(reference, "ref", "query")
     model = BetaVAEClassifier(**{**SETTINGS, "max_epochs": 5}, random_state=0).fit(counts[reference],
@@ -131,21 +142,13 @@ def test_a_save_without_genes_shares_loads_and_its_marker_test_allows_for_no_tec
     model.save(path)
     np.testing.assert_array_equal(BetaVAEClassifier.load(path).class_shares_, model.class_shares_)
     # a save from round 11: markers, but no genes' shares
-    state = torch.load(path, weights_only=True)
-    del state["attributes"]["class_shares_"]
-    state["checksum"] = content_checksum(state)
-    torch.save(state, tmp_path / "old.pt")
-    old = BetaVAEClassifier.load(tmp_path / "old.pt")
+    old = BetaVAEClassifier.load(_edited_save(path, tmp_path / "old.pt",
+                                              lambda state: state["attributes"].pop("class_shares_")))
     assert not hasattr(old, "class_shares_")
     del model.class_shares_
     np.testing.assert_array_equal(old.typicality(counts, batch=batch), model.typicality(counts, batch=batch))
-    # damaged shares are refused by name
-    state = torch.load(path, weights_only=True)
-    state["attributes"]["class_shares_"]["values"] = state["attributes"]["class_shares_"]["values"][:1]
-    state["checksum"] = content_checksum(state)
-    torch.save(state, tmp_path / "damaged.pt")
     with pytest.raises(ValueError, match="damaged.*class_shares_"):
-        BetaVAEClassifier.load(tmp_path / "damaged.pt")
+        BetaVAEClassifier.load(_edited_save(path, tmp_path / "damaged.pt", _first_row_only("class_shares_")))
 
 
 def test_partial_fit_keeps_the_markers_of_a_type_a_chunk_does_not_label():
