@@ -242,6 +242,11 @@ def effects(base, draw, rows):
                      "seconds": seconds, "fit s": scvi_seconds})
 
 
+def _fit_seconds(method, fit, model_seconds):
+    """A method's training seconds: its own (scVI's, returned with its test), the skvae model's, or none."""
+    return fit[0] if fit else model_seconds if method.startswith("skvae") else 0.0
+
+
 def batches(base, draw, rows):
     methods, counts, batch = in_batches(base, np.random.RandomState(200 + draw), seed=draw)
     model, fit_seconds = fitted_model(counts, draw, batch=batch)
@@ -250,7 +255,7 @@ def batches(base, draw, rows):
         tested = np.isfinite(pvalues)
         rows.append({"scenario": "batches", "draw": draw, "method": method, "called": called(padj),
                      "share p<0.05": float(np.mean(pvalues[tested] < 0.05)) if tested.any() else np.nan,
-                     "seconds": seconds, "fit s": fit[0] if fit else fit_seconds if method.startswith("skvae") else 0.0})
+                     "seconds": seconds, "fit s": _fit_seconds(method, fit, fit_seconds)})
 
 
 def batch_effects(base, draw, rows):
@@ -261,7 +266,7 @@ def batch_effects(base, draw, rows):
     for method, test in methods:
         pvalues, padj, seconds, *fit = test(model)
         rows.append({"scenario": "batch-effects", "draw": draw, "method": method, **known_effect_scores(padj, truth),
-                     "seconds": seconds, "fit s": fit[0] if fit else fit_seconds if method.startswith("skvae") else 0.0})
+                     "seconds": seconds, "fit s": _fit_seconds(method, fit, fit_seconds)})
 
 
 def timing(data_home, draw, rows, n_cells=0):

@@ -205,52 +205,50 @@ def skvae_classifier(counts, batch, labels, reference, query, seed, epochs, **se
     return (scores, per_type), seconds
 
 
+#: a value of ``changed``: the attribute is deleted within the block
+ABSENT = object()
+
+
 @contextlib.contextmanager
+def changed(model, **attributes):
+    """Within the block, ``model``'s ``attributes`` take the values given (``ABSENT``: deleted); restored after."""
+    before = {name: model.__dict__.get(name, ABSENT) for name in attributes}
+
+    def assign(values):
+        for name, value in values.items():
+            if value is ABSENT:
+                model.__dict__.pop(name, None)
+            else:
+                setattr(model, name, value)
+
+    assign(attributes)
+    try:
+        yield
+    finally:
+        assign(before)
+
+
 def codes_only(model):
     """Within the block, ``model``'s typicality is its codes' alone (no marker test)."""
-    markers = model.class_markers_
-    model.class_markers_ = markers[:, :0]
-    try:
-        yield
-    finally:
-        model.class_markers_ = markers
+    return changed(model, class_markers_=model.class_markers_[:, :0])
 
 
-@contextlib.contextmanager
 def each_cell_alone(model):
     """Within the block, ``model``'s typicality is each cell's own (``unknown_neighbors=0``; as before round 12)."""
-    neighbours = model.unknown_neighbors
-    model.unknown_neighbors = 0
-    try:
-        yield
-    finally:
-        model.unknown_neighbors = neighbours
+    return changed(model, unknown_neighbors=0)
 
 
-@contextlib.contextmanager
 def no_technology_allowance(model):
     """Within the block, ``model``'s marker test does not widen for a batch's technology (as before round 12)."""
-    shares = model.__dict__.pop("class_shares_", None)
-    try:
-        yield
-    finally:
-        if shares is not None:
-            model.class_shares_ = shares
+    return changed(model, class_shares_=ABSENT)
 
 
-@contextlib.contextmanager
 def previous_rule(model):
     """Within the block, ``model``'s typicality is the previous rule's: the reference's own distances, no query
-    calibration, no correction for a type's count of labelled cells (for comparisons on the same model)."""
-    counts = model.__dict__.pop("class_counts_", None)
-    model._shift_scales = lambda *args: 1.0
-    try:
-        with codes_only(model), each_cell_alone(model):
-            yield
-    finally:
-        del model._shift_scales
-        if counts is not None:
-            model.class_counts_ = counts
+    calibration, no correction for a type's count of labelled cells, each cell alone (for comparisons on the same
+    model)."""
+    return changed(model, class_counts_=ABSENT, _shift_scales=lambda *args: 1.0,
+                   class_markers_=model.class_markers_[:, :0], unknown_neighbors=0)
 
 
 def flag_rates(model, X, batch, truth, suffix=""):

@@ -171,12 +171,11 @@ def shortfalls(blocks, called, indicator, shares, *, sums=None, group_of=None, g
         X = sp.csr_matrix(X[named], dtype=np.float64)
         observed = np.asarray((X @ indicator).todense())[np.arange(len(named)), own[named]]
         at = np.arange(len(called))[rows][named]
-        totals = np.asarray(X.sum(axis=1)).ravel()
+        row_shares, totals = _normalised(X)
         expected[at] = totals * shares[own[named]]
         shortfall[at] = np.log((observed + 0.5) / (expected[at] + 0.5))
         if sums is not None:
-            taken = (sp.diags(1.0 / np.maximum(totals, 1.0)) @ X[:, genes]).toarray()
-            np.add.at(sums, (group_of[at], own[named]), taken)
+            np.add.at(sums, (group_of[at], own[named]), row_shares[:, genes].toarray())
     return shortfall, expected
 
 
@@ -211,7 +210,7 @@ def tracked_genes(reference_shares):
                               >= _MIN_SHARE) if reference_shares.size else np.zeros(0, dtype=np.int64)
 
 
-def technology_variances(sums, counts, reference_shares, markers):
+def technology_variances(sums, counts, reference_shares, markers, genes):
     """Per group and type, the variance a technology's per-gene effects add to a type's shortfall of its markers.
 
     A technology (or any batch effect) multiplies each gene's counts by its own
@@ -230,15 +229,17 @@ def technology_variances(sums, counts, reference_shares, markers):
 
     Parameters
     ----------
-    sums : ndarray of shape (n_groups, n_classes, n_genes)
-        The sums of the group's cells' shares of the tracked genes, per called
-        type (:func:`shortfalls`' ``sums``; the genes :func:`tracked_genes`').
+    sums : ndarray of shape (n_groups, n_classes, len(genes))
+        The sums of the group's cells' shares of ``genes``, per called type
+        (:func:`shortfalls`' ``sums``).
     counts : ndarray of shape (n_groups, n_classes)
         The group's cells called each type.
     reference_shares : ndarray of shape (n_classes, n_features)
         Each type's labelled cells' mean share of each gene (NaN rows: not labelled).
     markers : ndarray of int of shape (n_classes, N_MARKERS)
         -1 padded.
+    genes : ndarray of int
+        The genes compared: :func:`tracked_genes`' of ``reference_shares``.
 
     Returns
     -------
@@ -252,12 +253,11 @@ def technology_variances(sums, counts, reference_shares, markers):
     >>> factors = np.exp(rng.normal(0.0, 0.5, size=400))  # a technology's per-gene effect, sd 0.5 in log
     >>> genes = tracked_genes(reference)
     >>> sums = np.stack([reference[:, genes] * 100, reference[:, genes] * factors[genes] * 100])
-    >>> variances = technology_variances(sums, np.full((2, 2), 100), reference, np.array([[0, 1], [2, 3]]))
+    >>> variances = technology_variances(sums, np.full((2, 2), 100), reference, np.array([[0, 1], [2, 3]]), genes)
     >>> variances[0].tolist(), bool(0.1 < variances[1, 0] / 0.25 * 2 < 4)
     ([0.0, 0.0], True)
     """
     variances = np.zeros(counts.shape)
-    genes = tracked_genes(reference_shares)
     typed = (counts >= MIN_CELLS) & ~np.isnan(reference_shares).any(axis=1)
     for group in range(len(counts)):
         types = np.flatnonzero(typed[group])
@@ -313,13 +313,25 @@ def group_calibrations(values, groups, statistic):
         return statistic(selected) if len(selected) >= MIN_CELLS else None
 
     overall = of(values)
+    for rows in group_rows(groups, len(values)):
+        own = overall if groups is None else of(values[rows])
+        yield rows, overall if own is None else own
+
+
+def group_rows(groups, n_rows):
+    """Yield each group's rows (boolean masks), in order of first appearance: all the rows one group when None.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> [rows.tolist() for rows in group_rows(np.array(["b", "a", "b"]), 3)]
+    [[True, False, True], [False, True, False]]
+    """
     if groups is None:
-        yield np.ones(len(values), bool), overall
+        yield np.ones(n_rows, bool)
         return
     for group in pd.unique(groups):
-        rows = groups == group
-        own = of(values[rows])
-        yield rows, overall if own is None else own
+        yield groups == group
 
 
 def marker_pvalues(shortfall, expected, called, centres, spreads, groups=None, added=None):

@@ -733,7 +733,8 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         if reference_shares is not None:
             counts = np.zeros((len(labels), len(self.classes_)))
             np.add.at(counts, (group_of, called), 1)
-            added = _markers.technology_variances(sums, counts, reference_shares, self.class_markers_)[group_of, called]
+            added = _markers.technology_variances(sums, counts, reference_shares, self.class_markers_,
+                                                  genes)[group_of, called]
         return _markers.marker_pvalues(shortfall, expected, called, self.class_marker_centres_,
                                        self.class_marker_spreads_, groups, added)
 
@@ -1000,8 +1001,7 @@ def _neighbourhood_medians(codes, values, groups, n_neighbors):
     medians = np.array(values, dtype=np.float64)
     if n_neighbors < 1:
         return medians
-    for rows in [np.arange(len(medians))] if groups is None else [np.flatnonzero(groups == group)
-                                                                  for group in pd.unique(groups)]:
+    for rows in map(np.flatnonzero, _markers.group_rows(groups, len(medians))):
         k = min(n_neighbors, len(rows) - 1)
         if k < 1:
             continue

@@ -236,7 +236,7 @@ def test_technology_variances_measure_the_spread_of_the_genes_factors_alone(n_ge
     counts = np.full((len(groups), 3), 60)
     counts[4] = _markers.MIN_CELLS - 1  # too few cells of every type to measure
     sums = np.stack([means * 60 for means in groups])
-    variances = _markers.technology_variances(sums, counts, reference, markers)
+    variances = _markers.technology_variances(sums, counts, reference, markers, _markers.tracked_genes(reference))
     assert (variances >= 0).all()
     assert (variances[[0, 4]] == 0).all()  # the reference's own cells, and too few cells
     np.testing.assert_allclose(variances[1], variances[3], rtol=1e-9)  # a factor common to every gene is not one
