@@ -160,3 +160,12 @@ def test_neighbourhood_medians_stay_within_each_group_and_are_the_values_alone_f
     # with every neighbour, a group's median of all its values
     everyone = _neighbourhood_medians(codes, values, None, len(values))
     np.testing.assert_allclose(everyone, np.median(values))
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, "10", None])
+def test_a_bad_unknown_neighbors_is_refused_by_name_before_anything_is_fitted(value):
+    counts, types = _three_types(n=120)
+    model = _small(unknown_neighbors=value, max_epochs=1)
+    with pytest.raises(ValueError, match="unknown_neighbors"):
+        model.fit(counts, types)
+    assert not hasattr(model, "classes_")
