@@ -29,12 +29,13 @@ Directions:
 Columns: accuracy and macro-F1 over the query cells whose type the reference has; AUROC of an unknown score (absent
 types against shared ones: ``1 - max probability`` for k-NN and scANVI, ``1 - typicality`` for skvae's classifier,
 whose ``1 - max probability`` is given too, with the share of absent and shared cells ``is_unknown`` flags, as the
-rule is, with each cell judged alone (``unknown_neighbors=0``), without the marker test's technology allowance,
-without both (the round 11 rule), by the codes' test alone (each cell alone, as before round 11), and as the
+rule is, without the profile test (as before round 13), with each cell judged alone (``unknown_neighbors=0``),
+without the marker test's technology allowance, without all three (the round 11 rule), by the codes' test alone
+(each cell alone, as before round 11), and as the
 previous, reference-calibrated rule flags them on the same model; the ``mapped`` row also gives the reference-only
 model's naming and flags of the query before it is mapped); the F1 of each shared type (``--per-type``); with
-``--thresholds``, the shares flagged at other ``unknown_threshold`` values (the same typicality; also by the round
-11 rule, and the share of correctly named cells flagged); fit seconds. Rows with a seed: one per ``--seeds`` seed,
+``--thresholds``, the shares flagged at other ``unknown_threshold`` values (the same typicality; also without the
+profile test and by the round 11 rule, and the share of correctly named cells flagged); fit seconds. Rows with a seed: one per ``--seeds`` seed,
 summarised as mean ± sd.
 
 Usage: python benchmarks/label_transfer.py [--data-home ../shared/data] [--datasets pair,semisynthetic]
@@ -243,6 +244,11 @@ def no_technology_allowance(model):
     return changed(model, class_shares_=ABSENT)
 
 
+def no_profile_test(model):
+    """Within the block, ``model``'s typicality asks nothing of a cell's profile likelihood (as before round 13)."""
+    return changed(model, class_profile_quantiles_=ABSENT)
+
+
 def previous_rule(model):
     """Within the block, ``model``'s typicality is the previous rule's: the reference's own distances, no query
     calibration, no correction for a type's count of labelled cells, each cell alone (for comparisons on the same
@@ -256,9 +262,10 @@ def flag_rates(model, X, batch, truth, suffix=""):
     by the previous rule, and the AUROC of each rule's ``1 - typicality``; per absent type, the share flagged."""
     shared = np.isin(truth, model.classes_)
     scores = {}
-    for rule, contexts in (("", ()), (" (each cell alone)", (each_cell_alone,)),
+    for rule, contexts in (("", ()), (" (no profile test)", (no_profile_test,)),
+                           (" (each cell alone)", (each_cell_alone,)),
                            (" (no technology allowance)", (no_technology_allowance,)),
-                           (" (round 11 rule)", (each_cell_alone, no_technology_allowance)),
+                           (" (round 11 rule)", (each_cell_alone, no_technology_allowance, no_profile_test)),
                            (" (codes only)", (codes_only, each_cell_alone)), (" (previous rule)", (previous_rule,))):
         with contextlib.ExitStack() as stack:
             for context in contexts:
@@ -274,7 +281,7 @@ def flag_rates(model, X, batch, truth, suffix=""):
             scores[f"flagged right-named{suffix}"] = flagged[right].mean()
             for label in np.unique(truth[~shared]):
                 scores[f"flagged {label}{suffix}"] = flagged[truth == label].mean()
-        if rule in ("", " (round 11 rule)"):
+        if rule in ("", " (no profile test)", " (round 11 rule)"):
             for threshold in THRESHOLDS:  # the rule at other unknown_threshold values, on the same typicality
                 scores[f"flagged shared @{threshold:g}{rule}{suffix}"] = (typical[shared] < threshold).mean()
                 if not rule:

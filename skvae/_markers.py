@@ -22,8 +22,25 @@ what the group's per-gene factors, measured against the reference's labelled cel
 move the type's share on its markers (:func:`technology_variances`). Its p-value is
 the normal's lower tail.
 
+The markers ask whether a cell holds its type's own genes; a population the
+reference lacks can hold them and more (CD34+ progenitors named T cells hold half
+of the T cells' share of their markers). A third question asks of all its counts:
+a cell's *profile likelihood* is the mean log-probability of its counts under its
+called type's expression profile (the labelled cells' mean share of each gene,
+:func:`log_profiles`), low where it spends counts on genes the type does not
+express. It is standardised like the shortfall, by the type's centre and spread
+beyond counting noise (the profile's variance of one count's log-probability
+over the cell's total), each type called in a group then centred on its own
+median (a technology's per-gene factors move each type's profile likelihood by
+its own amount, by several of its spreads under a strong one; this assumes a
+population the reference lacks is fewer than half the cells named any one type),
+and its p-value is conformal: the share of the type's labelled cells scoring lower
+(their scores' tails are heavier than the normal's).
+
 Functions of arrays only: the classifier gathers the sums over ranks and keeps the results.
 """
+
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -40,6 +57,10 @@ _SCALE = 1e4
 _MIN_SPREAD = 0.1
 # The smallest mean share of a type's counts on a gene whose change between batches measures a technology (10 in 10,000)
 _MIN_SHARE = 1e-3
+# The smallest spread beyond counting noise of a type's profile likelihood (log-probability per count)
+_MIN_PROFILE_SPREAD = 0.05
+# The share added to each gene of a type's expression profile (a gene none of its cells expressed: one count in a million)
+_PROFILE_FLOOR = 1e-6
 
 
 def _normalised(X):
@@ -131,8 +152,23 @@ def marker_indicator(markers, n_features):
     return sp.csr_matrix((np.ones(len(types)), (markers[types, slots], types)), shape=(n_features, len(markers)))
 
 
-def shortfalls(blocks, called, indicator, shares, *, sums=None, group_of=None, genes=None):
-    """Each row's log shortfall of its called type's markers, and the marker counts its total leads to expect.
+class CellScores(NamedTuple):
+    """What :func:`shortfalls` measures of each row (NaN for a row called no type)."""
+
+    #: The log shortfall of its called type's markers
+    shortfall: np.ndarray
+    #: The marker counts its total leads to expect
+    expected: np.ndarray
+    #: The mean log-probability of its counts under its called type's profile (NaN without ``profile_shares``)
+    likelihood: np.ndarray
+    #: Its total count
+    totals: np.ndarray
+
+
+def shortfalls(blocks, called, indicator, shares, *, profile_shares=None, leave_out=None, sums=None, group_of=None,
+               genes=None):
+    """Each row's log shortfall of its called type's markers, the marker counts its total leads to expect, and its
+    profile likelihood: what the marker and profile tests ask of its counts, in one pass over them.
 
     Parameters
     ----------
@@ -143,6 +179,16 @@ def shortfalls(blocks, called, indicator, shares, *, sums=None, group_of=None, g
         :func:`marker_indicator`'s.
     shares : ndarray of shape (n_classes,)
         Each type's mean share of a cell's counts on its markers.
+    profile_shares : ndarray of shape (n_classes, n_features), default=None
+        Each type's labelled cells' mean share of each gene (rows summing to 1):
+        each row's profile likelihood is the mean log-probability of its counts
+        under its called type's profile, these shares plus ``_PROFILE_FLOOR``
+        renormalised (:func:`log_profiles`); NaN without.
+    leave_out : ndarray of shape (n_classes,), default=None
+        The labelled cells each type's ``profile_shares`` are the mean of, when
+        the rows are those cells: each row is then judged by its type's profile
+        without itself (its own counts do not make a gene it alone expresses
+        look expected, as a new cell's would not).
     sums : ndarray of shape (n_groups, n_classes, len(genes)), default=None
         In the same pass, each row's shares of ``genes`` are added to
         ``sums[group_of[row], called[row]]`` (for :func:`technology_variances`).
@@ -153,18 +199,19 @@ def shortfalls(blocks, called, indicator, shares, *, sums=None, group_of=None, g
 
     Returns
     -------
-    shortfall, expected : ndarray of shape (n_rows,)
+    CellScores
+        ``shortfall``, ``expected``, ``likelihood`` and ``totals``, each of shape (n_rows,).
 
     Examples
     --------
     >>> import numpy as np
     >>> indicator = marker_indicator(np.array([[0], [1]]), 2)
-    >>> shortfall, expected = shortfalls([(slice(0, 2), np.array([[8.0, 2.0], [8.0, 2.0]]))], np.array([0, 1]),
-    ...                                  indicator, np.array([0.8, 0.8]))
-    >>> np.round(shortfall, 2).tolist(), expected.tolist()
-    ([0.0, -1.22], [8.0, 8.0])
+    >>> scores = shortfalls([(slice(0, 2), np.array([[8.0, 2.0], [8.0, 2.0]]))], np.array([0, 1]), indicator,
+    ...                     np.array([0.8, 0.8]), profile_shares=np.array([[0.8, 0.2], [0.2, 0.8]]))
+    >>> np.round(scores.shortfall, 2).tolist(), scores.expected.tolist(), np.round(scores.likelihood, 3).tolist()
+    ([0.0, -1.22], [8.0, 8.0], [-0.5, -1.332])
     """
-    shortfall, expected = np.full(len(called), np.nan), np.full(len(called), np.nan)
+    scores = CellScores(*(np.full(len(called), np.nan) for _ in CellScores._fields))
     for rows, X in blocks:
         own = called[rows]
         named = np.flatnonzero(own >= 0)
@@ -172,34 +219,97 @@ def shortfalls(blocks, called, indicator, shares, *, sums=None, group_of=None, g
         observed = np.asarray((X @ indicator).todense())[np.arange(len(named)), own[named]]
         at = np.arange(len(called))[rows][named]
         row_shares, totals = _normalised(X)
-        expected[at] = totals * shares[own[named]]
-        shortfall[at] = np.log((observed + 0.5) / (expected[at] + 0.5))
+        scores.totals[at] = totals
+        scores.expected[at] = totals * shares[own[named]]
+        scores.shortfall[at] = np.log((observed + 0.5) / (scores.expected[at] + 0.5))
+        if profile_shares is not None:
+            scores.likelihood[at] = _profile_likelihoods(row_shares, own[named], profile_shares, leave_out)
         if sums is not None:
             np.add.at(sums, (group_of[at], own[named]), row_shares[:, genes].toarray())
-    return shortfall, expected
+    return scores
 
 
-def centres_and_spreads(shortfall, expected, labels, n_classes):
-    """Each type's median shortfall among its labelled cells, and its spread beyond counting noise.
+def _profile_likelihoods(row_shares, types, profile_shares, leave_out):
+    """Each row's mean log-probability of its counts (its shares, CSR) under its type's profile (``types``), without
+    itself where ``leave_out`` gives the cells the profile is the mean of; read at the row's counts only."""
+    row_shares = sp.csr_matrix(row_shares)
+    row = np.repeat(np.arange(row_shares.shape[0]), np.diff(row_shares.indptr))
+    gene, value = row_shares.indices, row_shares.data
+    base = profile_shares[types[row], gene].astype(np.float64)
+    total = np.ones(len(types))  # each profile's shares sum to 1, and so do a row's without it
+    if leave_out is not None:
+        n = leave_out[types].astype(np.float64)
+        base = np.maximum(n[row] * base - value, 0.0) / np.maximum(n[row] - 1.0, 1.0)
+        total = np.where(n > 1, 1.0, 0.0)  # a type of one cell: nothing left but the floor
+    normaliser = np.log(total + profile_shares.shape[1] * _PROFILE_FLOOR)
+    return np.bincount(row, weights=value * np.log(base + _PROFILE_FLOOR),
+                       minlength=row_shares.shape[0]) - normaliser * np.asarray(row_shares.sum(axis=1)).ravel()
+
+
+def centres_and_spreads(values, noise, labels, n_classes, min_spread=_MIN_SPREAD):
+    """Each type's median value (a shortfall, a profile likelihood) among its labelled cells, and its spread beyond
+    counting noise.
 
     The spread is the robust variance (1.4826 x the median absolute deviation,
-    squared) less the median counting noise ``1 / (expected + 1/2)``, at least
-    ``_MIN_SPREAD`` squared; a type of fewer than :data:`MIN_CELLS` labelled cells
-    gets NaN (it is not tested).
+    squared) less the cells' median counting noise (a variance: ``1 / (expected + 1/2)``
+    for a shortfall), at least ``min_spread`` squared; a type of fewer than
+    :data:`MIN_CELLS` labelled cells gets NaN (it is not tested).
 
     Returns
     -------
     centres, spreads : ndarray of shape (n_classes,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> values = np.random.RandomState(0).normal(1.0, 0.5, size=400)
+    >>> centres, spreads = centres_and_spreads(values, np.full(400, 0.16), np.zeros(400, int), 2)
+    >>> bool(abs(centres[0] - 1.0) < 0.1), bool(abs(spreads[0] - 0.3) < 0.1), bool(np.isnan(centres[1]))
+    (True, True, True)
     """
     centres, spreads = np.full(n_classes, np.nan), np.full(n_classes, np.nan)
     for c in range(n_classes):
-        own = (labels == c) & ~np.isnan(shortfall)
+        own = (labels == c) & ~np.isnan(values)
         if own.sum() < MIN_CELLS:
             continue
-        centres[c] = np.median(shortfall[own])
-        robust = (1.4826 * np.median(np.abs(shortfall[own] - centres[c]))) ** 2
-        spreads[c] = np.sqrt(max(robust - np.median(1.0 / (expected[own] + 0.5)), _MIN_SPREAD ** 2))
+        centres[c] = np.median(values[own])
+        robust = (1.4826 * np.median(np.abs(values[own] - centres[c]))) ** 2
+        spreads[c] = np.sqrt(max(robust - np.median(noise[own]), min_spread ** 2))
     return centres, spreads
+
+
+def log_profiles(reference_shares):
+    """Each type's expression profile, in log: its labelled cells' mean share of each gene plus ``_PROFILE_FLOOR``,
+    renormalised (NaN rows stay NaN: types not labelled).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> profiles = log_profiles(np.array([[0.5, 0.5, 0.0], [np.nan] * 3]))
+    >>> np.round(np.exp(profiles[0]), 6).tolist(), bool(np.isnan(profiles[1]).all())
+    ([0.5, 0.5, 1e-06], True)
+    """
+    floored = np.asarray(reference_shares, dtype=np.float64) + _PROFILE_FLOOR
+    return np.log(floored / floored.sum(axis=1, keepdims=True))
+
+
+def profile_noise(profiles):
+    """Per type, the variance of one count's log-probability under its profile: a cell's profile likelihood (a mean
+    over its ``n`` counts) varies by this over ``n`` from counting alone."""
+    probabilities = np.exp(profiles)
+    return (probabilities * profiles ** 2).sum(axis=1) - (probabilities * profiles).sum(axis=1) ** 2
+
+
+def marker_sensitivities(reference_shares, markers):
+    """Per type, what a technology of per-gene log factors of variance 1 moves its share on its markers by (a
+    variance, in log): ``sum(w**2) / sum(w)**2``, ``w`` its labelled cells' shares of its markers (0 for a type not
+    labelled or without markers)."""
+    sensitivities = np.zeros(len(markers))
+    for c in np.flatnonzero(~np.isnan(reference_shares).any(axis=1)):
+        weights = reference_shares[c, markers[c][markers[c] >= 0]]
+        if weights.sum() > 0:
+            sensitivities[c] = (weights ** 2).sum() / weights.sum() ** 2
+    return sensitivities
 
 
 def tracked_genes(reference_shares):
@@ -210,22 +320,21 @@ def tracked_genes(reference_shares):
                               >= _MIN_SHARE) if reference_shares.size else np.zeros(0, dtype=np.int64)
 
 
-def technology_variances(sums, counts, reference_shares, markers, genes):
-    """Per group and type, the variance a technology's per-gene effects add to a type's shortfall of its markers.
+def technology_variances(sums, counts, reference_shares, genes):
+    """Per group, the variance of its technology's per-gene log factors, measured against the reference's labelled
+    cells.
 
     A technology (or any batch effect) multiplies each gene's counts by its own
     factor, so it moves a type's share on its markers even when every cell is of
-    the type: by about ``sum(w * e) / sum(w)`` in log, ``w`` the type's shares of
-    its markers and ``e`` the genes' log factors. The factors' spread ``sigma``
-    is measured between the group's cells and the reference's labelled ones:
-    per gene, the log ratio of the mean share of the cells called each type to
-    the type's (types called on :data:`MIN_CELLS` cells or more, genes both give
+    the type. The factors' spread
+    ``sigma`` is measured between the group's cells and the reference's labelled
+    ones: per gene, the log ratio of the mean share of the cells called each type
+    to the type's (types called on :data:`MIN_CELLS` cells or more, genes both give
     ``_MIN_SHARE`` or more), its median over the types (a population named a type
-    it is not moves its type's ratios, not the median), then the robust
-    variance over the genes (from 20 genes; fewer give 0). The variance added
-    is ``sigma**2 * sum(w**2) / sum(w)**2``: a marker test of a few strong
-    markers is moved more than one of many. It is 0 for the reference's own
-    cells.
+    it is not moves its type's ratios, not the median), then the robust variance
+    over the genes (from 20 genes; fewer give 0). The marker test's spread is
+    widened by ``sigma**2`` times its sensitivity (:func:`marker_sensitivities`).
+    It is 0 for the reference's own cells.
 
     Parameters
     ----------
@@ -236,14 +345,12 @@ def technology_variances(sums, counts, reference_shares, markers, genes):
         The group's cells called each type.
     reference_shares : ndarray of shape (n_classes, n_features)
         Each type's labelled cells' mean share of each gene (NaN rows: not labelled).
-    markers : ndarray of int of shape (n_classes, N_MARKERS)
-        -1 padded.
     genes : ndarray of int
         The genes compared: :func:`tracked_genes`' of ``reference_shares``.
 
     Returns
     -------
-    ndarray of shape (n_groups, n_classes)
+    ndarray of shape (n_groups,)
 
     Examples
     --------
@@ -253,11 +360,11 @@ def technology_variances(sums, counts, reference_shares, markers, genes):
     >>> factors = np.exp(rng.normal(0.0, 0.5, size=400))  # a technology's per-gene effect, sd 0.5 in log
     >>> genes = tracked_genes(reference)
     >>> sums = np.stack([reference[:, genes] * 100, reference[:, genes] * factors[genes] * 100])
-    >>> variances = technology_variances(sums, np.full((2, 2), 100), reference, np.array([[0, 1], [2, 3]]), genes)
-    >>> variances[0].tolist(), bool(0.1 < variances[1, 0] / 0.25 * 2 < 4)
-    ([0.0, 0.0], True)
+    >>> variances = technology_variances(sums, np.full((2, 2), 100), reference, genes)
+    >>> float(variances[0]), bool(0.1 < variances[1] / 0.25 < 4)
+    (0.0, True)
     """
-    variances = np.zeros(counts.shape)
+    variances = np.zeros(len(counts))
     typed = (counts >= MIN_CELLS) & ~np.isnan(reference_shares).any(axis=1)
     for group in range(len(counts)):
         types = np.flatnonzero(typed[group])
@@ -271,11 +378,7 @@ def technology_variances(sums, counts, reference_shares, markers, genes):
         if measured.sum() < 20:
             continue
         per_gene = np.nanmedian(ratios[:, measured], axis=0)
-        sigma2 = (1.4826 * np.median(np.abs(per_gene - np.median(per_gene)))) ** 2
-        for c in np.flatnonzero(~np.isnan(reference_shares).any(axis=1)):
-            weights = reference_shares[c, markers[c][markers[c] >= 0]]
-            if weights.sum() > 0:
-                variances[group, c] = sigma2 * (weights ** 2).sum() / weights.sum() ** 2
+        variances[group] = (1.4826 * np.median(np.abs(per_gene - np.median(per_gene)))) ** 2
     return variances
 
 
@@ -350,7 +453,8 @@ def marker_pvalues(shortfall, expected, called, centres, spreads, groups=None, a
         where that exceeds 1 (a smaller group takes all the cells', fewer in all
         take none).
     added : ndarray of shape (n_cells,), default=None
-        A variance added to each cell's type's spread (:func:`technology_variances`').
+        A variance added to each cell's type's spread (a technology's: :func:`technology_variances`' times
+        :func:`marker_sensitivities`').
 
     Returns
     -------
@@ -364,19 +468,128 @@ def marker_pvalues(shortfall, expected, called, centres, spreads, groups=None, a
     >>> bool(p[0] == 0.5), bool(p[1] < 1e-6)
     (True, True)
     """
-    tested = ~np.isnan(centres[called]) & ~np.isnan(shortfall)
+    z = _standardised(shortfall, 1.0 / (expected + 0.5), called, centres, spreads, groups, added)
+    return np.where(np.isnan(z), 1.0, norm.cdf(np.nan_to_num(z)))
+
+
+def profile_calibration(likelihood, totals, labels, profiles, n_quantiles):
+    """Each type's centre and spread of its labelled cells' profile likelihoods, and the quantiles of their z-scores
+    (NaN for a type of fewer than :data:`MIN_CELLS`: not tested).
+
+    Parameters
+    ----------
+    likelihood, totals : ndarray of shape (n_cells,)
+        :func:`shortfalls`' of the labelled cells.
+    labels : ndarray of int of shape (n_cells,)
+    profiles : ndarray of shape (n_classes, n_features)
+        :func:`log_profiles`'.
+    n_quantiles : int
+
+    Returns
+    -------
+    centres, spreads : ndarray of shape (n_classes,)
+    quantiles : ndarray of shape (n_classes, n_quantiles)
+    """
+    n_classes = len(profiles)
+    noise = _profile_noise_of(profiles, labels, totals)
+    centres, spreads = centres_and_spreads(likelihood, noise, labels, n_classes, _MIN_PROFILE_SPREAD)
+    z = _standardised(likelihood, noise, labels, centres, spreads)
+    quantiles = np.full((n_classes, n_quantiles), np.nan)
+    for c in np.flatnonzero(~np.isnan(centres)):
+        quantiles[c] = np.quantile(z[(labels == c) & ~np.isnan(z)], np.linspace(0.0, 1.0, n_quantiles))
+    return centres, spreads, quantiles
+
+
+def profile_pvalues(likelihood, totals, called, profiles, calibration, counts, groups=None):
+    """Each cell's p-value of spending its counts so unlike its called type's labelled cells, calibrated within its
+    group: the share of the type's labelled cells whose z-score is lower (conformal, ``(1 + n * share) / (n + 1)``),
+    and below the lowest of them ``1 / (n + 1)`` times the normal's tail beyond it.
+
+    Parameters
+    ----------
+    likelihood, totals : ndarray of shape (n_cells,)
+        :func:`shortfalls`'.
+    called : ndarray of int of shape (n_cells,)
+    profiles : ndarray of shape (n_classes, n_features)
+        :func:`log_profiles`'.
+    calibration : tuple of (centres, spreads, quantiles)
+        :func:`profile_calibration`'s; a type whose are NaN is not tested (p-value 1).
+    counts : ndarray of shape (n_classes,)
+        The labelled cells of each type (the conformal ``n``).
+    groups : ndarray of shape (n_cells,), default=None
+        Each cell's batch: each type called on :data:`MIN_CELLS` cells or more
+        of a group is centred on its own median z-score (a technology moves each
+        type's profile likelihood by its own amount), the rest on the group's;
+        the group is divided by its own robust spread where that exceeds 1 (a
+        smaller group takes all the cells', fewer in all take none).
+
+    Returns
+    -------
+    ndarray of shape (n_cells,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.RandomState(0)
+    >>> shares = np.array([[0.5, 0.3, 0.2, 0.0]])
+    >>> profiles = log_profiles(shares)
+    >>> labelled = rng.multinomial(1000, shares[0], size=200).astype(float)
+    >>> odd = np.array([[400.0, 200.0, 200.0, 200.0]])  # a fifth of its counts on a gene the type lacks
+    >>> scores = shortfalls([(slice(0, 201), np.vstack([labelled, odd]))], np.zeros(201, int),
+    ...                     marker_indicator(np.array([[0]]), 4), np.array([0.5]), profile_shares=shares)
+    >>> calibration = profile_calibration(scores.likelihood[:200], scores.totals[:200], np.zeros(200, int),
+    ...                                   profiles, 101)
+    >>> p = profile_pvalues(scores.likelihood, scores.totals, np.zeros(201, int), profiles, calibration,
+    ...                     np.array([200]))
+    >>> bool(np.median(p[:200]) > 0.3), bool(p[200] < 1e-6)
+    (True, True)
+    """
+    centres, spreads, quantiles = calibration
+    z = _standardised(likelihood, _profile_noise_of(profiles, called, totals), called, centres, spreads, groups,
+                      within_types=True)
+    p = np.ones(len(z))
+    levels = np.linspace(0.0, 1.0, quantiles.shape[1])
+    for c in np.unique(called[~np.isnan(z)]):
+        rows = (called == c) & ~np.isnan(z)
+        lowest, n = quantiles[c][0], counts[c]
+        below = np.interp(z[rows], quantiles[c], levels, left=0.0, right=1.0)
+        tail = np.exp(np.minimum(norm.logcdf(z[rows]) - norm.logcdf(lowest), 0.0))
+        p[rows] = np.where(z[rows] < lowest, tail, 1.0 + n * below) / (n + 1.0)
+    return p
+
+
+def _profile_noise_of(profiles, called, totals):
+    """Each cell's counting noise of its profile likelihood (a variance): its type's :func:`profile_noise` over its
+    total (NaN for a cell called no type)."""
+    noise = profile_noise(profiles)[np.maximum(called, 0)] / np.maximum(totals, 1.0)
+    return np.where(called >= 0, noise, np.nan)
+
+
+def _centre_and_spread(values):
+    """A group's calibration: its median z-score, and its robust spread where that exceeds 1."""
+    centre = np.median(values)
+    return centre, max(1.0, 1.4826 * np.median(np.abs(values - centre)))
+
+
+def _standardised(values, noise, called, centres, spreads, groups=None, added=None, within_types=False):
+    """Each cell's z-score: its value's distance from its called type's centre over the type's spread, the added
+    variance and its counting noise, then centred and scaled within its group (:func:`group_calibrations`; NaN: not
+    tested). ``within_types``: each type called on :data:`MIN_CELLS` cells or more of a group is centred on its own
+    median instead, and the group's spread is that of the centred values."""
+    tested = ~np.isnan(centres[called]) & ~np.isnan(values) & (called >= 0)
     z = np.full(len(called), np.nan)
     added = np.zeros(len(called)) if added is None else added
-    z[tested] = (shortfall[tested] - centres[called[tested]]) / np.sqrt(spreads[called[tested]] ** 2 + added[tested]
-                                                                      + 1.0 / (expected[tested] + 0.5))
-
-    def centre_and_spread(values):
-        centre = np.median(values)
-        return centre, max(1.0, 1.4826 * np.median(np.abs(values - centre)))
-
-    p = np.ones(len(z))
-    for rows, calibration in group_calibrations(z, groups, centre_and_spread):
+    z[tested] = (values[tested] - centres[called[tested]]) / np.sqrt(spreads[called[tested]] ** 2 + added[tested]
+                                                                      + noise[tested])
+    calibrated = np.full(len(z), np.nan)
+    for rows, calibration in group_calibrations(z, groups, _centre_and_spread):
         centre, spread = calibration or (0.0, 1.0)
         rows &= tested
-        p[rows] = norm.cdf((z[rows] - centre) / spread)
-    return p
+        centred = z[rows] - centre
+        if within_types and rows.sum() >= MIN_CELLS:
+            for own in group_rows(called[rows], rows.sum()):
+                if own.sum() >= MIN_CELLS:
+                    centred[own] = z[rows][own] - np.median(z[rows][own])
+            spread = _centre_and_spread(centred)[1]
+        calibrated[rows] = centred / spread
+    return calibrated

@@ -193,15 +193,16 @@ _CLASSIFIER_PARAMETERS = """\
         fewer than this share of the labelled cells of the type it is called
         lie as far from the type's centre (after the query's calibration), or,
         in a model of counts, whether it holds fewer of the type's marker
-        genes' counts than about this share of the type's cells would; its
+        genes' counts, or spends its counts less like the type's cells, than
+        about this share of the type's cells would; its
         typicality is the median of that over its neighbourhood
         (``unknown_neighbors``). Of the PBMC references' own labelled cells
-        0-2.3 % fall below 0.02 (pbmc_facs' purified populations the most); in a
+        0-2.6 % fall below 0.02 (pbmc_facs' purified populations the most); in a
         query, where integration leaves a shift, the user guide gives the
         measured shares and how to choose it (at 0.02 the rule flagged fewer
-        known types' cells than the earlier rule, each cell alone at 0.01, in
-        each of six shifted uses, and more absent types' cells in five of
-        them: 80-99 % against 71-90 %). A type of fewer than ``1 /
+        known types' cells than the round 11 rule, each cell alone at 0.01, in
+        each of six shifted uses, and more absent types' cells in each:
+        81-99 % against 41-90 %). A type of fewer than ``1 /
         unknown_threshold - 1`` labelled cells flags only cells beyond the
         farthest of them.
 
@@ -244,7 +245,10 @@ _CLASSIFIER_PARAMETERS = """\
     centre than it does; in a model of counts, it is also at most the
     p-value of the cell's shortfall of its type's marker genes (the genes its
     labelled cells express most above every other type), which tells a cell
-    that lies among a type's codes without expressing what marks the type. The
+    that lies among a type's codes without expressing what marks the type, and
+    of its profile likelihood (its counts' mean log-probability under the
+    type's expression profile), which tells one that expresses genes the type
+    does not. The
     linear classifier that shapes the codes in
     training is not used to predict: on the PBMC pair, the Gaussians gave a
     higher macro-F1 (the user guide's "Label transfer").
@@ -307,6 +311,17 @@ _CLASSIFIER_PARAMETERS = """\
         and spread beyond counting noise of its labelled cells' log shortfall of
         them (NaN for a type of fewer than 50 labelled cells: not tested).
 
+    class_profile_centres_, class_profile_spreads_ : ndarray of shape (n_classes,)
+        The median and spread beyond counting noise of each type's labelled
+        cells' profile likelihood (the mean log-probability of a cell's counts
+        under the type's expression profile; NaN for a type of fewer than 50
+        labelled cells, or a model of scaled data: not tested).
+
+    class_profile_quantiles_ : ndarray of shape (n_classes, 1001)
+        Quantiles of each type's labelled cells' standardised profile
+        likelihoods: the third p-value of :meth:`typicality`. No columns for a
+        model of scaled data.
+
 {fitted}
 
 {activity}
@@ -352,7 +367,8 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
     }
     _saved_attributes = (*BetaVAEEmbedder._saved_attributes, "classes_", "class_means_", "class_precisions_",
                          "class_distance_quantiles_", "class_counts_", "class_expression_", "class_markers_",
-                         "class_marker_shares_", "class_marker_centres_", "class_marker_spreads_", "class_shares_")
+                         "class_marker_shares_", "class_marker_centres_", "class_marker_spreads_", "class_shares_",
+                         "class_profile_centres_", "class_profile_spreads_", "class_profile_quantiles_")
 
     def __init__(
         self,
@@ -570,7 +586,8 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         self._learn_markers(data, keep, labels[keep], incremental, parallel)
 
     def _learn_markers(self, data, keep, labels, incremental, parallel):
-        """Each labelled type's marker genes, their share of its cells' counts, and its cells' shortfall of them.
+        """Each labelled type's marker genes, their share of its cells' counts, and its cells' shortfall of them; its
+        expression profile and its cells' profile likelihoods.
 
         From the rows ``keep`` of ``data`` (``labels`` theirs). A model of counts only (a model of scaled data has no
         markers: its rows of ``class_markers_`` are empty and only the codes tell). A type a partial_fit call labels
@@ -582,8 +599,10 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
             self.class_expression_ = np.zeros((n_classes, 0), dtype=np.float32)
             self.class_shares_ = np.zeros((n_classes, 0), dtype=np.float32)
             self.class_markers_ = np.zeros((n_classes, 0), dtype=np.int64)
-            self.class_marker_shares_, self.class_marker_centres_, self.class_marker_spreads_ = (
-                np.full(n_classes, np.nan) for _ in range(3))
+            self.class_marker_shares_, self.class_marker_centres_, self.class_marker_spreads_, \
+                self.class_profile_centres_, self.class_profile_spreads_ = (np.full(n_classes, np.nan)
+                                                                            for _ in range(5))
+            self.class_profile_quantiles_ = np.zeros((n_classes, 0))
             return
         data = data.take(keep)
         sums = _markers.expression_sums(data.row_blocks(), labels, n_classes, n_features)
@@ -591,14 +610,19 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
             sums = [sum(parts) for parts in zip(*parallel.gather(sums), strict=True)]
         counts, log_sums, share_sums = sums
         present = np.flatnonzero(counts)
+        names = ("class_expression_", "class_markers_", "class_marker_shares_", "class_marker_centres_",
+                 "class_marker_spreads_", "class_profile_centres_", "class_profile_spreads_",
+                 "class_profile_quantiles_")
         if fresh:
             expression = np.full((n_classes, n_features), np.nan, dtype=np.float32)
             markers = np.full((n_classes, _markers.N_MARKERS), -1, dtype=np.int64)
             shares, centres, spreads = (np.full(n_classes, np.nan) for _ in range(3))
         else:
-            expression, markers, shares, centres, spreads = (getattr(self, name).copy() for name in (
-                "class_expression_", "class_markers_", "class_marker_shares_", "class_marker_centres_",
-                "class_marker_spreads_"))
+            expression, markers, shares, centres, spreads = (getattr(self, name).copy() for name in names[:5])
+        # a save from before the profile test learns every labelled type's anew; the others' stay untested (NaN)
+        profile_centres, profile_spreads, profile_quantiles = (
+            getattr(self, name).copy() if not fresh and hasattr(self, name) else np.full(shape, np.nan)
+            for name, shape in zip(names[5:], ((n_classes,), (n_classes,), (n_classes, _QUANTILES)), strict=True))
         # a model saved before class_shares_ learns every labelled type's anew; the others' stay unknown (NaN)
         gene_shares = getattr(self, "class_shares_", None)
         gene_shares = np.full((n_classes, n_features), np.nan, dtype=np.float32) if fresh or gene_shares is None \
@@ -609,15 +633,22 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
             markers[c] = -1
             markers[c, :len(genes)] = genes
             shares[c] = share_sums[c, genes].sum() / counts[c]
-        shortfall, expected = _markers.shortfalls(data.row_blocks(), labels,
-                                                  _markers.marker_indicator(markers, n_features), shares)
+        profiles = _markers.log_profiles(gene_shares)
+        scores = _markers.shortfalls(data.row_blocks(), labels, _markers.marker_indicator(markers, n_features), shares,
+                                     profile_shares=gene_shares, leave_out=counts)
+        scores = (*scores, labels)
         if parallel is not None:
-            gathered = parallel.gather((shortfall, expected, labels))
-            shortfall, expected, labels = (np.concatenate(parts) for parts in zip(*gathered, strict=True))
-        new_centres, new_spreads = _markers.centres_and_spreads(shortfall, expected, labels, n_classes)
+            scores = [np.concatenate(parts) for parts in zip(*parallel.gather(scores), strict=True)]
+        shortfall, expected, likelihood, totals, labels = scores
+        new_centres, new_spreads = _markers.centres_and_spreads(shortfall, 1.0 / (expected + 0.5), labels, n_classes)
         centres[present], spreads[present] = new_centres[present], new_spreads[present]
+        calibration = _markers.profile_calibration(likelihood, totals, labels, profiles, _QUANTILES)
+        for old, new in zip((profile_centres, profile_spreads, profile_quantiles), calibration, strict=True):
+            old[present] = new[present]
         self.class_expression_, self.class_markers_, self.class_shares_ = expression, markers, gene_shares
         self.class_marker_shares_, self.class_marker_centres_, self.class_marker_spreads_ = shares, centres, spreads
+        self.class_profile_centres_, self.class_profile_spreads_, self.class_profile_quantiles_ = (
+            profile_centres, profile_spreads, profile_quantiles)
 
     def _calibrate(self, codes, labels, incremental):
         """Each type's centre, precision and quantiles of its cells' squared Mahalanobis distances to it."""
@@ -667,6 +698,11 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         # a model of scaled data has no markers; a save from before round 11 none either
         return getattr(self, "class_markers_", np.zeros((0, 0))).shape[1] > 0
 
+    @property
+    def _tests_profiles(self):
+        # a save from before round 13 has no profile test
+        return getattr(self, "class_profile_quantiles_", np.zeros((0, 0))).shape[1] > 0
+
     def _fitted_codes(self, X, batch):
         return self._map_rows("embed", self._fitted_data(X, batch)).astype(np.float64)
 
@@ -676,9 +712,9 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         The probabilities are the types' Gaussian densities of the code, every type equally likely a priori; one
         squared Mahalanobis distance per cell and type serves both. ``groups``: each cell's batch (the typicality is
         calibrated within each, :meth:`_shift_scales`), or None (all cells one group). ``data``: the cells' counts
-        (a RowData), whose shortfall of the called type's markers gives a second p-value (:mod:`skvae._markers`);
-        the typicality is the smaller of the two, its median over each cell's ``unknown_neighbors`` nearest cells of
-        its group called the same type.
+        (a RowData), whose shortfall of the called type's markers and profile likelihood give a second and third
+        p-value (:mod:`skvae._markers`); the typicality is the smallest, its median over each cell's
+        ``unknown_neighbors`` nearest cells of its group called the same type.
         """
         if np.isnan(self.class_means_).all():
             raise ValueError(f"This {type(self).__name__} has seen no labelled cell yet, so it knows no type to name: "
@@ -711,32 +747,42 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
                                                                                             self.n_components), 0.0))
             typical[rows] = np.where(own[rows] > quantiles[-1], tail, 1.0 + n * beyond) / (n + 1.0)
         if data is not None and self._tests_markers:
-            typical = np.minimum(typical, self._marker_pvalues(data, called, groups))
+            typical = np.minimum(typical, np.minimum(*self._count_pvalues(data, called, groups)))
         # neighbourhoods among the cells of a batch called the same type: a cell named a type apart from its
         # neighbours (a monocyte among the progenitors a population the reference lacks was named) is judged with
         # the cells named as it is
         within = called if groups is None else pd.MultiIndex.from_arrays([groups, called]).factorize()[0]
         return probabilities, _neighbourhood_medians(codes, typical, within, self.unknown_neighbors)
 
-    def _marker_pvalues(self, data, called, groups):
-        """The marker test's p-values of the cells of ``data`` (a RowData) called ``called``, calibrated per group,
-        the spread widened by what each group's technology moves a type's markers (``class_shares_``; a save from
-        before it: not widened)."""
+    def _count_pvalues(self, data, called, groups):
+        """The marker and profile tests' p-values of the cells of ``data`` (a RowData) called ``called``, calibrated
+        per group, the marker test's spread widened by what each group's technology moves a type's markers
+        (``class_shares_``; a save from before it: not widened, and no profile test; a save from before the profile
+        test: its p-values all 1)."""
         reference_shares = getattr(self, "class_shares_", None)
+        profiles = None if reference_shares is None or not self._tests_profiles else \
+            _markers.log_profiles(reference_shares)
         group_of, labels = pd.factorize(np.zeros(len(called)) if groups is None else groups)
         genes = np.zeros(0, dtype=np.int64) if reference_shares is None else _markers.tracked_genes(reference_shares)
         sums = np.zeros((len(labels), len(self.classes_), len(genes)))
-        shortfall, expected = _markers.shortfalls(
+        scores = _markers.shortfalls(
             data.row_blocks(), called, _markers.marker_indicator(self.class_markers_, self.n_features_in_),
-            self.class_marker_shares_, sums=sums, group_of=group_of, genes=genes)
+            self.class_marker_shares_, profile_shares=None if profiles is None else reference_shares, sums=sums,
+            group_of=group_of, genes=genes)
         added = None
         if reference_shares is not None:
             counts = np.zeros((len(labels), len(self.classes_)))
             np.add.at(counts, (group_of, called), 1)
-            added = _markers.technology_variances(sums, counts, reference_shares, self.class_markers_,
-                                                  genes)[group_of, called]
-        return _markers.marker_pvalues(shortfall, expected, called, self.class_marker_centres_,
-                                       self.class_marker_spreads_, groups, added)
+            added = (_markers.technology_variances(sums, counts, reference_shares, genes)[group_of]
+                     * _markers.marker_sensitivities(reference_shares, self.class_markers_)[called])
+        markers = _markers.marker_pvalues(scores.shortfall, scores.expected, called, self.class_marker_centres_,
+                                          self.class_marker_spreads_, groups, added)
+        if profiles is None:
+            return markers, np.ones(len(called))
+        calibration = (self.class_profile_centres_, self.class_profile_spreads_, self.class_profile_quantiles_)
+        labelled = getattr(self, "class_counts_", np.full(len(self.classes_), _CALIBRATION_ROWS))  # before 0.5: many
+        return markers, _markers.profile_pvalues(scores.likelihood, scores.totals, called, profiles, calibration,
+                                                 labelled, groups)
 
     def _groups(self, batch, n_cells):
         """Each cell's group, whose shift the typicality is calibrated within: its categorical covariates' labels."""
@@ -854,7 +900,22 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         lies among a type's but which lacks what marks the type (a population
         the reference lacks, folded onto its nearest type) is flagged by it.
 
-        Last, each cell's p-value (the smaller of the two) is replaced by the
+        A third p-value asks whether the cell spends its counts as the type's
+        cells do: its profile likelihood, the mean log-probability of its
+        counts under the type's expression profile (``class_shares_``, each
+        gene floored at one in a million), is compared with the type's
+        labelled cells' (median and spread beyond counting noise; each labelled
+        cell judged by the profile without itself), each type called on 50
+        cells or more of a batch then centred on its own median (a technology
+        moves each type's by its own amount; this assumes a population the
+        reference lacks is fewer than half of the cells named any one type) and
+        the batch widened to its own spread; the p-value is the share of the
+        type's labelled cells scoring lower (``class_profile_quantiles_``;
+        their tails are heavier than the normal's). A population the reference
+        lacks that holds a type's markers and more (CD34+ progenitors named T
+        cells) is flagged by it.
+
+        Last, each cell's p-value (the smallest of the three) is replaced by the
         median of its own and those of its ``unknown_neighbors`` nearest cells
         (Euclidean, in the codes) among the cells of its batch given with it
         and called the same type: a decision about populations, not single
@@ -1080,3 +1141,14 @@ def _check_markers(attributes, n_features, path):
                                    and shares.shape == expression.shape):
         raise ValueError(f"{path} is damaged: its classifier's class_shares_ are not of the shape of its "
                          f"class_expression_ {expression.shape}.")
+    # a save from round 12 or before has no profile test
+    profile = [attributes.get(name) for name in ("class_profile_centres_", "class_profile_spreads_",
+                                                 "class_profile_quantiles_")]
+    if any(value is not None for value in profile):
+        centres, spreads, quantiles = profile
+        if not (all(isinstance(value, np.ndarray) and value.dtype.kind == "f" for value in profile)
+                and shares is not None and centres.shape == spreads.shape == (n,) and quantiles.ndim == 2
+                and quantiles.shape == (n, _QUANTILES if width else 0)
+                and not (np.diff(quantiles, axis=1) < 0).any()):
+            raise ValueError(f"{path} is damaged: its classifier's profile test fields are missing or not of the "
+                             f"shapes of its {n} classes.")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skvae import AutoencoderEmbedder, BetaVAEClassifier
+from skvae import AutoencoderEmbedder, BetaVAEClassifier, _markers
 
 PARAMS = dict(n_components=2, hidden_layer_sizes=(16, 8), batch_size=32, max_epochs=3, learning_rate=1e-2,
               random_state=0, algorithm="dense")
@@ -93,11 +93,13 @@ def main(out, mode):
                 Path(out, f"error{rank}.txt").write_text(str(exc))
             return
         likelihood = "poisson" if mode == "classifier-counts" else "gaussian"
+        _markers.MIN_CELLS = 10  # this small set's types tested (the profile test's calibration gathered)
         estimator = BetaVAEClassifier(**PARAMS, likelihood=likelihood).fit(shard, types, batch=batch)
         torch.save({"state": estimator.module_.state_dict(), "means": estimator.class_means_,
                     "quantiles": estimator.class_distance_quantiles_, "markers": estimator.class_markers_,
                     "expression": estimator.class_expression_, "shares": estimator.class_marker_shares_,
-                    "gene_shares": estimator.class_shares_},
+                    "gene_shares": estimator.class_shares_, "profile_centres": estimator.class_profile_centres_,
+                    "profile_quantiles": estimator.class_profile_quantiles_},
                    Path(out, f"rank{rank}.pt"))
         return
     try:

@@ -95,10 +95,10 @@ def test_two_ranks_train_one_classifier_with_the_same_type_gaussians(tmp_path):
     np.testing.assert_array_equal(ranks[0]["quantiles"], ranks[1]["quantiles"])
 
 
-def test_two_ranks_choose_the_same_marker_genes_from_every_ranks_labelled_cells(tmp_path):
+def test_two_ranks_choose_the_same_marker_genes_from_every_ranks_labelled_cells(tmp_path, monkeypatch):
     _torchrun(tmp_path, "classifier-counts")
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
-    for name in ("markers", "expression", "shares", "gene_shares", "means"):
+    for name in ("markers", "expression", "shares", "gene_shares", "means", "profile_centres", "profile_quantiles"):
         np.testing.assert_array_equal(ranks[0][name], ranks[1][name])
     # the types' mean expression of all labelled cells of both ranks, as one process computes it
     X = distributed_worker.counts(distributed_worker.data())
@@ -109,6 +109,18 @@ def test_two_ranks_choose_the_same_marker_genes_from_every_ranks_labelled_cells(
     np.testing.assert_allclose(ranks[0]["expression"], log_sums / n[:, None], rtol=1e-5)
     np.testing.assert_allclose(ranks[0]["gene_shares"], share_sums / n[:, None], rtol=1e-5)
     assert (ranks[0]["markers"] >= 0).any()
+    # the profile test calibrated on both ranks' labelled cells (the worker tests types of 10 cells or more)
+    monkeypatch.setattr(_markers, "MIN_CELLS", 10)
+    profiles = _markers.log_profiles(ranks[0]["gene_shares"])
+    labelled = types >= 0
+    scores = _markers.shortfalls([(slice(0, labelled.sum()), X[labelled])], types[labelled],
+                                 _markers.marker_indicator(ranks[0]["markers"], X.shape[1]), ranks[0]["shares"],
+                                 profile_shares=ranks[0]["gene_shares"], leave_out=n)
+    centres, _, quantiles = _markers.profile_calibration(scores.likelihood, scores.totals, types[labelled], profiles,
+                                                         ranks[0]["profile_quantiles"].shape[1])
+    assert np.isfinite(centres).all()
+    np.testing.assert_allclose(ranks[0]["profile_centres"], centres, rtol=1e-5)
+    np.testing.assert_allclose(ranks[0]["profile_quantiles"], quantiles, rtol=1e-5, atol=1e-6)
 
 
 def test_ranks_labelling_different_types_get_the_remedy(tmp_path):

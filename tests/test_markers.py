@@ -13,6 +13,7 @@ from hypothesis.extra.numpy import arrays
 from skvae import BetaVAEClassifier, _markers
 from skvae._persistence import SAVE_FORMAT, content_checksum
 
+PROFILE = ("class_profile_centres_", "class_profile_spreads_", "class_profile_quantiles_")
 SETTINGS = dict(likelihood="nb", n_components=6, hidden_layer_sizes=(64,), input_activation=True, batch_norm=True,
                 max_epochs=60)
 
@@ -31,11 +32,33 @@ def _lacking(seed, n=1600, n_genes=200):
     return rng.poisson(profiles[types]).astype(np.float32), types, batch == 0
 
 
-def _marker_pvalues(model, X, batch=None):
-    """The marker test's p-values alone, from the fitted model's attributes."""
+def _count_pvalues(model, X, batch=None):
+    """The marker and profile tests' p-values alone, from the fitted model's attributes, and the types called."""
     called = model.predict(X)
     indices = np.searchsorted(model.classes_, called)
-    return model._marker_pvalues(model._input(X, None, required=False), indices, model._groups(batch, len(X))), called
+    return (*model._count_pvalues(model._input(X, None, required=False), indices, model._groups(batch, len(X))),
+            called)
+
+
+def _marker_pvalues(model, X, batch=None):
+    """The marker test's p-values alone, and the types called."""
+    markers, _, called = _count_pvalues(model, X, batch)
+    return markers, called
+
+
+def _extra(seed, n=1600, n_genes=200, n_extra=20):
+    """A reference of 3 types and a query that also holds a fourth population: type 0 with a program of its own on
+    top (``n_extra`` genes no type expresses, at type 0's mean level), so that it holds every marker of type 0."""
+    rng = np.random.RandomState(seed)
+    profiles = rng.gamma(0.5, 2.0, size=(3, n_genes))
+    silent = rng.choice(n_genes, size=n_extra, replace=False)
+    profiles[:, silent] = 0.01
+    extra = profiles[0].copy()
+    extra[silent] = profiles[0].mean() * 3
+    profiles = np.vstack([profiles, extra])
+    batch = np.repeat([0, 1], n // 2)
+    types = np.where(batch == 0, rng.randint(3, size=n), rng.randint(4, size=n))
+    return rng.poisson(profiles[types]).astype(np.float32), types, batch == 0
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -55,6 +78,21 @@ def test_cells_named_a_type_without_its_markers_are_flagged_and_the_types_own_ar
     assert unknown[lacking].mean() >= 0.9 and unknown[known].mean() <= 0.05
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cells_named_a_type_with_a_program_of_their_own_are_flagged_by_the_profile_test(seed):
+    counts, types, reference = _extra(seed)
+    query = ~reference
+    model = BetaVAEClassifier(**SETTINGS, random_state=seed).fit(counts[reference], types[reference])
+    markers, profile, called = _count_pvalues(model, counts[query])
+    extra, known = types[query] == 3, types[query] != 3
+    named = extra & (called == 0)
+    assert named.mean() > 0.5 / 4  # most of them named type 0, whose markers they hold
+    assert (markers[named] < 0.01).mean() <= 0.5  # the marker test misses most of them
+    assert (profile[named] < 0.01).mean() >= 0.9 and (profile[known] < 0.01).mean() <= 0.02
+    unknown = model.is_unknown(counts[query])
+    assert unknown[extra].mean() >= 0.9 and unknown[known].mean() <= 0.05
+
+
 def test_a_deeper_query_batch_is_not_flagged_for_its_depth():
     counts, types, reference = _lacking(0)
     deep = counts.copy()
@@ -62,9 +100,10 @@ def test_a_deeper_query_batch_is_not_flagged_for_its_depth():
     deep[~reference] = rng.poisson(deep[~reference] * 10).astype(np.float32)  # 10x the counts (and more noise)
     batch = np.where(reference, "ref", "deep")
     model = BetaVAEClassifier(**SETTINGS, random_state=0).fit(deep[reference], types[reference])
-    p, _ = _marker_pvalues(model, deep[~reference], batch[~reference])
+    p, profile, _ = _count_pvalues(model, deep[~reference], batch[~reference])
     assert (p[types[~reference] != 3] < 0.01).mean() <= 0.02
     assert (p[types[~reference] == 3] < 0.01).mean() >= 0.9
+    assert (profile[types[~reference] != 3] < 0.01).mean() <= 0.02
 
 
 def test_a_model_of_scaled_data_has_no_markers_and_its_codes_alone_tell():
@@ -120,7 +159,7 @@ def test_markers_are_saved_checked_and_a_save_without_them_loads_with_the_codes_
 
     def without_markers(state):  # a save from before the markers: the codes' typicality, as it was
         for name in ("class_expression_", "class_markers_", "class_marker_shares_", "class_marker_centres_",
-                     "class_marker_spreads_", "class_shares_"):
+                     "class_marker_spreads_", "class_shares_", *PROFILE):
             del state["attributes"][name]
 
     old = BetaVAEClassifier.load(_edited_save(path, tmp_path / "old.pt", without_markers))
@@ -131,7 +170,7 @@ def test_markers_are_saved_checked_and_a_save_without_them_loads_with_the_codes_
         BetaVAEClassifier.load(_edited_save(path, tmp_path / "damaged.pt", _first_row_only("class_markers_")))
 
 
-def test_a_save_without_genes_shares_loads_and_its_marker_test_allows_for_no_technology(tmp_path):
+def test_saves_without_genes_shares_or_the_profile_test_load_and_test_as_they_did(tmp_path):
     counts, types, reference = _lacking(0, n=600, n_genes=60)
     batch = np.where(reference, "ref", "query")
     model = BetaVAEClassifier(**{**SETTINGS, "max_epochs": 5}, random_state=0).fit(counts[reference],
@@ -141,14 +180,27 @@ def test_a_save_without_genes_shares_loads_and_its_marker_test_allows_for_no_tec
     path = tmp_path / "model.pt"
     model.save(path)
     np.testing.assert_array_equal(BetaVAEClassifier.load(path).class_shares_, model.class_shares_)
-    # a save from round 11: markers, but no genes' shares
-    old = BetaVAEClassifier.load(_edited_save(path, tmp_path / "old.pt",
-                                              lambda state: state["attributes"].pop("class_shares_")))
-    assert not hasattr(old, "class_shares_")
-    del model.class_shares_
-    np.testing.assert_array_equal(old.typicality(counts, batch=batch), model.typicality(counts, batch=batch))
+    # a save from round 12: genes' shares but no profile test; one from round 11: neither
+    for removed in (PROFILE, ("class_shares_", *PROFILE)):
+        def without(state, removed=removed):
+            for name in removed:
+                del state["attributes"][name]
+
+        old = BetaVAEClassifier.load(_edited_save(path, tmp_path / "old.pt", without))
+        assert not any(hasattr(old, name) for name in removed)
+        expected = BetaVAEClassifier.load(path)
+        for name in removed:
+            delattr(expected, name)
+        np.testing.assert_array_equal(old.typicality(counts, batch=batch), expected.typicality(counts, batch=batch))
+    assert not np.array_equal(expected.typicality(counts, batch=batch), model.typicality(counts, batch=batch))
     with pytest.raises(ValueError, match="damaged.*class_shares_"):
         BetaVAEClassifier.load(_edited_save(path, tmp_path / "damaged.pt", _first_row_only("class_shares_")))
+    with pytest.raises(ValueError, match="damaged.*profile"):
+        BetaVAEClassifier.load(_edited_save(path, tmp_path / "damaged.pt",
+                                            _first_row_only("class_profile_quantiles_")))
+    with pytest.raises(ValueError, match="damaged.*profile"):  # the profile test needs the genes' shares
+        BetaVAEClassifier.load(_edited_save(path, tmp_path / "damaged.pt",
+                                            lambda state: state["attributes"].pop("class_shares_")))
 
 
 def test_partial_fit_keeps_the_markers_of_a_type_a_chunk_does_not_label():
@@ -156,17 +208,15 @@ def test_partial_fit_keeps_the_markers_of_a_type_a_chunk_does_not_label():
     types = np.minimum(types, 2)
     model = BetaVAEClassifier(**{**SETTINGS, "max_epochs": 3}, random_state=0)
     model.partial_fit(counts, types, classes=[0, 1, 2])
-    before = [getattr(model, name).copy() for name in ("class_markers_", "class_marker_shares_",
-                                                        "class_marker_centres_", "class_expression_",
-                                                        "class_shares_")]
+    names = ("class_markers_", "class_marker_shares_", "class_marker_centres_", "class_expression_", "class_shares_",
+             *PROFILE)
+    before = [getattr(model, name).copy() for name in names]
     unlabelled_two = np.where(types == 2, -1, types)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the stale-Gaussian warning, tested elsewhere
         model.partial_fit(counts, unlabelled_two)
-    after = [getattr(model, name) for name in ("class_markers_", "class_marker_shares_", "class_marker_centres_",
-                                               "class_expression_", "class_shares_")]
-    for old, new in zip(before, after, strict=True):
-        np.testing.assert_array_equal(old[2], new[2])
+    for name, old in zip(names, before, strict=True):
+        np.testing.assert_array_equal(old[2], getattr(model, name)[2])
 
 
 @settings(max_examples=40, deadline=None)
@@ -189,15 +239,26 @@ def test_sums_and_shortfalls_are_the_same_over_any_blocks_and_agree_with_their_d
     shares = np.array([0.2, 0.1, 0.3])
     called = rng.randint(-1, 3, size=len(counts))
     indicator = _markers.marker_indicator(markers, 7)
-    shortfall, expected = _markers.shortfalls([(slice(0, cut), X[:cut]), (slice(cut, 12), X[cut:])], called,
-                                              indicator, shares)
+    profile_shares = rng.dirichlet(np.ones(7), size=3)
+    profiles = _markers.log_profiles(profile_shares)
+    shortfall, expected, likelihood, totals = _markers.shortfalls(
+        [(slice(0, cut), X[:cut]), (slice(cut, 12), X[cut:])], called, indicator, shares, profile_shares=profile_shares)
+    # each row without itself: a profile of n cells less its own shares
+    n = np.array([5, 1, 3])
+    left_out = _markers.shortfalls([(slice(0, 12), sp.csr_matrix(X))], called, indicator, shares,
+                                   profile_shares=profile_shares, leave_out=n).likelihood
     for i, c in enumerate(called):
         if c < 0:
-            assert np.isnan(shortfall[i]) and np.isnan(expected[i])
+            assert np.isnan([shortfall[i], expected[i], likelihood[i], totals[i]]).all()
             continue
         genes = markers[c][markers[c] >= 0]
-        assert expected[i] == pytest.approx(X[i].sum() * shares[c])
+        assert totals[i] == X[i].sum() and expected[i] == pytest.approx(X[i].sum() * shares[c])
         assert shortfall[i] == pytest.approx(np.log((X[i, genes].sum() + 0.5) / (X[i].sum() * shares[c] + 0.5)))
+        assert likelihood[i] == pytest.approx(X[i] @ profiles[c] / max(X[i].sum(), 1.0))
+        own = X[i] / max(X[i].sum(), 1.0)
+        without = np.maximum(n[c] * profile_shares[c] - own, 0.0) / max(n[c] - 1, 1) + _markers._PROFILE_FLOOR
+        expected_without = own @ np.log(without / ((1.0 if n[c] > 1 else 0.0) + 7 * _markers._PROFILE_FLOOR))
+        assert left_out[i] == pytest.approx(expected_without)
 
 
 @settings(max_examples=40, deadline=None)
@@ -230,18 +291,41 @@ def test_technology_variances_measure_the_spread_of_the_genes_factors_alone(n_ge
     rng = np.random.RandomState(seed)
     reference = 5e-3 + rng.dirichlet(np.ones(n_genes), size=3) * (1 - n_genes * 5e-3)  # every gene tracked
     factors = np.exp(np.clip(rng.normal(0.0, 0.3, size=n_genes), -0.69, 0.69))  # a technology's, within 1/2 and 2
-    markers = np.array([[0, 1, 2, -1], [3, 4, -1, -1], [5, 6, 7, 8]])
     assert len(_markers.tracked_genes(reference)) == n_genes
     groups = [reference, reference * factors * common, reference * factors ** 2, reference * factors, reference]
     counts = np.full((len(groups), 3), 60)
     counts[4] = _markers.MIN_CELLS - 1  # too few cells of every type to measure
     sums = np.stack([means * 60 for means in groups])
-    variances = _markers.technology_variances(sums, counts, reference, markers, _markers.tracked_genes(reference))
-    assert (variances >= 0).all()
-    assert (variances[[0, 4]] == 0).all()  # the reference's own cells, and too few cells
+    variances = _markers.technology_variances(sums, counts, reference, _markers.tracked_genes(reference))
+    assert variances.shape == (5,) and (variances >= 0).all()
+    assert (variances[[0, 4]] == 0).all() and variances[3] > 0  # the reference's own cells, and too few cells
     np.testing.assert_allclose(variances[1], variances[3], rtol=1e-9)  # a factor common to every gene is not one
     np.testing.assert_allclose(variances[2], 4 * variances[3], rtol=1e-9)  # twice the log factors: 4x the variance
-    # a type of few strong markers moves more than one of many even ones
-    weights = [reference[c, row[row >= 0]] for c, row in enumerate(markers)]
-    concentration = np.array([(w ** 2).sum() / w.sum() ** 2 for w in weights])
-    np.testing.assert_allclose(variances[3] * concentration[0], variances[3][0] * concentration, rtol=1e-9)
+
+
+def test_marker_sensitivities_to_a_technology_follow_their_definition():
+    shares = np.array([[0.5, 0.2, 0.2, 0.1], [0.25, 0.25, 0.25, 0.25], [np.nan] * 4])
+    # a type of few strong markers moves more than one of many even ones; a type not labelled not at all
+    sensitivities = _markers.marker_sensitivities(shares, np.array([[0, 3], [0, 1], [0, 1]]))
+    np.testing.assert_allclose(sensitivities, [(0.25 + 0.01) / 0.36, 0.5, 0.0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float64, 80, elements=st.floats(-6, 0)), arrays(np.float64, 80, elements=st.floats(1, 5000)),
+       st.integers(0, 2**31 - 1))
+def test_profile_pvalues_are_probabilities_that_fall_with_the_likelihood(likelihood, totals, seed):
+    rng = np.random.RandomState(seed)
+    profiles = _markers.log_profiles(np.vstack([rng.dirichlet(np.ones(10)), np.full(10, np.nan)]))
+    labels = np.zeros(80, int)
+    calibration = _markers.profile_calibration(likelihood, totals, labels, profiles, 101)
+    called = np.arange(80) % 2
+    p = _markers.profile_pvalues(likelihood, totals, called, profiles, calibration, np.array([80, 0]))
+    assert ((p > 0) & (p <= 1)).all()
+    assert (p[called == 1] == 1).all()  # a type not labelled is not tested
+    same = (called == 0) & (totals == totals[0])
+    order = np.argsort(likelihood[same])
+    assert (np.diff(p[same][order]) >= -1e-12).all()
+    # the labelled cells' own p-values: the share of them scoring lower, about uniform
+    if len(np.unique(likelihood)) == len(likelihood):
+        own = _markers.profile_pvalues(likelihood, totals, labels, profiles, calibration, np.array([80, 0]))
+        assert abs(np.mean(own < 0.25) - 0.25) <= 0.05 + 2 / 80
