@@ -33,8 +33,9 @@ beyond counting noise (the profile's variance of one count's log-probability
 over the cell's total), each type called in a group then centred on its own
 median (a technology's per-gene factors move each type's profile likelihood by
 its own amount, by several of its spreads under a strong one; this assumes a
-population the reference lacks is fewer than half the cells named any one type),
-and its p-value is conformal: the share of the type's labelled cells scoring lower
+population the reference lacks is fewer than half the cells named any one type,
+and a type called on fewer than :data:`MIN_CELLS` cells of a group is not tested
+there), and its p-value is conformal: the share of the type's labelled cells scoring lower
 (their scores' tails are heavier than the normal's).
 
 Functions of arrays only: the classifier gathers the sums over ranks and keeps the results.
@@ -517,11 +518,12 @@ def profile_pvalues(likelihood, totals, called, profiles, calibration, counts, g
     counts : ndarray of shape (n_classes,)
         The labelled cells of each type (the conformal ``n``).
     groups : ndarray of shape (n_cells,), default=None
-        Each cell's batch: each type called on :data:`MIN_CELLS` cells or more
-        of a group is centred on its own median z-score (a technology moves each
-        type's profile likelihood by its own amount), the rest on the group's;
-        the group is divided by its own robust spread where that exceeds 1 (a
-        smaller group takes all the cells', fewer in all take none).
+        Each cell's batch (all the cells one group when None): each type called
+        on :data:`MIN_CELLS` cells or more of a group is centred on its own
+        median z-score (a technology moves each type's profile likelihood by its
+        own amount) and divided by the group's robust spread where that exceeds
+        1; a type called on fewer cells of a group is not tested there (p-value
+        1: its shift cannot be told from a population of its own).
 
     Returns
     -------
@@ -575,7 +577,8 @@ def _standardised(values, noise, called, centres, spreads, groups=None, added=No
     """Each cell's z-score: its value's distance from its called type's centre over the type's spread, the added
     variance and its counting noise, then centred and scaled within its group (:func:`group_calibrations`; NaN: not
     tested). ``within_types``: each type called on :data:`MIN_CELLS` cells or more of a group is centred on its own
-    median instead, and the group's spread is that of the centred values."""
+    median instead, and the group's spread is that of the centred values; a type called on fewer is not tested there
+    (NaN)."""
     tested = ~np.isnan(centres[called]) & ~np.isnan(values) & (called >= 0)
     z = np.full(len(called), np.nan)
     added = np.zeros(len(called)) if added is None else added
@@ -586,10 +589,10 @@ def _standardised(values, noise, called, centres, spreads, groups=None, added=No
         centre, spread = calibration or (0.0, 1.0)
         rows &= tested
         centred = z[rows] - centre
-        if within_types and rows.sum() >= MIN_CELLS:
+        if within_types:
             for own in group_rows(called[rows], rows.sum()):
-                if own.sum() >= MIN_CELLS:
-                    centred[own] = z[rows][own] - np.median(z[rows][own])
-            spread = _centre_and_spread(centred)[1]
+                centred[own] = z[rows][own] - np.median(z[rows][own]) if own.sum() >= MIN_CELLS else np.nan
+            if (~np.isnan(centred)).any():
+                spread = _centre_and_spread(centred[~np.isnan(centred)])[1]
         calibrated[rows] = centred / spread
     return calibrated

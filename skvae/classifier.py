@@ -908,7 +908,8 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         cell judged by the profile without itself), each type called on 50
         cells or more of a batch then centred on its own median (a technology
         moves each type's by its own amount; this assumes a population the
-        reference lacks is fewer than half of the cells named any one type) and
+        reference lacks is fewer than half of the cells named any one type; a
+        type called on fewer cells of a batch is not judged by it there) and
         the batch widened to its own spread; the p-value is the share of the
         type's labelled cells scoring lower (``class_profile_quantiles_``;
         their tails are heavier than the normal's). A population the reference
