@@ -10,8 +10,8 @@ effects, and the model's seed):
    called at 5 % FDR (median over splits and draws) and the share of p-values below 0.05 (0.05 when calibrated);
 2. ``effects``: the same, with fold changes injected into a random 7.5 % of the genes in the first 3 donors (half up,
    half down, |log2 FC| uniform in 0.5-2): the FDR achieved and the power at 5 % FDR, all and small (|log2 FC| < 1),
-   and the power at a true FDR of 5 % (the genes taken in the order of the method's p-values, as many as keep the
-   false share at 5 %: methods of different calibration compared at the same FDR);
+   and the power at a true FDR of 5 %, all and small (the genes taken in the order of the method's p-values, as many
+   as keep the false share at 5 %: methods of different calibration compared at the same FDR);
 3. ``batches``: no true difference, the donors in two batches spread unevenly over the groups (group 1: donors 0, 1
    in batch A, 2 in B; group 2: 3 in A, 4, 5 in B), batch B with a technology effect (per-gene log-ratio sd 0.5):
    genes called at 5 % FDR;
@@ -187,21 +187,23 @@ def splits():
 
 
 def known_effect_scores(pvalues, padj, truth):
-    """Genes called at ``FDR``, the FDR achieved and the power, overall and for effects below 1 in log2; and the power
-    at a *true* FDR of ``FDR``: the most genes taken in the order of the method's p-values of which no more than
-    ``FDR`` are false (how well it ranks, whatever its calibration: methods compared at the same FDR; NaN without
-    p-values)."""
+    """Genes called at ``FDR``, the FDR achieved and the power, overall and for effects below 1 in log2; and both
+    powers at a *true* FDR of ``FDR``: the most genes taken in the order of the method's p-values of which no more
+    than ``FDR`` are false (how well it ranks, whatever its calibration: methods compared at the same FDR; NaN
+    without p-values)."""
     call = np.nan_to_num(padj, nan=1.0) < FDR
     differs = truth != 0
     small = differs & (np.abs(truth) < 1.0)
     order = np.argsort(np.nan_to_num(pvalues, nan=2.0), kind="stable")
     found = np.cumsum(differs[order])
     within = np.flatnonzero(np.arange(1, len(order) + 1) - found <= FDR * np.arange(1, len(order) + 1))
-    at_true_fdr = found[within[-1]] / differs.sum() if len(within) else 0.0
+    taken = order[:within[-1] + 1] if len(within) else order[:0]
+    ranked = np.isfinite(pvalues).any()
     return {"called": int(call.sum()), "FDR achieved": float((call & ~differs).sum() / max(call.sum(), 1)),
             "power": float((call & differs).sum() / differs.sum()),
             "power |log2 FC|<1": float((call & small).sum() / max(small.sum(), 1)),
-            "power at true FDR": float(at_true_fdr) if np.isfinite(pvalues).any() else np.nan}
+            "power at true FDR": float(differs[taken].sum() / differs.sum()) if ranked else np.nan,
+            "power |log2 FC|<1 at true FDR": float(small[taken].sum() / max(small.sum(), 1)) if ranked else np.nan}
 
 
 def in_batches(base, rng, truth=None, seed=0):
