@@ -60,7 +60,7 @@ _MIN_SPREAD = 0.1
 _MIN_SHARE = 1e-3
 # The smallest spread beyond counting noise of a type's profile likelihood (log-probability per count)
 _MIN_PROFILE_SPREAD = 0.05
-# The share added to each gene of a type's expression profile (a gene none of its cells expressed: one count in a million)
+# The share added to each gene of a type's profile (a gene none of its cells expressed: one count in a million)
 _PROFILE_FLOOR = 1e-6
 
 
@@ -553,11 +553,25 @@ def profile_pvalues(likelihood, totals, called, profiles, calibration, counts, g
     levels = np.linspace(0.0, 1.0, quantiles.shape[1])
     for c in np.unique(called[~np.isnan(z)]):
         rows = (called == c) & ~np.isnan(z)
-        lowest, n = quantiles[c][0], counts[c]
-        below = np.interp(z[rows], quantiles[c], levels, left=0.0, right=1.0)
-        tail = np.exp(np.minimum(norm.logcdf(z[rows]) - norm.logcdf(lowest), 0.0))
-        p[rows] = np.where(z[rows] < lowest, tail, 1.0 + n * below) / (n + 1.0)
+        lowest = quantiles[c][0]
+        p[rows] = conformal_pvalues(np.interp(z[rows], quantiles[c], levels, left=0.0, right=1.0), z[rows] < lowest,
+                                    norm.logcdf(z[rows]) - norm.logcdf(lowest), counts[c])
     return p
+
+
+def conformal_pvalues(share, past, log_tail, n):
+    """Conformal p-values among ``n`` reference values: ``(1 + n * share) / (n + 1)``, ``share`` the part of them
+    lying beyond each value; past the most extreme of them (``past``), ``1 / (n + 1)`` times the parametric tail
+    beyond the value relative to that beyond the most extreme one (``log_tail``, in log; at most 1), so that a few
+    reference values still tell a far one. The classifier's codes' test and the profile test share it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> np.round(conformal_pvalues(np.array([0.5, 0.0]), np.array([False, True]), np.array([0.0, np.log(0.1)]), 9), 6)
+    array([0.55, 0.01])
+    """
+    return np.where(past, np.exp(np.minimum(log_tail, 0.0)), 1.0 + n * share) / (n + 1.0)
 
 
 def _profile_noise_of(profiles, called, totals):
@@ -591,7 +605,8 @@ def _standardised(values, noise, called, centres, spreads, groups=None, added=No
         centred = z[rows] - centre
         if within_types:
             for own in group_rows(called[rows], rows.sum()):
-                centred[own] = z[rows][own] - np.median(z[rows][own]) if own.sum() >= MIN_CELLS else np.nan
+                of_type = z[rows][own]
+                centred[own] = of_type - np.median(of_type) if own.sum() >= MIN_CELLS else np.nan
             if (~np.isnan(centred)).any():
                 spread = _centre_and_spread(centred[~np.isnan(centred)])[1]
         calibrated[rows] = centred / spread

@@ -739,13 +739,11 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
             if counts is None:
                 typical[rows] = beyond
                 continue
-            # the conformal p-value among the type's n labelled cells, (1 + how many lie farther) / (n + 1); past the
-            # farthest, 1 / (n + 1) times the Gaussian's tail beyond it (chi-square), so that a few labelled cells
-            # still tell a far cell
-            n = counts[c]
-            tail = np.exp(np.minimum(chi2.logsf(own[rows], self.n_components) - chi2.logsf(quantiles[-1],
-                                                                                            self.n_components), 0.0))
-            typical[rows] = np.where(own[rows] > quantiles[-1], tail, 1.0 + n * beyond) / (n + 1.0)
+            # the conformal p-value among the type's n labelled cells; past the farthest, the Gaussian's tail beyond
+            # it (chi-square)
+            typical[rows] = _markers.conformal_pvalues(
+                beyond, own[rows] > quantiles[-1],
+                chi2.logsf(own[rows], self.n_components) - chi2.logsf(quantiles[-1], self.n_components), counts[c])
         if data is not None and self._tests_markers:
             typical = np.minimum(typical, np.minimum(*self._count_pvalues(data, called, groups)))
         # neighbourhoods among the cells of a batch called the same type: a cell named a type apart from its
