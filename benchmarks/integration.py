@@ -44,7 +44,9 @@ progenitors in batch B only), ``donors`` (pbmc_facs as 4 pseudo-donors of unequa
 donor effect of log sd 0.1-0.3; one lacks CD8 T cells, one NK cells, one CD14+ monocytes: :func:`load_donors`)
 and any data set above. Rows: PCA, Harmony and scVI's defaults (first seed) and the
 recipe without batches, with ``batch_model="layers"`` (its default), with ``batch_model="genes"`` and with
-``"genes"`` and no adversary (``SHIFT_VARIANTS``; ``--variants`` picks), each seed; columns:
+``"genes"`` and no adversary (``SHIFT_VARIANTS``; ``--variants`` picks; among them ``make_count_classifier`` given
+the labels of a random 30 % or 10 % of the cells, its adversary gated by the types they show in each batch or not),
+each seed; columns:
 :func:`calibration_scores` (as ``--calibration``'s: the overlap is with the fit without batches of the same seed, or
 for a fit without batches the first seed's) and, where installed,
 scib-metrics' batch correction, bio conservation and total.
@@ -91,7 +93,7 @@ from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 from sklearn.pipeline import make_pipeline
 
 import skvae
-from skvae import AutoencoderEmbedder, BetaVSCEmbedder, make_count_embedder
+from skvae import AutoencoderEmbedder, BetaVSCEmbedder, make_count_classifier, make_count_embedder
 from skvae.datasets import fetch_pbmc3k, read_10x_mtx
 from skvae.preprocessing import ClippedStandardScaler, HighlyVariableGenes, LogNormalizer
 from skvae.recipes import RECOMMENDED_COUNT_SETTINGS
@@ -392,6 +394,12 @@ SHIFT_VARIANTS = {
     # a sweep of the adversary's weight with factors per gene (--variants)
     "skvae recipe, batch_model='genes', batch_adversary=0.1": {"batch_model": "genes", "batch_adversary": 0.1},
     "skvae recipe, batch_model='genes', batch_adversary=1": {"batch_model": "genes", "batch_adversary": 1.0},
+    # make_count_classifier with the labels of a random 30 % (10 %) of each batch's cells (``labelled``): the adversary
+    # gated by the types the labels show in each batch (batch_adversary_types, its default) or by neighbourhoods alone
+    "skvae classifier, 30 % labelled": {"labelled": 0.3},
+    "skvae classifier, 30 % labelled, batch_adversary_types=False": {"labelled": 0.3, "batch_adversary_types": False},
+    "skvae classifier, 10 % labelled": {"labelled": 0.1},
+    "skvae classifier, 10 % labelled, batch_adversary_types=False": {"labelled": 0.1, "batch_adversary_types": False},
 }
 #: ``--shift-suite``'s rows by default (the sweep's only with ``--variants``)
 DEFAULT_SHIFT_VARIANTS = list(SHIFT_VARIANTS)[:4]
@@ -584,9 +592,17 @@ def fitted_and_scored(counts, batch, labels, shared, variants, seeds, epochs, ro
         fits[name] = (codes, seconds, None)
     for seed in seeds:
         for name, change in variants.items():
-            recipe = make_count_embedder(random_state=seed, n_jobs=THREADS, max_epochs=epochs, **(change or {}))
-            given = {} if change is None else {"batch": batch}
-            codes, seconds = timed(lambda r=recipe, given=given: r.fit_transform(counts, **given))
+            change = dict(change or {}) if change is not None else None
+            share = None if change is None else change.pop("labelled", None)
+            if share is None:
+                recipe = make_count_embedder(random_state=seed, n_jobs=THREADS, max_epochs=epochs, **(change or {}))
+                given = {} if change is None else {"batch": batch}
+                codes, seconds = timed(lambda r=recipe, given=given: r.fit_transform(counts, **given))
+            else:  # the classifier, given the labels of a random share of the cells (the same cells for every row)
+                y = np.where(np.random.RandomState(100 + seed).rand(len(labels)) < share, labels, None).astype(object)
+                recipe = make_count_classifier(random_state=seed, n_jobs=THREADS, max_epochs=epochs, **change)
+                codes, seconds = timed(lambda r=recipe, y=y: r.fit(counts, y, batch=batch).transform(counts,
+                                                                                                    batch=batch))
             reference = seeds[0] if change is None else seed
             fits[f"{name}, seed {seed}"] = (codes, seconds, f"skvae recipe, no batch, seed {reference}")
             print(f"  {name}, seed {seed}: fit {seconds:.1f} s", flush=True)

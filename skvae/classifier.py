@@ -178,6 +178,48 @@ def _split_labels(y, name):
     return y, labelled
 
 
+#: a type counts as held by a batch where at least this many of the batch's cells are labelled with it
+_HELD_CELLS = 3
+
+
+def adversary_types(labels, batch, n_classes, n_batches):
+    """Whether each cell type is held by a batch other than each batch: what the batch adversary may mix it with.
+
+    A type is held by a batch where at least ``_HELD_CELLS`` (3) of the batch's cells are labelled with it; a batch
+    with no labelled cell is taken to hold every type (its composition is unknown: a query of a reference).
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n_samples,), int
+        Each cell's type (an index of the classes), -1 for an unlabelled cell.
+    batch : ndarray of shape (n_samples,), int
+        Each cell's batch (an index of the categories).
+    n_classes, n_batches : int
+
+    Returns
+    -------
+    ndarray of bool of shape (n_classes, n_batches)
+        Row: a type; column: a batch; True where another batch holds the type.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae.classifier import adversary_types
+    >>> labels = np.array([0] * 3 + [1] * 3 + [0] * 3 + [-1] * 4)  # type 1 labelled in batch 0 only
+    >>> batch = np.array([0] * 6 + [1] * 3 + [1] * 2 + [2] * 2)  # batch 2 is unlabelled
+    >>> adversary_types(labels, batch, 2, 3).astype(int).tolist()
+    [[1, 1, 1], [1, 1, 1]]
+    >>> adversary_types(labels[:11], batch[:11], 2, 2).astype(int).tolist()
+    [[1, 1], [0, 1]]
+    """
+    labelled = labels >= 0
+    counts = np.zeros((n_classes, n_batches), dtype=np.int64)
+    np.add.at(counts, (labels[labelled], batch[labelled]), 1)
+    held = counts >= _HELD_CELLS
+    held[:, counts.sum(axis=0) == 0] = True
+    return (held.sum(axis=1, keepdims=True) - held) > 0
+
+
 _CLASSIFIER_PARAMETERS = """\
     classification_weight : float, default=1.0
         How strongly the labels shape the code: the classifier's cross-entropy
@@ -186,6 +228,16 @@ _CLASSIFIER_PARAMETERS = """\
         so the weight means the same at any depth and number of genes. 0: the
         labels do not shape the codes (an embedder, with the types' Gaussians
         fitted to its codes).
+
+    batch_adversary_types : bool, default=True
+        With ``batch_adversary`` and labels in two or more batches: the
+        adversary mixes a cell with other batches only as far as its type is
+        labelled in another batch too (on at least 3 cells; an unlabelled cell
+        by the classifier's probabilities of the types), so that a type that
+        one batch alone holds is not pushed into its relatives of the others.
+        A batch without labelled cells is taken to hold every type (a query:
+        as False). False: the embedder's adversary, which judges by the
+        neighbourhood alone.
 
     unknown_threshold : float, default=0.02
         A cell is of a type the reference lacks (:meth:`is_unknown`) when its
@@ -364,6 +416,7 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         "classification_weight": [Interval(Real, 0, None, closed="left")],
         "unknown_threshold": [Interval(Real, 0, 1, closed="left")],
         "unknown_neighbors": [Interval(Integral, 0, None, closed="left")],
+        "batch_adversary_types": ["boolean"],
     }
     _saved_attributes = (*BetaVAEEmbedder._saved_attributes, "classes_", "class_means_", "class_precisions_",
                          "class_distance_quantiles_", "class_counts_", "class_expression_", "class_markers_",
@@ -386,6 +439,7 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         batch_model="layers",
         beta=1.0,
         classification_weight=1.0,
+        batch_adversary_types=True,
         unknown_threshold=0.02,
         unknown_neighbors=10,
         kl_warmup_epochs=0,
@@ -432,6 +486,7 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
             verbose=verbose,
         )
         self.classification_weight = classification_weight
+        self.batch_adversary_types = batch_adversary_types
         self.unknown_threshold = unknown_threshold
         self.unknown_neighbors = unknown_neighbors
 
@@ -441,7 +496,8 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
 
     def _training_config(self, incremental):
         # a weight set by set_params applies from the next call, as beta's does
-        return replace(super()._training_config(incremental), classification_weight=self.classification_weight)
+        return replace(super()._training_config(incremental), classification_weight=self.classification_weight,
+                       adversary_types=getattr(self, "_adversary_types", None))
 
     def fit(self, X, y=None, *, batch=None):
         """Train the model on ``X``, learning the cell types of its labelled cells.
@@ -533,7 +589,16 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
                              f"{self.classes_.tolist()}.")
         codes = np.full(data.n_rows, UNLABELLED, dtype=np.int64)
         codes[labelled] = np.searchsorted(self.classes_, labels[labelled])
+        self._adversary_types = self._types_for_adversary(codes, data.covariates)
         return data.with_labels(codes), sizes
+
+    def _types_for_adversary(self, codes, covariates):
+        """This call's :func:`adversary_types` as the training config takes them, or None where every type is shared
+        (or no adversary acts, or ``batch_adversary_types`` is False)."""
+        if not (self.batch_adversary_types and self.batch_adversary > 0 and covariates is not None):
+            return None
+        held = adversary_types(codes, covariates[:, 0], len(self.classes_), self.covariates_.n_categories[0])
+        return None if held.all() else tuple(map(tuple, held.tolist()))
 
     def _same_on_every_rank(self):
         remedy = ("each rank's labelled cells give the classes, so every rank needs labelled cells of every type; or "

@@ -8,8 +8,17 @@ from hypothesis import strategies as st
 from sklearn.neighbors import NearestNeighbors
 
 from skvae import BetaVAEEmbedder
+from skvae.classifier import adversary_types
 from skvae.nn.likelihoods import make_likelihood
-from skvae.nn.models import Autoencoder, GradientScale, LossWeights, _ScaledGradient, shared_weight
+from skvae.nn.models import (
+    Autoencoder,
+    GradientScale,
+    LossWeights,
+    VariationalAutoencoder,
+    _ScaledGradient,
+    shared_weight,
+    type_weight,
+)
 
 
 @settings(max_examples=50, deadline=None)
@@ -34,6 +43,67 @@ def test_shared_weight_is_1_where_batches_interleave_and_0_for_a_population_of_o
     apart = torch.cat([line, line + 100.0])
     batch = torch.cat([torch.zeros(40, dtype=torch.long), torch.ones(40, dtype=torch.long)])
     assert not shared_weight(apart, batch, k=5).any()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 30), st.integers(2, 4), st.integers(1, 3), st.integers(0, 10_000))
+def test_type_weight_is_a_labelled_cells_entry_and_an_unlabelled_cells_mixture_of_its_batchs(n, n_classes, n_batches,
+                                                                                           seed):
+    generator = torch.Generator().manual_seed(seed)
+    shared = (torch.rand(n_classes, n_batches, generator=generator) < 0.5).float()
+    batch = torch.randint(n_batches, (n,), generator=generator)
+    labels = torch.randint(-1, n_classes, (n,), generator=generator)
+    logits = torch.randn(n, n_classes, generator=generator) * 3
+    weight = type_weight(shared, batch, labels, logits)
+    labelled = labels >= 0
+    torch.testing.assert_close(weight[labelled], shared[labels[labelled], batch[labelled]])
+    column = shared.T[batch]  # the entries of each cell's batch
+    assert bool((weight >= column.min(dim=1).values - 1e-6).all() and (weight <= column.max(dim=1).values + 1e-6).all())
+    # a table of ones (every type shared) leaves every cell at 1
+    torch.testing.assert_close(type_weight(torch.ones_like(shared), batch, labels, logits), torch.ones(n))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 60), st.integers(2, 4), st.integers(1, 4), st.integers(0, 10_000))
+def test_adversary_types_counts_a_type_where_3_cells_label_it_and_an_unlabelled_batch_as_holding_all(n, n_classes,
+                                                                                                 n_batches, seed):
+    rng = np.random.RandomState(seed)
+    labels = rng.randint(-1, n_classes, size=n)
+    batch = rng.randint(n_batches, size=n)
+    held = adversary_types(labels, batch, n_classes, n_batches)
+    assert held.shape == (n_classes, n_batches) and held.dtype == bool
+    for t in range(n_classes):
+        for b in range(n_batches):
+            holders = [c for c in range(n_batches) if c != b and (
+                ((labels == t) & (batch == c)).sum() >= 3 or not ((labels >= 0) & (batch == c)).any())]
+            assert held[t, b] == bool(holders)
+
+
+def test_the_adversary_leaves_alone_a_type_that_one_batch_alone_holds():
+    """Type 1 is labelled in batch 1 only: the adversary's term of its cells there is 0, whatever their neighbours;
+    an unlabelled cell counts as far as the classifier calls it type 0, which both batches hold."""
+    torch.manual_seed(0)
+    module = VariationalAutoencoder(20, 3, (16,), likelihood=make_likelihood("nb", 20), n_categories=(2,),
+                                    adversary=True, n_classes=2)
+    x = torch.poisson(torch.rand(40, 20) * 4)
+    batch = (torch.arange(40) % 2)[:, None]
+    labels = torch.where(torch.arange(40) < 30, torch.arange(40) % 4 // 2, -1)  # types 0, 0, 1, 1, ...; 10 unlabelled
+    labels = torch.where((labels == 1) & (batch[:, 0] == 0), 0, labels)  # type 1 only in batch 1
+    shared = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    module.train()
+    scale = GradientScale()
+    scale.value = 1.0
+    weights = LossWeights(adversary=0.3, shared_types=shared)
+    terms = module.loss(x, batch, labels, weights=weights, gradient_scale=scale)
+    alone = (labels == 1) & (batch[:, 0] == 1)
+    assert alone.any() and bool((terms.adversarial[alone] == 0).all())
+    ungated = module.loss(x, batch, labels, weights=LossWeights(adversary=0.3), gradient_scale=scale,
+                          deterministic=True)
+    gated = module.loss(x, batch, labels, weights=weights, gradient_scale=scale, deterministic=True)
+    both = labels == 0  # a type both batches hold: the same term with or without the table
+    torch.testing.assert_close(gated.adversarial[both], ungated.adversarial[both])
+    unlabelled = (labels < 0) & (ungated.adversarial > 0)
+    assert bool((gated.adversarial[unlabelled] <= ungated.adversarial[unlabelled] + 1e-6).all())
 
 
 def test_the_reversed_gradient_is_minus_its_scale_times_the_gradient():
@@ -121,3 +191,27 @@ def test_batches_without_an_effect_change_the_labels_neighbours_no_more_than_a_s
     with_batches = _same_label_share(BetaVAEEmbedder(**PARAMS, batch_adversary=0.3).fit_transform(X, batch=split),
                                      types, every)
     assert abs(with_batches - seed_0) <= max(abs(seed_1 - seed_0), 0.01)
+
+
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")
+def test_the_classifier_gates_its_adversary_only_where_labels_show_a_type_in_one_batch_alone():
+    """Labels of one batch only (a reference and its query): the adversary is the embedder's, bit for bit; labels of
+    both batches where type 3 is labelled in batch 1 alone: the table says so, and the codes change."""
+    from skvae import BetaVAEClassifier
+
+    rng = np.random.RandomState(3)
+    types = rng.randint(4, size=400)
+    batch = np.where(types == 3, 1, rng.randint(2, size=400))
+    X = _counts(types, batch, effect=0.7, seed=3)
+    params = {**PARAMS, "max_epochs": 3, "batch_adversary": 0.3}
+    reference_only = np.where(batch == 0, types, -1)
+
+    def codes(y, gate):
+        model = BetaVAEClassifier(**params, batch_adversary_types=gate).fit(X, y, batch=batch)
+        return model, model.transform(X, batch=batch)
+
+    gated, ungated = codes(reference_only, True)[1], codes(reference_only, False)[1]
+    np.testing.assert_array_equal(gated, ungated)
+    model, gated = codes(types, True)
+    assert model._adversary_types == ((True, True), (True, True), (True, True), (True, False))
+    assert not np.array_equal(gated, codes(types, False)[1])

@@ -76,6 +76,42 @@ def _shared(neighbours, labels):
     return torch.where(expected > 0, (other / expected.clamp_min(1e-12)).clamp(max=1.0), torch.zeros_like(other))
 
 
+def type_weight(shared_types, batch, labels, logits):
+    """How far each cell's type is held by another batch, in [0, 1]: what the adversary may push it by.
+
+    A labelled cell's type's entry of ``shared_types`` for its batch; an unlabelled cell's mean of its batch's entries
+    weighed by the classifier's probabilities of the types (``softmax(logits)``).
+
+    Parameters
+    ----------
+    shared_types : torch.Tensor of shape (n_classes, n_categories)
+        1 where a type is held by a category other than the column's (:class:`LossWeights`).
+    batch : torch.Tensor of shape (n_samples,), int64
+        Each cell's category.
+    labels : torch.Tensor of shape (n_samples,), int64
+        Each cell's type, -1 for an unlabelled cell.
+    logits : torch.Tensor of shape (n_samples, n_classes)
+        The cell-type classifier's logits.
+
+    Returns
+    -------
+    torch.Tensor of shape (n_samples,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.models import type_weight
+    >>> shared = torch.tensor([[1.0, 1.0], [1.0, 0.0]])  # type 1 only in batch 1
+    >>> batch, labels = torch.tensor([0, 1, 1, 1]), torch.tensor([1, 1, 0, -1])
+    >>> type_weight(shared, batch, labels, torch.tensor([[0.0, 0.0]] * 4)).tolist()
+    [1.0, 0.0, 1.0, 0.5]
+    """
+    table = shared_types.to(logits.dtype).T[batch]  # each cell's batch's column: (n_samples, n_classes)
+    given = table.gather(1, labels.clamp_min(0)[:, None]).squeeze(1)
+    predicted = (F.softmax(logits.detach(), dim=1) * table).sum(dim=1)
+    return torch.where(labels >= 0, given, predicted)
+
+
 @dataclass(frozen=True)
 class LossWeights:
     """How much each loss term counts in one training step: what the trainer decides, not the module.
@@ -90,6 +126,13 @@ class LossWeights:
         adversarial term).
     classification : float, default=1.0
         The gradient the cell-type classifier sends to the encoder, in the same units.
+    shared_types : torch.Tensor of shape (n_classes, n_categories), default=None
+        For a model with a cell-type classifier: 1 where a type is held by another
+        category of the first covariate (batch) than the column's, 0 where that
+        category alone holds it. The adversary pushes a labelled cell as far as its
+        type's entry for its batch, an unlabelled one as far as the classifier's
+        probabilities of the types weigh them (:func:`type_weight`); None: every
+        type is held by several batches.
 
     Examples
     --------
@@ -101,6 +144,7 @@ class LossWeights:
     kl: float = 1.0
     adversary: float = 0.0
     classification: float = 1.0
+    shared_types: torch.Tensor | None = None
 
 
 class GradientScale:
@@ -392,9 +436,14 @@ class _LatentModel(nn.Module):
                     z.register_hook(gradient_scale.measure)
         if adversary:
             # it should not tell the categories apart where its neighbourhood is shared: a population of one batch
-            # alone is left where it is
+            # alone is left where it is; with types, only as far as the cell's type is held by other batches
             logits = self.adversary(_ScaledGradient.apply(code, -weights.adversary * measured))
-            adversarial = self._adversarial(logits, covariates[:, :self._told], code.detach())
+            types = None
+            if classifying and weights.shared_types is not None:
+                with torch.no_grad():
+                    type_logits = self.classifier(code)
+                types = type_weight(weights.shared_types.to(code.device), covariates[:, 0], labels, type_logits)
+            adversarial = self._adversarial(logits, covariates[:, :self._told], code.detach(), types)
         if classifying:
             scale = weights.classification * measured if gradient_scale is not None else 1.0
             logits = self.classifier(_ScaledGradient.apply(code, scale))
@@ -403,9 +452,12 @@ class _LatentModel(nn.Module):
         reconstruction = self.likelihood.negative_log_likelihood(outputs, x)
         return LossTerms(reconstruction, self._kl(q), adversarial, classification)
 
-    def _adversarial(self, logits, labels, code):
-        """Each cell's cross-entropy of the adversary's guess of each covariate, weighted by :func:`shared_weight`."""
+    def _adversarial(self, logits, labels, code, types=None):
+        """Each cell's cross-entropy of the adversary's guess of each covariate, weighted by :func:`shared_weight`
+        (and for the first covariate by ``types``, :func:`type_weight`, where given)."""
         weights = shared_weight(code, labels)
+        if types is not None:
+            weights = torch.cat([weights[:, :1] * types[:, None], weights[:, 1:]], dim=1)
         losses = [F.cross_entropy(part, column, reduction="none")
                   for part, column in zip(logits.split(self.n_categories[:self._told], dim=1), labels.unbind(dim=1),
                                           strict=True)]

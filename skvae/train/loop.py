@@ -91,6 +91,11 @@ class TrainingConfig:
         :class:`~skvae.nn.models.LossWeights`).
     classification_weight : float, default=1.0
         The cell-type classifier's weight (a model built with one).
+    adversary_types : tuple of tuple of bool, default=None
+        For a model with a cell-type classifier and an adversary: for each type
+        (rows) and category of the first covariate (columns), whether the type is
+        held by another category (:class:`~skvae.nn.models.LossWeights`'
+        ``shared_types``); None: every type is.
 
     Examples
     --------
@@ -109,6 +114,7 @@ class TrainingConfig:
     verbose: int = 0
     adversary_weight: float = 0.0
     classification_weight: float = 1.0
+    adversary_types: tuple | None = None
 
     def loss_weights(self, kl_weight):
         """The :class:`~skvae.nn.models.LossWeights` of a training step whose KL weight is ``kl_weight``.
@@ -121,7 +127,9 @@ class TrainingConfig:
         -------
         skvae.nn.models.LossWeights
         """
-        return LossWeights(kl=kl_weight, adversary=self.adversary_weight, classification=self.classification_weight)
+        shared = None if self.adversary_types is None else torch.tensor(self.adversary_types, dtype=torch.float32)
+        return LossWeights(kl=kl_weight, adversary=self.adversary_weight, classification=self.classification_weight,
+                           shared_types=shared)
 
 
 class TrainingState:
