@@ -592,7 +592,7 @@ def fitted_and_scored(counts, batch, labels, shared, variants, seeds, epochs, ro
         fits[name] = (codes, seconds, None)
     for seed in seeds:
         for name, change in variants.items():
-            change = dict(change or {}) if change is not None else None
+            change = None if change is None else dict(change)
             share = None if change is None else change.pop("labelled", None)
             if share is None:
                 recipe = make_count_embedder(random_state=seed, n_jobs=THREADS, max_epochs=epochs, **(change or {}))
