@@ -440,6 +440,8 @@ class _LatentModel(nn.Module):
             logits = self.adversary(_ScaledGradient.apply(code, -weights.adversary * measured))
             types = None
             if classifying and weights.shared_types is not None:
+                # a pass of its own, without gradient: the classifier's graph stays built after the adversary's, so
+                # that training without a table (label transfer) is bit for bit what it was before the table
                 with torch.no_grad():
                     type_logits = self.classifier(code)
                 types = type_weight(weights.shared_types.to(code.device), covariates[:, 0], labels, type_logits)
