@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from skvae import AutoencoderEmbedder, _markers
@@ -60,6 +61,29 @@ def test_a_single_process_trains_without_a_process_group(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert data_parallel(torch.device("cpu")) is None
     assert not torch.distributed.is_initialized()
+
+
+_GROUP_FREED = """
+import glob, tempfile
+import numpy as np
+import torch.distributed as dist
+from skvae import AutoencoderEmbedder
+dist.init_process_group("gloo", init_method=f"file://{tempfile.mkdtemp()}/store", rank=0, world_size=1)
+AutoencoderEmbedder(n_components=2, hidden_layer_sizes=(4,), max_epochs=1).fit(np.random.RandomState(0).normal(size=(20, 5)))
+dist.destroy_process_group()
+print(sorted(open(name).read().strip() for name in glob.glob("/proc/self/task/*/comm")))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process's threads from Linux's /proc")
+def test_a_destroyed_group_leaves_no_gloo_thread_behind_after_training():
+    # a group that outlives destroy_process_group is torn down while the interpreter exits, which aborted torchrun's
+    # processes now and then; a fresh interpreter, as a user's script (the test process has imported everything)
+    result = subprocess.run([sys.executable, "-c", _GROUP_FREED], check=True, capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    threads = result.stdout.strip().splitlines()[-1]
+    assert "python" in threads
+    assert "gloo" not in threads, threads
 
 
 def test_two_ranks_with_batches_end_identical_and_disagreeing_categories_are_one_clear_error(tmp_path):

@@ -18,6 +18,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+if dist.is_available():
+    # torch.distributed.nn binds the default group as its functions' default argument when it is first imported. The
+    # first optimiser imports it (through torch._dynamo); were that after the group is initialised, the binding would
+    # keep the group alive after destroy_process_group, and its threads would be stopped while the interpreter exits,
+    # which aborts the process now and then ("terminate called without an active exception"). Imported here, first.
+    import torch.distributed.nn
+
 
 @dataclass(frozen=True)
 class Agreement:
