@@ -5,6 +5,8 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from skvae import BetaVAEClassifier, BetaVAEEmbedder, make_count_classifier, make_count_embedder
 from skvae.analysis import corrected_expression, type_statistics
@@ -163,8 +165,8 @@ def test_a_paired_design_within_donors_and_batches_corrected_through_the_decoder
 
     obs = pd.DataFrame({"batch": batch, "tech": np.where(np.arange(len(batch)) % 3, "x", "y")})
     two = _model(counts, batch=obs)
-    for given in (obs, {key: obs[key].to_numpy() for key in obs}):
-        columns = differential_expression(two, counts, kind, "x", "y", samples=donor, batch=given)
+    for passed in (obs, {key: obs[key].to_numpy() for key in obs}):
+        columns = differential_expression(two, counts, kind, "x", "y", samples=donor, batch=passed)
         assert columns.attrs["shared_batches"] == ["a", "b"] and columns["is_de"].sum() <= 1
     # batch= checked as every method checks it, before the test: a missing column, a wrong length
     with pytest.raises(ValueError, match=r"lacks the column\(s\) \['batch'\]"):
@@ -176,6 +178,45 @@ def test_a_paired_design_within_donors_and_batches_corrected_through_the_decoder
     with pytest.warns(UserWarning, match=r"Samples \['5'\] have cells of one group only"):
         fewer = differential_expression(model, counts, kind, "x", "y", samples=donor, batch=batch)
     assert fewer[["n_samples_1", "n_samples_2"]].iloc[0].tolist() == [5, 5] and fewer.attrs["paired"]
+
+
+def test_groups_spread_unevenly_over_the_batches_get_a_warning_and_a_note():
+    pytest.importorskip("pydeseq2")
+    from skvae.analysis import differential_expression
+
+    counts, condition, donor, batch = _donors(batch_effect=True)  # controls 2:1 over batches a:b, treated 1:2
+    model = _model(counts, batch=batch)
+    with pytest.warns(UserWarning, match=r"spread unevenly over the batches \(batch 'a' holds 67 % of group1's "
+                                         r"samples and 33 % of group2's\)"):
+        uneven = differential_expression(model, counts, condition, "control", "treated", samples=donor, batch=batch)
+    assert uneven.attrs["batch_imbalance"] == pytest.approx(1 / 3) and "stricter fdr" in uneven.attrs["note"]
+    # every donor's cells half in each batch: the groups spread alike, nothing to say
+    alike = np.where(np.arange(len(counts)) % 2 == 0, "a", "b")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        even = differential_expression(_model(counts, batch=alike), counts, condition, "control", "treated",
+                                       samples=donor, batch=alike)
+    assert even.attrs["batch_imbalance"] == pytest.approx(0) and "note" not in even.attrs
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 5)), min_size=2, max_size=40), st.integers(1, 5))
+def test_batch_imbalance_is_a_symmetric_distance_between_the_groups_spreads(cells, split):
+    from skvae.analysis._de import batch_imbalance
+
+    batches = np.array([batch for batch, _ in cells], dtype=object)
+    samples = np.array([sample for _, sample in cells])
+    first = samples < split  # each sample in one group
+    if first.all() or not first.any():
+        return
+    distance, shares = batch_imbalance(batches, samples, first)
+    swapped, _ = batch_imbalance(batches, samples, ~first)
+    assert 0.0 <= distance <= 1.0 + 1e-12 and distance == pytest.approx(swapped)
+    np.testing.assert_allclose(shares.sum(), 1.0)  # each group's average composition sums to 1
+    if not set(batches[first]) & set(batches[~first]):
+        assert distance == pytest.approx(1.0)  # no shared batch
+    # the same cells' batches on every sample of both groups: no imbalance
+    assert batch_imbalance(np.tile(batches[:2], 2), [0, 0, 1, 1], [True, True, False, False])[0] == 0.0
 
 
 @pytest.mark.parametrize(("change", "message"), [
