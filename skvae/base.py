@@ -332,6 +332,7 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
                                    state=None if first else getattr(self, "_training_state", None),
                                    random_state=self.random_state, learning_rate=self.learning_rate,
                                    same=self._same_on_every_rank)
+            self._pool_ranks(session.parallel)
             train_data, val_data = session.split(data, self.validation_fraction if self.early_stopping and not
                                                  incremental else None)
             self._resolve_budget(session.count(train_data), keep=incremental and not first)
@@ -348,6 +349,10 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
             self._training_state = session.state  # what partial_fit needs to continue as more epochs of this fit would
             self._fitted_on(data, incremental, session.parallel)
         return self
+
+    def _pool_ranks(self, parallel):
+        """Pool what this call's training needs from every rank's rows (``parallel``: the rank group, or None for one
+        process), once the ranks agree on the estimator; an embedder needs nothing."""
 
     def _training_data(self, X, batch, first, y=None):
         """The checked rows with their covariates, and the hidden layer sizes; a new model's network checked too.

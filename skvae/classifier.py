@@ -212,9 +212,19 @@ def adversary_types(labels, batch, n_classes, n_batches):
     >>> adversary_types(labels[:11], batch[:11], 2, 2).astype(int).tolist()
     [[1, 1], [0, 1]]
     """
+    return _held_elsewhere(_labelled_counts(labels, batch, n_classes, n_batches))
+
+
+def _labelled_counts(labels, batch, n_classes, n_batches):
+    """The number of labelled cells of each type (row) in each batch (column)."""
     labelled = labels >= 0
     counts = np.zeros((n_classes, n_batches), dtype=np.int64)
     np.add.at(counts, (labels[labelled], batch[labelled]), 1)
+    return counts
+
+
+def _held_elsewhere(counts):
+    """:func:`adversary_types` from the labelled cells' counts of each type in each batch."""
     held = counts >= _HELD_CELLS
     held[:, counts.sum(axis=0) == 0] = True
     return (held.sum(axis=1, keepdims=True) - held) > 0
@@ -589,16 +599,22 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
                              f"{self.classes_.tolist()}.")
         codes = np.full(data.n_rows, UNLABELLED, dtype=np.int64)
         codes[labelled] = np.searchsorted(self.classes_, labels[labelled])
-        self._adversary_types = self._types_for_adversary(codes, data.covariates)
+        gated = self.batch_adversary_types and self.batch_adversary > 0 and data.covariates is not None
+        # this rank's labelled cells of each type in each batch; pooled over ranks before training (_pool_ranks)
+        self._adversary_counts = _labelled_counts(codes, data.covariates[:, 0], len(self.classes_),
+                                                  self.covariates_.n_categories[0]) if gated else None
         return data.with_labels(codes), sizes
 
-    def _types_for_adversary(self, codes, covariates):
-        """This call's :func:`adversary_types` as the training config takes them, or None where every type is shared
-        (or no adversary acts, or ``batch_adversary_types`` is False)."""
-        if not (self.batch_adversary_types and self.batch_adversary > 0 and covariates is not None):
-            return None
-        held = adversary_types(codes, covariates[:, 0], len(self.classes_), self.covariates_.n_categories[0])
-        return None if held.all() else tuple(map(tuple, held.tolist()))
+    def _pool_ranks(self, parallel):
+        """This call's :func:`adversary_types` from every rank's labelled cells (a rank may label none of a batch's
+        cells, which alone would read as a batch holding every type), as the training config takes them: None where
+        every type is shared (or no adversary acts, or ``batch_adversary_types`` is False)."""
+        counts = self._adversary_counts
+        if counts is not None and parallel is not None:
+            counts = np.rint(parallel.sum(counts.ravel().astype(np.float64).tolist())).astype(np.int64).reshape(
+                counts.shape)
+        held = None if counts is None else _held_elsewhere(counts)
+        self._adversary_types = None if held is None or held.all() else tuple(map(tuple, held.tolist()))
 
     def _same_on_every_rank(self):
         remedy = ("each rank's labelled cells give the classes, so every rank needs labelled cells of every type; or "

@@ -10,6 +10,8 @@ MODE "classifier": a BetaVAEClassifier with batches, each rank's cells partly la
 come from every rank's labelled cells);
 MODE "classifier-counts": as "classifier" on counts (a Poisson model), saving the types' marker genes too;
 MODE "classes-mismatch": a BetaVAEClassifier whose rank 1 labels a type rank 0 lacks; each rank writes its error;
+MODE "classifier-gate": a BetaVAEClassifier with the batch adversary, labelled as ``gate_labels`` says (rank 1 labels
+no cell of batch "b"), saving the table of the types the adversary may mix (it must come from every rank's labels);
 MODE "batchnorm": as "train", with batch normalisation (its running statistics must agree too);
 MODE "invalid": rank 1's rows hold a NaN; it catches its error and stays alive, as in a notebook, and each
 rank writes the error it got (none waits in a collective);
@@ -40,6 +42,15 @@ def data():
 def counts(X):
     """Whole non-negative numbers from ``data()``'s values (for a model of counts)."""
     return np.round(np.abs(X) * 3.0)
+
+
+def gate_labels(X, rows):
+    """The cells' batches and labels of MODE "classifier-gate": the types follow the data's two groups; "high" is
+    labelled in batch "a" only, and the cells of rows 60-99 (rank 1) are labelled in batch "a" only."""
+    batch = np.where(rows % 2 == 0, "a", "b")
+    types = np.where(X[:, 0] > 1.5, "high", "low").astype(object)
+    types[(batch == "b") & ((types == "high") | (rows >= 60))] = None
+    return batch, types
 
 
 def main(out, mode):
@@ -75,6 +86,11 @@ def main(out, mode):
         skvae.train.loop.kl_warmup_weight = die_in_the_second_epoch
     if mode.startswith("map-query"):
         map_query(out, mode, rank)
+        return
+    if mode == "classifier-gate":
+        batch, types = gate_labels(shard, np.arange(len(shard)) + (0 if rank == 0 else 60))
+        estimator = BetaVAEClassifier(**PARAMS, batch_adversary=0.3).fit(shard, types, batch=batch)
+        torch.save({"types": estimator._adversary_types}, Path(out, f"rank{rank}.pt"))
         return
     if mode == "classifier-counts":
         shard = counts(shard)

@@ -119,6 +119,23 @@ def test_two_ranks_train_one_classifier_with_the_same_type_gaussians(tmp_path):
     np.testing.assert_array_equal(ranks[0]["quantiles"], ranks[1]["quantiles"])
 
 
+def test_the_types_the_adversary_may_mix_come_from_every_ranks_labelled_cells(tmp_path):
+    from skvae.classifier import adversary_types
+
+    _torchrun(tmp_path, "classifier-gate")
+    # one process's rule over all the cells: "high" is labelled in batch "a" alone, so not mixed there; rank 1 labels
+    # no cell of batch "b", so alone it would take "b" to hold every type and mix everything
+    X = distributed_worker.data()
+    batch, types = distributed_worker.gate_labels(X, np.arange(len(X)))
+    codes = np.array([-1 if label is None else ["high", "low"].index(label) for label in types])
+    expected = adversary_types(codes, (batch == "b").astype(int), 2, 2)
+    assert expected.tolist() == [[False, True], [True, True]]
+    rank1 = types[60:][batch[60:] == "b"]
+    assert all(label is None for label in rank1)
+    for rank in (0, 1):
+        assert torch.load(tmp_path / f"rank{rank}.pt")["types"] == tuple(map(tuple, expected.tolist()))
+
+
 def test_two_ranks_choose_the_same_marker_genes_from_every_ranks_labelled_cells(tmp_path, monkeypatch):
     _torchrun(tmp_path, "classifier-counts")
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
