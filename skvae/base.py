@@ -332,7 +332,7 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
                                    state=None if first else getattr(self, "_training_state", None),
                                    random_state=self.random_state, learning_rate=self.learning_rate,
                                    same=self._same_on_every_rank)
-            self._pool_ranks(session.parallel)
+            self._pool_ranks(session.parallel, first)
             train_data, val_data = session.split(data, self.validation_fraction if self.early_stopping and not
                                                  incremental else None)
             self._resolve_budget(session.count(train_data), keep=incremental and not first)
@@ -350,9 +350,10 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
             self._fitted_on(data, incremental, session.parallel)
         return self
 
-    def _pool_ranks(self, parallel):
+    def _pool_ranks(self, parallel, first):
         """Pool what this call's training needs from every rank's rows (``parallel``: the rank group, or None for one
-        process), once the ranks agree on the estimator; an embedder needs nothing."""
+        process), once the ranks agree on the estimator; ``first``: a new model (else a partial_fit that continues
+        one). An embedder needs nothing."""
 
     def _training_data(self, X, batch, first, y=None):
         """The checked rows with their covariates, and the hidden layer sizes; a new model's network checked too.

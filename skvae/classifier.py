@@ -600,19 +600,24 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         codes = np.full(data.n_rows, UNLABELLED, dtype=np.int64)
         codes[labelled] = np.searchsorted(self.classes_, labels[labelled])
         gated = self.batch_adversary_types and self.batch_adversary > 0 and data.covariates is not None
-        # this rank's labelled cells of each type in each batch; pooled over ranks before training (_pool_ranks)
-        self._adversary_counts = _labelled_counts(codes, data.covariates[:, 0], len(self.classes_),
-                                                  self.covariates_.n_categories[0]) if gated else None
+        # this call's labelled cells of each type in each batch (this rank's); pooled before training (_pool_ranks)
+        self._labelled_here = _labelled_counts(codes, data.covariates[:, 0], len(self.classes_),
+                                               self.covariates_.n_categories[0]) if gated else None
         return data.with_labels(codes), sizes
 
-    def _pool_ranks(self, parallel):
-        """This call's :func:`adversary_types` from every rank's labelled cells (a rank may label none of a batch's
-        cells, which alone would read as a batch holding every type), as the training config takes them: None where
-        every type is shared (or no adversary acts, or ``batch_adversary_types`` is False)."""
-        counts = self._adversary_counts
+    def _pool_ranks(self, parallel, first):
+        """This call's :func:`adversary_types`, as the training config takes them: from every rank's labelled cells
+        (a rank may label none of a batch's cells, which alone would read as a batch holding every type) and, in a
+        partial_fit that continues a model, from every earlier call's too (a chunk of one batch alone would gate
+        nothing). None where every type is shared (or no adversary acts, or ``batch_adversary_types`` is False)."""
+        counts = self._labelled_here
         if counts is not None and parallel is not None:
             counts = np.rint(parallel.sum(counts.ravel().astype(np.float64).tolist())).astype(np.int64).reshape(
                 counts.shape)
+        earlier = None if first else getattr(self, "_labelled_seen", None)
+        if counts is not None and earlier is not None and earlier.shape == counts.shape:
+            counts = counts + earlier
+        self._labelled_seen = counts
         held = None if counts is None else _held_elsewhere(counts)
         self._adversary_types = None if held is None or held.all() else tuple(map(tuple, held.tolist()))
 

@@ -215,3 +215,31 @@ def test_the_classifier_gates_its_adversary_only_where_labels_show_a_type_in_one
     model, gated = codes(types, True)
     assert model._adversary_types == ((True, True), (True, True), (True, True), (True, False))
     assert not np.array_equal(gated, codes(types, False)[1])
+
+
+def test_partial_fit_chunks_that_label_one_batch_each_gate_as_all_their_labels_together():
+    """A chunk labelling batch 0 only, then one labelling batch 1: the second call's table is the one of both chunks'
+    labels (the second chunk alone would gate nothing: its batch 0 unlabelled reads as holding every type); a failed
+    call changes nothing, and a new fit starts the count again."""
+    from skvae import BetaVAEClassifier
+
+    rng = np.random.RandomState(3)
+    types = rng.randint(4, size=400)
+    batch = np.where(types == 3, 1, rng.randint(2, size=400))
+    X = _counts(types, batch, effect=0.7, seed=3)
+    first = np.arange(400) < 200  # both batches in each chunk (the first call fixes the categories)
+    y_first, y_second = np.where(batch == 0, types, -1)[first], np.where(batch == 1, types, -1)[~first]
+    table = ((True, True), (True, True), (True, True), (True, False))  # type 3: batch 1 alone
+    model = BetaVAEClassifier(**PARAMS, batch_adversary=0.3)
+    model.partial_fit(X[first], y_first, classes=np.arange(4), batch=batch[first])
+    assert model._adversary_types == table  # no type 3 among batch 0's labels
+    alone = BetaVAEClassifier(**PARAMS, batch_adversary=0.3)
+    assert alone.partial_fit(X[~first], y_second, classes=np.arange(4), batch=batch[~first])._adversary_types is None
+    model.partial_fit(X[~first], y_second, batch=batch[~first])
+    assert model._adversary_types == table
+    with pytest.raises(ValueError):
+        model.partial_fit(X[~first][:, :-1], y_second, batch=batch[~first])
+    with pytest.warns(UserWarning, match=r"without a label of type\(s\) \[3\]"):  # the types' statistics' warning
+        model.partial_fit(X[first], y_first, batch=batch[first])
+    assert model._adversary_types == table
+    assert model.fit(X[first], y_first, batch=batch[first])._adversary_types is None
