@@ -415,7 +415,8 @@ def shift_suite(name, data_home, seeds, epochs, rows, variants=None):
           f"{dict(zip(*np.unique(batch, return_counts=True), strict=True))}, median counts "
           f"{ {b: float(np.median(np.asarray(counts[batch == b].sum(axis=1)))) for b in np.unique(batch)} }, "
           f"batch-specific cells {int((~shared).sum())}", flush=True)
-    variants = {variant: SHIFT_VARIANTS[variant] for variant in variants or DEFAULT_SHIFT_VARIANTS}
+    chosen = DEFAULT_SHIFT_VARIANTS if variants is None else variants
+    variants = {variant: SHIFT_VARIANTS[variant] for variant in chosen}
     table, codes = fitted_and_scored(counts, batch, labels, shared, variants, seeds, epochs, rows)
     try:
         scib = scib_table(codes, batch, labels)
@@ -590,6 +591,15 @@ def fitted_and_scored(counts, batch, labels, shared, variants, seeds, epochs, ro
     fits = {}
     for name, codes, seconds in embeddings(counts, batch, rows & {"harmony", "scvi"}, epochs, seeds[:1]):
         fits[name] = (codes, seconds, None)
+    if "scanvi" in rows:  # the labelled comparator of the classifier rows: the same 30 % of each batch's cells
+        import scvi
+
+        selected = HighlyVariableGenes(min(2000, counts.shape[1])).fit(counts, batch=batch).transform(counts)
+        for seed in seeds[:1]:
+            given = np.where(_labelled_cells(len(labels), 0.3, seed), labels, "Unknown").astype(object)
+            codes, seconds, epochs_run = _scvi(selected, batch, seed, given)
+            name = f"scANVI {scvi.__version__} (30 % labelled, {epochs_run} epochs), seed {seed}"
+            fits[name] = (codes, seconds, None)
     for seed in seeds:
         for name, change in variants.items():
             change = None if change is None else dict(change)
@@ -599,7 +609,7 @@ def fitted_and_scored(counts, batch, labels, shared, variants, seeds, epochs, ro
                 given = {} if change is None else {"batch": batch}
                 codes, seconds = timed(lambda r=recipe, given=given: r.fit_transform(counts, **given))
             else:  # the classifier, given the labels of a random share of the cells (the same cells for every row)
-                y = np.where(np.random.RandomState(100 + seed).rand(len(labels)) < share, labels, None).astype(object)
+                y = np.where(_labelled_cells(len(labels), share, seed), labels, None).astype(object)
                 recipe = make_count_classifier(random_state=seed, n_jobs=THREADS, max_epochs=epochs, **change)
                 codes, seconds = timed(lambda r=recipe, y=y: r.fit(counts, y, batch=batch).transform(counts,
                                                                                                     batch=batch))
@@ -611,6 +621,11 @@ def fitted_and_scored(counts, batch, labels, shared, variants, seeds, epochs, ro
                                  "fit s": seconds}
                           for name, (codes, seconds, ref) in fits.items()}).T
     return table, {name: codes for name, (codes, _, _) in fits.items()}
+
+
+def _labelled_cells(n_cells, share, seed):
+    """The cells whose labels a labelled row is given: a random ``share`` (the same cells for every row of a seed)."""
+    return np.random.RandomState(100 + seed).rand(n_cells) < share
 
 
 def calibrate(kind, data_home, seeds, epochs, rows):
@@ -744,7 +759,7 @@ def main():
             print(summarise(table).to_string(), flush=True)
     for name in filter(None, args.shift_suite.split(",")):
         table = shift_suite(name, args.data_home, seeds, args.epochs, rows,
-                            args.variants.split(";") if args.variants else None)
+                            None if args.variants is None else [name for name in args.variants.split(";") if name])
         tables.append(table)
         with pd.option_context("display.width", 250, "display.max_columns", 20):
             print(summarise(table).to_string(), flush=True)
