@@ -759,7 +759,7 @@ def main():
             print(summarise(table).to_string(), flush=True)
     for name in filter(None, args.shift_suite.split(",")):
         table = shift_suite(name, args.data_home, seeds, args.epochs, rows,
-                            None if args.variants is None else [name for name in args.variants.split(";") if name])
+                            None if args.variants is None else [row for row in args.variants.split(";") if row])
         tables.append(table)
         with pd.option_context("display.width", 250, "display.max_columns", 20):
             print(summarise(table).to_string(), flush=True)

@@ -507,7 +507,7 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
     def _training_config(self, incremental):
         # a weight set by set_params applies from the next call, as beta's does
         return replace(super()._training_config(incremental), classification_weight=self.classification_weight,
-                       adversary_types=getattr(self, "_adversary_types", None))
+                       adversary_types=self._adversary_types)
 
     def fit(self, X, y=None, *, batch=None):
         """Train the model on ``X``, learning the cell types of its labelled cells.
@@ -606,20 +606,26 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         return data.with_labels(codes), sizes
 
     def _pool_ranks(self, parallel, first):
-        """This call's :func:`adversary_types`, as the training config takes them: from every rank's labelled cells
-        (a rank may label none of a batch's cells, which alone would read as a batch holding every type) and, in a
-        partial_fit that continues a model, from every earlier call's too (a chunk of one batch alone would gate
-        nothing). None where every type is shared (or no adversary acts, or ``batch_adversary_types`` is False)."""
+        """Count the labelled cells the types' gate reads (:attr:`_adversary_types`): this call's of every rank (a
+        rank may label none of a batch's cells, which alone would read as a batch holding every type) and, in a
+        partial_fit that continues a model, every earlier call's too (a chunk of one batch alone would gate nothing);
+        None where the gate does not act."""
         counts = self._labelled_here
         if counts is not None and parallel is not None:
             counts = np.rint(parallel.sum(counts.ravel().astype(np.float64).tolist())).astype(np.int64).reshape(
                 counts.shape)
         earlier = None if first else getattr(self, "_labelled_seen", None)
-        if counts is not None and earlier is not None and earlier.shape == counts.shape:
+        if counts is not None and earlier is not None:
             counts = counts + earlier
         self._labelled_seen = counts
+
+    @property
+    def _adversary_types(self):
+        """:func:`adversary_types` of the labelled cells counted so far, as the training config takes them: None where
+        every type is shared (or nothing is counted: no adversary acts, or ``batch_adversary_types`` is False)."""
+        counts = getattr(self, "_labelled_seen", None)
         held = None if counts is None else _held_elsewhere(counts)
-        self._adversary_types = None if held is None or held.all() else tuple(map(tuple, held.tolist()))
+        return None if held is None or held.all() else tuple(map(tuple, held.tolist()))
 
     def _same_on_every_rank(self):
         remedy = ("each rank's labelled cells give the classes, so every rank needs labelled cells of every type; or "
