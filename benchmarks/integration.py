@@ -400,6 +400,7 @@ SHIFT_VARIANTS = {
     "skvae classifier, 30 % labelled, batch_adversary_types=False": {"labelled": 0.3, "batch_adversary_types": False},
     "skvae classifier, 10 % labelled": {"labelled": 0.1},
     "skvae classifier, 10 % labelled, batch_adversary_types=False": {"labelled": 0.1, "batch_adversary_types": False},
+    "skvae classifier, 30 % labelled, batch_model='genes'": {"labelled": 0.3, "batch_model": "genes"},
 }
 #: ``--shift-suite``'s rows by default (the sweep's only with ``--variants``)
 DEFAULT_SHIFT_VARIANTS = list(SHIFT_VARIANTS)[:4]
@@ -490,11 +491,12 @@ SCARCHES = {"use_layer_norm": "both", "use_batch_norm": "none", "encode_covariat
             "deeply_inject_covariates": False}
 
 
-def embeddings(counts, batch, rows, epochs, seeds=(0,), labels=None):
+def embeddings(counts, batch, rows, epochs, seeds=(0,), labels=None, labelled=None):
     """Yield (row name, codes, fit seconds); the PCA is yielded first (scib-metrics compares with it).
 
     The scVI and skvae rows are fitted once per seed (their names end in ", seed N"); scANVI is given the labels of
-    the first batch only (the reference), the other batches' cells as unlabelled.
+    the first batch only (the reference), the other batches' cells as unlabelled, or with ``labelled`` (a share) the
+    labels of that random share of every batch's cells (:func:`_labelled_cells`, the classifier rows' cells).
     """
     genes = HighlyVariableGenes(min(2000, counts.shape[1])).fit(counts, batch=batch)
     selected = genes.transform(counts)
@@ -517,14 +519,16 @@ def embeddings(counts, batch, rows, epochs, seeds=(0,), labels=None):
         if scvi_rows:
             print("[skip] scVI: scvi-tools is not installed (pip install scvi-tools)")
         scvi_rows = set()
-    reference_labels = None
-    if labels is not None:
-        reference_labels = np.where(batch == np.unique(batch)[0], labels, "Unknown").astype(object)
     for seed in seeds:
+        scanvi_labels, which = None, "reference labels"
+        if labels is not None:
+            known = batch == np.unique(batch)[0] if labelled is None else _labelled_cells(len(labels), labelled, seed)
+            scanvi_labels = np.where(known, labels, "Unknown").astype(object)
+            which = which if labelled is None else f"{labelled:.0%} labelled"
         for row, name, settings, given in (
                 ("scvi", "scVI {} defaults, batch_key", {}, None),
                 ("scvi-scarches", "scVI {} scArches settings, batch_key", SCARCHES, None),
-                ("scanvi", "scANVI {} (reference labels), batch_key", {}, reference_labels)):
+                ("scanvi", f"scANVI {{}} ({which}), batch_key", {}, scanvi_labels)):
             if row in scvi_rows and (row != "scanvi" or given is not None):
                 codes, seconds, epochs_run = _scvi(selected, batch, seed, given, **settings)
                 yield f"{name.format(scvi.__version__)} ({epochs_run} epochs), seed {seed}", codes, seconds
@@ -582,24 +586,18 @@ def calibration_scores(codes, batch, labels, shared, reference=None):
 
 
 def fitted_and_scored(counts, batch, labels, shared, variants, seeds, epochs, rows):
-    """Harmony and scVI's defaults (first seed, where ``rows`` asks) and the recipe with each of ``variants`` (name ->
-    its changes, None: fitted without batches) per seed, each scored by :func:`calibration_scores`: a fit with
-    batches against the fit without batches of its own seed, a fit without batches against the first seed's.
+    """Harmony, scVI's defaults and scANVI given 30 % of the labels (first seed, where ``rows`` asks) and the recipe
+    with each of ``variants`` (name -> its changes, None: fitted without batches) per seed, each scored by
+    :func:`calibration_scores`: a fit with batches against the fit without batches of its own seed, a fit without
+    batches against the first seed's.
 
     Returns the table (one row per fit, with its fit seconds) and each row's codes by the row's name.
     """
     fits = {}
-    for name, codes, seconds in embeddings(counts, batch, rows & {"harmony", "scvi"}, epochs, seeds[:1]):
+    # scANVI, where asked, is the classifier rows' labelled comparator: given the same 30 % of each batch's cells
+    for name, codes, seconds in embeddings(counts, batch, rows & {"harmony", "scvi", "scanvi"}, epochs, seeds[:1],
+                                           labels, labelled=0.3):
         fits[name] = (codes, seconds, None)
-    if "scanvi" in rows:  # the labelled comparator of the classifier rows: the same 30 % of each batch's cells
-        import scvi
-
-        selected = HighlyVariableGenes(min(2000, counts.shape[1])).fit(counts, batch=batch).transform(counts)
-        for seed in seeds[:1]:
-            given = np.where(_labelled_cells(len(labels), 0.3, seed), labels, "Unknown").astype(object)
-            codes, seconds, epochs_run = _scvi(selected, batch, seed, given)
-            name = f"scANVI {scvi.__version__} (30 % labelled, {epochs_run} epochs), seed {seed}"
-            fits[name] = (codes, seconds, None)
     for seed in seeds:
         for name, change in variants.items():
             change = None if change is None else dict(change)
