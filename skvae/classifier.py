@@ -610,7 +610,7 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         rank may label none of a batch's cells, which alone would read as a batch holding every type) and, in a
         partial_fit that continues a model, every earlier call's too (a chunk of one batch alone would gate nothing);
         None where the gate does not act."""
-        counts = self._labelled_here
+        counts = self.__dict__.pop("_labelled_here", None)  # handed over by _training_data, not kept after the call
         if counts is not None and parallel is not None:
             counts = np.rint(parallel.sum(counts.ravel().astype(np.float64).tolist())).astype(np.int64).reshape(
                 counts.shape)

@@ -233,6 +233,7 @@ def test_partial_fit_chunks_that_label_one_batch_each_gate_as_all_their_labels_t
     model = BetaVAEClassifier(**PARAMS, batch_adversary=0.3)
     model.partial_fit(X[first], y_first, classes=np.arange(4), batch=batch[first])
     assert model._adversary_types == table  # no type 3 among batch 0's labels
+    assert not hasattr(model, "_labelled_here")  # the call's count is handed over, not kept beside the total
     alone = BetaVAEClassifier(**PARAMS, batch_adversary=0.3)
     assert alone.partial_fit(X[~first], y_second, classes=np.arange(4), batch=batch[~first])._adversary_types is None
     model.partial_fit(X[~first], y_second, batch=batch[~first])
