@@ -45,8 +45,8 @@ donor effect of log sd 0.1-0.3; one lacks CD8 T cells, one NK cells, one CD14+ m
 and any data set above. Rows: PCA, Harmony and scVI's defaults (first seed) and the
 recipe without batches, with ``batch_model="layers"`` (its default), with ``batch_model="genes"`` and with
 ``"genes"`` and no adversary (``SHIFT_VARIANTS``; ``--variants`` picks; among them ``make_count_classifier`` given
-the labels of a random 30 % or 10 % of the cells, its adversary gated by the types they show in each batch or not),
-each seed; columns:
+the labels of a random 30 % or 10 % of the cells, its adversary gated by the types they show in each batch or not,
+and with factors per gene at the recipe's adversary weight or at 1), each seed; columns:
 :func:`calibration_scores` (as ``--calibration``'s: the overlap is with the fit without batches of the same seed, or
 for a fit without batches the first seed's) and, where installed,
 scib-metrics' batch correction, bio conservation and total.
@@ -401,6 +401,9 @@ SHIFT_VARIANTS = {
     "skvae classifier, 10 % labelled": {"labelled": 0.1},
     "skvae classifier, 10 % labelled, batch_adversary_types=False": {"labelled": 0.1, "batch_adversary_types": False},
     "skvae classifier, 30 % labelled, batch_model='genes'": {"labelled": 0.3, "batch_model": "genes"},
+    # the types' gate keeps what one batch holds from the adversary, so it can mix the shared types harder
+    "skvae classifier, 30 % labelled, batch_model='genes', batch_adversary=1": {"labelled": 0.3, "batch_model": "genes",
+                                                                              "batch_adversary": 1.0},
 }
 #: ``--shift-suite``'s rows by default (the sweep's only with ``--variants``)
 DEFAULT_SHIFT_VARIANTS = list(SHIFT_VARIANTS)[:4]

@@ -223,10 +223,17 @@ def _labelled_counts(labels, batch, n_classes, n_batches):
     return counts
 
 
-def _held_elsewhere(counts):
-    """:func:`adversary_types` from the labelled cells' counts of each type in each batch."""
+def _held(counts):
+    """Whether each batch (column) holds each type (row), from the labelled cells' counts: on ``_HELD_CELLS`` of its
+    cells or more; a batch with no labelled cell holds every type."""
     held = counts >= _HELD_CELLS
     held[:, counts.sum(axis=0) == 0] = True
+    return held
+
+
+def _held_elsewhere(counts):
+    """:func:`adversary_types` from the labelled cells' counts of each type in each batch."""
+    held = _held(counts)
     return (held.sum(axis=1, keepdims=True) - held) > 0
 
 
@@ -245,6 +252,9 @@ _CLASSIFIER_PARAMETERS = """\
         labelled in another batch too (on at least 3 cells; an unlabelled cell
         by the classifier's probabilities of the types), so that a type that
         one batch alone holds is not pushed into its relatives of the others.
+        With three batches or more, where a type is held by some and not all,
+        the adversary tells a cell's batch only among the batches that hold its
+        type, so that it is not pushed towards a batch that lacks it.
         A batch without labelled cells is taken to hold every type (a query:
         as False). False: the embedder's adversary, which judges by the
         neighbourhood alone.
@@ -507,7 +517,7 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
     def _training_config(self, incremental):
         # a weight set by set_params applies from the next call, as beta's does
         return replace(super()._training_config(incremental), classification_weight=self.classification_weight,
-                       adversary_types=self._adversary_types)
+                       adversary_types=self._adversary_types, held_types=self._held_types)
 
     def fit(self, X, y=None, *, batch=None):
         """Train the model on ``X``, learning the cell types of its labelled cells.
@@ -626,6 +636,18 @@ class BetaVAEClassifier(ClassifierMixin, BetaVAEEmbedder):
         counts = getattr(self, "_labelled_seen", None)
         held = None if counts is None else _held_elsewhere(counts)
         return None if held is None or held.all() else tuple(map(tuple, held.tolist()))
+
+    @property
+    def _held_types(self):
+        """Which batch holds which type, as the training config takes it, where some type is held by more than one
+        batch and not by all (three batches or more): the adversary then asks a cell's batch among those that hold its
+        type; None otherwise (:attr:`_adversary_types`' weights say all there is)."""
+        counts = getattr(self, "_labelled_seen", None)
+        if counts is None:
+            return None
+        held = _held(counts)
+        holders = held.sum(axis=1)
+        return tuple(map(tuple, held.tolist())) if ((holders > 1) & (holders < held.shape[1])).any() else None
 
     def _same_on_every_rank(self):
         remedy = ("each rank's labelled cells give the classes, so every rank needs labelled cells of every type; or "

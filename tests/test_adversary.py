@@ -16,6 +16,7 @@ from skvae.nn.models import (
     LossWeights,
     VariationalAutoencoder,
     _ScaledGradient,
+    held_type_losses,
     shared_weight,
     type_weight,
 )
@@ -61,6 +62,48 @@ def test_type_weight_is_a_labelled_cells_entry_and_an_unlabelled_cells_mixture_o
     assert bool((weight >= column.min(dim=1).values - 1e-6).all() and (weight <= column.max(dim=1).values + 1e-6).all())
     # a table of ones (every type shared) leaves every cell at 1
     torch.testing.assert_close(type_weight(torch.ones_like(shared), batch, labels, logits), torch.ones(n))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 4), st.integers(0, 10_000))
+def test_held_type_losses_with_two_batches_are_the_type_weight_times_the_cross_entropy(n, n_classes, seed):
+    """Two batches: asking a cell's batch among those that hold its type is the two-batch gate (0 where its type is
+    its batch's alone, the plain cross-entropy where both hold it; an unlabelled cell's mixture of the two)."""
+    generator = torch.Generator().manual_seed(seed)
+    held = torch.rand(n_classes, 2, generator=generator) < 0.5
+    held[held.sum(dim=1) == 0, 0] = True  # a type is held somewhere
+    batch = torch.randint(2, (n,), generator=generator)
+    labels = torch.randint(-1, n_classes, (n,), generator=generator)
+    logits, type_logits = torch.randn(n, 2, generator=generator) * 3, torch.randn(n, n_classes, generator=generator)
+    elsewhere = ((held.sum(dim=1, keepdim=True) - held.long()) > 0).float()  # adversary_types' table
+    expected = type_weight(elsewhere, batch, labels, type_logits) * torch.nn.functional.cross_entropy(
+        logits, batch, reduction="none")
+    torch.testing.assert_close(held_type_losses(logits, batch, labels, type_logits, held.float()), expected)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 4), st.integers(3, 5), st.integers(0, 10_000))
+def test_held_type_losses_ask_only_among_the_batches_that_hold_the_type(n, n_classes, n_batches, seed):
+    """A labelled cell's loss is the cross-entropy of the adversary's logits restricted to its type's batches and its
+    own, whatever the logits of the others; a type every batch holds gives the plain cross-entropy; gradients stay
+    finite where batches are left out."""
+    generator = torch.Generator().manual_seed(seed)
+    held = torch.rand(n_classes, n_batches, generator=generator) < 0.6
+    batch = torch.randint(n_batches, (n,), generator=generator)
+    labels = torch.randint(0, n_classes, (n,), generator=generator)
+    logits = (torch.randn(n, n_batches, generator=generator) * 3).requires_grad_()
+    type_logits = torch.randn(n, n_classes, generator=generator)
+    losses = held_type_losses(logits, batch, labels, type_logits, held.float())
+    for i in range(n):
+        asked = held[labels[i]].clone()
+        asked[batch[i]] = True
+        own = int(asked[:batch[i]].sum())  # the cell's batch's place among the asked
+        expected = torch.nn.functional.cross_entropy(logits[i, asked][None], torch.tensor([own]))
+        torch.testing.assert_close(losses[i], expected)
+    losses.sum().backward()
+    assert bool(torch.isfinite(logits.grad).all())
+    plain = held_type_losses(logits, batch, labels, type_logits, torch.ones(n_classes, n_batches))
+    torch.testing.assert_close(plain, torch.nn.functional.cross_entropy(logits, batch, reduction="none"))
 
 
 @settings(max_examples=50, deadline=None)
@@ -215,6 +258,36 @@ def test_the_classifier_gates_its_adversary_only_where_labels_show_a_type_in_one
     model, gated = codes(types, True)
     assert model._adversary_types == ((True, True), (True, True), (True, True), (True, False))
     assert not np.array_equal(gated, codes(types, False)[1])
+
+
+@pytest.mark.filterwarnings("ignore::skvae.PosteriorCollapseWarning")
+def test_the_classifier_asks_among_the_batches_that_hold_a_type_where_some_of_three_lack_it():
+    """Three batches, type 3 labelled in batches 1 and 2 but not 0: the table of which batch holds which type goes to
+    the adversary (the two-batch gate's table alone says nothing: every type is held by another batch), and the codes
+    change; with two batches, or with every type held by one batch or all, no table (the gate as before, bit for
+    bit)."""
+    from skvae import BetaVAEClassifier
+
+    rng = np.random.RandomState(3)
+    types = rng.randint(4, size=600)
+    batch = np.where(types == 3, 1 + rng.randint(2, size=600), rng.randint(3, size=600))
+    X = _counts(types, np.minimum(batch, 1), effect=0.7, seed=3)  # batches 1 and 2 in one technology
+    params = {**PARAMS, "max_epochs": 3, "batch_adversary": 0.3}
+
+    def fitted(gate, y=types, groups=batch):
+        model = BetaVAEClassifier(**params, batch_adversary_types=gate).fit(X, y, batch=groups)
+        return model, model.transform(X, batch=groups)
+
+    model, asked = fitted(True)
+    assert model._adversary_types is None  # every type is held by another batch
+    assert model._held_types == ((True, True, True),) * 3 + ((False, True, True),)
+    assert not np.array_equal(asked, fitted(False)[1])
+    # type 3 in batch 1 alone: the two-batch gate's table says all, and no table of holders is needed
+    alone = np.where(types == 3, 1, batch)
+    model = fitted(True, groups=alone)[0]
+    assert model._held_types is None and model._adversary_types[3] == (True, False, True)
+    two = np.minimum(batch, 1)
+    assert fitted(True, groups=two)[0]._held_types is None
 
 
 def test_partial_fit_chunks_that_label_one_batch_each_gate_as_all_their_labels_together():

@@ -112,6 +112,52 @@ def type_weight(shared_types, batch, labels, logits):
     return torch.where(labels >= 0, given, predicted)
 
 
+def held_type_losses(logits, batch, labels, type_logits, held_types):
+    """Each cell's adversarial cross-entropy asked among the batches that hold its type (and its own) only.
+
+    With three batches or more a type can be held by some and not the others: telling a cell's batch among all of
+    them asks the encoder to make its type look as if the batches lacking it held it, which folds it into their
+    relatives; asked among the batches that hold it, only those are mixed. A labelled cell is asked for its type, an
+    unlabelled one for each type in proportion to the classifier's probabilities (``softmax(type_logits)``). Where a
+    type is held by one batch alone the question has one answer and costs nothing (:func:`type_weight`'s 0); where by
+    every batch it is the plain cross-entropy.
+
+    Parameters
+    ----------
+    logits : torch.Tensor of shape (n_samples, n_categories)
+        The adversary's logits of the batch.
+    batch : torch.Tensor of shape (n_samples,), int64
+    labels : torch.Tensor of shape (n_samples,), int64
+        Each cell's type, -1 for an unlabelled cell.
+    type_logits : torch.Tensor of shape (n_samples, n_classes)
+        The cell-type classifier's logits.
+    held_types : torch.Tensor of shape (n_classes, n_categories)
+        1 where a category (batch) holds a type (:class:`LossWeights`).
+
+    Returns
+    -------
+    torch.Tensor of shape (n_samples,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.models import held_type_losses
+    >>> held = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # type 1 is not in batch 2
+    >>> logits = torch.zeros(2, 3)
+    >>> losses = held_type_losses(logits, torch.tensor([0, 0]), torch.tensor([0, 1]), torch.zeros(2, 2), held)
+    >>> [round(value, 4) for value in losses.tolist()]  # log 3, then log 2: batch 2 is not asked about for type 1
+    [1.0986, 0.6931]
+    """
+    n_classes = held_types.shape[0]
+    own = F.one_hot(batch, logits.shape[1]).bool()
+    asked = held_types.bool()[None, :, :] | own[:, None, :]  # (n_samples, n_classes, n_categories)
+    masked = logits[:, None, :].masked_fill(~asked, float("-inf"))
+    losses = -F.log_softmax(masked, dim=2).gather(2, batch[:, None, None].expand(-1, n_classes, 1)).squeeze(2)
+    given = F.one_hot(labels.clamp_min(0), n_classes).to(logits.dtype)
+    probabilities = torch.where((labels >= 0)[:, None], given, F.softmax(type_logits.detach(), dim=1))
+    return (probabilities * losses).sum(dim=1)
+
+
 @dataclass(frozen=True)
 class LossWeights:
     """How much each loss term counts in one training step: what the trainer decides, not the module.
@@ -133,6 +179,11 @@ class LossWeights:
         type's entry for its batch, an unlabelled one as far as the classifier's
         probabilities of the types weigh them (:func:`type_weight`); None: every
         type is held by several batches.
+    held_types : torch.Tensor of shape (n_classes, n_categories), default=None
+        For a model with a cell-type classifier: 1 where a category of the first
+        covariate holds a type. Where given, the adversary tells a cell's batch
+        only among the batches that hold its type (:func:`held_type_losses`),
+        instead of ``shared_types``' weights; None: among all batches.
 
     Examples
     --------
@@ -145,6 +196,7 @@ class LossWeights:
     adversary: float = 0.0
     classification: float = 1.0
     shared_types: torch.Tensor | None = None
+    held_types: torch.Tensor | None = None
 
 
 class GradientScale:
@@ -438,14 +490,17 @@ class _LatentModel(nn.Module):
             # it should not tell the categories apart where its neighbourhood is shared: a population of one batch
             # alone is left where it is; with types, only as far as the cell's type is held by other batches
             logits = self.adversary(_ScaledGradient.apply(code, -weights.adversary * measured))
-            types = None
-            if classifying and weights.shared_types is not None:
+            types = held = None
+            if classifying and (weights.shared_types is not None or weights.held_types is not None):
                 # a pass of its own, without gradient: the classifier's graph stays built after the adversary's, so
                 # that training without a table (label transfer) is bit for bit what it was before the table
                 with torch.no_grad():
                     type_logits = self.classifier(code)
-                types = type_weight(weights.shared_types.to(code.device), covariates[:, 0], labels, type_logits)
-            adversarial = self._adversarial(logits, covariates[:, :self._told], code.detach(), types)
+                if weights.held_types is not None:
+                    held = (labels, type_logits, weights.held_types.to(code.device))
+                else:
+                    types = type_weight(weights.shared_types.to(code.device), covariates[:, 0], labels, type_logits)
+            adversarial = self._adversarial(logits, covariates[:, :self._told], code.detach(), types, held)
         if classifying:
             scale = weights.classification * measured if gradient_scale is not None else 1.0
             logits = self.classifier(_ScaledGradient.apply(code, scale))
@@ -454,15 +509,19 @@ class _LatentModel(nn.Module):
         reconstruction = self.likelihood.negative_log_likelihood(outputs, x)
         return LossTerms(reconstruction, self._kl(q), adversarial, classification)
 
-    def _adversarial(self, logits, labels, code, types=None):
+    def _adversarial(self, logits, labels, code, types=None, held=None):
         """Each cell's cross-entropy of the adversary's guess of each covariate, weighted by :func:`shared_weight`
-        (and for the first covariate by ``types``, :func:`type_weight`, where given)."""
+        (and for the first covariate by ``types``, :func:`type_weight`, where given); ``held`` (the cell types, the
+        classifier's logits and ``held_types``): the first covariate's asked among the batches that hold the cell's
+        type (:func:`held_type_losses`)."""
         weights = shared_weight(code, labels)
         if types is not None:
             weights = torch.cat([weights[:, :1] * types[:, None], weights[:, 1:]], dim=1)
         losses = [F.cross_entropy(part, column, reduction="none")
                   for part, column in zip(logits.split(self.n_categories[:self._told], dim=1), labels.unbind(dim=1),
                                           strict=True)]
+        if held is not None:
+            losses[0] = held_type_losses(logits[:, :self.n_categories[0]], labels[:, 0], *held)
         return (torch.stack(losses, dim=1) * weights).sum(dim=1)
 
 

@@ -96,6 +96,10 @@ class TrainingConfig:
         (rows) and category of the first covariate (columns), whether the type is
         held by another category (:class:`~skvae.nn.models.LossWeights`'
         ``shared_types``); None: every type is.
+    held_types : tuple of tuple of bool, default=None
+        For such a model: whether each category holds each type (``LossWeights``'
+        ``held_types``: the adversary asks among the batches that hold a cell's
+        type); None: it asks among all.
 
     Examples
     --------
@@ -115,6 +119,7 @@ class TrainingConfig:
     adversary_weight: float = 0.0
     classification_weight: float = 1.0
     adversary_types: tuple | None = None
+    held_types: tuple | None = None
 
     def loss_weights(self, kl_weight):
         """The :class:`~skvae.nn.models.LossWeights` of a training step whose KL weight is ``kl_weight``.
@@ -127,9 +132,10 @@ class TrainingConfig:
         -------
         skvae.nn.models.LossWeights
         """
-        shared = None if self.adversary_types is None else torch.tensor(self.adversary_types, dtype=torch.float32)
+        shared, held = (None if table is None else torch.tensor(table, dtype=torch.float32)
+                        for table in (self.adversary_types, self.held_types))
         return LossWeights(kl=kl_weight, adversary=self.adversary_weight, classification=self.classification_weight,
-                           shared_types=shared)
+                           shared_types=shared, held_types=held)
 
 
 class TrainingState:
