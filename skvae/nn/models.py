@@ -517,11 +517,11 @@ class _LatentModel(nn.Module):
         weights = shared_weight(code, labels)
         if types is not None:
             weights = torch.cat([weights[:, :1] * types[:, None], weights[:, 1:]], dim=1)
-        losses = [F.cross_entropy(part, column, reduction="none")
-                  for part, column in zip(logits.split(self.n_categories[:self._told], dim=1), labels.unbind(dim=1),
-                                          strict=True)]
-        if held is not None:
-            losses[0] = held_type_losses(logits[:, :self.n_categories[0]], labels[:, 0], *held)
+        parts, columns = logits.split(self.n_categories[:self._told], dim=1), labels.unbind(dim=1)
+        first = F.cross_entropy(parts[0], columns[0], reduction="none") if held is None else \
+            held_type_losses(parts[0], columns[0], *held)
+        losses = [first, *(F.cross_entropy(part, column, reduction="none")
+                           for part, column in zip(parts[1:], columns[1:], strict=True))]
         return (torch.stack(losses, dim=1) * weights).sum(dim=1)
 
 
