@@ -394,6 +394,11 @@ SHIFT_VARIANTS = {
     # a sweep of the adversary's weight with factors per gene (--variants)
     "skvae recipe, batch_model='genes', batch_adversary=0.1": {"batch_model": "genes", "batch_adversary": 0.1},
     "skvae recipe, batch_model='genes', batch_adversary=1": {"batch_model": "genes", "batch_adversary": 1.0},
+    # without labels, the adversary kept off the clusters no other batch holds a counterpart of (batch_counterparts)
+    "skvae recipe, batch_counterparts=0.4": {"batch_counterparts": 0.4},
+    "skvae recipe, batch_model='genes', batch_counterparts=0.4": {"batch_model": "genes", "batch_counterparts": 0.4},
+    "skvae recipe, batch_model='genes', batch_adversary=1, batch_counterparts=0.4": {
+        "batch_model": "genes", "batch_adversary": 1.0, "batch_counterparts": 0.4},
     # make_count_classifier with the labels of a random 30 % (10 %) of each batch's cells (``labelled``): the adversary
     # gated by the types the labels show in each batch (batch_adversary_types, its default) or by neighbourhoods alone
     "skvae classifier, 30 % labelled": {"labelled": 0.3},

@@ -24,6 +24,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._counterparts import COUNTERPART_ATTRIBUTES, check_whole_data, counterpart_table, labelled_by_clusters
 from ._covariates import network_sizes, with_covariates
 from ._persistence import Saveable, SavedEmbedder, atomic_torch_save, embedder_state, read_save, unchanged_on_failure
 from ._query import check_query, grown_module, only_new_categories, query_covariates
@@ -62,7 +63,7 @@ class BaseEmbedder(Saveable, ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     Parameters
     ----------
     n_components, hidden_layer_sizes, input_activation, likelihood, batch_norm, dropout, encode_batch, \
-continuous_covariates, dispersion, batch_adversary, batch_model, batch_size, shuffle_block_size, learning_rate, max_epochs, \
+continuous_covariates, dispersion, batch_adversary, batch_model, batch_counterparts, batch_size, shuffle_block_size, learning_rate, max_epochs, \
 early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algorithm, device, n_jobs, verbose
         As documented on the public estimators, e.g. :class:`~skvae.AutoencoderEmbedder`.
 
@@ -96,6 +97,7 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
         "dispersion": [StrOptions({"gene", "gene-batch"})],
         "batch_adversary": [Interval(Real, 0, None, closed="left")],
         "batch_model": [StrOptions({"layers", "genes"})],
+        "batch_counterparts": [Interval(Real, 0, None, closed="neither"), None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "shuffle_block_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
@@ -125,6 +127,7 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
         dispersion="gene",
         batch_adversary=0.0,
         batch_model="layers",
+        batch_counterparts=None,
         batch_size=256,
         shuffle_block_size="auto",
         learning_rate=1e-3,
@@ -150,6 +153,7 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
         self.dispersion = dispersion
         self.batch_adversary = batch_adversary
         self.batch_model = batch_model
+        self.batch_counterparts = batch_counterparts
         self.batch_size = batch_size
         self.shuffle_block_size = shuffle_block_size
         self.learning_rate = learning_rate
@@ -326,6 +330,7 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
             if first:  # a new model: the categories an earlier model mapped are gone with it
                 self.__dict__.pop("n_reference_categories_", None)
             session = TrainingSession(training_device(self.device))
+            check_whole_data(self.batch_counterparts, incremental, session.parallel)
             data, sizes = session.agree(lambda: self._training_data(X, batch, first, y))
             # a new model, or one loaded from a file, gets a new optimiser, shuffling and noise
             module = session.start(lambda: self._make_module(data.n_features, sizes) if first else self.module_,
@@ -361,6 +366,8 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
         ``y`` is ignored: an embedder learns from the expression alone (a classifier adds the labels).
         """
         data = self._input(X, batch, reset=first, training=True)
+        if first:
+            data = self._with_counterparts(data)
         sizes = hidden_layer_sizes(self.hidden_layer_sizes)
         if first:
             check_network_fits_memory(data.n_features, sizes, likelihood=self.likelihood, encode_batch=self.encode_batch,
@@ -369,6 +376,15 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
         else:
             self._check_architecture("continue it with partial_fit")
         return data, sizes
+
+    def _with_counterparts(self, data):
+        """``data`` with each cell's cluster as its label where ``batch_counterparts`` gates the adversary, and its
+        fitted attributes (:func:`~skvae._counterparts.labelled_by_clusters`); ``data`` unchanged where it does not."""
+        data, attributes = labelled_by_clusters(self, data)
+        for name in COUNTERPART_ATTRIBUTES:
+            self.__dict__.pop(name, None)
+        self.__dict__.update(attributes)
+        return data
 
     def _input(self, X, batch, *, reset=False, training=False, **options):
         """:func:`~skvae._validation.validated_input` of this model; ``reset`` (fit) records the covariates of ``batch``."""
@@ -398,7 +414,8 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
         return TrainingConfig(kl_weight=self._kl_weight(), kl_warmup_epochs=self._kl_warmup_epochs(),
                               batch_size=self.batch_size, shuffle_block_size=self.shuffle_block_size_,
                               max_epochs=1 if incremental else self.max_epochs_, n_iter_no_change=self.n_iter_no_change,
-                              tol=self.tol, verbose=self.verbose, adversary_weight=self.batch_adversary)
+                              tol=self.tol, verbose=self.verbose, adversary_weight=self.batch_adversary,
+                              held_types=counterpart_table(self))
 
     def _set_covariates(self, covariates):
         """Record the covariates of ``batch=`` (a :class:`~skvae._covariates.Covariates`, or None)."""
@@ -416,7 +433,7 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
         self._check_active_components(data, warn=not incremental)
 
     # fitted attributes beyond the module and history that save keeps, as lists
-    _saved_attributes = ("max_epochs_", "shuffle_block_size_", "n_reference_categories_")
+    _saved_attributes = ("max_epochs_", "shuffle_block_size_", "n_reference_categories_", *COUNTERPART_ATTRIBUTES)
 
     def _set_fitted(self, module, history):
         self.module_ = module.eval()

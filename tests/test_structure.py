@@ -48,8 +48,10 @@ def _imports(path):
 def test_the_base_estimator_stays_small():
     # 290 when the orchestration moved out (issue 40), + the three lines scikit-learn's convention gives a constructor
     # parameter (batch_model: its constraint, its place in the signature, its assignment), + the two of the hook that
-    # pools what every rank's rows say before training (the classifier's labelled cells per type and batch)
-    assert _code_lines(PACKAGE / "base.py") <= 295
+    # pools what every rank's rows say before training (the classifier's labelled cells per type and batch), + the 14
+    # of batch_counterparts (its three, the check of the call, the hook that labels the training cells by cluster, the
+    # config's table, the saved attributes; the work is in _counterparts.py)
+    assert _code_lines(PACKAGE / "base.py") <= 309
 
 
 def test_torch_modules_know_nothing_of_ranks_and_tl_nothing_of_torch_internals():

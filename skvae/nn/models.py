@@ -183,7 +183,9 @@ class LossWeights:
         For a model with a cell-type classifier: 1 where a category of the first
         covariate holds a type. Where given, the adversary tells a cell's batch
         only among the batches that hold its type (:func:`held_type_losses`),
-        instead of ``shared_types``' weights; None: among all batches.
+        instead of ``shared_types``' weights; None: among all batches. For a
+        model without one, the rows are groups of cells (the clusters of
+        ``batch_counterparts``), each cell's group given as its label.
 
     Examples
     --------
@@ -500,6 +502,10 @@ class _LatentModel(nn.Module):
                     held = (labels, type_logits, weights.held_types.to(code.device))
                 else:
                     types = type_weight(weights.shared_types.to(code.device), covariates[:, 0], labels, type_logits)
+            elif not classifying and labels is not None and weights.held_types is not None:
+                # an embedder's cells labelled by their clusters (batch_counterparts): every cell's group is known
+                held = (labels, code.new_zeros(len(labels), weights.held_types.shape[0]),
+                        weights.held_types.to(code.device))
             adversarial = self._adversarial(logits, covariates[:, :self._told], code.detach(), types, held)
         if classifying:
             scale = weights.classification * measured if gradient_scale is not None else 1.0

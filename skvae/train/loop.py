@@ -99,7 +99,8 @@ class TrainingConfig:
     held_types : tuple of tuple of bool, default=None
         For such a model: whether each category holds each type (``LossWeights``'
         ``held_types``: the adversary asks among the batches that hold a cell's
-        type); None: it asks among all.
+        type); for an embedder with ``batch_counterparts``, whether each category
+        holds each cluster, the rows' labels their clusters; None: it asks among all.
 
     Examples
     --------

@@ -1,0 +1,364 @@
+"""Counterparts across batches, found without labels: which clusters of a batch hold a population that another batch
+holds too (``batch_counterparts``).
+
+An integrating model's adversary (``batch_adversary``) makes the batches' codes alike. Where a population is held by
+some batches only, making them alike moves it onto its nearest relative in the others: it is folded. Before training,
+each batch's cells are clustered; each cluster's counts are pooled; between two batches a per-gene factor (a
+technology or donor moves each gene by its own factor) is estimated as the weighted median log-ratio over mutually
+nearest cluster pairs and removed; two clusters are counterparts where what remains, the root mean square log-fold
+change beyond counting noise over the genes, is at most the threshold. The adversary then asks a cell's batch only
+among the batches that hold a counterpart of its cluster (:func:`skvae.nn.models.held_type_losses`): a cluster with
+none is left where it is.
+
+What it cannot tell apart: a population one batch alone holds from a close relative another batch alone holds, when
+the two differ by less than the threshold (CD8 from CD4 T cells); and a population two batches share but whose
+expression differs between them by more than a per-gene factor is left unmixed.
+"""
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.utils import check_random_state
+
+from .nn.likelihoods import LIKELIHOODS
+
+# genes compared (the most variable of the log-normalised values, averaged over batches)
+N_GENES = 2000
+# cells per cluster aimed at, and the most clusters of one batch
+CELLS_PER_CLUSTER = 150
+MAX_CLUSTERS = 40
+# principal components of a batch's cells the clusters are found in, and the cells (at most) they are fitted on
+N_PCS = 20
+MAX_FIT_CELLS = 10000
+# a cluster of fewer cells is not compared (its pooled profile too noisy to say): every batch counts as holding it
+MIN_CLUSTER_CELLS = 20
+# the spread (a variance of log-fold changes) every gene may differ by beyond counting noise, in the genes' weights
+_WEIGHT_FLOOR = 0.05
+# rounds of estimating the per-gene factor from mutually nearest cluster pairs
+_ROUNDS = 4
+# pseudo-count (in counts) of a pooled profile's logarithm
+_PSEUDOCOUNT = 0.5
+
+
+def _log_normalised(X):
+    """log1p of counts per 10,000 (a CSR matrix or an ndarray), as float64."""
+    X = sp.csr_matrix(X, dtype=np.float64)
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    Y = sp.diags(1e4 / np.maximum(totals, 1.0)) @ X
+    Y = sp.csr_matrix(Y)
+    Y.data = np.log1p(Y.data)
+    return Y
+
+
+def _variable_genes(data, batch, n_batches, n_genes):
+    """The ``n_genes`` genes whose log-normalised values vary most within batches (their variance averaged over
+    batches), in one pass over ``data``'s rows; every gene where there are no more."""
+    if data.n_features <= n_genes:
+        return np.arange(data.n_features)
+    sums = np.zeros((n_batches, data.n_features))
+    squares = np.zeros((n_batches, data.n_features))
+    for rows, X in data.row_blocks():
+        Y = _log_normalised(X)
+        member = sp.csr_matrix((np.ones(Y.shape[0]), (batch[rows], np.arange(Y.shape[0]))), shape=(n_batches, Y.shape[0]))
+        sums += np.asarray((member @ Y).todense())
+        squares += np.asarray((member @ Y.multiply(Y)).todense())
+    cells = np.maximum(np.bincount(batch, minlength=n_batches), 1)[:, None]
+    variance = (squares / cells - (sums / cells) ** 2).mean(axis=0)
+    return np.sort(np.argsort(-variance, kind="stable")[:n_genes])
+
+
+class _BatchSpace:
+    """One batch's clusters: its cells' standardised log-normalised genes, projected on principal components."""
+
+    def __init__(self, X, genes, random_state):
+        Y = _log_normalised(X[:, genes]).toarray()
+        self.mean, self.scale = Y.mean(axis=0), Y.std(axis=0) + 1e-3
+        Z = self._standardised(Y)
+        n_clusters = int(np.clip(X.shape[0] // CELLS_PER_CLUSTER, 1, MAX_CLUSTERS))
+        n_pcs = min(N_PCS, X.shape[0] - 1, len(genes))
+        self.pca = PCA(n_pcs, random_state=random_state).fit(Z) if n_pcs >= 1 else None
+        projected = self._projected(Z)
+        self.kmeans = (KMeans(n_clusters, n_init=3, random_state=random_state).fit(projected)
+                       if n_clusters > 1 else None)
+
+    def _standardised(self, Y):
+        return np.clip((Y - self.mean) / self.scale, -10.0, 10.0)
+
+    def _projected(self, Z):
+        return Z if self.pca is None else self.pca.transform(Z)
+
+    @property
+    def n_clusters(self):
+        return 1 if self.kmeans is None else self.kmeans.n_clusters
+
+    def assign(self, X, genes):
+        """Each row's cluster (its nearest centre)."""
+        if self.kmeans is None:
+            return np.zeros(X.shape[0], dtype=np.int64)
+        return self.kmeans.predict(self._projected(self._standardised(_log_normalised(X[:, genes]).toarray())))
+
+
+def _weighted_median(values, weights):
+    """Each column's weighted median of ``values`` (each entry weighted by the same entry of ``weights``)."""
+    order = np.argsort(values, axis=0, kind="stable")
+    cumulative = np.cumsum(np.take_along_axis(weights, order, axis=0), axis=0)
+    at = (cumulative >= cumulative[-1] / 2).argmax(axis=0)
+    columns = np.arange(values.shape[1])
+    return values[order[at, columns], columns]
+
+
+def _log_profile(pooled):
+    return np.log((pooled + _PSEUDOCOUNT) / (pooled.sum(axis=1, keepdims=True) + _PSEUDOCOUNT * pooled.shape[1]))
+
+
+def cross_distances(pooled, halves, first, second):
+    """How far apart each cluster of one batch is from each of another, once a per-gene factor between the batches
+    is removed: the root mean square log-fold change beyond counting noise.
+
+    Parameters
+    ----------
+    pooled : ndarray of shape (n_clusters, n_genes)
+        Each cluster's summed counts.
+    halves : tuple of two ndarrays of shape (n_clusters, n_genes)
+        The summed counts of a random half of each cluster's cells and of the other half: their difference measures
+        each gene's noise (counting and cell-to-cell) in the cluster's pooled profile.
+    first, second : ndarray of int
+        The clusters of the two batches (rows of ``pooled``).
+
+    Returns
+    -------
+    ndarray of shape (len(first), len(second))
+        0 where the remaining difference is within the noise. Each gene's
+        squared log-fold change, less its noise, is weighted by ``1 / (v + 0.05)^2``,
+        ``v`` its counting variance: well measured genes count most.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.RandomState(0)
+    >>> shares = rng.dirichlet(np.ones(50), size=2)  # two populations
+    >>> factor = np.exp(rng.normal(0.0, 0.5, 50))  # a technology: each gene by its own factor
+    >>> def cluster(share, n=100):
+    ...     cells = rng.poisson(share * 1000, size=(n, 50)).astype(float)
+    ...     return cells.sum(axis=0), (cells[::2].sum(axis=0), cells[1::2].sum(axis=0))
+    >>> made = [cluster(shares[0]), cluster(shares[1]), cluster(shares[0] * factor), cluster(shares[1] * factor)]
+    >>> pooled = np.array([m[0] for m in made])
+    >>> halves = (np.array([m[1][0] for m in made]), np.array([m[1][1] for m in made]))
+    >>> d = cross_distances(pooled, halves, np.array([0, 1]), np.array([2, 3]))
+    >>> bool(d[0, 0] < 0.1 and d[1, 1] < 0.1 and d[0, 1] > 0.5)
+    True
+    """
+    logs = _log_profile(pooled)
+    noise = (_log_profile(halves[0]) - _log_profile(halves[1])) ** 2 / 4.0  # a half's variance is twice the whole's
+    counting = 1.0 / (pooled + _PSEUDOCOUNT)
+
+    def centred(difference, weight):
+        # proportions: a per-gene factor also moves every gene of a population by one constant (its total's change)
+        return difference - (weight * difference).sum(axis=-1, keepdims=True) / weight.sum(axis=-1, keepdims=True)
+
+    def distances(shift, shift_noise):
+        weight = 1.0 / (counting[first][:, None, :] + counting[second][None, :, :] + _WEIGHT_FLOOR) ** 2
+        difference = centred(logs[first][:, None, :] - logs[second][None, :, :] - shift, weight)
+        excess = difference ** 2 - noise[first][:, None, :] - noise[second][None, :, :] - shift_noise
+        return np.sqrt(np.maximum((weight * excess).sum(axis=2) / weight.sum(axis=2), 0.0))
+
+    shift = shift_noise = np.zeros(pooled.shape[1])
+    for _ in range(_ROUNDS):
+        d = distances(shift, shift_noise)
+        nearest = d.argmin(axis=1)
+        mutual = np.flatnonzero(d[:, nearest].argmin(axis=0) == np.arange(len(first)))
+        pairs = first[mutual], second[nearest[mutual]]
+        # each pair's log-ratio of a gene weighed by how well the pair measures it (a gene neither cluster expresses
+        # tells nothing of its factor), less the pair's own constant
+        precision = 1.0 / (counting[pairs[0]] + counting[pairs[1]] + _WEIGHT_FLOOR)
+        ratios = logs[pairs[0]] - logs[pairs[1]]
+        offsets = (ratios - shift) - centred(ratios - shift, precision ** 2)
+        shift = _weighted_median(ratios - offsets, precision)
+        # the factor's own noise, which every pair's difference carries: a median's variance, pi / 2 times a mean's
+        pair_noise = np.median(noise[pairs[0]] + noise[pairs[1]], axis=0)
+        shift_noise = np.minimum(np.pi / 2 / len(mutual), 1.0) * pair_noise
+    return distances(shift, shift_noise)
+
+
+def counterparts(data, batch, n_batches, threshold, random_state=None):
+    """Cluster each batch's cells and say which batches hold a counterpart of each cluster.
+
+    Parameters
+    ----------
+    data : skvae.train.data.RowData
+        Counts, in memory or on disk (read a block of rows at a time, twice,
+        and the cells clusters are fitted on: at most 10,000 of each batch).
+    batch : ndarray of int of shape (n_rows,)
+        Each row's batch, in ``range(n_batches)``.
+    n_batches : int
+    threshold : float
+        The largest root mean square log-fold change between two clusters (beyond
+        noise, a per-gene factor between their batches removed) that makes them
+        counterparts.
+    random_state : int, RandomState instance or None, default=None
+
+    Returns
+    -------
+    clusters : ndarray of int of shape (n_rows,)
+        Each row's cluster.
+    held : ndarray of bool of shape (n_clusters, n_batches)
+        Which batches hold each cluster's population: its own and those with a counterpart.
+    distances : ndarray of shape (n_clusters, n_batches)
+        Each cluster's distance to the nearest cluster of each batch (0 for its own); NaN where it was not compared:
+        a cluster of fewer than ``MIN_CLUSTER_CELLS`` cells (held by every batch, as without the gate), or a batch
+        without cells or without a cluster large enough.
+    cluster_batches : ndarray of int of shape (n_clusters,)
+        Each cluster's batch.
+    """
+    random_state = check_random_state(random_state)
+    batch = np.asarray(batch)
+    genes = _variable_genes(data, batch, n_batches, N_GENES)
+    spaces, offsets, cluster_batches = {}, np.zeros(n_batches, dtype=np.int64), []
+    for b in np.flatnonzero(np.bincount(batch, minlength=n_batches)):
+        rows = np.flatnonzero(batch == b)
+        if len(rows) > MAX_FIT_CELLS:
+            rows = np.sort(random_state.choice(rows, MAX_FIT_CELLS, replace=False))
+        fitted = np.vstack([X for _, X in data.take(rows).row_blocks()]) if not data.stored_sparse else \
+            sp.vstack([sp.csr_matrix(X) for _, X in data.take(rows).row_blocks()], format="csr")
+        spaces[b] = _BatchSpace(fitted, genes, random_state.randint(np.iinfo(np.int32).max))
+        offsets[b] = len(cluster_batches)
+        cluster_batches += [b] * spaces[b].n_clusters
+    cluster_batches = np.asarray(cluster_batches, dtype=np.int64)
+    n_clusters = len(cluster_batches)
+    clusters = np.empty(len(batch), dtype=np.int64)
+    pooled = np.zeros((n_clusters, len(genes)))
+    halves = (np.zeros_like(pooled), np.zeros_like(pooled))
+    side = random_state.rand(len(batch)) < 0.5
+    for rows, X in data.row_blocks():
+        X = sp.csr_matrix(X, dtype=np.float64)
+        found = np.empty(X.shape[0], dtype=np.int64)
+        for b in np.unique(batch[rows]):
+            mine = batch[rows] == b
+            found[mine] = offsets[b] + spaces[b].assign(X[mine], genes)
+        clusters[rows] = found
+        selected = X[:, genes]
+        for target, keep in ((pooled, None), (halves[0], side[rows]), (halves[1], ~side[rows])):
+            cells = np.ones(X.shape[0]) if keep is None else keep.astype(np.float64)
+            member = sp.csr_matrix((cells, (found, np.arange(X.shape[0]))), shape=(n_clusters, X.shape[0]))
+            target += np.asarray((member @ selected).todense())
+    distances = np.full((n_clusters, n_batches), np.nan)
+    distances[np.arange(n_clusters), cluster_batches] = 0.0
+    compared = np.bincount(clusters, minlength=n_clusters) >= MIN_CLUSTER_CELLS
+    present = np.unique(cluster_batches[compared])
+    for i, a in enumerate(present):
+        for b in present[i + 1:]:
+            first = np.flatnonzero((cluster_batches == a) & compared)
+            second = np.flatnonzero((cluster_batches == b) & compared)
+            d = cross_distances(pooled, halves, first, second)
+            distances[first, b], distances[second, a] = d.min(axis=1), d.min(axis=0)
+    return clusters, held_batches(distances, threshold, compared), distances, cluster_batches
+
+
+def held_batches(distances, threshold, compared=None):
+    """Which batches hold each cluster's population: its own, those with a counterpart within ``threshold``, and every
+    batch for a cluster not compared.
+
+    Parameters
+    ----------
+    distances : ndarray of shape (n_clusters, n_batches)
+        :func:`counterparts`' (NaN: not compared).
+    threshold : float
+    compared : ndarray of bool of shape (n_clusters,), default=None
+        The clusters compared; None: those with a distance to another batch.
+
+    Returns
+    -------
+    ndarray of bool of shape (n_clusters, n_batches)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> held_batches(np.array([[0.0, 0.2], [0.0, 0.9], [0.0, np.nan]]), 0.4).tolist()
+    [[True, True], [True, False], [True, True]]
+    """
+    if compared is None:
+        compared = (~np.isnan(distances)).sum(axis=1) > 1
+    held = np.nan_to_num(distances, nan=np.inf) <= threshold
+    held[~compared] = True
+    return held
+
+
+# the fitted attributes of a gate (saved with the model)
+COUNTERPART_ATTRIBUTES = ("counterpart_distances_", "counterpart_batches_")
+
+
+def check_whole_data(threshold, incremental, parallel):
+    """Refuse ``batch_counterparts`` where a call sees part of the training cells: a ValueError naming the way out.
+
+    Parameters
+    ----------
+    threshold : float or None
+        The estimator's ``batch_counterparts``.
+    incremental : bool
+        A ``partial_fit`` call.
+    parallel : object or None
+        The rank group of a data-parallel run (torchrun).
+    """
+    if threshold is not None and (incremental or parallel is not None):
+        seen = "partial_fit sees one chunk" if incremental else "each process of torchrun sees its own rows"
+        raise ValueError(f"batch_counterparts clusters all the training cells of every batch before training: {seen} "
+                         "at a time. Call fit in one process, or set batch_counterparts=None.")
+
+
+def labelled_by_clusters(estimator, data):
+    """The training rows with each cell's cluster as its label, and the fitted attributes of the gate, where an
+    embedder's ``batch_counterparts`` gates its adversary; ``data`` and no attributes where it does not (no threshold,
+    no adversary, fewer than two batches).
+
+    Parameters
+    ----------
+    estimator : skvae.base.BaseEmbedder
+        Read: ``batch_counterparts``, ``batch_adversary``, ``likelihood``, ``covariates_``, ``random_state``.
+    data : skvae.train.data.RowData
+        The checked training rows, with their covariates.
+
+    Returns
+    -------
+    data : skvae.train.data.RowData
+    attributes : dict
+        ``counterpart_distances_`` and ``counterpart_batches_`` (:func:`counterparts`), or empty.
+
+    Raises
+    ------
+    ValueError
+        For a classifier (its labels gate the adversary) or a likelihood that does not model counts.
+    """
+    threshold = estimator.batch_counterparts
+    if threshold is None:
+        return data, {}
+    if "batch_adversary_types" in estimator.get_params():  # a classifier
+        raise ValueError(f"{type(estimator).__name__} gates its adversary by the types its labels show in each batch "
+                         "(batch_adversary_types); batch_counterparts is the embedders' gate without labels. Set "
+                         "batch_counterparts=None.")
+    if not LIKELIHOODS[estimator.likelihood].counts:
+        raise ValueError("batch_counterparts compares the batches' pooled counts: it needs a count likelihood ('nb', "
+                         f"'zinb' or 'poisson') and raw counts, not likelihood={estimator.likelihood!r}.")
+    if estimator.batch_adversary == 0 or data.covariates is None or estimator.covariates_.n_categories[0] < 2:
+        return data, {}  # nothing to gate
+    clusters, _, distances, batches = counterparts(data, data.covariates[:, 0], estimator.covariates_.n_categories[0],
+                                                   threshold, estimator.random_state)
+    return data.with_labels(clusters), {"counterpart_distances_": distances, "counterpart_batches_": batches}
+
+
+def counterpart_table(estimator):
+    """Which batches hold each cluster's population, as the training config takes it (:func:`held_batches` of the
+    fitted distances and today's ``batch_counterparts``); None without a gate.
+
+    Parameters
+    ----------
+    estimator : skvae.base.BaseEmbedder
+
+    Returns
+    -------
+    tuple of tuple of bool, or None
+    """
+    distances = getattr(estimator, "counterpart_distances_", None)
+    if distances is None or estimator.batch_counterparts is None:
+        return None
+    return tuple(map(tuple, held_batches(distances, estimator.batch_counterparts).tolist()))
