@@ -10,9 +10,9 @@ change beyond counting noise over the genes, is at most the threshold. The adver
 among the batches that hold a counterpart of its cluster (:func:`skvae.nn.models.held_type_losses`): a cluster with
 none is left where it is.
 
-What it cannot tell apart: a population one batch alone holds from a close relative another batch alone holds, when
-the two differ by less than the threshold (CD8 from CD4 T cells); and a population two batches share but whose
-expression differs between them by more than a per-gene factor is left unmixed.
+What it can get wrong: a population one batch alone holds and a close relative another batch alone holds are taken
+for counterparts where they differ by less than the threshold on the genes given (CD8 and CD4 T cells can); and a
+population two batches share but whose expression differs between them by more than a per-gene factor is left unmixed.
 """
 
 import numpy as np

@@ -155,11 +155,11 @@ _SHARED_PARAMETERS = """\
         most this root mean square log-fold change beyond counting noise (0.4: a
         typical gene 1.5-fold apart). The adversary asks a cell's batch only
         among the batches that hold a counterpart of its cluster, so a cluster
-        with none is not pushed towards the others' cells. It cannot tell a
-        population of one batch from a close relative that another batch alone
-        holds (CD8 from CD4 T cells: 0.2-0.3 apart), and it leaves unmixed a
-        shared population whose expression differs between the batches by more
-        than a factor per gene. Needs a count likelihood; ``fit`` only (not
+        with none is not pushed towards the others' cells. It may take a
+        population of one batch for a close relative that another batch alone
+        holds (CD8 and CD4 T cells can lie 0.2-0.3 apart, depending on the
+        genes), and it leaves unmixed a shared population whose expression
+        differs between the batches by more than a factor per gene. Needs a count likelihood; ``fit`` only (not
         ``partial_fit`` or torchrun); ignored without ``batch_adversary`` or
         batches. The clusters' distances are recorded in
         ``counterpart_distances_``. None (the default): every cell's
