@@ -157,11 +157,14 @@ def cross_distances(pooled, halves, first, second):
         # proportions: a per-gene factor also moves every gene of a population by one constant (its total's change)
         return difference - (weight * difference).sum(axis=-1, keepdims=True) / weight.sum(axis=-1, keepdims=True)
 
+    # each pair's genes' weights do not change with the factor: computed once for every round
+    weight = 1.0 / (counting[first][:, None, :] + counting[second][None, :, :] + _WEIGHT_FLOOR) ** 2
+    total_weight = weight.sum(axis=2)
+
     def distances(shift, shift_noise):
-        weight = 1.0 / (counting[first][:, None, :] + counting[second][None, :, :] + _WEIGHT_FLOOR) ** 2
         difference = centred(logs[first][:, None, :] - logs[second][None, :, :] - shift, weight)
         excess = difference ** 2 - noise[first][:, None, :] - noise[second][None, :, :] - shift_noise
-        return np.sqrt(np.maximum((weight * excess).sum(axis=2) / weight.sum(axis=2), 0.0))
+        return np.sqrt(np.maximum((weight * excess).sum(axis=2) / total_weight, 0.0))
 
     shift = shift_noise = np.zeros(pooled.shape[1])
     for _ in range(_ROUNDS):
@@ -227,8 +230,7 @@ def counterparts(data, batch, n_batches, threshold, random_state=None):
     cluster_batches = np.asarray(cluster_batches, dtype=np.int64)
     n_clusters = len(cluster_batches)
     clusters = np.empty(len(batch), dtype=np.int64)
-    pooled = np.zeros((n_clusters, len(genes)))
-    halves = (np.zeros_like(pooled), np.zeros_like(pooled))
+    halves = (np.zeros((n_clusters, len(genes))), np.zeros((n_clusters, len(genes))))
     side = random_state.rand(len(batch)) < 0.5
     for rows, X in data.row_blocks():
         X = sp.csr_matrix(X, dtype=np.float64)
@@ -238,10 +240,11 @@ def counterparts(data, batch, n_batches, threshold, random_state=None):
             found[mine] = offsets[b] + spaces[b].assign(X[mine], genes)
         clusters[rows] = found
         selected = X[:, genes]
-        for target, keep in ((pooled, None), (halves[0], side[rows]), (halves[1], ~side[rows])):
-            cells = np.ones(X.shape[0]) if keep is None else keep.astype(np.float64)
-            member = sp.csr_matrix((cells, (found, np.arange(X.shape[0]))), shape=(n_clusters, X.shape[0]))
+        for target, keep in ((halves[0], side[rows]), (halves[1], ~side[rows])):
+            member = sp.csr_matrix((keep.astype(np.float64), (found, np.arange(X.shape[0]))),
+                                   shape=(n_clusters, X.shape[0]))
             target += np.asarray((member @ selected).todense())
+    pooled = halves[0] + halves[1]  # each cell is in one half
     distances = np.full((n_clusters, n_batches), np.nan)
     distances[np.arange(n_clusters), cluster_batches] = 0.0
     compared = np.bincount(clusters, minlength=n_clusters) >= MIN_CLUSTER_CELLS

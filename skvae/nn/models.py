@@ -129,8 +129,9 @@ def held_type_losses(logits, batch, labels, type_logits, held_types):
     batch : torch.Tensor of shape (n_samples,), int64
     labels : torch.Tensor of shape (n_samples,), int64
         Each cell's type, -1 for an unlabelled cell.
-    type_logits : torch.Tensor of shape (n_samples, n_classes)
-        The cell-type classifier's logits.
+    type_logits : torch.Tensor of shape (n_samples, n_classes) or None
+        The cell-type classifier's logits; None where every cell is labelled
+        (an embedder's cells by their clusters).
     held_types : torch.Tensor of shape (n_classes, n_categories)
         1 where a category (batch) holds a type (:class:`LossWeights`).
 
@@ -154,7 +155,8 @@ def held_type_losses(logits, batch, labels, type_logits, held_types):
     masked = logits[:, None, :].masked_fill(~asked, float("-inf"))
     losses = -F.log_softmax(masked, dim=2).gather(2, batch[:, None, None].expand(-1, n_classes, 1)).squeeze(2)
     given = F.one_hot(labels.clamp_min(0), n_classes).to(logits.dtype)
-    probabilities = torch.where((labels >= 0)[:, None], given, F.softmax(type_logits.detach(), dim=1))
+    probabilities = given if type_logits is None else \
+        torch.where((labels >= 0)[:, None], given, F.softmax(type_logits.detach(), dim=1))
     return (probabilities * losses).sum(dim=1)
 
 
@@ -504,8 +506,7 @@ class _LatentModel(nn.Module):
                     types = type_weight(weights.shared_types.to(code.device), covariates[:, 0], labels, type_logits)
             elif not classifying and labels is not None and weights.held_types is not None:
                 # an embedder's cells labelled by their clusters (batch_counterparts): every cell's group is known
-                held = (labels, code.new_zeros(len(labels), weights.held_types.shape[0]),
-                        weights.held_types.to(code.device))
+                held = (labels, None, weights.held_types.to(code.device))
             adversarial = self._adversarial(logits, covariates[:, :self._told], code.detach(), types, held)
         if classifying:
             scale = weights.classification * measured if gradient_scale is not None else 1.0
