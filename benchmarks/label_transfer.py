@@ -249,6 +249,12 @@ def no_profile_test(model):
     return changed(model, class_profile_quantiles_=ABSENT)
 
 
+def no_counterpart_test(model):
+    """Within the block, ``model``'s typicality does not ask whether a cell's cluster has a counterpart among the
+    reference's (``unknown_counterparts=None``; as before round 19)."""
+    return changed(model, unknown_counterparts=None)
+
+
 def previous_rule(model):
     """Within the block, ``model``'s typicality is the previous rule's: the reference's own distances, no query
     calibration, no correction for a type's count of labelled cells, each cell alone (for comparisons on the same
@@ -262,11 +268,14 @@ def flag_rates(model, X, batch, truth, suffix=""):
     by the previous rule, and the AUROC of each rule's ``1 - typicality``; per absent type, the share flagged."""
     shared = np.isin(truth, model.classes_)
     scores = {}
-    for rule, contexts in (("", ()), (" (no profile test)", (no_profile_test,)),
+    for rule, contexts in (("", ()), (" (no counterpart test)", (no_counterpart_test,)),
+                           (" (no profile test)", (no_profile_test, no_counterpart_test)),
                            (" (each cell alone)", (each_cell_alone,)),
                            (" (no technology allowance)", (no_technology_allowance,)),
-                           (" (round 11 rule)", (each_cell_alone, no_technology_allowance, no_profile_test)),
-                           (" (codes only)", (codes_only, each_cell_alone)), (" (previous rule)", (previous_rule,))):
+                           (" (round 11 rule)", (each_cell_alone, no_technology_allowance, no_profile_test,
+                                                 no_counterpart_test)),
+                           (" (codes only)", (codes_only, each_cell_alone, no_counterpart_test)),
+                           (" (previous rule)", (previous_rule, no_counterpart_test))):
         with contextlib.ExitStack() as stack:
             for context in contexts:
                 stack.enter_context(context(model))
@@ -281,7 +290,7 @@ def flag_rates(model, X, batch, truth, suffix=""):
             scores[f"flagged right-named{suffix}"] = flagged[right].mean()
             for label in np.unique(truth[~shared]):
                 scores[f"flagged {label}{suffix}"] = flagged[truth == label].mean()
-        if rule in ("", " (no profile test)", " (round 11 rule)"):
+        if rule in ("", " (no counterpart test)", " (no profile test)", " (round 11 rule)"):
             for threshold in THRESHOLDS:  # the rule at other unknown_threshold values, on the same typicality
                 scores[f"flagged shared @{threshold:g}{rule}{suffix}"] = (typical[shared] < threshold).mean()
                 if not rule:

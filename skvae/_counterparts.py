@@ -16,6 +16,7 @@ population two batches share but whose expression differs between them by more t
 """
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
@@ -33,6 +34,9 @@ N_PCS = 20
 MAX_FIT_CELLS = 10000
 # a cluster of fewer cells is not compared (its pooled profile too noisy to say): every batch counts as holding it
 MIN_CLUSTER_CELLS = 20
+# a query batch's clusters at least, where it has 2 * MIN_CLUSTER_CELLS cells for each (unknown_counterparts): a few
+# hundred cells of several types are not pooled into one profile that no reference cluster resembles
+MIN_QUERY_CLUSTERS = 8
 # the spread (a variance of log-fold changes) every gene may differ by beyond counting noise, in the genes' weights
 _WEIGHT_FLOOR = 0.05
 # rounds of estimating the per-gene factor from mutually nearest cluster pairs
@@ -71,11 +75,11 @@ def _variable_genes(data, batch, n_batches, n_genes):
 class _BatchSpace:
     """One batch's clusters: its cells' standardised log-normalised genes, projected on principal components."""
 
-    def __init__(self, X, genes, random_state):
+    def __init__(self, X, genes, random_state, n_clusters):
         Y = _log_normalised(X[:, genes]).toarray()
         self.mean, self.scale = Y.mean(axis=0), Y.std(axis=0) + 1e-3
         Z = self._standardised(Y)
-        n_clusters = int(np.clip(X.shape[0] // CELLS_PER_CLUSTER, 1, MAX_CLUSTERS))
+        n_clusters = int(np.clip(n_clusters, 1, MAX_CLUSTERS))
         n_pcs = min(N_PCS, X.shape[0] - 1, len(genes))
         self.pca = PCA(n_pcs, random_state=random_state).fit(Z) if n_pcs >= 1 else None
         projected = self._projected(Z)
@@ -184,6 +188,47 @@ def cross_distances(pooled, halves, first, second):
     return distances(shift, shift_noise)
 
 
+def _pooled_clusters(data, group, genes, random_state, min_clusters=1):
+    """Cluster the cells of each group (:class:`_BatchSpace`) and pool each cluster's counts on ``genes``.
+
+    ``group``: each row's group (a batch; -1: left out). Each group's clusters are fitted on at most ``MAX_FIT_CELLS``
+    of its cells, every cell then assigned, a block of rows at a time; at least ``min_clusters`` where the group has
+    ``2 * MIN_CLUSTER_CELLS`` cells for each. Returns each row's cluster (-1 where left out), the summed counts of
+    two random halves of each cluster's cells, and each cluster's group.
+    """
+    spaces, offsets, cluster_groups = {}, {}, []
+    for g in np.unique(group[group >= 0]):
+        rows = np.flatnonzero(group == g)
+        if len(rows) > MAX_FIT_CELLS:
+            rows = np.sort(random_state.choice(rows, MAX_FIT_CELLS, replace=False))
+        fitted = np.vstack([X for _, X in data.take(rows).row_blocks()]) if not data.stored_sparse else \
+            sp.vstack([sp.csr_matrix(X) for _, X in data.take(rows).row_blocks()], format="csr")
+        n_clusters = max(len(rows) // CELLS_PER_CLUSTER, min(min_clusters, len(rows) // (2 * MIN_CLUSTER_CELLS)))
+        spaces[g] = _BatchSpace(fitted, genes, random_state.randint(np.iinfo(np.int32).max), n_clusters)
+        offsets[g] = len(cluster_groups)
+        cluster_groups += [g] * spaces[g].n_clusters
+    cluster_groups = np.asarray(cluster_groups, dtype=np.int64)
+    n_clusters = len(cluster_groups)
+    clusters = np.full(len(group), -1, dtype=np.int64)
+    halves = (np.zeros((n_clusters, len(genes))), np.zeros((n_clusters, len(genes))))
+    side = random_state.rand(len(group)) < 0.5
+    for rows, X in data.row_blocks():
+        X = sp.csr_matrix(X, dtype=np.float64)
+        found = np.full(X.shape[0], -1, dtype=np.int64)
+        for g in np.unique(group[rows]):
+            mine = group[rows] == g
+            if g >= 0:
+                found[mine] = offsets[g] + spaces[g].assign(X[mine], genes)
+        clusters[rows] = found
+        kept = found >= 0
+        selected = X[kept][:, genes]
+        for target, keep in ((halves[0], side[rows][kept]), (halves[1], ~side[rows][kept])):
+            member = sp.csr_matrix((keep.astype(np.float64), (found[kept], np.arange(kept.sum()))),
+                                   shape=(n_clusters, kept.sum()))
+            target += np.asarray((member @ selected).todense())
+    return clusters, halves, cluster_groups
+
+
 def counterparts(data, batch, n_batches, threshold, random_state=None):
     """Cluster each batch's cells and say which batches hold a counterpart of each cluster.
 
@@ -217,33 +262,8 @@ def counterparts(data, batch, n_batches, threshold, random_state=None):
     random_state = check_random_state(random_state)
     batch = np.asarray(batch)
     genes = _variable_genes(data, batch, n_batches, N_GENES)
-    spaces, offsets, cluster_batches = {}, np.zeros(n_batches, dtype=np.int64), []
-    for b in np.flatnonzero(np.bincount(batch, minlength=n_batches)):
-        rows = np.flatnonzero(batch == b)
-        if len(rows) > MAX_FIT_CELLS:
-            rows = np.sort(random_state.choice(rows, MAX_FIT_CELLS, replace=False))
-        fitted = np.vstack([X for _, X in data.take(rows).row_blocks()]) if not data.stored_sparse else \
-            sp.vstack([sp.csr_matrix(X) for _, X in data.take(rows).row_blocks()], format="csr")
-        spaces[b] = _BatchSpace(fitted, genes, random_state.randint(np.iinfo(np.int32).max))
-        offsets[b] = len(cluster_batches)
-        cluster_batches += [b] * spaces[b].n_clusters
-    cluster_batches = np.asarray(cluster_batches, dtype=np.int64)
+    clusters, halves, cluster_batches = _pooled_clusters(data, batch, genes, random_state)
     n_clusters = len(cluster_batches)
-    clusters = np.empty(len(batch), dtype=np.int64)
-    halves = (np.zeros((n_clusters, len(genes))), np.zeros((n_clusters, len(genes))))
-    side = random_state.rand(len(batch)) < 0.5
-    for rows, X in data.row_blocks():
-        X = sp.csr_matrix(X, dtype=np.float64)
-        found = np.empty(X.shape[0], dtype=np.int64)
-        for b in np.unique(batch[rows]):
-            mine = batch[rows] == b
-            found[mine] = offsets[b] + spaces[b].assign(X[mine], genes)
-        clusters[rows] = found
-        selected = X[:, genes]
-        for target, keep in ((halves[0], side[rows]), (halves[1], ~side[rows])):
-            member = sp.csr_matrix((keep.astype(np.float64), (found, np.arange(X.shape[0]))),
-                                   shape=(n_clusters, X.shape[0]))
-            target += np.asarray((member @ selected).todense())
     pooled = halves[0] + halves[1]  # each cell is in one half
     distances = np.full((n_clusters, n_batches), np.nan)
     distances[np.arange(n_clusters), cluster_batches] = 0.0
@@ -365,3 +385,71 @@ def counterpart_table(estimator):
     if distances is None or estimator.batch_counterparts is None:
         return None
     return tuple(map(tuple, held_batches(distances, estimator.batch_counterparts).tolist()))
+
+
+# the reference's clusters a query's are compared with (the classifier's ``unknown_counterparts``), saved with it
+REFERENCE_ATTRIBUTES = ("reference_cluster_genes_", "reference_cluster_halves_", "reference_cluster_batches_")
+
+
+def reference_clusters(data, labels, batch, random_state=None):
+    """The labelled cells of each batch and type, clustered, each cluster's counts pooled (as two random halves).
+
+    Parameters
+    ----------
+    data : skvae.train.data.RowData
+        Counts of the training cells.
+    labels : ndarray of int of shape (n_rows,)
+        Each row's type (-1: unlabelled, left out).
+    batch : ndarray of int of shape (n_rows,)
+        Each row's batch.
+    random_state : int, RandomState instance or None, default=None
+
+    Returns
+    -------
+    dict
+        ``reference_cluster_genes_`` (the genes compared: the most variable within batches), ``reference_cluster_halves_``
+        (of shape (2, n_clusters, n_genes)) and ``reference_cluster_batches_``; clusters of at least
+        ``MIN_CLUSTER_CELLS`` cells only.
+    """
+    random_state = check_random_state(random_state)
+    rows = np.flatnonzero(labels >= 0)
+    data, labels, batch = data.take(rows), labels[rows], np.asarray(batch)[rows]
+    n_types = int(labels.max()) + 1 if len(labels) else 1
+    genes = _variable_genes(data, batch, int(batch.max()) + 1 if len(batch) else 1, N_GENES)
+    clusters, halves, groups = _pooled_clusters(data, batch * n_types + labels, genes, random_state)
+    kept = np.bincount(clusters, minlength=len(groups)) >= MIN_CLUSTER_CELLS
+    return {"reference_cluster_genes_": genes, "reference_cluster_halves_": np.stack(halves)[:, kept],
+            "reference_cluster_batches_": groups[kept] // n_types}
+
+
+def query_distances(data, groups, genes, halves, batches):
+    """Each cell's cluster's distance to the nearest reference cluster (:func:`reference_clusters`), per-gene factors
+    between the cell's group and each reference batch removed (:func:`cross_distances`).
+
+    Parameters
+    ----------
+    data : skvae.train.data.RowData
+        The query cells' counts.
+    groups : array-like of shape (n_rows,) or None
+        Each cell's group (its batch): clustered apart. None: all one group.
+    genes, halves, batches : ndarray
+        The reference's ``reference_cluster_genes_``, ``reference_cluster_halves_``, ``reference_cluster_batches_``.
+
+    Returns
+    -------
+    ndarray of shape (n_rows,)
+        NaN where not compared: a cluster of fewer than ``MIN_CLUSTER_CELLS`` cells, or no reference cluster.
+    """
+    group = np.zeros(data.n_rows, dtype=np.int64) if groups is None else pd.factorize(np.asarray(groups))[0]
+    # the same cells give the same clusters, whatever the estimator's random_state
+    clusters, own, own_groups = _pooled_clusters(data, group, genes, np.random.RandomState(0), MIN_QUERY_CLUSTERS)
+    n_reference = halves.shape[1]
+    both = (np.vstack([halves[0], own[0]]), np.vstack([halves[1], own[1]]))
+    distances = np.full(len(own_groups), np.nan)
+    compared = np.bincount(clusters[clusters >= 0], minlength=len(own_groups)) >= MIN_CLUSTER_CELLS
+    for g in np.unique(own_groups[compared]):
+        first = n_reference + np.flatnonzero((own_groups == g) & compared)
+        for b in np.unique(batches):
+            d = cross_distances(both[0] + both[1], both, first, np.flatnonzero(batches == b)).min(axis=1)
+            distances[first - n_reference] = np.fmin(distances[first - n_reference], d)
+    return distances[clusters]
