@@ -161,3 +161,18 @@ def test_a_bad_unknown_counterparts_is_refused_by_name(value):
     counts, types, _ = _shifted(0, n=400)
     with pytest.raises((ValueError, TypeError), match="unknown_counterparts"):
         BetaVAEClassifier(**SETTINGS, unknown_counterparts=value).fit(counts, types)
+
+
+def test_a_query_on_disk_is_judged_as_in_memory(tmp_path):
+    anndata = pytest.importorskip("anndata")
+    import scipy.sparse as sp
+
+    counts, types, batch = _shifted(0)
+    model = _fitted(counts, types, batch)
+    query = batch == "query"
+    path = tmp_path / "query.h5ad"
+    anndata.AnnData(sp.csr_matrix(counts[query])).write_h5ad(path)
+    on_disk = model.typicality(anndata.read_h5ad(path, backed="r").X, batch=batch[query])
+    in_memory = model.typicality(counts[query], batch=batch[query])
+    assert (in_memory[types[query] == 3] == 0).mean() >= 0.9  # the counterpart test acted
+    np.testing.assert_allclose(on_disk, in_memory, atol=1e-6)
