@@ -22,6 +22,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.utils import check_random_state
 
+from ._markers import log_normalised
 from .nn.likelihoods import LIKELIHOODS
 
 # genes compared (the most variable of the log-normalised values, averaged over batches)
@@ -45,16 +46,6 @@ _ROUNDS = 4
 _PSEUDOCOUNT = 0.5
 
 
-def _log_normalised(X):
-    """log1p of counts per 10,000 (a CSR matrix or an ndarray), as float64."""
-    X = sp.csr_matrix(X, dtype=np.float64)
-    totals = np.asarray(X.sum(axis=1)).ravel()
-    Y = sp.diags(1e4 / np.maximum(totals, 1.0)) @ X
-    Y = sp.csr_matrix(Y)
-    Y.data = np.log1p(Y.data)
-    return Y
-
-
 def _variable_genes(data, batch, n_batches, n_genes):
     """The ``n_genes`` genes whose log-normalised values vary most within batches (their variance averaged over
     batches), in one pass over ``data``'s rows; every gene where there are no more."""
@@ -63,7 +54,7 @@ def _variable_genes(data, batch, n_batches, n_genes):
     sums = np.zeros((n_batches, data.n_features))
     squares = np.zeros((n_batches, data.n_features))
     for rows, X in data.row_blocks():
-        Y = _log_normalised(X)
+        Y = log_normalised(X)
         member = sp.csr_matrix((np.ones(Y.shape[0]), (batch[rows], np.arange(Y.shape[0]))), shape=(n_batches, Y.shape[0]))
         sums += np.asarray((member @ Y).todense())
         squares += np.asarray((member @ Y.multiply(Y)).todense())
@@ -76,7 +67,7 @@ class _BatchSpace:
     """One batch's clusters: its cells' standardised log-normalised genes, projected on principal components."""
 
     def __init__(self, X, genes, random_state, n_clusters):
-        Y = _log_normalised(X[:, genes]).toarray()
+        Y = log_normalised(X[:, genes]).toarray()
         self.mean, self.scale = Y.mean(axis=0), Y.std(axis=0) + 1e-3
         Z = self._standardised(Y)
         n_clusters = int(np.clip(n_clusters, 1, MAX_CLUSTERS))
@@ -100,7 +91,7 @@ class _BatchSpace:
         """Each row's cluster (its nearest centre)."""
         if self.kmeans is None:
             return np.zeros(X.shape[0], dtype=np.int64)
-        return self.kmeans.predict(self._projected(self._standardised(_log_normalised(X[:, genes]).toarray())))
+        return self.kmeans.predict(self._projected(self._standardised(log_normalised(X[:, genes]).toarray())))
 
 
 def _weighted_median(values, weights):
@@ -221,7 +212,7 @@ def _pooled_clusters(data, group, genes, random_state, min_clusters=1):
                 found[mine] = offsets[g] + spaces[g].assign(X[mine], genes)
         clusters[rows] = found
         kept = found >= 0
-        selected = X[kept][:, genes]
+        selected = X[:, genes][kept]
         for target, keep in ((halves[0], side[rows][kept]), (halves[1], ~side[rows][kept])):
             member = sp.csr_matrix((keep.astype(np.float64), (found[kept], np.arange(kept.sum()))),
                                    shape=(n_clusters, kept.sum()))
@@ -445,11 +436,12 @@ def query_distances(data, groups, genes, halves, batches):
     clusters, own, own_groups = _pooled_clusters(data, group, genes, np.random.RandomState(0), MIN_QUERY_CLUSTERS)
     n_reference = halves.shape[1]
     both = (np.vstack([halves[0], own[0]]), np.vstack([halves[1], own[1]]))
+    pooled = both[0] + both[1]
     distances = np.full(len(own_groups), np.nan)
     compared = np.bincount(clusters[clusters >= 0], minlength=len(own_groups)) >= MIN_CLUSTER_CELLS
     for g in np.unique(own_groups[compared]):
         first = n_reference + np.flatnonzero((own_groups == g) & compared)
         for b in np.unique(batches):
-            d = cross_distances(both[0] + both[1], both, first, np.flatnonzero(batches == b)).min(axis=1)
+            d = cross_distances(pooled, both, first, np.flatnonzero(batches == b)).min(axis=1)
             distances[first - n_reference] = np.fmin(distances[first - n_reference], d)
     return distances[clusters]

@@ -71,6 +71,19 @@ def _normalised(X):
     return sp.diags(1.0 / np.maximum(totals, 1.0)) @ X, totals
 
 
+def log_normalised(X):
+    """log1p of each row's counts per 10,000 (``_SCALE``), as CSR float64 (a row without counts stays 0).
+
+    Examples
+    --------
+    >>> log_normalised(np.array([[1.0, 3.0], [0.0, 0.0]])).toarray().round(3).tolist()
+    [[7.824, 8.923], [0.0, 0.0]]
+    """
+    logged, _ = _normalised(X)
+    logged.data = np.log1p(_SCALE * logged.data)
+    return logged
+
+
 def expression_sums(blocks, labels, n_classes, n_features):
     """Per type, over its labelled cells: their number, and the sums of their log-normalised expression and shares.
 

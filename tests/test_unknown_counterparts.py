@@ -15,15 +15,15 @@ from skvae.train.data import RowData
 SETTINGS = dict(likelihood="nb", n_components=4, hidden_layer_sizes=(32,), max_epochs=20)
 
 
-def _shifted(seed, n=1600, n_genes=150, effect_sd=0.7, depth=5.0):
-    """Counts of 4 types in a reference and a query batch, each batch with a per-gene effect exp(N(0, effect_sd)),
-    the query ``depth`` times deeper; the fourth type is in the query only."""
+def _shifted(seed, n=1600, n_genes=150):
+    """Counts of 4 types in a reference and a query batch, each batch with a per-gene effect exp(N(0, 0.7)), the
+    query 5x deeper; the fourth type is in the query only (``test_unknown_flag``'s data, more genes)."""
     rng = np.random.RandomState(seed)
     profiles = rng.gamma(0.5, 2.0, size=(4, n_genes))
-    effects = np.exp(rng.normal(0.0, effect_sd, size=(2, n_genes)))
+    effects = np.exp(rng.normal(0.0, 0.7, size=(2, n_genes)))
     batch = np.repeat([0, 1], n // 2)
     types = np.where(batch == 0, rng.randint(3, size=n), rng.randint(4, size=n))
-    counts = rng.poisson(profiles[types] * effects[batch] * np.where(batch == 0, 1.0, depth)[:, None])
+    counts = rng.poisson(profiles[types] * effects[batch] * np.where(batch == 0, 1.0, 5.0)[:, None])
     return counts.astype(np.float32), types, np.array(["ref", "query"], dtype=object)[batch]
 
 
