@@ -35,7 +35,9 @@ without the marker test's technology allowance, without all three (the round 11 
 previous, reference-calibrated rule flags them on the same model; the ``mapped`` row also gives the reference-only
 model's naming and flags of the query before it is mapped); the F1 of each shared type (``--per-type``); with
 ``--thresholds``, the shares flagged at other ``unknown_threshold`` values (the same typicality; also without the
-profile test and by the round 11 rule, and the share of correctly named cells flagged); fit seconds. Rows with a seed: one per ``--seeds`` seed,
+profile test and by the round 11 rule, and the share of correctly named cells flagged); the shares flagged and the
+AUROC on the cells whose profile agrees with their label (" (label-consistent)", :func:`agrees_with_label`: a sorted
+population's cells that express another sort's programme are left out); fit seconds. Rows with a seed: one per ``--seeds`` seed,
 summarised as mean ± sd.
 
 Usage: python benchmarks/label_transfer.py [--data-home ../shared/data] [--datasets pair,semisynthetic]
@@ -48,10 +50,9 @@ import contextlib
 import os
 import platform
 import sys
-from pathlib import Path
-
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -60,14 +61,14 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
-sys.path.insert(0, str(Path(__file__).parent))
-import integration  # noqa: E402
-from integration import LOADERS, SCARCHES, embeddings, summarise  # noqa: E402 -- the benchmark folder is not a package
+sys.path.insert(0, str(Path(__file__).parent))  # the benchmark folder is not a package
+import integration
+from integration import LOADERS, SCARCHES, agrees_with_label, embeddings, summarise
 
-import skvae  # noqa: E402
-from skvae import BetaVAEClassifier  # noqa: E402
-from skvae.recipes import RECOMMENDED_COUNT_SETTINGS  # noqa: E402
-from skvae.preprocessing import HighlyVariableGenes  # noqa: E402
+import skvae
+from skvae import BetaVAEClassifier
+from skvae.preprocessing import HighlyVariableGenes
+from skvae.recipes import RECOMMENDED_COUNT_SETTINGS
 
 #: unknown_threshold values whose flagged shares flag_rates also gives (--thresholds)
 THRESHOLDS = ()
@@ -265,8 +266,11 @@ def previous_rule(model):
 
 def flag_rates(model, X, batch, truth, suffix=""):
     """The shares of absent and shared types' cells ``is_unknown`` flags, by the rule, by the codes' test alone and
-    by the previous rule, and the AUROC of each rule's ``1 - typicality``; per absent type, the share flagged."""
+    by the previous rule, and the AUROC of each rule's ``1 - typicality``; per absent type, the share flagged; for the
+    rule and the rule without the counterpart test, the same on the cells whose profile agrees with their label
+    (:func:`agrees_with_label`, " (label-consistent)")."""
     shared = np.isin(truth, model.classes_)
+    consistent = agrees_with_label(X, truth)
     scores = {}
     for rule, contexts in (("", ()), (" (no counterpart test)", (no_counterpart_test,)),
                            (" (no profile test)", (no_profile_test, no_counterpart_test)),
@@ -284,6 +288,12 @@ def flag_rates(model, X, batch, truth, suffix=""):
         scores[f"flagged absent{rule}{suffix}"] = flagged[~shared].mean() if (~shared).any() else np.nan
         scores[f"flagged shared{rule}{suffix}"] = flagged[shared].mean()
         scores[f"unknown AUROC{rule}{suffix}"] = roc_auc_score(~shared, 1 - typical) if (~shared).any() else np.nan
+        if rule in ("", " (no counterpart test)") and (~shared & consistent).any():
+            absent, known = ~shared & consistent, shared & consistent
+            scores[f"flagged absent (label-consistent){rule}{suffix}"] = flagged[absent].mean()
+            scores[f"flagged shared (label-consistent){rule}{suffix}"] = flagged[known].mean()
+            scores[f"unknown AUROC (label-consistent){rule}{suffix}"] = roc_auc_score(
+                absent[absent | known], 1 - typical[absent | known])
         if not rule:
             # the known types' cells named right and still flagged (a right name turned "unknown")
             right = shared & (model.predict(X, batch=batch) == truth)
@@ -297,6 +307,9 @@ def flag_rates(model, X, batch, truth, suffix=""):
                     scores[f"flagged right-named @{threshold:g}{suffix}"] = (typical[right] < threshold).mean()
                 if (~shared).any():
                     scores[f"flagged absent @{threshold:g}{rule}{suffix}"] = (typical[~shared] < threshold).mean()
+                if not rule and (~shared & consistent).any():
+                    scores[f"flagged absent (label-consistent) @{threshold:g}{suffix}"] = (
+                        typical[~shared & consistent] < threshold).mean()
     return scores
 
 
@@ -397,7 +410,7 @@ def main():
     for dataset in filter(None, args.datasets.split(",")):
         counts, batch, labels = LOADERS[dataset](args.data_home)
         print(f"\n== {dataset}: {counts.shape[0]} cells", flush=True)
-        def add(name, reference, query, result, seconds):
+        def add(name, reference, query, result, seconds, dataset=dataset):
             scores, per_type = result
             row = {"data": f"{dataset}: {'+'.join(np.atleast_1d(reference))} -> {query}", **scores,
                    **({f"F1 {label}": value for label, value in per_type.items()} if args.per_type else {}),
