@@ -43,7 +43,7 @@ cells), ``deep`` (the same effect with batch B 10x deeper; NK cells and CD14+ mo
 progenitors in batch B only), ``donors`` (pbmc_facs as 4 pseudo-donors of unequal sizes, each with a per-gene
 donor effect of log sd 0.1-0.3; one lacks CD8 T cells, one NK cells, one CD14+ monocytes: :func:`load_donors`)
 and any data set above. The three are made without the CD34+ sort's cells that express another sort's programme
-(about 75 B-cell- and monocyte-like cells: :func:`_suite_cells`; ``--keep-impure-sorts`` keeps them, as before
+(74 B-cell- and monocyte-like cells: :func:`_suite_cells`; ``--keep-impure-sorts`` keeps them, as before
 round 20). Rows: PCA, Harmony and scVI's defaults (first seed) and the
 recipe without batches, with ``batch_model="layers"`` (its default), with ``batch_model="genes"`` and with
 ``"genes"`` and no adversary (``SHIFT_VARIANTS``; ``--variants`` picks; among them ``make_count_classifier`` given
@@ -238,8 +238,8 @@ PURE_SORTS = True
 
 def _suite_cells(data_home):
     """pbmc_facs' counts and ``FINE`` labels for the shift suite: without the CD34+ sort's cells that express another
-    sort's programme (:func:`agrees_with_label` on the sorts, ``subpop``: about 75 B-cell- and monocyte-like cells,
-    CD34 in 1 % of them), where ``PURE_SORTS``. A design that puts monocytes in one batch only would otherwise put
+    sort's programme (:func:`agrees_with_label` on the sorts, ``subpop``, pbmc_facs' 2,000 most variable genes: 74
+    B-cell- and monocyte-like cells, CD34 counted in about 1 % of them), where ``PURE_SORTS``. A design that puts monocytes in one batch only would otherwise put
     monocyte-like cells labelled CD34+ in the other."""
     facs, labels = _facs(data_home)
     counts = facs.data.tocsr().astype(np.float64)
