@@ -41,7 +41,8 @@ effect (:func:`load_shift`): ``relatives`` (pbmc_facs halved; batch B simulated 
 effect of log sd 0.5; CD8 T cells in batch B only, NK cells in batch A only: close relatives of the shared CD4 T
 cells), ``deep`` (the same effect with batch B 10x deeper; NK cells and CD14+ monocytes in batch A only, CD34+
 progenitors in batch B only), ``donors`` (pbmc_facs as 4 pseudo-donors of unequal sizes, each with a per-gene
-donor effect of log sd 0.1-0.3; one lacks CD8 T cells, one NK cells, one CD14+ monocytes: :func:`load_donors`)
+donor effect of log sd 0.1-0.3; one lacks CD8 T cells, one NK cells, one CD14+ monocytes: :func:`load_donors`;
+``donors-strong``: the same with technology-sized effects, log sd 0.5; ``donors-shared``: the same lacking nothing)
 and any data set above. The three are made without the CD34+ sort's cells that express another sort's programme
 (74 B-cell- and monocyte-like cells: :func:`_suite_cells`; ``--keep-impure-sorts`` keeps them, as before
 round 20). Rows: PCA, Harmony and scVI's defaults (first seed) and the
@@ -229,7 +230,12 @@ SHIFT_SUITE = {
 
 #: ``--shift-suite donors``: pbmc_facs as pseudo-donors (the batches) of unequal sizes, each with its own per-gene
 #: effect (log-normal, each gene's sd drawn from 0.1-0.3, as benchmarks/de.py's donors), some lacking a population
-DONORS = {"n_donors": 4, "lacking": {"donor 1": ("CD8 T",), "donor 2": ("NK",), "donor 3": ("CD14+ Mono",)}}
+DONORS = {"n_donors": 4, "lacking": {"donor 1": ("CD8 T",), "donor 2": ("NK",), "donor 3": ("CD14+ Mono",)},
+          "effect_sd": (0.1, 0.3)}
+#: ``donors-strong``: the same donors with effects of technologies (each gene's log sd 0.5); ``donors-shared``: the
+#: same donors lacking nothing (the adversary's no-harm check with three batches or more)
+DONOR_SETS = {"donors": DONORS, "donors-strong": {**DONORS, "effect_sd": (0.5, 0.5)},
+              "donors-shared": {**DONORS, "lacking": {}}}
 
 
 #: the shift suite leaves out the CD34+ sort's cells whose profile agrees with another sort's (``--keep-impure-sorts``)
@@ -248,19 +254,21 @@ def _suite_cells(data_home):
     return counts[keep], labels["celltype"].map(FINE).to_numpy()[keep]
 
 
-def load_donors(data_home, seed=0):
-    """pbmc_facs as ``DONORS``' pseudo-donors: counts (each cell's resampled, Poisson(counts x its donor's per-gene
-    factor)), donor, label (``FINE``), and which cells' population every donor holds."""
+def load_donors(data_home, seed=0, name="donors"):
+    """pbmc_facs as the pseudo-donors of ``DONOR_SETS[name]``: counts (each cell's resampled, Poisson(counts x its
+    donor's per-gene factor)), donor, label (``FINE``), and which cells' population every donor holds (of ``DONORS``'
+    design: the populations some donor lacks there count as not held by every donor in ``donors-shared`` too)."""
+    design = DONOR_SETS[name]
     counts, labels = _suite_cells(data_home)
     rng = np.random.RandomState(seed)
-    n_donors = DONORS["n_donors"]
+    n_donors = design["n_donors"]
     donor = rng.choice(n_donors, size=counts.shape[0], p=rng.dirichlet(np.full(n_donors, 3.0)))
     names = np.array([f"donor {d}" for d in range(n_donors)], dtype=object)[donor]
     lacking = np.zeros(len(labels), bool)
-    for name, populations in DONORS["lacking"].items():
-        lacking |= (names == name) & np.isin(labels, populations)
+    for lacker, populations in design["lacking"].items():
+        lacking |= (names == lacker) & np.isin(labels, populations)
     counts, donor, names, labels = counts[~lacking], donor[~lacking], names[~lacking], labels[~lacking]
-    log_effect = rng.normal(size=(n_donors, counts.shape[1])) * rng.uniform(0.1, 0.3, size=counts.shape[1])
+    log_effect = rng.normal(size=(n_donors, counts.shape[1])) * rng.uniform(*design["effect_sd"], size=counts.shape[1])
     rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
     counts.data = rng.poisson(counts.data * np.exp(log_effect[donor[rows], counts.indices])).astype(np.float64)
     counts.eliminate_zeros()
@@ -278,8 +286,8 @@ def load_shift(data_home, name, seed=0):
     progenitors in batch B only. ``donors``: :func:`load_donors`. Another name is a data set of ``LOADERS``
     (``pair``: its shared types the README's; the others: every population shared).
     """
-    if name == "donors":
-        return load_donors(data_home, seed)
+    if name in DONOR_SETS:
+        return load_donors(data_home, seed, name)
     if name not in SHIFT_SUITE:  # a data set of LOADERS: every population shared but the pair's four
         counts, batch, labels = LOADERS[name](data_home)
         shared = np.isin(labels, ["T cell", "B cell", "NK cell", "CD14+"]) if name == "pair" else np.ones(len(labels), bool)
@@ -754,7 +762,8 @@ def main():
     parser.add_argument("--calibration", default="",
                         help="also the calibration checks on pbmc_facs, comma-separated: null, shift")
     parser.add_argument("--shift-suite", default="",
-                        help=f"also the shift suite, comma-separated, of {', '.join([*SHIFT_SUITE, *LOADERS])}")
+                        help=f"also the shift suite, comma-separated, of "
+                             f"{', '.join([*SHIFT_SUITE, *DONOR_SETS, *LOADERS])}")
     parser.add_argument("--variants", default=None,
                         help=f"--shift-suite's skvae rows (';'-separated), of {'; '.join(SHIFT_VARIANTS)}".replace("%", "%%"))
     parser.add_argument("--keep-impure-sorts", action="store_true",

@@ -7,8 +7,8 @@ each batch's cells are clustered; each cluster's counts are pooled; between two 
 technology or donor moves each gene by its own factor) is estimated as the weighted median log-ratio over mutually
 nearest cluster pairs and removed; two clusters are counterparts where what remains, the root mean square log-fold
 change beyond counting noise over the genes, is at most the threshold. The adversary then asks a cell's batch only
-among the batches that hold a counterpart of its cluster (:func:`skvae.nn.models.held_type_losses`): a cluster with
-none is left where it is.
+among the batches that hold a counterpart of its cluster and that its neighbourhood holds
+(:func:`skvae.nn.models.held_type_losses`): a cluster with none is left where it is.
 
 What it can get wrong: a population one batch alone holds and a close relative another batch alone holds are taken
 for counterparts where they differ by less than the threshold on the genes given (CD8 and CD4 T cells can); and a

@@ -255,7 +255,8 @@ _CLASSIFIER_PARAMETERS = """\
         one batch alone holds is not pushed into its relatives of the others.
         With three batches or more, where a type is held by some and not all,
         the adversary tells a cell's batch only among the batches that hold its
-        type, so that it is not pushed towards a batch that lacks it.
+        type (and that its neighbourhood holds, as ``batch_adversary`` says), so
+        that it is not pushed towards a batch that lacks it.
         A batch without labelled cells is taken to hold every type (a query:
         as False). False: the embedder's adversary, which judges by the
         neighbourhood alone.

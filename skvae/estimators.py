@@ -120,7 +120,10 @@ _SHARED_PARAMETERS = """\
         what conditioning the decoder does. Only cells whose neighbourhood is
         already shared with other batches are pushed (their 5 nearest codes in
         the minibatch hold other batches), so a cell type of one batch alone is
-        left where it is. The reversed gradient is this weight times the size of
+        left where it is; and a cell's batch is asked only among the batches of
+        those neighbours, so with three batches or more a population that some
+        of them lack is mixed among those that hold it, not pushed towards the
+        others' cells. The reversed gradient is this weight times the size of
         the reconstruction's gradient at the code, so the same value means the
         same strength whatever the depth and number of genes (the recommendation
         uses 0.3). With several batch columns it tells the first (put the

@@ -55,16 +55,44 @@ def shared_weight(codes, labels, k=_SHARED_NEIGHBOURS):
     >>> shared_weight(codes, batch, k=1)
     tensor([1., 1., 1., 1., 0., 0.])
     """
-    n = codes.shape[0]
-    k = min(k, n - 1)
-    if k < 1:
+    return _shared_weights(nearest_codes(codes, k), labels, codes)
+
+
+def _shared_weights(neighbours, labels, codes):
+    """:func:`shared_weight` given each cell's ``neighbours`` (:func:`nearest_codes`)."""
+    if neighbours.shape[1] == 0:
         return torch.zeros(labels.shape, dtype=codes.dtype, device=codes.device)
-    distances = torch.cdist(codes, codes)
-    distances.fill_diagonal_(float("inf"))
-    neighbours = distances.topk(k, largest=False).indices
     if labels.dim() == 2:
         return torch.stack([_shared(neighbours, column) for column in labels.unbind(dim=1)], dim=1)
     return _shared(neighbours, labels)
+
+
+def nearest_codes(codes, k=_SHARED_NEIGHBOURS):
+    """Each cell's ``k`` nearest other codes of the minibatch (Euclidean): the neighbourhood the adversary reads.
+
+    Parameters
+    ----------
+    codes : torch.Tensor of shape (n_samples, n_components)
+    k : int, default=5
+
+    Returns
+    -------
+    torch.Tensor of shape (n_samples, min(k, n_samples - 1)), int64
+        Indices into ``codes``, nearest first; no columns for a minibatch of one cell.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.models import nearest_codes
+    >>> nearest_codes(torch.tensor([[0.0], [0.1], [5.0]]), k=1).tolist()
+    [[1], [0], [1]]
+    """
+    k = min(k, codes.shape[0] - 1)
+    if k < 1:
+        return torch.zeros((codes.shape[0], 0), dtype=torch.long, device=codes.device)
+    distances = torch.cdist(codes, codes)
+    distances.fill_diagonal_(float("inf"))
+    return distances.topk(k, largest=False).indices
 
 
 def _shared(neighbours, labels):
@@ -112,8 +140,9 @@ def type_weight(shared_types, batch, labels, logits):
     return torch.where(labels >= 0, given, predicted)
 
 
-def held_type_losses(logits, batch, labels, type_logits, held_types):
-    """Each cell's adversarial cross-entropy asked among the batches that hold its type (and its own) only.
+def held_type_losses(logits, batch, labels, type_logits, held_types, neighbours=None):
+    """Each cell's adversarial cross-entropy asked among the batches that hold its type (and its own) only; given
+    ``neighbours``, among those of them that its neighbours hold.
 
     With three batches or more a type can be held by some and not the others: telling a cell's batch among all of
     them asks the encoder to make its type look as if the batches lacking it held it, which folds it into their
@@ -134,6 +163,9 @@ def held_type_losses(logits, batch, labels, type_logits, held_types):
         (an embedder's cells by their clusters).
     held_types : torch.Tensor of shape (n_classes, n_categories)
         1 where a category (batch) holds a type (:class:`LossWeights`).
+    neighbours : torch.Tensor of shape (n_samples, k), int64, default=None
+        Each cell's nearest codes (:func:`nearest_codes`): a batch that holds the type is asked about only where one
+        of them is its cell (:func:`neighbourhood_losses`); None: wherever it holds the type.
 
     Returns
     -------
@@ -151,13 +183,60 @@ def held_type_losses(logits, batch, labels, type_logits, held_types):
     """
     n_classes = held_types.shape[0]
     own = F.one_hot(batch, logits.shape[1]).bool()
-    asked = held_types.bool()[None, :, :] | own[:, None, :]  # (n_samples, n_classes, n_categories)
+    around = torch.ones_like(own) if neighbours is None else \
+        _neighbourhood_categories(batch, logits.shape[1], neighbours)
+    # (n_samples, n_classes, n_categories)
+    asked = (held_types.bool()[None, :, :] & around[:, None, :]) | own[:, None, :]
     masked = logits[:, None, :].masked_fill(~asked, float("-inf"))
     losses = -F.log_softmax(masked, dim=2).gather(2, batch[:, None, None].expand(-1, n_classes, 1)).squeeze(2)
     given = F.one_hot(labels.clamp_min(0), n_classes).to(logits.dtype)
     probabilities = given if type_logits is None else \
         torch.where((labels >= 0)[:, None], given, F.softmax(type_logits.detach(), dim=1))
     return (probabilities * losses).sum(dim=1)
+
+
+def neighbourhood_losses(logits, labels, neighbours):
+    """Each cell's adversarial cross-entropy asked among the categories its neighbours hold (and its own) only.
+
+    With three batches or more a population can be held by some and not the others. Asked among all of them, a cell
+    whose neighbourhood holds none of a batch's cells (its population is not in that batch) is pushed to look like
+    that batch's cells, which folds it into their nearest population; asked among the batches around it, it is only
+    mixed with those. Without labels this is :func:`held_type_losses`' question with the neighbourhood in place of
+    the type. With two categories it is the plain cross-entropy wherever the other category is among the neighbours
+    (and 0 where it is not, as :func:`shared_weight` is).
+
+    Parameters
+    ----------
+    logits : torch.Tensor of shape (n_samples, n_categories)
+        The adversary's logits of one covariate.
+    labels : torch.Tensor of shape (n_samples,), int64
+        Each cell's category.
+    neighbours : torch.Tensor of shape (n_samples, k), int64
+        Each cell's nearest codes (:func:`nearest_codes`); with none (k = 0) each cell is asked about its own
+        category alone, a loss of 0.
+
+    Returns
+    -------
+    torch.Tensor of shape (n_samples,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.models import neighbourhood_losses
+    >>> labels = torch.tensor([0, 1, 2, 0])
+    >>> neighbours = torch.tensor([[1], [0], [1], [1]])  # nobody's neighbour is in batch 2 but batch 2's own cell
+    >>> losses = neighbourhood_losses(torch.zeros(4, 3), labels, neighbours)
+    >>> [round(value, 4) for value in losses.tolist()]  # log 2: batch 2 is asked about only for its own cell
+    [0.6931, 0.6931, 0.6931, 0.6931]
+    """
+    asked = _neighbourhood_categories(labels, logits.shape[1], neighbours)
+    masked = logits.masked_fill(~asked, float("-inf"))
+    return -F.log_softmax(masked, dim=1).gather(1, labels[:, None]).squeeze(1)
+
+
+def _neighbourhood_categories(labels, n_categories, neighbours):
+    """Which categories each cell and its ``neighbours`` hold, as bool (n_samples, n_categories)."""
+    return F.one_hot(labels, n_categories).bool().scatter_(1, labels[neighbours], True)
 
 
 @dataclass(frozen=True)
@@ -517,17 +596,23 @@ class _LatentModel(nn.Module):
         return LossTerms(reconstruction, self._kl(q), adversarial, classification)
 
     def _adversarial(self, logits, labels, code, types=None, held=None):
-        """Each cell's cross-entropy of the adversary's guess of each covariate, weighted by :func:`shared_weight`
-        (and for the first covariate by ``types``, :func:`type_weight`, where given); ``held`` (the cell types, the
+        """Each cell's cross-entropy of the adversary's guess of each covariate, asked among the categories its
+        neighbours hold (:func:`neighbourhood_losses`) and weighted by :func:`shared_weight` (and for the first
+        covariate by ``types``, :func:`type_weight`, where given, then asked among all); ``held`` (the cell types, the
         classifier's logits and ``held_types``): the first covariate's asked among the batches that hold the cell's
-        type (:func:`held_type_losses`)."""
-        weights = shared_weight(code, labels)
+        type and its neighbours hold (:func:`held_type_losses`)."""
+        neighbours = nearest_codes(code)
+        weights = _shared_weights(neighbours, labels, code)
         if types is not None:
             weights = torch.cat([weights[:, :1] * types[:, None], weights[:, 1:]], dim=1)
         parts, columns = logits.split(self.n_categories[:self._told], dim=1), labels.unbind(dim=1)
-        first = F.cross_entropy(parts[0], columns[0], reduction="none") if held is None else \
-            held_type_losses(parts[0], columns[0], *held)
-        losses = [first, *(F.cross_entropy(part, column, reduction="none")
+        if held is not None:
+            first = held_type_losses(parts[0], columns[0], *held, neighbours=neighbours)
+        elif types is not None:
+            first = F.cross_entropy(parts[0], columns[0], reduction="none")
+        else:
+            first = neighbourhood_losses(parts[0], columns[0], neighbours)
+        losses = [first, *(neighbourhood_losses(part, column, neighbours)
                            for part, column in zip(parts[1:], columns[1:], strict=True))]
         return (torch.stack(losses, dim=1) * weights).sum(dim=1)
 
