@@ -83,6 +83,12 @@ def test_held_type_losses_with_two_batches_are_the_type_weight_times_the_cross_e
     torch.testing.assert_close(held_type_losses(logits, batch, labels, type_logits, held.float()), expected)
 
 
+def _asked_cross_entropy(logits, asked, batch):
+    """One cell's cross-entropy of its batch among the batches ``asked`` (a bool mask) alone."""
+    own = int(asked[:batch].sum())  # the cell's batch's place among the asked
+    return torch.nn.functional.cross_entropy(logits[asked][None], torch.tensor([own]))
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.integers(1, 30), st.integers(1, 4), st.integers(3, 5), st.integers(0, 10_000))
 def test_held_type_losses_ask_only_among_the_batches_that_hold_the_type(n, n_classes, n_batches, seed):
@@ -99,9 +105,7 @@ def test_held_type_losses_ask_only_among_the_batches_that_hold_the_type(n, n_cla
     for i in range(n):
         asked = held[labels[i]].clone()
         asked[batch[i]] = True
-        own = int(asked[:batch[i]].sum())  # the cell's batch's place among the asked
-        expected = torch.nn.functional.cross_entropy(logits[i, asked][None], torch.tensor([own]))
-        torch.testing.assert_close(losses[i], expected)
+        torch.testing.assert_close(losses[i], _asked_cross_entropy(logits[i], asked, batch[i]))
     losses.sum().backward()
     assert bool(torch.isfinite(logits.grad).all())
     plain = held_type_losses(logits, batch, labels, type_logits, torch.ones(n_classes, n_batches))
@@ -115,9 +119,7 @@ def test_held_type_losses_ask_only_among_the_batches_that_hold_the_type(n, n_cla
         around[batch[neighbours[i]]] = True
         asked = held[labels[i]] & around
         asked[batch[i]] = True
-        own = int(asked[:batch[i]].sum())
-        expected = torch.nn.functional.cross_entropy(logits[i, asked][None], torch.tensor([own]))
-        torch.testing.assert_close(near[i], expected)
+        torch.testing.assert_close(near[i], _asked_cross_entropy(logits[i], asked, batch[i]))
     torch.testing.assert_close(held_type_losses(logits, batch, labels, type_logits, torch.ones(n_classes, n_batches),
                                                 neighbours=neighbours), neighbourhood_losses(logits, batch, neighbours))
 
@@ -138,9 +140,7 @@ def test_neighbourhood_losses_ask_only_among_the_batches_of_the_cells_neighbours
         asked = torch.zeros(n_batches, dtype=torch.bool)
         asked[batch[i]] = True
         asked[batch[neighbours[i]]] = True
-        own = int(asked[:batch[i]].sum())
-        expected = torch.nn.functional.cross_entropy(logits[i, asked][None], torch.tensor([own]))
-        torch.testing.assert_close(losses[i], expected)
+        torch.testing.assert_close(losses[i], _asked_cross_entropy(logits[i], asked, batch[i]))
     losses.sum().backward()
     assert bool(torch.isfinite(logits.grad).all())
     two = batch % 2
