@@ -42,7 +42,8 @@ effect of log sd 0.5; CD8 T cells in batch B only, NK cells in batch A only: clo
 cells), ``deep`` (the same effect with batch B 10x deeper; NK cells and CD14+ monocytes in batch A only, CD34+
 progenitors in batch B only), ``donors`` (pbmc_facs as 4 pseudo-donors of unequal sizes, each with a per-gene
 donor effect of log sd 0.1-0.3; one lacks CD8 T cells, one NK cells, one CD14+ monocytes: :func:`load_donors`;
-``donors-strong``: the same with technology-sized effects, log sd 0.5; ``donors-shared``: the same lacking nothing)
+``donors-strong``: the same with technology-sized effects, log sd 0.5; ``donors-shared``: the same lacking nothing;
+``donors-private``: NK cells in one donor alone, CD14+ monocytes in another alone)
 and any data set above. The three are made without the CD34+ sort's cells that express another sort's programme
 (74 B-cell- and monocyte-like cells: :func:`_suite_cells`; ``--keep-impure-sorts`` keeps them, as before
 round 20). Rows: PCA, Harmony and scVI's defaults (first seed) and the
@@ -233,9 +234,12 @@ SHIFT_SUITE = {
 DONORS = {"n_donors": 4, "lacking": {"donor 1": ("CD8 T",), "donor 2": ("NK",), "donor 3": ("CD14+ Mono",)},
           "effect_sd": (0.1, 0.3)}
 #: ``donors-strong``: the same donors with effects of technologies (each gene's log sd 0.5); ``donors-shared``: the
-#: same donors lacking nothing (the adversary's no-harm check with three batches or more)
+#: same donors lacking nothing (the adversary's no-harm check with three batches or more); ``donors-private``: NK
+#: cells in donor 1 alone, CD14+ monocytes in donor 2 alone (each population held by one donor or by all)
 DONOR_SETS = {"donors": DONORS, "donors-strong": {**DONORS, "effect_sd": (0.5, 0.5)},
-              "donors-shared": {**DONORS, "lacking": {}}}
+              "donors-shared": {**DONORS, "lacking": {}},
+              "donors-private": {**DONORS, "lacking": {"donor 0": ("NK", "CD14+ Mono"), "donor 1": ("CD14+ Mono",),
+                                                       "donor 2": ("NK",), "donor 3": ("NK", "CD14+ Mono")}}}
 
 
 #: the shift suite leaves out the CD34+ sort's cells whose profile agrees with another sort's (``--keep-impure-sorts``)
@@ -256,8 +260,8 @@ def _suite_cells(data_home):
 
 def load_donors(data_home, seed=0, name="donors"):
     """pbmc_facs as the pseudo-donors of ``DONOR_SETS[name]``: counts (each cell's resampled, Poisson(counts x its
-    donor's per-gene factor)), donor, label (``FINE``), and which cells' population every donor holds (of ``DONORS``'
-    design: the populations some donor lacks there count as not held by every donor in ``donors-shared`` too)."""
+    donor's per-gene factor)), donor, label (``FINE``), and which cells' population every donor holds (in
+    ``donors-shared``, which lacks nothing, ``DONORS``' lacked populations count as not held by every donor too)."""
     design = DONOR_SETS[name]
     counts, labels = _suite_cells(data_home)
     rng = np.random.RandomState(seed)
@@ -272,7 +276,8 @@ def load_donors(data_home, seed=0, name="donors"):
     rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
     counts.data = rng.poisson(counts.data * np.exp(log_effect[donor[rows], counts.indices])).astype(np.float64)
     counts.eliminate_zeros()
-    absent_somewhere = [population for populations in DONORS["lacking"].values() for population in populations]
+    absent_somewhere = [population for populations in (design["lacking"] or DONORS["lacking"]).values()
+                        for population in populations]
     return counts.astype(np.float32), names, labels, ~np.isin(labels, absent_somewhere)
 
 

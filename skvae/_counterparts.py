@@ -3,12 +3,13 @@ holds too (``batch_counterparts``).
 
 An integrating model's adversary (``batch_adversary``) makes the batches' codes alike. Where a population is held by
 some batches only, making them alike moves it onto its nearest relative in the others: it is folded. Before training,
-each batch's cells are clustered; each cluster's counts are pooled; between two batches a per-gene factor (a
-technology or donor moves each gene by its own factor) is estimated as the weighted median log-ratio over mutually
-nearest cluster pairs and removed; two clusters are counterparts where what remains, the root mean square log-fold
-change beyond counting noise over the genes, is at most the threshold. The adversary then asks a cell's batch only
-among the batches that hold a counterpart of its cluster and that its neighbourhood holds
-(:func:`skvae.nn.models.held_type_losses`): a cluster with none is left where it is.
+each batch's cells are clustered (``N_CLUSTERINGS`` times, from different random starts); each cluster's counts are
+pooled; between two batches a per-gene factor (a technology or donor moves each gene by its own factor) is estimated
+as the weighted median log-ratio over mutually nearest cluster pairs and removed; two clusters are counterparts where what remains, the root mean square log-fold
+change beyond counting noise over the genes, is at most the threshold. A batch holds a cell's population where one
+of its clusters has a counterpart there. The adversary then asks a cell's batch only among the batches that hold its
+population and that its neighbourhood holds (:func:`skvae.nn.models.held_type_losses`, the groups of cells that share
+their clusters for types): cells whose clusters have none are left where they are.
 
 What it can get wrong: a population one batch alone holds and a close relative another batch alone holds are taken
 for counterparts where they differ by less than the threshold on the genes given (CD8 and CD4 T cells can); and a
@@ -40,6 +41,9 @@ MIN_CLUSTER_CELLS = 20
 MIN_QUERY_CLUSTERS = 8
 # the spread (a variance of log-fold changes) every gene may differ by beyond counting noise, in the genes' weights
 _WEIGHT_FLOOR = 0.05
+# clusterings of each batch whose clusters are compared (counterparts): one is a draw, which may cut a population
+# together with another; a group of cells is held by a batch where one of its clusters has a counterpart there
+N_CLUSTERINGS = 3
 # rounds of estimating the per-gene factor from mutually nearest cluster pairs
 _ROUNDS = 4
 # pseudo-count (in counts) of a pooled profile's logarithm
@@ -221,13 +225,20 @@ def _pooled_clusters(data, group, genes, random_state, min_clusters=1):
 
 
 def counterparts(data, batch, n_batches, threshold, random_state=None):
-    """Cluster each batch's cells and say which batches hold a counterpart of each cluster.
+    """Cluster each batch's cells (``N_CLUSTERINGS`` times) and say which batches hold a counterpart of each group of
+    cells.
+
+    One clustering is one draw: a cut that puts two populations in one cluster (small batches' CD4 and CD8 T cells,
+    say) gives it a pooled profile no cluster of another batch matches, and another draw cuts them apart. So each
+    batch is clustered ``N_CLUSTERINGS`` times; a group is the cells that share their cluster in every clustering,
+    and a batch holds a group's population where one of the group's clusters has a counterpart there.
 
     Parameters
     ----------
     data : skvae.train.data.RowData
-        Counts, in memory or on disk (read a block of rows at a time, twice,
-        and the cells clusters are fitted on: at most 10,000 of each batch).
+        Counts, in memory or on disk (read a block of rows at a time, once for
+        the genes and once for each clustering, and the cells clusters are fitted
+        on: at most 10,000 of each batch).
     batch : ndarray of int of shape (n_rows,)
         Each row's batch, in ``range(n_batches)``.
     n_batches : int
@@ -239,20 +250,36 @@ def counterparts(data, batch, n_batches, threshold, random_state=None):
 
     Returns
     -------
-    clusters : ndarray of int of shape (n_rows,)
-        Each row's cluster.
-    held : ndarray of bool of shape (n_clusters, n_batches)
-        Which batches hold each cluster's population: its own and those with a counterpart.
-    distances : ndarray of shape (n_clusters, n_batches)
-        Each cluster's distance to the nearest cluster of each batch (0 for its own); NaN where it was not compared:
-        a cluster of fewer than ``MIN_CLUSTER_CELLS`` cells (held by every batch, as without the gate), or a batch
-        without cells or without a cluster large enough.
-    cluster_batches : ndarray of int of shape (n_clusters,)
-        Each cluster's batch.
+    groups : ndarray of int of shape (n_rows,)
+        Each row's group.
+    held : ndarray of bool of shape (n_groups, n_batches)
+        Which batches hold each group's population: its own and those where a counterpart of one of its clusters is.
+    distances : ndarray of shape (n_groups, n_batches)
+        The least, over the group's clusters, of a cluster's distance to the nearest cluster of each batch (0 for its
+        own); NaN where none was compared: a cluster of fewer than ``MIN_CLUSTER_CELLS`` cells (held by every batch,
+        as without the gate), or a batch without cells or without a cluster large enough.
+    group_batches : ndarray of int of shape (n_groups,)
+        Each group's batch.
     """
     random_state = check_random_state(random_state)
     batch = np.asarray(batch)
     genes = _variable_genes(data, batch, n_batches, N_GENES)
+    drawn = [_cluster_distances(data, batch, n_batches, genes, random_state) for _ in range(N_CLUSTERINGS)]
+    _, first, groups = np.unique(np.stack([clusters for clusters, _, _ in drawn], axis=1), axis=0, return_index=True,
+                                 return_inverse=True)
+    distances = np.full((len(first), n_batches), np.nan)
+    compared = np.zeros(len(first), dtype=bool)
+    for clusters, cluster_distances, cluster_compared in drawn:
+        own = clusters[first]  # each group's cluster in this clustering
+        distances[cluster_compared[own]] = np.fmin(distances, cluster_distances[own])[cluster_compared[own]]
+        compared |= cluster_compared[own]
+    return groups.ravel(), held_batches(distances, threshold, compared), distances, batch[first]
+
+
+def _cluster_distances(data, batch, n_batches, genes, random_state):
+    """One clustering of each batch's cells (:func:`_pooled_clusters`): each row's cluster, each cluster's distance to
+    the nearest cluster of each batch (:func:`cross_distances`; 0 for its own, NaN where not compared), and whether it
+    was compared (``MIN_CLUSTER_CELLS`` cells or more)."""
     clusters, halves, cluster_batches = _pooled_clusters(data, batch, genes, random_state)
     n_clusters = len(cluster_batches)
     pooled = halves[0] + halves[1]  # each cell is in one half
@@ -266,7 +293,7 @@ def counterparts(data, batch, n_batches, threshold, random_state=None):
             second = np.flatnonzero((cluster_batches == b) & compared)
             d = cross_distances(pooled, halves, first, second)
             distances[first, b], distances[second, a] = d.min(axis=1), d.min(axis=0)
-    return clusters, held_batches(distances, threshold, compared), distances, cluster_batches
+    return clusters, distances, compared
 
 
 def held_batches(distances, threshold, compared=None):
@@ -321,9 +348,9 @@ def check_whole_data(threshold, incremental, parallel):
 
 
 def labelled_by_clusters(estimator, data):
-    """The training rows with each cell's cluster as its label, and the fitted attributes of the gate, where an
-    embedder's ``batch_counterparts`` gates its adversary; ``data`` and no attributes where it does not (no threshold,
-    no adversary, fewer than two batches).
+    """The training rows with each cell's group (:func:`counterparts`) as its label, and the fitted attributes of the
+    gate, where an embedder's ``batch_counterparts`` gates its adversary; ``data`` and no attributes where it does not
+    (no threshold, no adversary, fewer than two batches).
 
     Parameters
     ----------
@@ -355,13 +382,13 @@ def labelled_by_clusters(estimator, data):
                          f"'zinb' or 'poisson') and raw counts, not likelihood={estimator.likelihood!r}.")
     if estimator.batch_adversary == 0 or data.covariates is None or estimator.covariates_.n_categories[0] < 2:
         return data, {}  # nothing to gate
-    clusters, _, distances, batches = counterparts(data, data.covariates[:, 0], estimator.covariates_.n_categories[0],
-                                                   threshold, estimator.random_state)
-    return data.with_labels(clusters), {"counterpart_distances_": distances, "counterpart_batches_": batches}
+    groups, _, distances, batches = counterparts(data, data.covariates[:, 0], estimator.covariates_.n_categories[0],
+                                                 threshold, estimator.random_state)
+    return data.with_labels(groups), {"counterpart_distances_": distances, "counterpart_batches_": batches}
 
 
 def counterpart_table(estimator):
-    """Which batches hold each cluster's population, as the training config takes it (:func:`held_batches` of the
+    """Which batches hold each group's population, as the training config takes it (:func:`held_batches` of the
     fitted distances and today's ``batch_counterparts``); None without a gate.
 
     Parameters

@@ -378,8 +378,8 @@ early_stopping, validation_fraction, n_iter_no_change, tol, random_state, algori
         return data, sizes
 
     def _with_counterparts(self, data):
-        """``data`` with each cell's cluster as its label where ``batch_counterparts`` gates the adversary, and its
-        fitted attributes (:func:`~skvae._counterparts.labelled_by_clusters`); ``data`` unchanged where it does not."""
+        """``data`` with each cell's group of clusters as its label where ``batch_counterparts`` gates the adversary, and
+        its fitted attributes (:func:`~skvae._counterparts.labelled_by_clusters`); ``data`` unchanged where it does not."""
         data, attributes = labelled_by_clusters(self, data)
         for name in COUNTERPART_ATTRIBUTES:
             self.__dict__.pop(name, None)

@@ -150,24 +150,26 @@ _SHARED_PARAMETERS = """\
     batch_counterparts : float or None, default=None
         With ``batch_adversary``, keep it off the populations that no other
         batch holds, found without labels. Before training, each batch's cells
-        are clustered (about 150 cells a cluster, KMeans on 20 principal
-        components of the genes' log-normalised values) and each cluster's
-        counts pooled; between two batches a per-gene factor is estimated (the
-        median log-ratio over mutually nearest clusters) and removed, and two
-        clusters are counterparts where their pooled profiles then differ by at
-        most this root mean square log-fold change beyond counting noise (0.4: a
-        typical gene 1.5-fold apart). The adversary asks a cell's batch only
-        among the batches that hold a counterpart of its cluster, so a cluster
-        with none is not pushed towards the others' cells. It may take a
-        population of one batch for a close relative that another batch alone
+        are clustered three times from different random starts (about 150 cells
+        a cluster, KMeans on 20 principal components of the genes'
+        log-normalised values) and each cluster's counts pooled; between two
+        batches a per-gene factor is estimated (the median log-ratio over
+        mutually nearest clusters) and removed, and two clusters are
+        counterparts where their pooled profiles then differ by at most this
+        root mean square log-fold change beyond counting noise (0.4: a typical
+        gene 1.5-fold apart). The adversary asks a cell's batch only among the
+        batches that hold a counterpart of one of its three clusters (one
+        clustering may cut two populations together, a profile nothing matches),
+        so cells with none are not pushed towards the others' cells. It may take
+        a population of one batch for a close relative that another batch alone
         holds (CD8 and CD4 T cells can lie 0.2-0.3 apart, depending on the
         genes), and it leaves unmixed a shared population whose expression
-        differs between the batches by more than a factor per gene. Needs a count likelihood; ``fit`` only (not
-        ``partial_fit`` or torchrun); ignored without ``batch_adversary`` or
-        batches. The clusters' distances are recorded in
-        ``counterpart_distances_``. None (the default): every cell's
-        neighbourhood decides, as described under ``batch_adversary``. The
-        user guide's "Integrating batches" section measures it."""
+        differs between the batches by more than a factor per gene. Needs a
+        count likelihood; ``fit`` only (not ``partial_fit`` or torchrun);
+        ignored without ``batch_adversary`` or batches. The distances are
+        recorded in ``counterpart_distances_``. None (the default): every cell's
+        neighbourhood decides, as described under ``batch_adversary``. The user
+        guide's "Integrating batches" section measures it."""
 
 _TRAINING_PARAMETERS = """\
     batch_size : int, default=256
@@ -305,16 +307,18 @@ _FITTED_ATTRIBUTES = """\
         reference's (those of ``fit``); the encoder then reads batches, with
         offsets of 0 for the reference's.
 
-    counterpart_distances_ : ndarray of shape (n_clusters, n_batches)
-        Only where ``batch_counterparts`` gated the adversary: each cluster's
-        distance (root mean square log-fold change beyond noise) to the nearest
-        cluster of each batch of the first column, 0 for its own batch, NaN
-        where it was not compared (a cluster of fewer than 20 cells, which every
-        batch counts as holding). A cluster whose every other entry exceeds
-        ``batch_counterparts`` was left alone by the adversary.
+    counterpart_distances_ : ndarray of shape (n_groups, n_batches)
+        Only where ``batch_counterparts`` gated the adversary: for each group of
+        cells (those that share their cluster in each of the three clusterings)
+        the least distance (root mean square log-fold change beyond noise) of
+        its clusters to the nearest cluster of each batch of the first column,
+        0 for its own batch, NaN where none was compared (clusters of fewer than
+        20 cells, which every batch counts as holding). A group whose every
+        other entry exceeds ``batch_counterparts`` was left alone by the
+        adversary.
 
-    counterpart_batches_ : ndarray of int of shape (n_clusters,)
-        Only with ``counterpart_distances_``: each cluster's batch, an index
+    counterpart_batches_ : ndarray of int of shape (n_groups,)
+        Only with ``counterpart_distances_``: each group's batch, an index
         into the first column's categories.
 
     covariates_ : skvae._covariates.Covariates or None

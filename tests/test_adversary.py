@@ -192,6 +192,32 @@ def test_the_adversary_leaves_alone_a_type_that_one_batch_alone_holds():
     assert bool((gated.adversarial[unlabelled] <= ungated.adversarial[unlabelled] + 1e-6).all())
 
 
+def test_with_three_batches_a_types_table_weighs_the_neighbourhoods_question():
+    """Three batches, type 1 labelled in batch 2 alone (a table of weights, no table of holders): a labelled cell's
+    term is its type's weight times the term without the table, which asks its batch among its neighbours' batches
+    only (:func:`neighbourhood_losses`), not among all three."""
+    torch.manual_seed(0)
+    module = VariationalAutoencoder(20, 3, (16,), likelihood=make_likelihood("nb", 20), n_categories=(3,),
+                                    adversary=True, n_classes=2)
+    x = torch.poisson(torch.rand(60, 20) * 4)
+    batch = (torch.arange(60) % 3)[:, None]
+    labels = torch.where(batch[:, 0] == 2, torch.arange(60) % 2, 0)  # type 1 in batch 2 only, every cell labelled
+    shared = torch.tensor(adversary_types(labels.numpy(), batch[:, 0].numpy(), 2, 3), dtype=torch.float32)
+    assert shared.tolist() == [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]
+    module.train()
+    scale = GradientScale()
+    scale.value = 1.0
+    ungated = module.loss(x, batch, labels, weights=LossWeights(adversary=0.3), gradient_scale=scale,
+                          deterministic=True)
+    gated = module.loss(x, batch, labels, weights=LossWeights(adversary=0.3, shared_types=shared),
+                        gradient_scale=scale, deterministic=True)
+    torch.testing.assert_close(gated.adversarial, ungated.adversarial * shared.T[batch[:, 0], labels])
+    # and it is not the question among all three batches: some cell's neighbours lack a batch
+    with torch.no_grad():
+        neighbours = nearest_codes(module.embed(x, batch))
+    assert (batch[neighbours, 0][:, :, None] != torch.arange(3)).all(dim=1).any()
+
+
 def test_the_reversed_gradient_is_minus_its_scale_times_the_gradient():
     x = torch.randn(4, 3, requires_grad=True)
     upstream = torch.randn(4, 3)

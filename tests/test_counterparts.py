@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skvae import BetaVAEClassifier, BetaVAEEmbedder, BetaVSCEmbedder
+from skvae import BetaVAEClassifier, BetaVAEEmbedder, BetaVSCEmbedder, _counterparts
 from skvae._counterparts import counterparts, cross_distances
 from skvae.nn.likelihoods import make_likelihood
 from skvae.nn.models import LossWeights, VariationalAutoencoder
@@ -75,6 +75,26 @@ def test_a_population_of_one_batch_has_no_counterpart_and_the_shared_ones_do():
     cell_held = held[clusters, 1 - batch]  # whether the other batch holds a counterpart of the cell's cluster
     assert not cell_held[types == 2].any()
     assert cell_held[types != 2].mean() > 0.95
+
+
+def test_a_batch_holds_a_group_where_one_of_its_clusterings_finds_a_counterpart(monkeypatch):
+    """Three draws of clusters (the second cuts cell 0 from cell 1): a group is the cells that share their cluster in
+    every draw, its distance to a batch the least of its clusters' (a cluster too small to compare tells nothing),
+    and the other batch holds it where that is within the threshold."""
+    nan = np.nan
+    draws = iter([  # each row's cluster, each cluster's distances to batches 0 and 1, whether it was compared
+        (np.array([0, 0, 1, 1, 2, 2]), np.array([[0, 0.9], [0, 0.9], [0.9, 0]]), np.array([True, True, True])),
+        (np.array([0, 1, 1, 2, 3, 3]), np.array([[0, 0.2], [0, 0.9], [0, 0.9], [0.2, 0]]), np.ones(4, bool)),
+        (np.array([0, 0, 1, 1, 2, 2]), np.array([[0, 0.9], [0, nan], [0.9, 0]]), np.array([True, False, True])),
+    ])
+    monkeypatch.setattr(_counterparts, "N_CLUSTERINGS", 3)
+    monkeypatch.setattr(_counterparts, "_cluster_distances", lambda *args: next(draws))
+    batch = np.array([0, 0, 0, 0, 1, 1])
+    groups, held, distances, group_batches = counterparts(RowData.from_input(np.ones((6, 3))), batch, 2, 0.4)
+    assert len(held) == 5 and np.array_equal(group_batches[groups], batch)
+    assert groups[4] == groups[5] and len(set(groups[:4])) == 4
+    np.testing.assert_array_equal(distances[groups], [[0, 0.2], [0, 0.9], [0, 0.9], [0, 0.9], [0.2, 0], [0.2, 0]])
+    np.testing.assert_array_equal(held[groups, 1 - batch], [True, False, False, False, True, True])
 
 
 def test_counterparts_read_a_file_on_disk_and_dense_rows_as_they_read_sparse_memory(tmp_path):

@@ -264,9 +264,10 @@ class LossWeights:
         For a model with a cell-type classifier: 1 where a category of the first
         covariate holds a type. Where given, the adversary tells a cell's batch
         only among the batches that hold its type (:func:`held_type_losses`),
-        instead of ``shared_types``' weights; None: among all batches. For a
-        model without one, the rows are groups of cells (the clusters of
-        ``batch_counterparts``), each cell's group given as its label.
+        instead of ``shared_types``' weights; None: among the batches its
+        neighbours hold (:func:`neighbourhood_losses`). For a model without one,
+        the rows are groups of cells (those of ``batch_counterparts``), each
+        cell's group given as its label.
 
     Examples
     --------
@@ -598,22 +599,17 @@ class _LatentModel(nn.Module):
     def _adversarial(self, logits, labels, code, types=None, held=None):
         """Each cell's cross-entropy of the adversary's guess of each covariate, asked among the categories its
         neighbours hold (:func:`neighbourhood_losses`) and weighted by :func:`shared_weight` (and for the first
-        covariate by ``types``, :func:`type_weight`, where given, then asked among all); ``held`` (the cell types, the
-        classifier's logits and ``held_types``): the first covariate's asked among the batches that hold the cell's
-        type and its neighbours hold (:func:`held_type_losses`)."""
+        covariate by ``types``, :func:`type_weight`, where given); ``held`` (the cell types, the classifier's logits
+        and ``held_types``): the first covariate's asked among the batches that hold the cell's type and its
+        neighbours hold (:func:`held_type_losses`)."""
         neighbours = nearest_codes(code)
         weights = _shared_weights(neighbours, labels, code)
         if types is not None:
             weights = torch.cat([weights[:, :1] * types[:, None], weights[:, 1:]], dim=1)
         parts, columns = logits.split(self.n_categories[:self._told], dim=1), labels.unbind(dim=1)
-        if held is not None:
-            first = held_type_losses(parts[0], columns[0], *held, neighbours=neighbours)
-        elif types is not None:
-            first = F.cross_entropy(parts[0], columns[0], reduction="none")
-        else:
-            first = neighbourhood_losses(parts[0], columns[0], neighbours)
-        losses = [first, *(neighbourhood_losses(part, column, neighbours)
-                           for part, column in zip(parts[1:], columns[1:], strict=True))]
+        first = [held_type_losses(parts[0], columns[0], *held, neighbours=neighbours)] if held is not None else []
+        losses = first + [neighbourhood_losses(part, column, neighbours)
+                          for part, column in zip(parts[len(first):], columns[len(first):], strict=True)]
         return (torch.stack(losses, dim=1) * weights).sum(dim=1)
 
 

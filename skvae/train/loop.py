@@ -100,7 +100,8 @@ class TrainingConfig:
         For such a model: whether each category holds each type (``LossWeights``'
         ``held_types``: the adversary asks among the batches that hold a cell's
         type); for an embedder with ``batch_counterparts``, whether each category
-        holds each cluster, the rows' labels their clusters; None: it asks among all.
+        holds each group of cells, the rows' labels their groups; None: it asks
+        among the batches around a cell.
 
     Examples
     --------
