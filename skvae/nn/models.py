@@ -187,8 +187,7 @@ def held_type_losses(logits, batch, labels, type_logits, held_types, neighbours=
         _neighbourhood_categories(batch, logits.shape[1], neighbours)
     # (n_samples, n_classes, n_categories)
     asked = (held_types.bool()[None, :, :] & around[:, None, :]) | own[:, None, :]
-    masked = logits[:, None, :].masked_fill(~asked, float("-inf"))
-    losses = -F.log_softmax(masked, dim=2).gather(2, batch[:, None, None].expand(-1, n_classes, 1)).squeeze(2)
+    losses = _asked_cross_entropy(logits[:, None, :], asked, batch[:, None, None].expand(-1, n_classes, 1))
     given = F.one_hot(labels.clamp_min(0), n_classes).to(logits.dtype)
     probabilities = given if type_logits is None else \
         torch.where((labels >= 0)[:, None], given, F.softmax(type_logits.detach(), dim=1))
@@ -229,9 +228,14 @@ def neighbourhood_losses(logits, labels, neighbours):
     >>> [round(value, 4) for value in losses.tolist()]  # log 2: batch 2 is asked about only for its own cell
     [0.6931, 0.6931, 0.6931, 0.6931]
     """
-    asked = _neighbourhood_categories(labels, logits.shape[1], neighbours)
+    return _asked_cross_entropy(logits, _neighbourhood_categories(labels, logits.shape[1], neighbours), labels[:, None])
+
+
+def _asked_cross_entropy(logits, asked, index):
+    """The cross-entropy of the category ``index`` (last axis of length 1) among those ``asked`` (a bool mask over the
+    last axis, which ``logits`` broadcast to) alone: the others' logits count as minus infinity."""
     masked = logits.masked_fill(~asked, float("-inf"))
-    return -F.log_softmax(masked, dim=1).gather(1, labels[:, None]).squeeze(1)
+    return -F.log_softmax(masked, dim=-1).gather(-1, index).squeeze(-1)
 
 
 def _neighbourhood_categories(labels, n_categories, neighbours):
